@@ -1,0 +1,1 @@
+"""Care-by-Design command line and local runtime: the embedded stack and the service launcher."""

@@ -1,0 +1,71 @@
+"""`cbd`: the Care-by-Design command line."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from cbd.runtime import Platform
+from cbd.serve import SERVICES, serve
+from cbd.stack import EmbeddedStack
+
+
+def run(run_dir: Path) -> int:
+    """Start the embedded platform in the foreground until Ctrl-C."""
+    platform = Platform(stack=EmbeddedStack(run_dir))
+
+    def interrupted(signum: int, _: FrameType | None) -> None:
+        raise KeyboardInterrupt(signum)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    print("Starting Care-by-Design (embedded stack)...", flush=True)
+    try:
+        platform.start()
+        stack = platform.stack
+        print(
+            "\nCare-by-Design is running.\n"
+            f"  Web chat          {platform.url('ingest')}/\n"
+            f"  Messages API      POST {platform.url('ingest')}"
+            "/v1/conversations/{id}/messages\n"
+            f"  Kafka (tansu)     127.0.0.1:{stack.ports.kafka}\n"
+            f"  PostgreSQL        {stack.env()['CBD_PG_DSN']}\n"
+            f"  Redis             {stack.env()['CBD_REDIS_URL']}\n"
+            f"  LLM (OpenAI API)  {stack.env()['CBD_GENERATION_LLM_BASE_URL']}\n"
+            + "".join(
+                f"  {name:<17} {platform.url(name)}  (/metrics /livez /readyz)  "
+                f"pid {platform.services[name].pid}\n"
+                for name in SERVICES
+            )
+            + f"  Logs              {stack.logs}/\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        platform.supervise()
+    except KeyboardInterrupt:
+        print("\nStopping...", flush=True)
+    finally:
+        platform.stop()
+        print("Stopped.", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `cbd` command."""
+    parser = argparse.ArgumentParser(prog="cbd", description="Care-by-Design platform tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="run the whole platform on embedded servers")
+    p_run.add_argument("--run-dir", type=Path, default=Path(".run"))
+    p_serve = sub.add_parser("serve", help="run one service (its settings from the environment)")
+    p_serve.add_argument("service", choices=SERVICES)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return run(args.run_dir)
+    serve(args.service)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

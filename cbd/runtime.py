@@ -1,0 +1,117 @@
+"""The whole platform on one machine: embedded servers plus the six services as processes.
+
+Used by `make run` (durable data under `.run/`, fixed ports) and by the end-to-end tests
+(throw-away data, random ports). A service that dies is restarted, and since consumers commit
+only after handling, what it had not finished is processed when it is back.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cbd.procs import ManagedProcess, free_port, http_ok
+from cbd.serve import SERVICES
+from cbd.stack import EmbeddedStack
+
+DEFAULT_PORTS = {name: 8000 + i for i, name in enumerate(SERVICES)}
+
+
+@dataclass
+class Platform:
+    """The embedded stack and one process per service."""
+
+    stack: EmbeddedStack
+    service_ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
+    extra_env: dict[str, str] = field(default_factory=dict)
+    services: dict[str, ManagedProcess] = field(default_factory=dict)
+    restarts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def for_tests(cls, run_dir: Path, extra_env: dict[str, str] | None = None) -> Platform:
+        """Throw-away data and free ports, so tests never touch a running `make run`."""
+        from cbd.stack import StackPorts
+
+        return cls(
+            stack=EmbeddedStack(run_dir, ports=StackPorts.random(), durable=False),
+            service_ports={name: free_port() for name in SERVICES},
+            extra_env=extra_env or {},
+        )
+
+    def url(self, service: str) -> str:
+        """The base URL of a service."""
+        return f"http://127.0.0.1:{self.service_ports[service]}"
+
+    def env(self) -> dict[str, str]:
+        """The environment every service process gets."""
+        env = {**os.environ, **self.stack.env(), "CBD_LOG_FORMAT": "text", **self.extra_env}
+        for name, port in self.service_ports.items():
+            env[f"CBD_{name.upper()}_PORT"] = str(port)
+        return env
+
+    def _process(self, name: str) -> ManagedProcess:
+        return ManagedProcess(
+            name=name,
+            argv=[sys.executable, "-m", "cbd.serve", name],
+            log_path=self.stack.logs / f"{name}.log",
+            ready=lambda: http_ok(f"{self.url(name)}/readyz"),
+            env=self.env(),
+        )
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        """Start the servers, then every service, and wait until all are ready."""
+        self.stack.start()
+        try:
+            for name in SERVICES:
+                self.start_service(name, wait=False)
+            for name in SERVICES:
+                self.services[name].wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_service(self, name: str, *, wait: bool = True, timeout_s: float = 90.0) -> None:
+        """(Re)start one service process."""
+        proc = self._process(name)
+        proc.start()
+        self.services[name] = proc
+        if wait:
+            proc.wait_ready(timeout_s)
+
+    def kill_service(self, name: str) -> None:
+        """Kill one service abruptly (SIGKILL), as a crash would."""
+        import signal
+
+        proc = self.services[name]
+        proc.signal(signal.SIGKILL)
+        if proc.proc is not None:
+            proc.proc.wait(10)
+
+    def supervise(self, poll_s: float = 1.0) -> None:
+        """Restart services that exit, until interrupted."""
+        while True:
+            for name, proc in list(self.services.items()):
+                if not proc.running():
+                    self.restarts[name] = self.restarts.get(name, 0) + 1
+                    backoff = min(30.0, 2.0 ** min(self.restarts[name], 5))
+                    print(
+                        f"! {name} exited; restarting in {backoff:.0f}s "
+                        f"(log: {proc.log_path})",
+                        flush=True,
+                    )
+                    time.sleep(backoff)
+                    self.start_service(name, wait=False)
+            time.sleep(poll_s)
+
+    def stop(self) -> None:
+        """Stop the services (gracefully, in parallel), then the servers."""
+        procs = list(self.services.values())
+        for proc in procs:
+            proc.signal(15)
+        for proc in procs:
+            proc.stop(timeout_s=15)
+        self.services.clear()
+        self.stack.stop()

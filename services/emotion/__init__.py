@@ -1,0 +1,1 @@
+"""Emotion service: how the customer feels, per message."""

@@ -1,0 +1,1 @@
+"""Escalation service: bot or human, decided by policy over structured signals."""

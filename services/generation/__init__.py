@@ -1,0 +1,1 @@
+"""Generation service: caring replies streamed from an OpenAI-compatible LLM server."""

@@ -1,0 +1,36 @@
+"""Generation service: FastStream subscribers plus /metrics, /livez and /readyz."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+from starlette.applications import Starlette
+
+from services.generation.handlers import GenerationHandlers
+from services.generation.llm import ChatClient
+from services.generation.settings import GenerationSettings
+from shared.events import TurnRoutedEvent
+from shared.service import Infra, ServiceSpec, build_app
+from shared.topics import Topic
+
+Settings = GenerationSettings
+
+
+def create_app(settings: GenerationSettings | None = None) -> Starlette:
+    """Build the generation service."""
+    cfg = settings or GenerationSettings()
+
+    async def wire(infra: Infra, stack: AsyncExitStack) -> None:
+        llm = ChatClient(
+            cfg.llm_base_url,
+            cfg.llm_model,
+            api_key=cfg.llm_api_key.get_secret_value() if cfg.llm_api_key else None,
+            connect_timeout_s=cfg.connect_timeout_s,
+            first_token_timeout_s=cfg.first_token_timeout_s,
+            total_timeout_s=cfg.total_timeout_s,
+        )
+        stack.push_async_callback(llm.aclose)
+        handlers = GenerationHandlers(infra.bus, llm, cfg)
+        infra.subscribe(Topic.TURN_ROUTED, TurnRoutedEvent, handlers.on_turn_routed)
+
+    return build_app(ServiceSpec(name="generation", settings=cfg, wire=wire))

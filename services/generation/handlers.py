@@ -1,0 +1,136 @@
+"""Generation service subscribers."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from prometheus_client import Counter
+
+from services.generation.llm import ChatClient, LLMUnavailable
+from services.generation.prompt import FALLBACK_REPLY, HANDOFF_NOTICE, build_messages
+from services.generation.settings import GenerationSettings
+from shared.events import (
+    ReplyDelta,
+    ReplyDeltaEvent,
+    ReplyGenerated,
+    ReplyGeneratedEvent,
+    Role,
+    RouteTarget,
+    TurnRoutedEvent,
+)
+from shared.kafka import EventBus
+from shared.topics import Topic
+
+log = logging.getLogger(__name__)
+
+REPLIES = Counter("cbd_replies_total", "Replies published, by kind.", ["kind"])
+
+
+class GenerationHandlers:
+    """Answers bot-routed turns from the LLM and tells human-routed customers help is coming."""
+
+    def __init__(self, bus: EventBus, llm: ChatClient, settings: GenerationSettings) -> None:
+        self.bus = bus
+        self.llm = llm
+        self.settings = settings
+
+    async def on_turn_routed(self, event: TurnRoutedEvent) -> None:
+        """Generate (or decline to generate) the reply for one turn."""
+        turn = event.payload
+        # Same turn, same reply id: a redelivered turn overwrites nothing downstream.
+        reply_id = uuid.uuid5(event.event_id, "reply")
+        if turn.route.target is RouteTarget.HUMAN:
+            await self._publish_reply(event, reply_id, Role.SYSTEM, HANDOFF_NOTICE, ["handoff"])
+            REPLIES.labels("handoff").inc()
+            return
+
+        started = time.perf_counter()
+        parts: list[str] = []
+        pending: list[str] = []
+        seq = 0
+        last_flush = started
+        ttft_ms: float | None = None
+        flush_s = self.settings.delta_flush_ms / 1000
+
+        async def flush() -> None:
+            nonlocal seq, last_flush, pending
+            if not pending:
+                return
+            delta = ReplyDelta(
+                turn_id=turn.message.turn_id, reply_id=reply_id, seq=seq, text="".join(pending)
+            )
+            await self.bus.publish(
+                Topic.REPLY_DELTA,
+                event.derive(ReplyDeltaEvent, delta, part=f":{seq}"),
+                confirm=False,
+            )
+            seq += 1
+            pending = []
+            last_flush = time.perf_counter()
+
+        flags: list[str] = []
+        try:
+            async for text in self.llm.stream(
+                build_messages(turn),
+                max_tokens=self.settings.max_tokens,
+                temperature=self.settings.temperature,
+                top_p=self.settings.top_p,
+            ):
+                if ttft_ms is None:
+                    ttft_ms = (time.perf_counter() - started) * 1000
+                parts.append(text)
+                pending.append(text)
+                if time.perf_counter() - last_flush >= flush_s:
+                    await flush()
+            await flush()
+        except LLMUnavailable as exc:
+            log.warning("LLM unavailable, sending the fallback reply: %s", exc)
+            flags = ["llm_fallback", "needs_human", exc.kind]
+        reply = "".join(parts).strip()
+        if not flags and not reply:
+            flags = ["llm_fallback", "needs_human", "empty_completion"]
+        if flags:
+            reply = FALLBACK_REPLY
+            REPLIES.labels("fallback").inc()
+        else:
+            REPLIES.labels("llm").inc()
+        await self._publish_reply(
+            event,
+            reply_id,
+            Role.BOT,
+            reply,
+            flags,
+            model=self.llm.model,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            ttft_ms=ttft_ms,
+            tokens=len(parts),
+        )
+
+    async def _publish_reply(
+        self,
+        event: TurnRoutedEvent,
+        reply_id: uuid.UUID,
+        author: Role,
+        text: str,
+        flags: list[str],
+        *,
+        model: str | None = None,
+        latency_ms: float | None = None,
+        ttft_ms: float | None = None,
+        tokens: int | None = None,
+    ) -> None:
+        reply = ReplyGenerated(
+            turn_id=event.payload.message.turn_id,
+            reply_id=reply_id,
+            author=author,
+            text=text,
+            turn_received_at=event.payload.message.received_at,
+            flags=flags,
+            model=model,
+            latency_ms=latency_ms,
+            ttft_ms=ttft_ms,
+            tokens=tokens,
+        )
+        await self.bus.publish(Topic.REPLY_GENERATED, event.derive(ReplyGeneratedEvent, reply))

@@ -1,0 +1,56 @@
+"""Ingest service subscribers: replies on their way back to the customer."""
+
+from __future__ import annotations
+
+from prometheus_client import Histogram
+
+from services.ingest.delivery import Fanout
+from shared.events import ReplyDeltaEvent, ReplyGeneratedEvent, utcnow
+from shared.metrics import LATENCY_BUCKETS
+
+TURN_REPLY_SECONDS = Histogram(
+    "cbd_turn_reply_seconds",
+    "From the customer's message reaching ingest to its complete reply leaving it.",
+    ["channel", "author"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+class IngestHandlers:
+    """Turns reply events into frames for the customer's channel."""
+
+    def __init__(self, fanout: Fanout) -> None:
+        self.fanout = fanout
+
+    async def on_reply_delta(self, event: ReplyDeltaEvent) -> None:
+        """Stream a slice of a reply still being written."""
+        delta = event.payload
+        await self.fanout.publish(
+            event.conversation_id,
+            {
+                "type": "delta",
+                "turn_id": str(delta.turn_id),
+                "reply_id": str(delta.reply_id),
+                "seq": delta.seq,
+                "text": delta.text,
+            },
+        )
+
+    async def on_reply_generated(self, event: ReplyGeneratedEvent) -> None:
+        """Deliver a complete reply."""
+        reply = event.payload
+        if reply.turn_received_at is not None:
+            TURN_REPLY_SECONDS.labels(event.channel.value, reply.author.value).observe(
+                max(0.0, (utcnow() - reply.turn_received_at).total_seconds())
+            )
+        await self.fanout.publish(
+            event.conversation_id,
+            {
+                "type": "reply",
+                "turn_id": str(reply.turn_id),
+                "reply_id": str(reply.reply_id),
+                "author": reply.author.value,
+                "text": reply.text,
+                "flags": reply.flags,
+            },
+        )

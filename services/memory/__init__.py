@@ -1,0 +1,1 @@
+"""Memory service: every turn stored, recent context recalled."""

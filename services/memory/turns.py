@@ -1,0 +1,131 @@
+"""Where turns live: PostgreSQL as the record, Redis as the hot recent context."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from shared.db import Pool
+from shared.events import Envelope, HistoryTurn, Role
+
+
+@dataclass(frozen=True)
+class StoredTurn:
+    """One turn to record."""
+
+    turn_key: uuid.UUID
+    role: Role
+    text: str
+    occurred_at: datetime
+    in_reply_to: uuid.UUID | None = None
+    emotion: dict[str, Any] | None = None
+
+
+class TurnStore:
+    """Writes turns to PostgreSQL and keeps each conversation's latest turns in Redis."""
+
+    def __init__(
+        self, pg: Pool, redis: aioredis.Redis, *, key_prefix: str, keep: int, ttl_s: int
+    ) -> None:
+        self.pg = pg
+        self.redis = redis
+        self.key_prefix = key_prefix
+        self.keep = keep
+        self.ttl_s = ttl_s
+
+    def _key(self, conversation_id: str) -> str:
+        return f"{self.key_prefix}conv:{conversation_id}:turns"
+
+    async def record(self, event: Envelope, turn: StoredTurn) -> bool:
+        """Store the turn; False when it was already stored (a redelivered event)."""
+        async with self.pg.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
+                INSERT INTO memory.customers (customer_id) VALUES ($1)
+                ON CONFLICT (customer_id) DO UPDATE SET last_seen_at = now()
+                """,
+                event.customer_id,
+            )
+            await conn.execute(
+                """
+                INSERT INTO memory.conversations
+                    (conversation_id, customer_id, channel, started_at, last_activity_at)
+                VALUES ($1, $2, $3, $4, $4)
+                ON CONFLICT (conversation_id)
+                DO UPDATE SET last_activity_at = GREATEST(
+                    memory.conversations.last_activity_at, EXCLUDED.last_activity_at)
+                """,
+                event.conversation_id,
+                event.customer_id,
+                event.channel.value,
+                turn.occurred_at,
+            )
+            inserted = await conn.fetchval(
+                """
+                INSERT INTO memory.turns (turn_key, conversation_id, customer_id, role, text,
+                    channel, in_reply_to, emotion, event_id, trace_id, occurred_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                ON CONFLICT (turn_key) DO NOTHING
+                RETURNING true
+                """,
+                turn.turn_key,
+                event.conversation_id,
+                event.customer_id,
+                turn.role.value,
+                turn.text,
+                event.channel.value,
+                turn.in_reply_to,
+                turn.emotion,
+                event.event_id,
+                event.trace_id,
+                turn.occurred_at,
+            )
+        if not inserted:
+            return False
+        await self._cache(event.conversation_id, turn)
+        return True
+
+    async def _cache(self, conversation_id: str, turn: StoredTurn) -> None:
+        entry = HistoryTurn(role=turn.role, text=turn.text, at=turn.occurred_at)
+        key = self._key(conversation_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(key, entry.model_dump_json())
+            pipe.ltrim(key, -self.keep - 1, -1)
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+
+    async def recent(self, conversation_id: str) -> tuple[list[HistoryTurn], str]:
+        """The conversation's latest turns, oldest first, and where they came from.
+
+        Redis answers when it has the conversation; after a Redis restart or expiry the turns
+        come from PostgreSQL and the cache is rebuilt from them.
+        """
+        cached = await self.redis.lrange(self._key(conversation_id), 0, -1)
+        if cached:
+            return [HistoryTurn.model_validate_json(raw) for raw in cached], "cache"
+        rows = await self.pg.fetch(
+            """
+            SELECT role, text, occurred_at FROM (
+                SELECT role, text, occurred_at FROM memory.turns
+                WHERE conversation_id = $1 ORDER BY occurred_at DESC LIMIT $2
+            ) latest ORDER BY occurred_at
+            """,
+            conversation_id,
+            self.keep + 1,
+        )
+        if not rows:
+            return [], "empty"
+        turns = [
+            HistoryTurn(role=Role(r["role"]), text=r["text"], at=r["occurred_at"]) for r in rows
+        ]
+        key = self._key(conversation_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.rpush(key, *[t.model_dump_json() for t in turns])
+            pipe.expire(key, self.ttl_s)
+            await pipe.execute()
+        return turns, "database"

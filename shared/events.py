@@ -1,0 +1,319 @@
+"""Versioned event contracts exchanged over Kafka.
+
+Every event carries the same envelope; the payload grows as the turn moves through the stages
+(received -> analyzed -> contextualized -> routed), so a consumer never has to fetch state that
+an earlier stage already knew, and a retry can always be served from the event alone.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Self, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+SCHEMA_VERSION = 1
+
+Identifier = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+]
+"""Ids that come from outside (conversations, customers): safe in keys, URLs and logs."""
+
+MAX_MESSAGE_CHARS = 4000
+
+E = TypeVar("E", bound="Envelope")
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware, as every event timestamp must be."""
+    return datetime.now(UTC)
+
+
+def new_trace_id() -> str:
+    """A W3C-compatible 128-bit trace id (32 lowercase hex digits)."""
+    return secrets.token_hex(16)
+
+
+class Channel(StrEnum):
+    """Where the customer reached us."""
+
+    WEB = "web"
+    API = "api"
+    VOICE = "voice"
+    SMS = "sms"
+    WHATSAPP = "whatsapp"
+    EMAIL = "email"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CustomerMessage(_Model):
+    """What the customer said, exactly as received at the edge."""
+
+    turn_id: uuid.UUID
+    text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+    received_at: AwareDatetime
+    language: str | None = None
+
+
+class EmotionLabel(StrEnum):
+    """The seven customer-service emotions the platform recognises."""
+
+    ANGER = "anger"
+    FRUSTRATION = "frustration"
+    ANXIETY = "anxiety"
+    SADNESS = "sadness"
+    CONFUSION = "confusion"
+    JOY = "joy"
+    NEUTRAL = "neutral"
+
+
+class Signal(_Model):
+    """A named cue found in the message, with the words that show it."""
+
+    name: str
+    evidence: str
+    weight: float = 1.0
+
+
+class EmotionAnalysis(_Model):
+    """How the customer seems to feel in this message, and why we think so."""
+
+    label: EmotionLabel
+    scores: dict[EmotionLabel, float]
+    sentiment: Annotated[float, Field(ge=-1.0, le=1.0)]
+    intensity: Annotated[float, Field(ge=0.0, le=1.0)]
+    signals: list[Signal] = []
+    explanation: str = ""
+    model: str
+    degraded: bool = False
+    """True when the model failed and this is a neutral stand-in."""
+
+
+class Role(StrEnum):
+    """Who spoke a turn."""
+
+    CUSTOMER = "customer"
+    BOT = "bot"
+    AGENT = "agent"
+    SYSTEM = "system"
+
+
+class HistoryTurn(_Model):
+    """One earlier turn of the conversation, as memory recalls it."""
+
+    role: Role
+    text: str
+    at: AwareDatetime
+
+
+class ConversationContext(_Model):
+    """What memory knows that this turn needs."""
+
+    recent_turns: list[HistoryTurn] = []
+    memories_used: list[str] = []
+    source: Literal["cache", "database", "empty"] = "empty"
+
+
+class RouteTarget(StrEnum):
+    """Who answers this turn."""
+
+    BOT = "bot"
+    HUMAN = "human"
+
+
+class RouteReason(_Model):
+    """One reason for a routing decision, with its evidence."""
+
+    code: str
+    detail: str
+
+
+class RoutingDecision(_Model):
+    """Escalation's verdict for the turn."""
+
+    target: RouteTarget
+    reasons: list[RouteReason] = []
+    policy: str
+
+
+class TurnReceived(_Model):
+    """Payload of turn.received."""
+
+    message: CustomerMessage
+
+
+class TurnAnalyzed(TurnReceived):
+    """Payload of turn.analyzed: the turn plus its emotion analysis."""
+
+    emotion: EmotionAnalysis
+
+
+class TurnContextualized(TurnAnalyzed):
+    """Payload of turn.contextualized: the analyzed turn plus what memory recalls."""
+
+    context: ConversationContext
+
+
+class TurnRouted(TurnContextualized):
+    """Payload of turn.routed: the contextualized turn plus who should answer."""
+
+    route: RoutingDecision
+
+
+class ReplyDelta(_Model):
+    """A slice of a reply still being generated, for channels that stream."""
+
+    turn_id: uuid.UUID
+    reply_id: uuid.UUID
+    seq: int
+    text: str
+
+
+class ReplyGenerated(_Model):
+    """Payload of reply.generated: a complete reply to one customer turn."""
+
+    turn_id: uuid.UUID
+    reply_id: uuid.UUID
+    author: Role
+    text: str
+    turn_received_at: AwareDatetime | None = None
+    """When the customer's message reached the edge, for end-to-end latency."""
+    flags: list[str] = []
+    model: str | None = None
+    latency_ms: float | None = None
+    ttft_ms: float | None = None
+    tokens: int | None = None
+
+
+class Envelope(_Model):
+    """The fields every event carries, whatever its payload."""
+
+    event_type: str
+    event_id: uuid.UUID
+    schema_version: int = SCHEMA_VERSION
+    conversation_id: Identifier
+    customer_id: Identifier
+    channel: Channel
+    occurred_at: AwareDatetime
+    trace_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
+    causation_id: uuid.UUID | None = None
+    """The event this one was derived from (None at the edge)."""
+
+    def derive(self, cls: type[E], payload: Any, *, part: str = "") -> E:
+        """Build the next stage's event from this one.
+
+        The new id is a UUIDv5 of this id, the new type and `part` (for several events of one
+        type from one input, like streamed deltas), so redelivering this event produces the
+        same downstream ids and every store can deduplicate on them.
+        """
+        return cls(
+            event_id=uuid.uuid5(self.event_id, cls.type_name() + part),
+            conversation_id=self.conversation_id,
+            customer_id=self.customer_id,
+            channel=self.channel,
+            occurred_at=utcnow(),
+            trace_id=self.trace_id,
+            causation_id=self.event_id,
+            payload=payload,
+        )
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        conversation_id: str,
+        customer_id: str,
+        channel: Channel,
+        payload: Any,
+        trace_id: str | None = None,
+    ) -> Self:
+        """Start a new event at the edge, with a fresh id and trace."""
+        return cls(
+            event_id=uuid.uuid4(),
+            conversation_id=conversation_id,
+            customer_id=customer_id,
+            channel=channel,
+            occurred_at=utcnow(),
+            trace_id=trace_id or new_trace_id(),
+            payload=payload,
+        )
+
+    @classmethod
+    def type_name(cls) -> str:
+        """The `event_type` this class always carries."""
+        default = cls.model_fields["event_type"].default
+        if not isinstance(default, str):
+            raise TypeError(f"{cls.__name__} has no fixed event_type")
+        return default
+
+
+class TurnReceivedEvent(Envelope):
+    """A customer message accepted at the edge."""
+
+    event_type: Literal["turn.received"] = "turn.received"
+    payload: TurnReceived
+
+
+class TurnAnalyzedEvent(Envelope):
+    """A turn with its emotion analysis."""
+
+    event_type: Literal["turn.analyzed"] = "turn.analyzed"
+    payload: TurnAnalyzed
+
+
+class TurnContextualizedEvent(Envelope):
+    """A turn with its emotion analysis and memory context."""
+
+    event_type: Literal["turn.contextualized"] = "turn.contextualized"
+    payload: TurnContextualized
+
+
+class TurnRoutedEvent(Envelope):
+    """A turn with its routing decision."""
+
+    event_type: Literal["turn.routed"] = "turn.routed"
+    payload: TurnRouted
+
+
+class ReplyDeltaEvent(Envelope):
+    """Part of a reply being streamed."""
+
+    event_type: Literal["reply.delta"] = "reply.delta"
+    payload: ReplyDelta
+
+
+class ReplyGeneratedEvent(Envelope):
+    """A complete reply, from the bot or from an agent."""
+
+    event_type: Literal["reply.generated"] = "reply.generated"
+    payload: ReplyGenerated
+
+
+class DeadLetter(_Model):
+    """A message a service could not process, with the reason, ready to be replayed.
+
+    Not an `Envelope`: the original may be so broken that it has no conversation id.
+    """
+
+    event_type: Literal["deadletter"] = "deadletter"
+    dead_letter_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    schema_version: int = SCHEMA_VERSION
+    source_topic: str
+    partition: int
+    offset: int
+    key: str | None = None
+    service: str
+    consumer_group: str
+    reason: str
+    error_type: str
+    attempts: int
+    payload: str
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+    failed_at: AwareDatetime = Field(default_factory=utcnow)
+

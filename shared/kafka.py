@@ -1,0 +1,256 @@
+"""Kafka plumbing: one broker factory, one way to publish, one way to consume.
+
+Delivery is at-least-once. A subscriber commits only after its handler finished (or after the
+message went to the dead-letter topic), so a service killed mid-message sees it again when it
+comes back. A message that cannot be processed is retried a bounded number of times and then
+dead-lettered with the reason; a partition never stalls behind a poison message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from pydantic import ValidationError
+
+from shared import metrics
+from shared.events import DeadLetter, Envelope, utcnow
+from shared.logging import log_context
+from shared.settings import KafkaSettings
+from shared.topics import ALL_TOPICS, Topic
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Envelope)
+
+
+class PermanentError(Exception):
+    """A handler's way of saying retrying cannot help: dead-letter this message now."""
+
+
+# Infrastructure trouble that a later attempt may not see: the message is not at fault, so it
+# is redelivered rather than dead-lettered. Anything else is the message's own problem.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    TimeoutError,
+    OSError,
+    KafkaError,
+)
+
+
+def make_broker(settings: KafkaSettings, client_id: str) -> KafkaBroker:
+    """A broker connection for one service process."""
+    return KafkaBroker(
+        settings.bootstrap_servers,
+        client_id=client_id,
+        request_timeout_ms=settings.request_timeout_ms,
+        # Idempotent producers need InitProducerId, which the embedded broker lacks; duplicates
+        # are handled downstream by deterministic event ids instead.
+        enable_idempotence=False,
+        acks="all",
+        log_level=logging.DEBUG,
+    )
+
+
+async def ensure_topics(settings: KafkaSettings, topics: tuple[Topic, ...] = ALL_TOPICS) -> None:
+    """Create the platform's topics with the configured partitions if they are missing."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers,
+        request_timeout_ms=settings.request_timeout_ms,
+    )
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(settings.topic(t), settings.partitions, settings.replication_factor)
+            for t in topics
+            if settings.topic(t) not in existing
+        ]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                log.debug("another service created the topics first")
+    finally:
+        await admin.close()
+
+
+class EventBus:
+    """Publishes events on the platform's topics, keyed by conversation for ordering."""
+
+    def __init__(self, broker: KafkaBroker, settings: KafkaSettings, service: str) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.service = service
+
+    async def publish(self, topic: Topic, event: Envelope, *, confirm: bool = True) -> None:
+        """Publish one event; with `confirm` (the default) wait until the broker has it."""
+        await self.broker.publish(
+            event.model_dump_json().encode(),
+            topic=self.settings.topic(topic),
+            key=event.conversation_id.encode(),
+            headers={
+                "content-type": "application/json",
+                "event-type": event.event_type,
+                "schema-version": str(event.schema_version),
+                "trace-id": event.trace_id,
+            },
+            no_confirm=not confirm,
+        )
+        metrics.EVENTS_PUBLISHED.labels(self.service, topic.value).inc()
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        """Send an unprocessable message, with its reason, to the dead-letter topic."""
+        await self.broker.publish(
+            letter.model_dump_json().encode(),
+            topic=self.settings.topic(Topic.DEAD_LETTER),
+            key=letter.key.encode() if letter.key else None,
+            headers={"content-type": "application/json", "event-type": letter.event_type},
+        )
+        metrics.EVENTS_PUBLISHED.labels(self.service, Topic.DEAD_LETTER.value).inc()
+
+
+@dataclass(frozen=True)
+class ConsumerSpec:
+    """How one service consumes one topic."""
+
+    service: str
+    group_id: str
+    attempts: int = 3
+    retry_backoff_s: float = 0.2
+    redelivery_backoff_s: float = 1.0
+
+
+def _raw_payload(body: bytes) -> tuple[str, str]:
+    try:
+        return body.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(body).decode("ascii"), "base64"
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err["loc"]) or "message"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid event: " + "; ".join(parts)
+
+
+def subscribe(
+    broker: KafkaBroker,
+    bus: EventBus,
+    settings: KafkaSettings,
+    topic: Topic,
+    model: type[E],
+    handler: Callable[[E], Awaitable[None]],
+    spec: ConsumerSpec,
+) -> None:
+    """Register `handler` for `topic` with validation, bounded retries and dead-lettering."""
+    topic_name = settings.topic(topic)
+
+    async def dead_letter(msg: Any, reason: str, error_type: str, attempts: int) -> None:
+        record = msg.raw_message
+        payload, encoding = _raw_payload(msg.body)
+        await bus.dead_letter(
+            DeadLetter(
+                source_topic=topic_name,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key.decode("utf-8", "replace") if record.key else None,
+                service=spec.service,
+                consumer_group=spec.group_id,
+                reason=reason[:2000],
+                error_type=error_type,
+                attempts=attempts,
+                payload=payload,
+                payload_encoding=encoding,
+            )
+        )
+        metrics.DEAD_LETTERS.labels(spec.service, topic.value, error_type).inc()
+        metrics.EVENTS_CONSUMED.labels(spec.service, topic.value, "dead_lettered").inc()
+        log.warning(
+            "dead-lettered %s[%s]@%s: %s", topic_name, record.partition, record.offset, reason
+        )
+
+    @broker.subscriber(
+        topic_name,
+        group_id=spec.group_id,
+        auto_offset_reset="earliest",
+        # NACK only when even the dead-letter publish failed (broker trouble): the message is
+        # then redelivered instead of being committed unprocessed.
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        title=f"{spec.service}:{topic.value}",
+    )
+    async def consume(msg: KafkaMessage) -> None:
+        try:
+            event = model.model_validate_json(msg.body)
+        except ValidationError as exc:
+            await dead_letter(msg, _describe_validation(exc), "ValidationError", 1)
+            return
+        metrics.EVENT_AGE_SECONDS.labels(spec.service, topic.value).observe(
+            max(0.0, (utcnow() - event.occurred_at).total_seconds())
+        )
+        with log_context(
+            trace_id=event.trace_id,
+            conversation_id=event.conversation_id,
+            event_id=str(event.event_id),
+        ):
+            await _handle_with_retries(msg, event, handler, spec, topic, dead_letter)
+
+    del consume  # registered on the broker; nothing else calls it
+
+
+async def _handle_with_retries(
+    msg: Any,
+    event: E,
+    handler: Callable[[E], Awaitable[None]],
+    spec: ConsumerSpec,
+    topic: Topic,
+    dead_letter: Callable[[Any, str, str, int], Awaitable[None]],
+) -> None:
+    started = time.perf_counter()
+    for attempt in range(1, spec.attempts + 1):
+        try:
+            await handler(event)
+        except PermanentError as exc:
+            await dead_letter(msg, str(exc), type(exc).__name__, attempt)
+            return
+        except TRANSIENT_ERRORS as exc:
+            if attempt < spec.attempts:
+                metrics.HANDLER_RETRIES.labels(spec.service, topic.value).inc()
+                await asyncio.sleep(spec.retry_backoff_s * 2 ** (attempt - 1))
+                continue
+            # Infrastructure still down: leave the offset uncommitted so the message comes
+            # back, after a pause, instead of blaming the message for it.
+            metrics.EVENTS_CONSUMED.labels(spec.service, topic.value, "redelivered").inc()
+            log.warning("infrastructure error, will redeliver: %r", exc)
+            await asyncio.sleep(spec.redelivery_backoff_s)
+            raise
+        except Exception as exc:
+            if attempt < spec.attempts:
+                metrics.HANDLER_RETRIES.labels(spec.service, topic.value).inc()
+                log.info("attempt %d failed: %r", attempt, exc)
+                await asyncio.sleep(spec.retry_backoff_s * 2 ** (attempt - 1))
+                continue
+            await dead_letter(msg, f"{type(exc).__name__}: {exc}", type(exc).__name__, attempt)
+            return
+        else:
+            metrics.HANDLE_SECONDS.labels(spec.service, topic.value).observe(
+                time.perf_counter() - started
+            )
+            metrics.EVENTS_CONSUMED.labels(spec.service, topic.value, "ok").inc()
+            return
+

@@ -1,0 +1,202 @@
+"""The shape every service shares: an ASGI app around a FastStream broker.
+
+`build_app` gives each service `/metrics`, a liveness probe (`/livez`, checks nothing
+external), a readiness probe (`/readyz`, checks broker, database and cache) and a lifespan that
+opens the clients, applies migrations, wires the handlers, starts consuming, and closes
+everything again in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+from faststream.kafka import KafkaBroker
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from shared import db
+from shared.events import Envelope
+from shared.kafka import ConsumerSpec, EventBus, ensure_topics, make_broker, subscribe
+from shared.logging import configure_logging
+from shared.settings import ServiceSettings
+from shared.topics import Topic
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Envelope)
+
+
+@dataclass
+class Infra:
+    """The clients a service's handlers work with, opened in the lifespan and passed in."""
+
+    service: str
+    settings: ServiceSettings
+    broker: KafkaBroker
+    bus: EventBus
+    pg: db.Pool | None = None
+    redis: aioredis.Redis | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def subscribe(
+        self, topic: Topic, model: type[E], handler: Callable[[E], Awaitable[None]]
+    ) -> None:
+        """Consume `topic` in this service's consumer group."""
+        subscribe(
+            self.broker,
+            self.bus,
+            self.settings.kafka,
+            topic,
+            model,
+            handler,
+            ConsumerSpec(
+                service=self.service,
+                group_id=f"cbd-{self.service}.{topic.value}",
+                attempts=self.settings.handler_attempts,
+            ),
+        )
+
+    def require_pg(self) -> db.Pool:
+        """The database pool; a service that asked for one always has it after start-up."""
+        if self.pg is None:
+            raise RuntimeError(f"{self.service} was built without PostgreSQL")
+        return self.pg
+
+    def require_redis(self) -> aioredis.Redis:
+        """The Redis client; a service that asked for one always has it after start-up."""
+        if self.redis is None:
+            raise RuntimeError(f"{self.service} was built without Redis")
+        return self.redis
+
+
+Wire = Callable[[Infra, AsyncExitStack], Awaitable[None]]
+"""Registers a service's handlers; may push its own clean-ups onto the exit stack."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """What a service needs from the platform scaffolding."""
+
+    name: str
+    settings: ServiceSettings
+    wire: Wire
+    uses_postgres: bool = False
+    uses_redis: bool = False
+    migrations: Path | None = None
+    routes: Sequence[BaseRoute] = ()
+
+
+async def _retry(what: str, attempt: Callable[[], Awaitable[Any]], timeout_s: float) -> Any:
+    """Keep trying a start-up step while its server comes up, then give up loudly."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.2
+    while True:
+        try:
+            return await attempt()
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} unavailable after {timeout_s:.0f}s: {exc!r}") from exc
+            log.info("waiting for %s: %r", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> Starlette:
+    """The ASGI app for one service."""
+    settings = spec.settings
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        configure_logging(spec.name, settings.log_level, settings.log_format)
+        async with AsyncExitStack() as stack:
+            if settings.kafka.create_topics:
+                await _retry("kafka", lambda: ensure_topics(settings.kafka), startup_timeout_s)
+            broker = make_broker(settings.kafka, client_id=f"cbd-{spec.name}")
+            infra = Infra(
+                service=spec.name,
+                settings=settings,
+                broker=broker,
+                bus=EventBus(broker, settings.kafka, spec.name),
+            )
+            if spec.uses_postgres:
+                infra.pg = await _retry(
+                    "postgres", lambda: db.create_pool(settings.postgres), startup_timeout_s
+                )
+                stack.push_async_callback(infra.pg.close)
+                if spec.migrations is not None:
+                    await db.migrate(infra.pg, spec.name, spec.migrations)
+            if spec.uses_redis:
+                infra.redis = aioredis.from_url(
+                    settings.redis.url.get_secret_value(), decode_responses=True
+                )
+                stack.push_async_callback(infra.redis.aclose)
+                await _retry("redis", infra.redis.ping, startup_timeout_s)
+            await spec.wire(infra, stack)
+            await _retry("kafka", broker.start, startup_timeout_s)
+            stack.push_async_callback(broker.stop)
+            app.state.infra = infra
+            log.info("%s ready on %s:%s", spec.name, settings.host, settings.port)
+            yield
+            log.info("%s stopping", spec.name)
+
+    async def livez(_: Request) -> Response:
+        return JSONResponse({"status": "alive", "service": spec.name})
+
+    async def readyz(request: Request) -> Response:
+        infra: Infra | None = getattr(request.app.state, "infra", None)
+        if infra is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        checks = await readiness_checks(infra)
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse(
+            {"status": "ready" if ok else "unready", "checks": checks},
+            status_code=200 if ok else 503,
+        )
+
+    async def metrics_endpoint(_: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    routes: list[BaseRoute] = [
+        Route("/livez", livez),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics_endpoint),
+        *spec.routes,
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def readiness_checks(infra: Infra, timeout_s: float = 2.0) -> dict[str, str]:
+    """Probe each dependency the service uses; 'ok' or a short reason per dependency."""
+
+    async def check(probe: Callable[[], Awaitable[Any]]) -> str:
+        try:
+            result = await asyncio.wait_for(probe(), timeout_s)
+        except Exception as exc:
+            return f"error: {type(exc).__name__}"
+        return "ok" if result is not False else "error: no answer"
+
+    async def pg_probe() -> Any:
+        assert infra.pg is not None
+        return await infra.pg.fetchval("SELECT 1")
+
+    probes: dict[str, Callable[[], Awaitable[Any]]] = {
+        "kafka": lambda: infra.broker.ping(timeout=timeout_s)
+    }
+    if infra.pg is not None:
+        probes["postgres"] = pg_probe
+    if infra.redis is not None:
+        probes["redis"] = infra.redis.ping
+    names = list(probes)
+    results = await asyncio.gather(*(check(probes[n]) for n in names))
+    return dict(zip(names, results, strict=True))

@@ -1,0 +1,89 @@
+"""Settings every service shares: where the broker, database and cache are, and how to serve.
+
+Each service subclasses `ServiceSettings` with its own env prefix (`CBD_<SERVICE>_`); the
+infrastructure addresses are read once under their own prefixes (`CBD_KAFKA_`, `CBD_PG_`,
+`CBD_REDIS_`) so one deployment-wide variable points every service at the same servers.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Self
+from urllib.parse import urlsplit
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.topics import Topic
+
+
+class KafkaSettings(BaseSettings):
+    """Kafka client settings, tuned for low per-hop latency (see docs/architecture.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="CBD_KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = ""
+    partitions: int = Field(default=3, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    create_topics: bool = True
+    """Create missing topics at start-up (dev); in production an operator owns them."""
+    fetch_max_wait_ms: int = Field(default=20, ge=1)
+    """How long a fetch waits for data; the broker waits all of it, so it bounds each hop."""
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    request_timeout_ms: int = 15_000
+
+    def topic(self, topic: Topic) -> str:
+        """The physical topic name for a logical topic."""
+        return f"{self.topic_prefix}{topic.value}"
+
+
+class PostgresSettings(BaseSettings):
+    """Where PostgreSQL is."""
+
+    model_config = SettingsConfigDict(env_prefix="CBD_PG_", extra="ignore")
+
+    dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    pool_min_size: int = 1
+    pool_max_size: int = 5
+    command_timeout_s: float = 10.0
+
+
+class RedisSettings(BaseSettings):
+    """Where Redis is."""
+
+    model_config = SettingsConfigDict(env_prefix="CBD_REDIS_", extra="ignore")
+
+    url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    key_prefix: str = "cbd:"
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs to run; subclasses set `env_prefix` and `port`."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    environment: Literal["development", "production"] = Field(
+        default="development", validation_alias=AliasChoices("CBD_ENVIRONMENT")
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = Field(default="INFO", validation_alias=AliasChoices("CBD_LOG_LEVEL"))
+    log_format: Literal["json", "text"] = Field(
+        default="json", validation_alias=AliasChoices("CBD_LOG_FORMAT")
+    )
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    handler_attempts: int = Field(default=3, ge=1)
+    """Tries a failing event gets before it goes to the dead-letter topic."""
+
+    @model_validator(mode="after")
+    def _no_dev_secrets_in_production(self) -> Self:
+        # Local defaults are passwordless; production must never fall back to them silently.
+        if self.environment == "production":
+            if urlsplit(self.postgres.dsn.get_secret_value()).password is None:
+                raise ValueError("CBD_PG_DSN must carry a password when CBD_ENVIRONMENT=production")
+            if urlsplit(self.redis.url.get_secret_value()).password is None:
+                raise ValueError("CBD_REDIS_URL must carry a password when CBD_ENVIRONMENT=production")
+        return self
