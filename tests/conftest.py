@@ -1,0 +1,82 @@
+"""Shared fixtures: the real embedded servers and, for end-to-end tests, the six services.
+
+One platform per test session: PostgreSQL, Redis, the Kafka-protocol broker and the LLM
+server are started by the fixture itself, on free ports under a temporary directory, and
+stopped at the end. Integration tests that drive Kafka directly use their own topic prefix,
+so they never feed the running services.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from cbd.runtime import Platform
+from shared.settings import KafkaSettings
+
+
+@pytest.fixture(scope="session")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """The whole platform: embedded servers plus every service as its own process."""
+    run_dir: Path = tmp_path_factory.mktemp("platform")
+    plat = Platform.for_tests(
+        run_dir,
+        extra_env={
+            # Short replies keep the suite fast on two cores; the path is the same.
+            "CBD_GENERATION_MAX_TOKENS": "48",
+            "CBD_LOG_LEVEL": "INFO",
+        },
+    )
+    plat.start()
+    try:
+        yield plat
+    finally:
+        plat.stop()
+
+
+@pytest.fixture(scope="session")
+def stack_env(platform: Platform) -> dict[str, str]:
+    """The settings pointing at the embedded servers."""
+    return platform.stack.env()
+
+
+@pytest.fixture
+def isolated_kafka(stack_env: dict[str, str]) -> KafkaSettings:
+    """Kafka settings with a topic prefix of this test's own."""
+    return KafkaSettings(
+        bootstrap_servers=stack_env["CBD_KAFKA_BOOTSTRAP_SERVERS"],
+        topic_prefix=f"it-{secrets.token_hex(4)}.",
+        partitions=1,
+    )
+
+
+@pytest.fixture
+async def fresh_db(stack_env: dict[str, str]) -> AsyncIterator[str]:
+    """The DSN of a brand-new database, dropped after the test."""
+    admin_dsn = stack_env["CBD_PG_DSN"]
+    name = f"it_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    yield admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def redis_client(stack_env: dict[str, str]) -> AsyncIterator[aioredis.Redis]:
+    """A client of the embedded Redis."""
+    client = aioredis.from_url(stack_env["CBD_REDIS_URL"], decode_responses=True)
+    yield client
+    await client.aclose()
