@@ -8,6 +8,7 @@ only after handling, what it had not finished is processed when it is back.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from cbd.procs import ManagedProcess, free_port, http_ok
 from cbd.serve import SERVICES
-from cbd.stack import EmbeddedStack
+from cbd.stack import EmbeddedStack, StackPorts
 
 DEFAULT_PORTS = {name: 8000 + i for i, name in enumerate(SERVICES)}
 
@@ -33,8 +34,6 @@ class Platform:
     @classmethod
     def for_tests(cls, run_dir: Path, extra_env: dict[str, str] | None = None) -> Platform:
         """Throw-away data and free ports, so tests never touch a running `make run`."""
-        from cbd.stack import StackPorts
-
         return cls(
             stack=EmbeddedStack(run_dir, ports=StackPorts.random(), durable=False),
             service_ports={name: free_port() for name in SERVICES},
@@ -83,8 +82,6 @@ class Platform:
 
     def kill_service(self, name: str) -> None:
         """Kill one service abruptly (SIGKILL), as a crash would."""
-        import signal
-
         proc = self.services[name]
         proc.signal(signal.SIGKILL)
         if proc.proc is not None:
@@ -98,8 +95,7 @@ class Platform:
                     self.restarts[name] = self.restarts.get(name, 0) + 1
                     backoff = min(30.0, 2.0 ** min(self.restarts[name], 5))
                     print(
-                        f"! {name} exited; restarting in {backoff:.0f}s "
-                        f"(log: {proc.log_path})",
+                        f"! {name} exited; restarting in {backoff:.0f}s (log: {proc.log_path})",
                         flush=True,
                     )
                     time.sleep(backoff)
@@ -110,7 +106,7 @@ class Platform:
         """Stop the services (gracefully, in parallel), then the servers."""
         procs = list(self.services.values())
         for proc in procs:
-            proc.signal(15)
+            proc.signal(signal.SIGTERM)
         for proc in procs:
             proc.stop(timeout_s=15)
         self.services.clear()

@@ -17,6 +17,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pgserver.utils import ensure_folder_permissions, ensure_user_exists
+
 from cbd.procs import ManagedProcess, free_port, http_ok, tcp_open
 
 LLM_MODEL_NAME = "smollm2-135m-instruct"
@@ -125,10 +127,14 @@ class EmbeddedStack:
         return ManagedProcess(
             name="kafka (tansu)",
             argv=[
-                str(tansu_binary()), "broker",
-                "--listener-url", url,
-                "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/",
+                str(tansu_binary()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
             ],
             log_path=self.logs / "kafka.log",
             ready=lambda: tcp_open(self.ports.kafka),
@@ -143,23 +149,51 @@ class EmbeddedStack:
             _hand_over(data, user)
             subprocess.run(
                 [
-                    str(postgres_bin() / "initdb"), "-D", str(data), "-U", "postgres",
-                    "--auth=trust", "--encoding=UTF8", "--no-sync",
+                    str(postgres_bin() / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "--encoding=UTF8",
+                    "--no-sync",
                 ],
-                check=True, capture_output=True, user=user,
+                check=True,
+                capture_output=True,
+                user=user,
             )
         sockets.mkdir(parents=True, exist_ok=True)
         _hand_over(sockets, user)
         argv = [
-            str(postgres_bin() / "postgres"), "-D", str(data),
-            "-h", "127.0.0.1", "-p", str(self.ports.postgres), "-k", str(sockets),
-            "-c", "max_connections=200",
+            str(postgres_bin() / "postgres"),
+            "-D",
+            str(data),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.ports.postgres),
+            "-k",
+            str(sockets),
+            "-c",
+            "max_connections=200",
         ]
         if not self.durable:
-            argv += ["-c", "fsync=off", "-c", "synchronous_commit=off",
-                     "-c", "full_page_writes=off"]
-        isready = [str(postgres_bin() / "pg_isready"), "-q", "-h", "127.0.0.1",
-                   "-p", str(self.ports.postgres)]
+            argv += [
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
+        isready = [
+            str(postgres_bin() / "pg_isready"),
+            "-q",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.ports.postgres),
+        ]
         return ManagedProcess(
             name="postgres",
             argv=argv,
@@ -173,8 +207,16 @@ class EmbeddedStack:
             name="redis",
             argv=[
                 str(redis_server_binary()),
-                "--port", str(self.ports.redis), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.run_dir),
+                "--port",
+                str(self.ports.redis),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.run_dir),
             ],
             log_path=self.logs / "redis.log",
             ready=lambda: tcp_open(self.ports.redis),
@@ -184,11 +226,21 @@ class EmbeddedStack:
         return ManagedProcess(
             name="llm (llama.cpp, SmolLM2-135M)",
             argv=[
-                sys.executable, "-m", "llama_cpp.server",
-                "--model", str(smollm2_gguf()),
-                "--model_alias", LLM_MODEL_NAME,
-                "--host", "127.0.0.1", "--port", str(self.ports.llm),
-                "--n_ctx", "4096", "--n_threads", str(self.llm_threads),
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(smollm2_gguf()),
+                "--model_alias",
+                LLM_MODEL_NAME,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.ports.llm),
+                "--n_ctx",
+                "4096",
+                "--n_threads",
+                str(self.llm_threads),
             ],
             log_path=self.logs / "llm.log",
             ready=lambda: http_ok(f"http://127.0.0.1:{self.ports.llm}/v1/models"),
@@ -199,8 +251,6 @@ def _postgres_os_user(run_dir: Path) -> str | None:
     """PostgreSQL refuses to run as root: use an unprivileged account when we are root."""
     if os.geteuid() != 0:
         return None
-    from pgserver.utils import ensure_folder_permissions, ensure_user_exists
-
     ensure_user_exists("pgserver")
     # The server's binaries and every parent of the data directory must be reachable by it.
     ensure_folder_permissions(postgres_bin(), 0o555)

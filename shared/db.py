@@ -6,6 +6,7 @@ start-up under an advisory lock, so several replicas starting together apply eac
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -41,6 +42,10 @@ async def create_pool(settings: PostgresSettings) -> Pool:
     return pool
 
 
+def _read_migrations(directory: Path) -> list[tuple[str, str]]:
+    return [(path.stem, path.read_text()) for path in sorted(directory.glob("*.sql"))]
+
+
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS public.cbd_schema_migrations (
     service     text        NOT NULL,
@@ -57,7 +62,7 @@ async def migrate(pool: Pool, service: str, directory: Path) -> list[str]:
 
     A file that was already applied but has changed since is an error, not a silent skip.
     """
-    files = sorted(directory.glob("*.sql"))
+    files = await asyncio.to_thread(_read_migrations, directory)
     applied_now: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cbd_schema_migrations'))")
@@ -67,14 +72,12 @@ async def migrate(pool: Pool, service: str, directory: Path) -> list[str]:
             service,
         )
         done: dict[str, Any] = {r["version"]: r["checksum"] for r in rows}
-        for path in files:
-            sql = path.read_text()
+        for version, sql in files:
             checksum = hashlib.sha256(sql.encode()).hexdigest()
-            version = path.stem
             if version in done:
                 if done[version] != checksum:
                     raise RuntimeError(
-                        f"migration {service}/{path.name} changed after it was applied; "
+                        f"migration {service}/{version} changed after it was applied; "
                         "add a new migration instead"
                     )
                 continue

@@ -17,9 +17,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstrai
 
 SCHEMA_VERSION = 1
 
-Identifier = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
-]
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")]
 """Ids that come from outside (conversations, customers): safe in keys, URLs and logs."""
 
 MAX_MESSAGE_CHARS = 4000
@@ -204,6 +202,8 @@ class Envelope(_Model):
     trace_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
     causation_id: uuid.UUID | None = None
     """The event this one was derived from (None at the edge)."""
+    payload: BaseModel
+    """Each event type narrows this to its own payload model."""
 
     def derive(self, cls: type[E], payload: Any, *, part: str = "") -> E:
         """Build the next stage's event from this one.
@@ -213,6 +213,7 @@ class Envelope(_Model):
         same downstream ids and every store can deduplicate on them.
         """
         return cls(
+            event_type=cls.type_name(),
             event_id=uuid.uuid5(self.event_id, cls.type_name() + part),
             conversation_id=self.conversation_id,
             customer_id=self.customer_id,
@@ -235,6 +236,7 @@ class Envelope(_Model):
     ) -> Self:
         """Start a new event at the edge, with a fresh id and trace."""
         return cls(
+            event_type=cls.type_name(),
             event_id=uuid.uuid4(),
             conversation_id=conversation_id,
             customer_id=customer_id,
@@ -316,4 +318,3 @@ class DeadLetter(_Model):
     payload: str
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
     failed_at: AwareDatetime = Field(default_factory=utcnow)
-

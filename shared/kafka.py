@@ -149,6 +149,7 @@ def _describe_validation(exc: ValidationError) -> str:
 def subscribe(
     broker: KafkaBroker,
     bus: EventBus,
+    *,
     settings: KafkaSettings,
     topic: Topic,
     model: type[E],
@@ -208,7 +209,9 @@ def subscribe(
             conversation_id=event.conversation_id,
             event_id=str(event.event_id),
         ):
-            await _handle_with_retries(msg, event, handler, spec, topic, dead_letter)
+            await _handle_with_retries(
+                msg, event, handler=handler, spec=spec, topic=topic, dead_letter=dead_letter
+            )
 
     del consume  # registered on the broker; nothing else calls it
 
@@ -216,6 +219,7 @@ def subscribe(
 async def _handle_with_retries(
     msg: Any,
     event: E,
+    *,
     handler: Callable[[E], Awaitable[None]],
     spec: ConsumerSpec,
     topic: Topic,
@@ -253,4 +257,3 @@ async def _handle_with_retries(
             )
             metrics.EVENTS_CONSUMED.labels(spec.service, topic.value, "ok").inc()
             return
-

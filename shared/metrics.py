@@ -3,7 +3,19 @@
 from prometheus_client import Counter, Histogram
 
 LATENCY_BUCKETS = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
 )
 
 EVENTS_CONSUMED = Counter(
@@ -20,11 +32,14 @@ DEAD_LETTERS = Counter(
     ["service", "topic", "error_type"],
 )
 HANDLER_RETRIES = Counter(
-    "cbd_handler_retries_total", "Handler attempts that failed and were retried.",
+    "cbd_handler_retries_total",
+    "Handler attempts that failed and were retried.",
     ["service", "topic"],
 )
 HANDLE_SECONDS = Histogram(
-    "cbd_event_handle_seconds", "Time spent handling one event.", ["service", "topic"],
+    "cbd_event_handle_seconds",
+    "Time spent handling one event.",
+    ["service", "topic"],
     buckets=LATENCY_BUCKETS,
 )
 EVENT_AGE_SECONDS = Histogram(

@@ -56,11 +56,11 @@ class Infra:
         subscribe(
             self.broker,
             self.bus,
-            self.settings.kafka,
-            topic,
-            model,
-            handler,
-            ConsumerSpec(
+            settings=self.settings.kafka,
+            topic=topic,
+            model=model,
+            handler=handler,
+            spec=ConsumerSpec(
                 service=self.service,
                 group_id=f"cbd-{self.service}.{topic.value}",
                 attempts=self.settings.handler_attempts,

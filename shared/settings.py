@@ -83,7 +83,7 @@ class ServiceSettings(BaseSettings):
         # Local defaults are passwordless; production must never fall back to them silently.
         if self.environment == "production":
             if urlsplit(self.postgres.dsn.get_secret_value()).password is None:
-                raise ValueError("CBD_PG_DSN must carry a password when CBD_ENVIRONMENT=production")
+                raise ValueError("CBD_PG_DSN needs a password when CBD_ENVIRONMENT=production")
             if urlsplit(self.redis.url.get_secret_value()).password is None:
-                raise ValueError("CBD_REDIS_URL must carry a password when CBD_ENVIRONMENT=production")
+                raise ValueError("CBD_REDIS_URL needs a password when CBD_ENVIRONMENT=production")
         return self

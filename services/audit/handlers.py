@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -55,11 +56,14 @@ def register(broker: KafkaBroker, settings: KafkaSettings, handlers: AuditHandle
     )
     async def on_any_event(msg: KafkaMessage) -> None:
         raw = msg.raw_message
+        if not isinstance(raw, ConsumerRecord):
+            raise TypeError("audit consumes one record at a time")
+        record = Record(raw.topic, raw.partition, raw.offset, msg.body)
         try:
-            await handlers.on_any_event(Record(raw.topic, raw.partition, raw.offset, msg.body))
+            await handlers.on_any_event(record)
         except Exception:
             # Redelivery needs a pause, or a database outage becomes a hot loop.
-            log.exception("could not append %s[%s]@%s; will retry", raw.topic, raw.partition, raw.offset)
+            log.exception("could not append %s; will retry", record)
             await asyncio.sleep(1.0)
             raise
 

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def neutral_analysis(model: str, reason: str) -> EmotionAnalysis:
     """The stand-in when the model fails: neutral, and flagged so nobody mistakes it."""
-    scores = {label: 0.0 for label in EmotionLabel}
+    scores = dict.fromkeys(EmotionLabel, 0.0)
     scores[EmotionLabel.NEUTRAL] = 1.0
     return EmotionAnalysis(
         label=EmotionLabel.NEUTRAL,

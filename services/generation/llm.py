@@ -14,7 +14,8 @@ from prometheus_client import Counter, Histogram
 from shared.metrics import LATENCY_BUCKETS
 
 LLM_TTFT = Histogram(
-    "cbd_llm_time_to_first_token_seconds", "Time from request to first streamed token.",
+    "cbd_llm_time_to_first_token_seconds",
+    "Time from request to first streamed token.",
     buckets=LATENCY_BUCKETS,
 )
 LLM_DURATION = Histogram(

@@ -46,7 +46,7 @@ FALLBACK_REPLY = (
 
 def quote_customer(text: str) -> str:
     """Wrap customer text as data; tags inside it are neutralised so it cannot break out."""
-    safe = text.replace("<customer>", "‹customer›").replace("</customer>", "‹/customer›")
+    safe = text.replace("<customer>", "[customer]").replace("</customer>", "[/customer]")
     return f"<customer>{safe}</customer>"
 
 

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 
 MESSAGES = Counter(
-    "cbd_ingest_messages_total", "Customer messages at the edge, by outcome.",
+    "cbd_ingest_messages_total",
+    "Customer messages at the edge, by outcome.",
     ["channel", "outcome"],
 )
 
@@ -192,19 +193,17 @@ class IngestAPI:
     async def _json_body(self, request: Request) -> Any:
         content_type = request.headers.get("content-type", "")
         if content_type.split(";")[0].strip().lower() != "application/json":
-            raise EdgeError(
-                415, "unsupported_media_type", "send the message as application/json"
-            )
+            raise EdgeError(415, "unsupported_media_type", "send the message as application/json")
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.settings.max_body_bytes:
-            raise EdgeError(413, "too_large", f"body exceeds {self.settings.max_body_bytes} bytes")
+        limit = self.settings.max_body_bytes
+        too_large = EdgeError(413, "too_large", f"body exceeds {limit} bytes")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
         raw = b""
         async for chunk in request.stream():
             raw += chunk
-            if len(raw) > self.settings.max_body_bytes:
-                raise EdgeError(
-                    413, "too_large", f"body exceeds {self.settings.max_body_bytes} bytes"
-                )
+            if len(raw) > limit:
+                raise too_large
         try:
             return json.loads(raw)
         except ValueError as exc:

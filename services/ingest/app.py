@@ -42,7 +42,5 @@ def create_app(settings: IngestSettings | None = None) -> Starlette:
         api.bus = infra.bus
 
     return build_app(
-        ServiceSpec(
-            name="ingest", settings=cfg, wire=wire, uses_redis=True, routes=api.routes()
-        )
+        ServiceSpec(name="ingest", settings=cfg, wire=wire, uses_redis=True, routes=api.routes())
     )

@@ -31,7 +31,9 @@ class MemoryHandlers:
         history = [
             t
             for t in history
-            if not (t.role is Role.CUSTOMER and t.at == message.received_at and t.text == message.text)
+            if not (
+                t.role is Role.CUSTOMER and t.at == message.received_at and t.text == message.text
+            )
         ]
         await self.store.record(
             event,
@@ -47,7 +49,7 @@ class MemoryHandlers:
         )
         context = ConversationContext(
             recent_turns=history[-self.keep :] if self.keep else [],
-            source=source,  # type: ignore[arg-type]
+            source=source,
         )
         await self.bus.publish(
             Topic.TURN_CONTEXTUALIZED,

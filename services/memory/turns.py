@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 
 from shared.db import Pool
 from shared.events import Envelope, HistoryTurn, Role
+
+ContextSource = Literal["cache", "database", "empty"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class TurnStore:
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
 
-    async def recent(self, conversation_id: str) -> tuple[list[HistoryTurn], str]:
+    async def recent(self, conversation_id: str) -> tuple[list[HistoryTurn], ContextSource]:
         """The conversation's latest turns, oldest first, and where they came from.
 
         Redis answers when it has the conversation; after a Redis restart or expiry the turns

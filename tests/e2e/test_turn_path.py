@@ -18,8 +18,7 @@ from cbd.runtime import Platform
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ["turn.received", "turn.analyzed", "turn.contextualized", "turn.routed",
-          "reply.generated"]
+STAGES = ["turn.received", "turn.analyzed", "turn.contextualized", "turn.routed", "reply.generated"]
 
 
 def new_ids() -> tuple[str, str]:
@@ -196,8 +195,7 @@ async def test_malformed_event_is_dead_lettered_and_the_partition_keeps_flowing(
 
     letters = await wait_for_rows(
         dsn,
-        "SELECT payload FROM audit.events WHERE topic = 'deadletter' "
-        "AND payload->>'key' = $1",
+        "SELECT payload FROM audit.events WHERE topic = 'deadletter' AND payload->>'key' = $1",
         conversation_id,
         expect=1,
     )
