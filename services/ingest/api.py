@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
+import redis.asyncio as aioredis
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 from starlette.requests import Request
@@ -40,6 +42,8 @@ MESSAGES = Counter(
 )
 
 _identifier = TypeAdapter(Identifier)
+
+DEDUPE_TTL_S = 24 * 3600
 
 
 class IncomingMessage(BaseModel):
@@ -109,13 +113,25 @@ def check_identifier(value: str, name: str) -> str:
         ) from exc
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """A message the edge took responsibility for."""
+
+    turn_id: str
+    event_id: str
+    trace_id: str
+    duplicate: bool = False
+    """True when this client message id was accepted before and nothing new was published."""
+
+
 class IngestAPI:
-    """Request handlers; the bus and hub are bound once the service has started."""
+    """Request handlers; the bus and Redis are bound once the service has started."""
 
     def __init__(self, settings: IngestSettings, hub: ConnectionHub) -> None:
         self.settings = settings
         self.hub = hub
         self.bus: EventBus | None = None
+        self.redis: aioredis.Redis | None = None
 
     def routes(self) -> list[BaseRoute]:
         """The edge's routes."""
@@ -134,13 +150,74 @@ class IngestAPI:
         return FileResponse(STATIC / "chat.html", media_type="text/html")
 
     async def accept(
-        self, conversation_id: str, customer_id: str, channel: Channel, text: str
-    ) -> TurnReceivedEvent:
-        """Publish a validated customer message as turn.received."""
+        self,
+        conversation_id: str,
+        customer_id: str,
+        channel: Channel,
+        text: str,
+        client_message_id: str | None = None,
+    ) -> Accepted:
+        """Publish a validated customer message as turn.received, once per client message id.
+
+        Clients resend a message whose acknowledgement they never saw (a dropped connection);
+        the id they gave it makes the resend a no-op instead of a second turn.
+        """
         if self.bus is None:
             raise EdgeError(503, "starting", "the service is starting; try again shortly")
+        event = self._turn_event(conversation_id, customer_id, channel, text)
+        accepted = Accepted(
+            turn_id=str(event.payload.message.turn_id),
+            event_id=str(event.event_id),
+            trace_id=event.trace_id,
+        )
+        claim = None
+        if client_message_id is not None and self.redis is not None:
+            claim = f"{self.settings.redis.key_prefix}cmid:{conversation_id}:{client_message_id}"
+            earlier = await self._claim(claim, accepted)
+            if earlier is not None:
+                MESSAGES.labels(channel.value, "duplicate").inc()
+                return earlier
+        try:
+            await self.bus.publish(Topic.TURN_RECEIVED, event)
+        except Exception as exc:
+            MESSAGES.labels(channel.value, "broker_error").inc()
+            log.exception("could not publish turn.received")
+            if claim is not None and self.redis is not None:
+                await self.redis.delete(claim)
+            raise EdgeError(
+                503, "unavailable", "the message could not be queued; please retry"
+            ) from exc
+        MESSAGES.labels(channel.value, "accepted").inc()
+        return accepted
+
+    async def _claim(self, key: str, accepted: Accepted) -> Accepted | None:
+        """Record the client message id; return the earlier acceptance if there was one."""
+        assert self.redis is not None
+        value = json.dumps(
+            {
+                "turn_id": accepted.turn_id,
+                "event_id": accepted.event_id,
+                "trace_id": accepted.trace_id,
+            }
+        )
+        try:
+            if await self.redis.set(key, value, nx=True, ex=DEDUPE_TTL_S):
+                return None
+            earlier = await self.redis.get(key)
+        except Exception:
+            # Without Redis a resend may become a second turn; refusing the message is worse.
+            log.warning("deduplication unavailable; accepting without it", exc_info=True)
+            return None
+        if earlier is None:
+            return None
+        return Accepted(**json.loads(earlier), duplicate=True)
+
+    @staticmethod
+    def _turn_event(
+        conversation_id: str, customer_id: str, channel: Channel, text: str
+    ) -> TurnReceivedEvent:
         now = utcnow()
-        event = TurnReceivedEvent.create(
+        return TurnReceivedEvent.create(
             conversation_id=conversation_id,
             customer_id=customer_id,
             channel=channel,
@@ -148,16 +225,6 @@ class IngestAPI:
                 message=CustomerMessage(turn_id=uuid.uuid4(), text=text, received_at=now)
             ),
         )
-        try:
-            await self.bus.publish(Topic.TURN_RECEIVED, event)
-        except Exception as exc:
-            MESSAGES.labels(channel.value, "broker_error").inc()
-            log.exception("could not publish turn.received")
-            raise EdgeError(
-                503, "unavailable", "the message could not be queued; please retry"
-            ) from exc
-        MESSAGES.labels(channel.value, "accepted").inc()
-        return event
 
     async def post_message(self, request: Request) -> Response:
         """POST /v1/conversations/{conversation_id}/messages."""
@@ -170,8 +237,12 @@ class IngestAPI:
                 incoming = IncomingMessage.model_validate(body)
             except ValidationError as exc:
                 raise invalid(exc, "message") from exc
-            event = await self.accept(
-                conversation_id, incoming.customer_id, incoming.channel, incoming.text
+            accepted = await self.accept(
+                conversation_id,
+                incoming.customer_id,
+                incoming.channel,
+                incoming.text,
+                incoming.client_message_id,
             )
         except EdgeError as err:
             if err.status < 500:
@@ -181,10 +252,11 @@ class IngestAPI:
             {
                 "status": "accepted",
                 "conversation_id": conversation_id,
-                "turn_id": str(event.payload.message.turn_id),
-                "event_id": str(event.event_id),
-                "trace_id": event.trace_id,
+                "turn_id": accepted.turn_id,
+                "event_id": accepted.event_id,
+                "trace_id": accepted.trace_id,
                 "client_message_id": incoming.client_message_id,
+                "duplicate": accepted.duplicate,
                 "stream": f"/v1/conversations/{conversation_id}/ws",
             },
             status_code=202,
@@ -239,7 +311,9 @@ class IngestAPI:
             except ValidationError as exc:
                 raise invalid(exc, "frame") from exc
             client_message_id = frame.client_message_id
-            event = await self.accept(conversation_id, customer_id, Channel.WEB, frame.text)
+            accepted = await self.accept(
+                conversation_id, customer_id, Channel.WEB, frame.text, client_message_id
+            )
         except EdgeError as err:
             if err.status < 500:
                 MESSAGES.labels(Channel.WEB.value, "rejected").inc()
@@ -255,8 +329,9 @@ class IngestAPI:
         await ws.send_json(
             {
                 "type": "accepted",
-                "turn_id": str(event.payload.message.turn_id),
-                "event_id": str(event.event_id),
+                "turn_id": accepted.turn_id,
+                "event_id": accepted.event_id,
                 "client_message_id": client_message_id,
+                "duplicate": accepted.duplicate,
             }
         )

@@ -39,6 +39,7 @@ def create_app(settings: IngestSettings | None = None) -> Starlette:
         handlers = IngestHandlers(fanout)
         infra.subscribe(Topic.REPLY_DELTA, ReplyDeltaEvent, handlers.on_reply_delta)
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)
+        api.redis = infra.redis
         api.bus = infra.bus
 
     return build_app(

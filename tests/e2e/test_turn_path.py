@@ -239,3 +239,29 @@ async def test_service_killed_and_restarted_loses_no_message(platform: Platform)
         if not platform.services["emotion"].running():
             platform.start_service("emotion")
     assert frames[-1]["turn_id"] == accepted["turn_id"]
+
+
+async def test_a_resent_client_message_is_accepted_once(platform: Platform) -> None:
+    conversation_id, customer_id = new_ids()
+    dsn = platform.stack.env()["CBD_PG_DSN"]
+    body = {
+        "customer_id": customer_id,
+        "text": "Resent after a timeout",
+        "client_message_id": "m-1",
+    }
+    async with websockets.connect(ws_url(platform, conversation_id, customer_id)) as ws:
+        async with httpx.AsyncClient(base_url=platform.url("ingest")) as http:
+            first = await http.post(f"/v1/conversations/{conversation_id}/messages", json=body)
+            again = await http.post(f"/v1/conversations/{conversation_id}/messages", json=body)
+        assert first.status_code == again.status_code == 202
+        assert first.json()["duplicate"] is False
+        assert again.json()["duplicate"] is True
+        assert again.json()["turn_id"] == first.json()["turn_id"]
+        await frames_until_reply(ws)
+    turns = await wait_for_rows(
+        dsn,
+        "SELECT role FROM memory.turns WHERE conversation_id = $1",
+        conversation_id,
+        expect=2,
+    )
+    assert sorted(t["role"] for t in turns) == ["bot", "customer"]
