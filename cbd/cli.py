@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import signal
 import sys
 from pathlib import Path
 from types import FrameType
 
+from cbd import deadletter
 from cbd.runtime import Platform
 from cbd.serve import SERVICES, serve
 from cbd.stack import EmbeddedStack
+from shared.settings import KafkaSettings
 
 
 def run(run_dir: Path) -> int:
@@ -60,10 +63,36 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--run-dir", type=Path, default=Path(".run"))
     p_serve = sub.add_parser("serve", help="run one service (its settings from the environment)")
     p_serve.add_argument("service", choices=SERVICES)
+    p_dl = sub.add_parser("deadletter", help="inspect or replay dead-lettered messages")
+    dl_sub = p_dl.add_subparsers(dest="action", required=True)
+    dl_sub.add_parser("list", help="show every dead letter and its reason")
+    p_replay = dl_sub.add_parser("replay", help="republish dead letters to their source topic")
+    p_replay.add_argument("--source-topic", help="only letters from this topic")
+    p_replay.add_argument("--dry-run", action="store_true", help="show, do not publish")
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args.run_dir)
+    if args.command == "deadletter":
+        return asyncio.run(deadletter_command(args))
     serve(args.service)
+    return 0
+
+
+async def deadletter_command(args: argparse.Namespace) -> int:
+    """`cbd deadletter list|replay`, against the broker in CBD_KAFKA_* settings."""
+    settings = KafkaSettings()
+    if args.action == "list":
+        letters = await deadletter.list_letters(settings)
+    else:
+        letters = await deadletter.replay(
+            settings, source_topic=args.source_topic, dry_run=args.dry_run
+        )
+    for letter in letters:
+        print(deadletter.describe(letter))
+    verb = {"list": "dead letters", "replay": "replayed"}[args.action]
+    if args.action == "replay" and args.dry_run:
+        verb = "would be replayed"
+    print(f"{len(letters)} {verb}")
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from cbd import deadletter
 from shared.events import Channel, CustomerMessage, TurnReceived, TurnReceivedEvent, utcnow
 from shared.kafka import (
     ConsumerSpec,
@@ -177,3 +178,29 @@ async def test_transient_failure_is_retried_without_dead_lettering(
         await asyncio.wait_for(done.wait(), 30)
     assert calls == 2
     assert await read_all(isolated_kafka, Topic.DEAD_LETTER, expect=1, timeout_s=2) == []
+
+
+async def test_dead_letters_can_be_listed_and_replayed_once(isolated_kafka: KafkaSettings) -> None:
+    fixed = False
+    handled: list[str] = []
+    replayed_seen = asyncio.Event()
+
+    async def handler(event: TurnReceivedEvent) -> None:
+        if not fixed:
+            raise PermanentError("downstream rejected it")
+        handled.append(event.payload.message.text)
+        replayed_seen.set()
+
+    async with consuming(isolated_kafka, handler) as bus:
+        await bus.publish(Topic.TURN_RECEIVED, turn("needs a second chance"))
+        assert len(await read_all(isolated_kafka, Topic.DEAD_LETTER, expect=1)) == 1
+        listed = await deadletter.list_letters(isolated_kafka)
+        assert [entry.letter.reason for entry in listed if entry.letter] == [
+            "downstream rejected it"
+        ]
+        fixed = True
+        replayed = await deadletter.replay(isolated_kafka)
+        assert len(replayed) == 1
+        await asyncio.wait_for(replayed_seen.wait(), 30)
+    assert handled == ["needs a second chance"]
+    assert await deadletter.replay(isolated_kafka) == [], "a letter must be replayed only once"
