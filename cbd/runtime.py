@@ -30,6 +30,7 @@ class Platform:
     extra_env: dict[str, str] = field(default_factory=dict)
     services: dict[str, ManagedProcess] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
+    _last_restart: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def for_tests(cls, run_dir: Path, extra_env: dict[str, str] | None = None) -> Platform:
@@ -87,19 +88,31 @@ class Platform:
         if proc.proc is not None:
             proc.proc.wait(10)
 
+    def restart_exited(self) -> list[str]:
+        """Restart every service whose process has exited; return their names.
+
+        A service that keeps dying is restarted after growing pauses (1 s, 2 s, ... 30 s), so
+        a crash loop does not starve the machine.
+        """
+        restarted = []
+        now = time.monotonic()
+        for name, proc in list(self.services.items()):
+            if proc.running():
+                continue
+            count = self.restarts.get(name, 0)
+            if now - self._last_restart.get(name, 0.0) < min(30.0, 2.0 ** max(0, count - 1)):
+                continue
+            self.restarts[name] = count + 1
+            self._last_restart[name] = now
+            print(f"! {name} exited; restarting it (log: {proc.log_path})", flush=True)
+            self.start_service(name, wait=False)
+            restarted.append(name)
+        return restarted
+
     def supervise(self, poll_s: float = 1.0) -> None:
         """Restart services that exit, until interrupted."""
         while True:
-            for name, proc in list(self.services.items()):
-                if not proc.running():
-                    self.restarts[name] = self.restarts.get(name, 0) + 1
-                    backoff = min(30.0, 2.0 ** min(self.restarts[name], 5))
-                    print(
-                        f"! {name} exited; restarting in {backoff:.0f}s (log: {proc.log_path})",
-                        flush=True,
-                    )
-                    time.sleep(backoff)
-                    self.start_service(name, wait=False)
+            self.restart_exited()
             time.sleep(poll_s)
 
     def stop(self) -> None:

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
+
 from shared.db import Pool
+
+log = logging.getLogger(__name__)
 
 GENESIS = b"\x00"
 
@@ -24,9 +29,12 @@ class Record:
 
 def parse_object(body: bytes) -> dict[str, Any] | None:
     """The body as a JSON object, or None when it is anything else (it is kept as bytes)."""
+    # PostgreSQL's jsonb cannot hold \u0000; such a record is kept as bytes only.
+    if b"\\u0000" in body:
+        return None
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return parsed if isinstance(parsed, dict) else None
 
@@ -58,6 +66,17 @@ class Ledger:
     async def append(self, record: Record) -> bool:
         """Record it once; False when this topic/partition/offset is already recorded."""
         payload = parse_object(record.body)
+        try:
+            return await self._insert(record, payload)
+        except (asyncpg.DataError, asyncpg.ProgramLimitExceededError) as exc:
+            if payload is None:
+                raise
+            # JSON that Python accepts but jsonb refuses: keep the exact bytes, which is what
+            # the chain covers anyway, rather than stall the partition on it.
+            log.warning("record kept as bytes only (%s): %s", type(exc).__name__, exc)
+            return await self._insert(record, None)
+
+    async def _insert(self, record: Record, payload: dict[str, Any] | None) -> bool:
         envelope = payload or {}
         async with self.pg.acquire() as conn, conn.transaction():
             head = await conn.fetchrow("SELECT hash FROM audit.chain_head FOR UPDATE")

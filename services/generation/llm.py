@@ -131,7 +131,11 @@ class ChatClient:
 
 
 def _parse_sse_line(line: str) -> tuple[str, bool]:
-    """The text in one server-sent-events line, and whether the stream has ended."""
+    """The text in one server-sent-events line, and whether the stream has ended.
+
+    Anything that is not a well-formed chunk carries no text: a server that sends keep-alive
+    comments or odd JSON must not turn into an exception in the middle of a reply.
+    """
     if not line.startswith("data:"):
         return "", False
     data = line[5:].strip()
@@ -139,10 +143,11 @@ def _parse_sse_line(line: str) -> tuple[str, bool]:
         return "", True
     try:
         chunk = json.loads(data)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         return "", False
-    choices = chunk.get("choices") or []
-    if not choices:
+    choices = chunk.get("choices") if isinstance(chunk, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return "", False
-    content = (choices[0].get("delta") or {}).get("content")
+    delta = choices[0].get("delta")
+    content = delta.get("content") if isinstance(delta, dict) else None
     return (content if isinstance(content, str) else ""), False

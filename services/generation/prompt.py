@@ -7,6 +7,8 @@ quoted as data so that it cannot rewrite the rules.
 
 from __future__ import annotations
 
+import re
+
 from services.generation.llm import ChatMessage
 from shared.events import EmotionLabel, Role, TurnRouted
 
@@ -44,9 +46,13 @@ FALLBACK_REPLY = (
 )
 
 
+# Any spelling of the tag a model might read as one: case, spaces, a slash anywhere inside.
+_TAG = re.compile(r"<\s*(/?)\s*customer\s*/?\s*>", re.IGNORECASE)
+
+
 def quote_customer(text: str) -> str:
     """Wrap customer text as data; tags inside it are neutralised so it cannot break out."""
-    safe = text.replace("<customer>", "[customer]").replace("</customer>", "[/customer]")
+    safe = _TAG.sub(lambda m: f"[{m.group(1)}customer]", text)
     return f"<customer>{safe}</customer>"
 
 

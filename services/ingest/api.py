@@ -294,7 +294,21 @@ class IngestAPI:
         self.hub.add(conversation_id, ws)
         try:
             while True:
-                raw = await ws.receive_text()
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                raw = message.get("text")
+                if raw is None:
+                    MESSAGES.labels(Channel.WEB.value, "rejected").inc()
+                    await ws.send_json(
+                        {
+                            "type": "error",
+                            "status": 400,
+                            "error": "binary_frame",
+                            "message": "send JSON in text frames",
+                        }
+                    )
+                    continue
                 await self._on_frame(ws, conversation_id, customer_id, raw)
         except WebSocketDisconnect:
             pass

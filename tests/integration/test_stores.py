@@ -101,11 +101,13 @@ async def test_audit_ledger_is_append_only_and_detects_tampering(
         Record("turn.received", 0, 0, b'{"event_id": "x", "conversation_id": "c1"}'),
         Record("turn.received", 0, 1, b"\x00\x01 not json"),
         Record("reply.generated", 2, 7, b'["an", "array"]'),
+        Record("turn.received", 1, 3, b'{"text": "nul \\u0000 inside"}'),
+        Record("turn.received", 1, 4, b"[" * 3000 + b"]" * 3000),
     ]
     for r in records:
         assert await ledger.append(r) is True
     assert await ledger.append(records[0]) is False
-    assert await ledger.verify() == (True, 3)
+    assert await ledger.verify() == (True, 5)
 
     conn = await asyncpg.connect(fresh_db)
     try:

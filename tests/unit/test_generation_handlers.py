@@ -1,0 +1,274 @@
+"""Unit tests for the generation service's handler, with a fake bus and a fake LLM."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import pytest
+
+from services.generation.handlers import GenerationHandlers
+from services.generation.llm import ChatClient, ChatMessage, LLMUnavailable
+from services.generation.prompt import FALLBACK_REPLY, HANDOFF_NOTICE, SYSTEM_PROMPT
+from services.generation.settings import GenerationSettings
+from shared.events import (
+    Channel,
+    ConversationContext,
+    CustomerMessage,
+    EmotionAnalysis,
+    EmotionLabel,
+    Envelope,
+    ReplyDeltaEvent,
+    ReplyGeneratedEvent,
+    Role,
+    RouteReason,
+    RouteTarget,
+    RoutingDecision,
+    TurnReceived,
+    TurnReceivedEvent,
+    TurnRouted,
+    TurnRoutedEvent,
+)
+from shared.kafka import EventBus
+from shared.topics import Topic
+
+NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+class RecordingBus:
+    """Stands in for EventBus: remembers what was published, in order."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[Topic, Envelope, bool]] = []
+
+    async def publish(self, topic: Topic, event: Envelope, *, confirm: bool = True) -> None:
+        self.published.append((topic, event, confirm))
+
+    def deltas(self) -> list[ReplyDeltaEvent]:
+        return [cast(ReplyDeltaEvent, e) for t, e, _ in self.published if t is Topic.REPLY_DELTA]
+
+    def replies(self) -> list[ReplyGeneratedEvent]:
+        return [
+            cast(ReplyGeneratedEvent, e) for t, e, _ in self.published if t is Topic.REPLY_GENERATED
+        ]
+
+
+class FakeLLM:
+    """Stands in for ChatClient: yields the given pieces, then raises `error` if set."""
+
+    model = "fake-model"
+
+    def __init__(self, pieces: Sequence[str] = (), error: Exception | None = None) -> None:
+        self.pieces = list(pieces)
+        self.error = error
+        self.calls: list[dict[str, Any]] = []
+
+    async def stream(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+    ) -> AsyncIterator[str]:
+        self.calls.append(
+            {
+                "messages": list(messages),
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "top_p": top_p,
+            }
+        )
+        for piece in self.pieces:
+            yield piece
+        if self.error is not None:
+            raise self.error
+
+
+def settings() -> GenerationSettings:
+    return GenerationSettings(delta_flush_ms=0, max_tokens=77, temperature=0.3, top_p=0.8)
+
+
+def routed_event(target: RouteTarget, text: str = "where is my parcel") -> TurnRoutedEvent:
+    message = CustomerMessage(turn_id=uuid.uuid4(), text=text, received_at=NOW)
+    received = TurnReceivedEvent.create(
+        conversation_id="conv-1",
+        customer_id="cust-1",
+        channel=Channel.WEB,
+        payload=TurnReceived(message=message),
+    )
+    scores = dict.fromkeys(EmotionLabel, 0.0)
+    scores[EmotionLabel.NEUTRAL] = 1.0
+    payload = TurnRouted(
+        message=message,
+        emotion=EmotionAnalysis(
+            label=EmotionLabel.NEUTRAL, scores=scores, sentiment=0.0, intensity=0.0, model="t"
+        ),
+        context=ConversationContext(),
+        route=RoutingDecision(
+            target=target, reasons=[RouteReason(code="test", detail="")], policy="test"
+        ),
+    )
+    return received.derive(TurnRoutedEvent, payload)
+
+
+async def run(event: TurnRoutedEvent, llm: FakeLLM) -> RecordingBus:
+    bus = RecordingBus()
+    handlers = GenerationHandlers(cast(EventBus, bus), cast(ChatClient, llm), settings())
+    await handlers.on_turn_routed(event)
+    return bus
+
+
+def assert_envelope_follows(derived: Envelope, source: TurnRoutedEvent) -> None:
+    assert derived.causation_id == source.event_id
+    assert derived.conversation_id == source.conversation_id
+    assert derived.customer_id == source.customer_id
+    assert derived.trace_id == source.trace_id
+    assert derived.channel is source.channel
+
+
+async def test_human_route_sends_only_the_handoff_notice() -> None:
+    event = routed_event(RouteTarget.HUMAN, "let me talk to a real person")
+    llm = FakeLLM(["should", " not", " be", " used"])
+
+    bus = await run(event, llm)
+
+    assert llm.calls == []
+    assert bus.deltas() == []
+    assert len(bus.published) == 1
+    topic, published, confirm = bus.published[0]
+    assert topic is Topic.REPLY_GENERATED
+    assert confirm is True
+    assert isinstance(published, ReplyGeneratedEvent)
+    reply = published.payload
+    assert reply.author is Role.SYSTEM
+    assert reply.text == HANDOFF_NOTICE
+    assert "handoff" in reply.flags
+    assert reply.turn_id == event.payload.message.turn_id
+    assert reply.reply_id == uuid.uuid5(event.event_id, "reply")
+    assert reply.turn_received_at == event.payload.message.received_at
+    assert_envelope_follows(published, event)
+
+
+async def test_bot_route_streams_deltas_then_the_full_reply() -> None:
+    event = routed_event(RouteTarget.BOT)
+    pieces = ["I'm", " sorry", " about", " the", " delay."]
+
+    bus = await run(event, FakeLLM(pieces))
+
+    deltas = bus.deltas()
+    replies = bus.replies()
+    assert len(replies) == 1
+    assert bus.published[-1][1] is replies[0]
+    reply = replies[0].payload
+    reply_id = uuid.uuid5(event.event_id, "reply")
+
+    assert deltas
+    assert [d.payload.seq for d in deltas] == list(range(len(deltas)))
+    assert "".join(d.payload.text for d in deltas) == reply.text == "I'm sorry about the delay."
+    assert len({d.event_id for d in deltas} | {replies[0].event_id}) == len(deltas) + 1
+    assert all(d.payload.reply_id == reply_id for d in deltas)
+    assert all(d.payload.turn_id == event.payload.message.turn_id for d in deltas)
+    assert all(confirm is False for t, _, confirm in bus.published if t is Topic.REPLY_DELTA)
+    for delta in deltas:
+        assert_envelope_follows(delta, event)
+
+    assert reply.author is Role.BOT
+    assert reply.reply_id == reply_id
+    assert reply.flags == []
+    assert reply.model == "fake-model"
+    assert reply.tokens == len(pieces)
+    assert reply.ttft_ms is not None
+    assert reply.latency_ms is not None
+    assert_envelope_follows(replies[0], event)
+
+
+async def test_with_no_flush_interval_every_piece_is_its_own_delta() -> None:
+    pieces = ["a", "b", "c"]
+
+    bus = await run(routed_event(RouteTarget.BOT), FakeLLM(pieces))
+
+    assert [d.payload.text for d in bus.deltas()] == pieces
+
+
+async def test_llm_gets_the_built_prompt_and_settings() -> None:
+    event = routed_event(RouteTarget.BOT, "hello there")
+    llm = FakeLLM(["hi"])
+
+    await run(event, llm)
+
+    assert len(llm.calls) == 1
+    call = llm.calls[0]
+    assert call["max_tokens"] == 77
+    assert call["temperature"] == 0.3
+    assert call["top_p"] == 0.8
+    assert call["messages"][0] == ChatMessage("system", SYSTEM_PROMPT)
+    assert call["messages"][-1] == ChatMessage("user", "<customer>hello there</customer>")
+
+
+async def test_redelivery_produces_the_same_ids() -> None:
+    event = routed_event(RouteTarget.BOT)
+    pieces = ["one", " two"]
+
+    first = await run(event, FakeLLM(pieces))
+    second = await run(event, FakeLLM(pieces))
+
+    assert [e.event_id for _, e, _ in first.published] == [
+        e.event_id for _, e, _ in second.published
+    ]
+    assert first.replies()[0].payload.reply_id == second.replies()[0].payload.reply_id
+
+
+async def test_different_turns_get_different_reply_ids() -> None:
+    one = await run(routed_event(RouteTarget.BOT), FakeLLM(["x"]))
+    two = await run(routed_event(RouteTarget.BOT), FakeLLM(["x"]))
+
+    assert one.replies()[0].payload.reply_id != two.replies()[0].payload.reply_id
+
+
+@pytest.mark.parametrize("kind", ["connection", "first_token_timeout", "http_503"])
+async def test_unavailable_llm_gives_the_fallback_reply(kind: str) -> None:
+    event = routed_event(RouteTarget.BOT)
+
+    bus = await run(event, FakeLLM(error=LLMUnavailable(kind, "down")))
+
+    assert bus.deltas() == []
+    replies = bus.replies()
+    assert len(replies) == 1
+    reply = replies[0].payload
+    assert reply.text == FALLBACK_REPLY
+    assert reply.author is Role.BOT
+    assert {"llm_fallback", "needs_human", kind} <= set(reply.flags)
+    assert reply.reply_id == uuid.uuid5(event.event_id, "reply")
+    assert reply.tokens == 0
+
+
+async def test_failure_mid_stream_still_ends_with_the_fallback() -> None:
+    error = LLMUnavailable("timeout", "stalled")
+
+    bus = await run(routed_event(RouteTarget.BOT), FakeLLM(["partial", " answer"], error=error))
+
+    reply = bus.replies()[0].payload
+    assert reply.text == FALLBACK_REPLY
+    assert {"llm_fallback", "needs_human", "timeout"} <= set(reply.flags)
+    assert bus.published[-1][0] is Topic.REPLY_GENERATED
+
+
+@pytest.mark.parametrize("pieces", [[], ["   "], [" ", "\n", "\t "]])
+async def test_blank_completion_gives_the_fallback_reply(pieces: list[str]) -> None:
+    bus = await run(routed_event(RouteTarget.BOT), FakeLLM(pieces))
+
+    replies = bus.replies()
+    assert len(replies) == 1
+    reply = replies[0].payload
+    assert reply.text == FALLBACK_REPLY
+    assert reply.author is Role.BOT
+    assert {"llm_fallback", "needs_human", "empty_completion"} <= set(reply.flags)
+
+
+async def test_reply_text_is_stripped() -> None:
+    bus = await run(routed_event(RouteTarget.BOT), FakeLLM(["  Hello", " there  \n"]))
+
+    assert bus.replies()[0].payload.text == "Hello there"

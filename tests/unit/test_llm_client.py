@@ -1,0 +1,328 @@
+"""Unit tests for the streaming OpenAI-compatible client, against a small local fake server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from services.generation.llm import ChatClient, ChatMessage, LLMUnavailable, _parse_sse_line
+
+PIECES = ["Hello", ",", " I'm", " sorry", " to hear that."]
+FIRST_TOKEN_TIMEOUT_S = 0.3
+STALL_S = 3.0
+"""Far beyond the first-token budget; the client gives up long before."""
+
+
+def sse(payload: Any) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def chunk(content: str | None = None, *, role: str | None = None) -> str:
+    delta: dict[str, str] = {}
+    if role is not None:
+        delta["role"] = role
+    if content is not None:
+        delta["content"] = content
+    return sse({"id": "c1", "object": "chat.completion.chunk", "choices": [{"delta": delta}]})
+
+
+# --- _parse_sse_line ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('data: {"choices":[{"delta":{"content":"Hi"}}]}', ("Hi", False)),
+        ('data:{"choices":[{"delta":{"content":" there"}}]}', (" there", False)),
+        ('data: {"choices":[{"delta":{"role":"assistant"}}]}', ("", False)),
+        ('data: {"choices":[{"delta":{"role":"assistant","content":""}}]}', ("", False)),
+        ('data: {"choices":[{"delta":{"content":null}}]}', ("", False)),
+        ('data: {"choices":[{"delta":{"content":5}}]}', ("", False)),
+        ('data: {"choices":[{"finish_reason":"stop"}]}', ("", False)),
+        ("data: [DONE]", ("", True)),
+        ("data:[DONE]", ("", True)),
+        ("data:  [DONE]  ", ("", True)),
+        ("", ("", False)),
+        (": keep-alive comment", ("", False)),
+        ("event: message", ("", False)),
+        ("id: 3", ("", False)),
+        ('  data: {"choices":[{"delta":{"content":"x"}}]}', ("", False)),
+        ("data: {not json", ("", False)),
+        ("data: ", ("", False)),
+        ('data: {"choices":[]}', ("", False)),
+        ('data: {"choices":null}', ("", False)),
+        ('data: {"object":"chat.completion.chunk"}', ("", False)),
+    ],
+)
+def test_parse_sse_line(line: str, expected: tuple[str, bool]) -> None:
+    assert _parse_sse_line(line) == expected
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["data: []", 'data: "text"', "data: 5", 'data: {"choices":[null]}', 'data: {"choices":[1]}'],
+)
+def test_parse_sse_line_tolerates_valid_json_of_the_wrong_shape(line: str) -> None:
+    assert _parse_sse_line(line) == ("", False)
+
+
+# --- the fake server ------------------------------------------------------------------------
+
+
+class FakeLLM:
+    """Routes under different base paths, each behaving differently at /chat/completions."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/ok/chat/completions", self.ok, methods=["POST"]),
+                Route("/slow/chat/completions", self.slow, methods=["POST"]),
+                Route("/stall/chat/completions", self.stall, methods=["POST"]),
+                Route("/drip/chat/completions", self.drip, methods=["POST"]),
+                Route("/nodone/chat/completions", self.nodone, methods=["POST"]),
+                Route("/afterdone/chat/completions", self.afterdone, methods=["POST"]),
+                Route("/error/chat/completions", self.error, methods=["POST"]),
+                Route("/wrongshape/chat/completions", self.wrongshape, methods=["POST"]),
+            ]
+        )
+
+    async def _record(self, request: Request) -> None:
+        self.requests.append(await request.json())
+
+    @staticmethod
+    def _stream(body: AsyncIterator[str]) -> StreamingResponse:
+        return StreamingResponse(body, media_type="text/event-stream")
+
+    async def ok(self, request: Request) -> Response:
+        await self._record(request)
+
+        async def body() -> AsyncIterator[str]:
+            yield chunk(role="assistant")
+            yield ": a comment line\n\n"
+            for piece in PIECES:
+                yield chunk(piece)
+            yield sse({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+            yield "data: [DONE]\n\n"
+
+        return self._stream(body())
+
+    async def slow(self, request: Request) -> Response:
+        await self._record(request)
+
+        async def body() -> AsyncIterator[str]:
+            await asyncio.sleep(STALL_S)
+            yield chunk("too late")
+            yield "data: [DONE]\n\n"
+
+        return self._stream(body())
+
+    async def stall(self, request: Request) -> Response:
+        await self._record(request)
+
+        async def body() -> AsyncIterator[str]:
+            yield chunk("Hello")
+            await asyncio.sleep(STALL_S)
+            yield chunk(" too late")
+            yield "data: [DONE]\n\n"
+
+        return self._stream(body())
+
+    async def drip(self, request: Request) -> Response:
+        await self._record(request)
+
+        async def body() -> AsyncIterator[str]:
+            for _ in range(100):
+                yield chunk(".")
+                await asyncio.sleep(0.05)
+            yield "data: [DONE]\n\n"
+
+        return self._stream(body())
+
+    async def nodone(self, request: Request) -> Response:
+        await self._record(request)
+
+        async def body() -> AsyncIterator[str]:
+            yield chunk("short")
+            yield chunk(" reply")
+
+        return self._stream(body())
+
+    async def afterdone(self, request: Request) -> Response:
+        await self._record(request)
+
+        async def body() -> AsyncIterator[str]:
+            yield chunk("kept")
+            yield "data: [DONE]\n\n"
+            yield chunk("ignored")
+
+        return self._stream(body())
+
+    async def error(self, request: Request) -> Response:
+        await self._record(request)
+        return JSONResponse({"error": "model exploded"}, status_code=500)
+
+    async def wrongshape(self, request: Request) -> Response:
+        await self._record(request)
+
+        async def body() -> AsyncIterator[str]:
+            yield sse(["not", "an", "object"])
+            yield chunk("fine")
+            yield "data: [DONE]\n\n"
+
+        return self._stream(body())
+
+
+def _listening_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    sock.setblocking(False)
+    return sock
+
+
+@pytest.fixture(scope="module")
+def fake() -> FakeLLM:
+    return FakeLLM()
+
+
+@pytest.fixture(scope="module")
+async def server_url(fake: FakeLLM) -> AsyncIterator[str]:
+    sock = _listening_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        fake.app(),
+        log_level="warning",
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(500):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    assert server.started, "the fake LLM server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+MESSAGES = [ChatMessage("system", "be kind"), ChatMessage("user", "<customer>hi</customer>")]
+
+
+async def collect(client: ChatClient, into: list[str] | None = None) -> list[str]:
+    """Every piece the client streams (also appended to `into`, kept if it raises)."""
+    received = [] if into is None else into
+    try:
+        async for piece in client.stream(MESSAGES, max_tokens=32, temperature=0.2, top_p=0.9):
+            received.append(piece)
+    finally:
+        await client.aclose()
+    return received
+
+
+def client_for(base_url: str, **kwargs: Any) -> ChatClient:
+    kwargs.setdefault("first_token_timeout_s", FIRST_TOKEN_TIMEOUT_S)
+    return ChatClient(base_url, "fake-model", **kwargs)
+
+
+# --- ChatClient -----------------------------------------------------------------------------
+
+
+async def test_streams_pieces_in_order(server_url: str, fake: FakeLLM) -> None:
+    pieces = await collect(client_for(server_url + "/ok/", api_key="k"))
+
+    assert pieces == PIECES
+    request = fake.requests[-1]
+    assert request["model"] == "fake-model"
+    assert request["stream"] is True
+    assert request["max_tokens"] == 32
+    assert request["temperature"] == 0.2
+    assert request["top_p"] == 0.9
+    assert request["messages"] == [
+        {"role": "system", "content": "be kind"},
+        {"role": "user", "content": "<customer>hi</customer>"},
+    ]
+
+
+async def test_stream_ending_without_done_still_returns_what_came(server_url: str) -> None:
+    assert await collect(client_for(server_url + "/nodone")) == ["short", " reply"]
+
+
+async def test_nothing_after_done_is_yielded(server_url: str) -> None:
+    assert await collect(client_for(server_url + "/afterdone")) == ["kept"]
+
+
+async def test_no_first_token_in_time_is_unavailable(server_url: str) -> None:
+    with pytest.raises(LLMUnavailable) as caught:
+        await collect(client_for(server_url + "/slow"))
+
+    assert caught.value.kind == "first_token_timeout"
+
+
+async def test_stall_after_first_token_is_a_timeout(server_url: str) -> None:
+    received: list[str] = []
+    with pytest.raises(LLMUnavailable) as caught:
+        await collect(client_for(server_url + "/stall"), received)
+
+    assert received == ["Hello"]
+    assert caught.value.kind == "timeout"
+
+
+async def test_total_budget_bounds_a_dripping_stream(server_url: str) -> None:
+    received: list[str] = []
+    with pytest.raises(LLMUnavailable) as caught:
+        await collect(client_for(server_url + "/drip", total_timeout_s=0.4), received)
+
+    assert caught.value.kind == "timeout"
+    assert received
+    assert len(received) < 100
+
+
+async def test_http_error_is_unavailable_with_status(server_url: str) -> None:
+    with pytest.raises(LLMUnavailable) as caught:
+        await collect(client_for(server_url + "/error"))
+
+    assert caught.value.kind == "http_500"
+    assert "model exploded" in str(caught.value)
+
+
+async def test_unknown_path_is_unavailable_with_404(server_url: str) -> None:
+    with pytest.raises(LLMUnavailable) as caught:
+        await collect(client_for(server_url + "/nowhere"))
+
+    assert caught.value.kind == "http_404"
+
+
+async def test_closed_port_is_a_connection_failure() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Nothing listens on the port any more.
+
+    with pytest.raises(LLMUnavailable) as caught:
+        await collect(client_for(f"http://127.0.0.1:{port}/v1"))
+
+    assert caught.value.kind == "connection"
+
+
+async def test_wrong_shape_chunk_is_skipped(server_url: str) -> None:
+    pieces = await collect(client_for(server_url + "/wrongshape"))
+    assert pieces == ["fine"]
