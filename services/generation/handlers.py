@@ -54,7 +54,7 @@ class GenerationHandlers:
         ttft_ms: float | None = None
         flush_s = self.settings.delta_flush_ms / 1000
 
-        async def flush() -> None:
+        async def flush(*, confirm: bool = False) -> None:
             nonlocal seq, last_flush, pending
             if not pending:
                 return
@@ -64,7 +64,7 @@ class GenerationHandlers:
             await self.bus.publish(
                 Topic.REPLY_DELTA,
                 event.derive(ReplyDeltaEvent, delta, part=f":{seq}"),
-                confirm=False,
+                confirm=confirm,
             )
             seq += 1
             pending = []
@@ -84,7 +84,8 @@ class GenerationHandlers:
                 pending.append(text)
                 if time.perf_counter() - last_flush >= flush_s:
                     await flush()
-            await flush()
+            # Acknowledged, so the final reply is not published ahead of the last slice.
+            await flush(confirm=True)
         except LLMUnavailable as exc:
             log.warning("LLM unavailable, sending the fallback reply: %s", exc)
             flags = ["llm_fallback", "needs_human", exc.kind]

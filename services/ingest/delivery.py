@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -23,10 +23,19 @@ log = logging.getLogger(__name__)
 
 
 class ConnectionHub:
-    """The WebSockets this replica holds, by conversation."""
+    """The WebSockets this replica holds, by conversation.
+
+    Deltas and final replies travel on different topics, so a late delta can arrive after
+    the reply it belongs to. The hub remembers recently finished replies and drops such
+    deltas: a client sees some deltas, then the reply, and nothing more for that reply.
+    """
+
+    FINISHED_MEMORY = 64
+    """Finished reply ids remembered per conversation."""
 
     def __init__(self) -> None:
         self._sockets: dict[str, set[WebSocket]] = defaultdict(set)
+        self._finished: dict[str, deque[str]] = {}
 
     def add(self, conversation_id: str, ws: WebSocket) -> None:
         """Start delivering this conversation's frames to `ws`."""
@@ -39,6 +48,7 @@ class ConnectionHub:
             sockets.discard(ws)
             if not sockets:
                 del self._sockets[conversation_id]
+                self._finished.pop(conversation_id, None)
 
     def count(self) -> int:
         """Open sockets on this replica."""
@@ -46,8 +56,17 @@ class ConnectionHub:
 
     async def send(self, conversation_id: str, frame: dict[str, Any]) -> int:
         """Send a frame to every socket of the conversation; return how many got it."""
+        sockets = list(self._sockets.get(conversation_id, ()))
+        if not sockets:
+            return 0
+        finished = self._finished.setdefault(conversation_id, deque(maxlen=self.FINISHED_MEMORY))
+        reply_id = str(frame.get("reply_id"))
+        if frame.get("type") == "delta" and reply_id in finished:
+            return 0
+        if frame.get("type") == "reply" and reply_id not in finished:
+            finished.append(reply_id)
         delivered = 0
-        for ws in list(self._sockets.get(conversation_id, ())):
+        for ws in sockets:
             try:
                 await ws.send_json(frame)
                 delivered += 1

@@ -80,9 +80,11 @@ async def test_posted_message_streams_reply_and_is_stored_and_audited(platform: 
     assert reply["author"] == "bot"
     assert "llm_fallback" not in reply["flags"], reply
     assert reply["text"].strip()
-    # The streamed pieces add up to the reply the customer finally sees.
+    # What streamed is the beginning of the reply the customer finally sees (a slice that
+    # loses the race with the final reply is dropped by ingest, never shown after it).
     streamed = "".join(d["text"] for d in sorted(deltas, key=lambda d: d["seq"]))
-    assert streamed.strip() == reply["text"]
+    assert streamed.strip()
+    assert reply["text"].startswith(streamed.strip())
 
     turns = await wait_for_rows(
         dsn,
@@ -222,23 +224,37 @@ async def test_websocket_rejects_a_bad_frame_without_dropping_the_connection(
         assert frames[-1]["type"] == "reply"
 
 
-async def test_service_killed_and_restarted_loses_no_message(platform: Platform) -> None:
+@pytest.mark.parametrize("service", ["emotion", "memory", "escalation", "generation", "audit"])
+async def test_service_killed_and_restarted_loses_no_message(
+    platform: Platform, service: str
+) -> None:
     conversation_id, customer_id = new_ids()
-    platform.kill_service("emotion")
+    platform.kill_service(service)
     try:
         async with websockets.connect(ws_url(platform, conversation_id, customer_id)) as ws:
             await ws.send(json.dumps({"type": "message", "text": "Hi, quick question."}))
             accepted = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert accepted["type"] == "accepted"
-            # Nothing can answer while emotion is down.
-            with pytest.raises(TimeoutError):
-                await asyncio.wait_for(ws.recv(), 3)
-            platform.start_service("emotion")
+            if service != "audit":
+                # The turn cannot get past the missing stage while it is down.
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(ws.recv(), 2)
+            # What `make run`'s supervisor does when a service dies.
+            assert platform.restart_exited() == [service]
+            platform.services[service].wait_ready(60)
             frames = await frames_until_reply(ws, timeout_s=90)
     finally:
-        if not platform.services["emotion"].running():
-            platform.start_service("emotion")
+        if not platform.services[service].running():
+            platform.start_service(service)
     assert frames[-1]["turn_id"] == accepted["turn_id"]
+    audited = await wait_for_rows(
+        platform.stack.env()["CBD_PG_DSN"],
+        "SELECT DISTINCT event_type FROM audit.events WHERE conversation_id = $1",
+        conversation_id,
+        expect=len(STAGES),
+        timeout_s=60,
+    )
+    assert set(STAGES) <= {r["event_type"] for r in audited}
 
 
 async def test_a_resent_client_message_is_accepted_once(platform: Platform) -> None:

@@ -296,3 +296,26 @@ def test_binary_frame_gets_an_error_frame(client: TestClient) -> None:
         frame = ws.receive_json()
         assert frame["type"] == "error"
         assert 400 <= frame["status"] < 500
+
+
+async def test_hub_drops_deltas_that_arrive_after_their_reply() -> None:
+    class Socket:
+        def __init__(self) -> None:
+            self.frames: list[dict[str, object]] = []
+
+        async def send_json(self, frame: dict[str, object]) -> None:
+            self.frames.append(frame)
+
+    hub = ConnectionHub()
+    ws = Socket()
+    hub.add("conv-1", ws)  # type: ignore[arg-type]
+    await hub.send("conv-1", {"type": "delta", "reply_id": "r1", "seq": 0, "text": "Hel"})
+    await hub.send("conv-1", {"type": "reply", "reply_id": "r1", "text": "Hello there"})
+    late = await hub.send("conv-1", {"type": "delta", "reply_id": "r1", "seq": 1, "text": "lo"})
+    await hub.send("conv-1", {"type": "delta", "reply_id": "r2", "seq": 0, "text": "Next"})
+    assert late == 0
+    assert [(f["type"], f["reply_id"]) for f in ws.frames] == [
+        ("delta", "r1"),
+        ("reply", "r1"),
+        ("delta", "r2"),
+    ]
