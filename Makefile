@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv with the platform, its embedded servers and dev tools
 
 run: install ## Run the whole platform on embedded servers (chat at http://127.0.0.1:8000/)
-	$(VENV)/bin/cbd run
+	$(VENV)/bin/cbd run $(RUN_ARGS)
 
 test: install ## Run every test: unit, integration (real servers) and end-to-end
 	$(PY) -m pytest

@@ -10,15 +10,28 @@ from pathlib import Path
 from types import FrameType
 
 from cbd import deadletter
-from cbd.runtime import Platform
+from cbd.procs import ProcessFailed
+from cbd.runtime import DEFAULT_PORTS, Platform
 from cbd.serve import SERVICES, serve
-from cbd.stack import EmbeddedStack
+from cbd.stack import EmbeddedStack, StackPorts
 from shared.settings import KafkaSettings
 
 
-def run(run_dir: Path) -> int:
+def run(run_dir: Path, port_offset: int = 0) -> int:
     """Start the embedded platform in the foreground until Ctrl-C."""
-    platform = Platform(stack=EmbeddedStack(run_dir))
+    d = StackPorts()
+    platform = Platform(
+        stack=EmbeddedStack(
+            run_dir,
+            ports=StackPorts(
+                kafka=d.kafka + port_offset,
+                postgres=d.postgres + port_offset,
+                redis=d.redis + port_offset,
+                llm=d.llm + port_offset,
+            ),
+        ),
+        service_ports={name: port + port_offset for name, port in DEFAULT_PORTS.items()},
+    )
 
     def interrupted(signum: int, _: FrameType | None) -> None:
         raise KeyboardInterrupt(signum)
@@ -47,6 +60,9 @@ def run(run_dir: Path) -> int:
             flush=True,
         )
         platform.supervise()
+    except ProcessFailed as exc:
+        print(f"\nCould not start: {exc}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:
         print("\nStopping...", flush=True)
     finally:
@@ -61,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="run the whole platform on embedded servers")
     p_run.add_argument("--run-dir", type=Path, default=Path(".run"))
+    p_run.add_argument(
+        "--port-offset",
+        type=int,
+        default=0,
+        help="add this to every port (for a second copy beside a running one)",
+    )
     p_serve = sub.add_parser("serve", help="run one service (its settings from the environment)")
     p_serve.add_argument("service", choices=SERVICES)
     p_dl = sub.add_parser("deadletter", help="inspect or replay dead-lettered messages")
@@ -71,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     p_replay.add_argument("--dry-run", action="store_true", help="show, do not publish")
     args = parser.parse_args(argv)
     if args.command == "run":
-        return run(args.run_dir)
+        return run(args.run_dir, args.port_offset)
     if args.command == "deadletter":
         return asyncio.run(deadletter_command(args))
     serve(args.service)

@@ -41,6 +41,18 @@ def http_ok(url: str) -> bool:
         return False
 
 
+def ensure_free(ports: dict[str, int]) -> None:
+    """Refuse to start when a port is taken: a readiness check would mistake the stranger
+    already listening there for our own server."""
+    busy = [f"{port} ({name})" for name, port in ports.items() if tcp_open(port)]
+    if busy:
+        raise ProcessFailed(
+            "already in use: " + ", ".join(busy) + ". Is the platform already running? "
+            "Stop whatever listens there, or shift every port: "
+            "make run RUN_ARGS=--port-offset=100"
+        )
+
+
 class ProcessFailed(RuntimeError):
     """A child exited or never became ready; the message carries the end of its log."""
 

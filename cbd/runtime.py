@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cbd.procs import ManagedProcess, free_port, http_ok
+from cbd.procs import ManagedProcess, ensure_free, free_port, http_ok
 from cbd.serve import SERVICES
 from cbd.stack import EmbeddedStack, StackPorts
 
@@ -63,6 +63,7 @@ class Platform:
 
     def start(self, timeout_s: float = 90.0) -> None:
         """Start the servers, then every service, and wait until all are ready."""
+        ensure_free(self.service_ports)
         self.stack.start()
         try:
             for name in SERVICES:

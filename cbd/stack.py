@@ -14,12 +14,16 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgserver.utils import ensure_folder_permissions, ensure_user_exists
+from cbd.procs import ManagedProcess, ensure_free, free_port, http_ok, tcp_open
 
-from cbd.procs import ManagedProcess, free_port, http_ok, tcp_open
+with warnings.catch_warnings():
+    # pgserver asks platformdirs for a runtime directory at import; we never use it.
+    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+    from pgserver.utils import ensure_folder_permissions, ensure_user_exists
 
 LLM_MODEL_NAME = "smollm2-135m-instruct"
 
@@ -98,6 +102,14 @@ class EmbeddedStack:
     def start(self) -> None:
         """Start every server and wait until each answers; stop all if one fails."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        ports = {
+            "kafka": self.ports.kafka,
+            "postgres": self.ports.postgres,
+            "redis": self.ports.redis,
+        }
+        if self.with_llm:
+            ports["llm"] = self.ports.llm
+        ensure_free(ports)
         try:
             for proc, timeout in self._plan():
                 proc.start()
