@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from cbd import deadletter
+from cbd import deadletter, emotion
 from cbd.procs import ProcessFailed
 from cbd.runtime import DEFAULT_PORTS, Platform
 from cbd.serve import SERVICES, serve
@@ -91,7 +91,26 @@ def main(argv: list[str] | None = None) -> int:
     p_replay = dl_sub.add_parser("replay", help="republish dead letters to their source topic")
     p_replay.add_argument("--source-topic", help="only letters from this topic")
     p_replay.add_argument("--dry-run", action="store_true", help="show, do not publish")
+    p_emo = sub.add_parser("emotion", help="analyse messages or evaluate the emotion model")
+    emo_sub = p_emo.add_subparsers(dest="action", required=True)
+    p_an = emo_sub.add_parser(
+        "analyze", help='analyse TEXT, or JSON Lines ({"text": ...}) from stdin'
+    )
+    p_an.add_argument("text", nargs="?", help="the message; omit to read JSON Lines on stdin")
+    p_ev = emo_sub.add_parser(
+        "evaluate", help='score on a JSON Lines file of {"text": ..., "label": ...}'
+    )
+    p_ev.add_argument("file")
+    p_ev.add_argument(
+        "--model",
+        default="model",
+        choices=[*emotion.BASELINES, "all"],
+        help="the platform's model (default), a lexicon-only baseline, or all of them",
+    )
+    p_ev.add_argument("--json", action="store_true", help="print the reports as JSON")
     args = parser.parse_args(argv)
+    if args.command == "emotion":
+        return emotion.main(args)
     if args.command == "run":
         return run(args.run_dir, args.port_offset)
     if args.command == "deadletter":

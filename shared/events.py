@@ -89,8 +89,32 @@ class EmotionAnalysis(_Model):
     signals: list[Signal] = []
     explanation: str = ""
     model: str
+    confidence: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+    """How far to trust the label: the model's probability for it, 0 for input it cannot read."""
     degraded: bool = False
     """True when the model failed and this is a neutral stand-in."""
+
+
+class Trend(StrEnum):
+    """Where the conversation's feeling is heading."""
+
+    IMPROVING = "improving"
+    STABLE = "stable"
+    WORSENING = "worsening"
+
+
+class EmotionTrajectory(_Model):
+    """The conversation's emotional course up to and including this turn."""
+
+    turns: int
+    smoothed_sentiment: Annotated[float, Field(ge=-1.0, le=1.0)]
+    trend: Trend
+    turns_since_negative: int | None
+    """Customer turns since the last negative one (0: this one); None if none was negative."""
+    negative_streak: int
+    escalation_risk: Annotated[float, Field(ge=0.0, le=1.0)]
+    """0-1: how likely this conversation needs a person now; the escalation policy reads it."""
+    risk_factors: list[str] = []
 
 
 class Role(StrEnum):
@@ -150,6 +174,7 @@ class TurnAnalyzed(TurnReceived):
     """Payload of turn.analyzed: the turn plus its emotion analysis."""
 
     emotion: EmotionAnalysis
+    trajectory: EmotionTrajectory | None = None
 
 
 class TurnContextualized(TurnAnalyzed):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 
 from starlette.applications import Starlette
@@ -9,6 +10,7 @@ from starlette.applications import Starlette
 from services.emotion.analyzer import EmotionAnalyzer
 from services.emotion.handlers import EmotionHandlers
 from services.emotion.settings import EmotionSettings
+from services.emotion.trajectory import TrajectoryStore
 from shared.events import TurnReceivedEvent
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
@@ -18,9 +20,15 @@ Settings = EmotionSettings
 
 def create_app(settings: EmotionSettings | None = None) -> Starlette:
     """Build the emotion service."""
+    cfg = settings or EmotionSettings()
 
     async def wire(infra: Infra, _: AsyncExitStack) -> None:
-        handlers = EmotionHandlers(infra.bus, EmotionAnalyzer())
+        # Training takes about a second; keep the event loop free for probes meanwhile.
+        analyzer = await asyncio.to_thread(EmotionAnalyzer)
+        trajectories = TrajectoryStore(
+            infra.require_redis(), cfg.redis.key_prefix, cfg.session_ttl_s
+        )
+        handlers = EmotionHandlers(infra.bus, analyzer, trajectories)
         infra.subscribe(Topic.TURN_RECEIVED, TurnReceivedEvent, handlers.on_turn_received)
 
-    return build_app(ServiceSpec(name="emotion", settings=settings or EmotionSettings(), wire=wire))
+    return build_app(ServiceSpec(name="emotion", settings=cfg, wire=wire, uses_redis=True))

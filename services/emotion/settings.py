@@ -1,5 +1,6 @@
 """Emotion service settings (env prefix `CBD_EMOTION_`)."""
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -11,3 +12,5 @@ class EmotionSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CBD_EMOTION_", extra="ignore")
 
     port: int = 8001
+    session_ttl_s: int = Field(default=24 * 3600, ge=60)
+    """How long a conversation's emotional trajectory is kept after its last turn."""

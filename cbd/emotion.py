@@ -1,0 +1,108 @@
+"""`cbd emotion analyze` and `cbd emotion evaluate`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from services.emotion import dataset, evaluation
+from services.emotion.analyzer import EmotionAnalyzer
+from shared.events import EmotionAnalysis
+
+BATCH = 64
+BASELINES = ("model", "lexicon", "vader", "nade")
+
+
+def analysis_json(analysis: EmotionAnalysis) -> dict[str, Any]:
+    """The analysis as a JSON-ready dict."""
+    return analysis.model_dump(mode="json")
+
+
+def _batches(lines: TextIO) -> Iterator[list[tuple[int, str | None, str | None]]]:
+    """(line number, text or None, error or None), BATCH at a time."""
+    batch: list[tuple[int, str | None, str | None]] = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            text = row["text"] if isinstance(row, dict) else None
+            if not isinstance(text, str):
+                raise TypeError('expected an object with a string "text"')
+            batch.append((number, text, None))
+        except (ValueError, KeyError, TypeError) as exc:
+            batch.append((number, None, f"line {number}: {exc}"))
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def analyze(text: str | None, stdin: TextIO, stdout: TextIO) -> int:
+    """One text as pretty JSON, or JSON Lines in and out (one result per input line)."""
+    analyzer = EmotionAnalyzer()
+    if text is not None:
+        stdout.write(json.dumps(analysis_json(analyzer.analyze(text)), indent=2) + "\n")
+        return 0
+    failures = 0
+    for batch in _batches(stdin):
+        texts = [t for _, t, _ in batch if t is not None]
+        results = iter(analyzer.analyze_batch(texts))
+        for _, t, error in batch:
+            if t is None:
+                failures += 1
+                stdout.write(json.dumps({"error": error}) + "\n")
+            else:
+                stdout.write(json.dumps(analysis_json(next(results))) + "\n")
+        stdout.flush()
+    return 1 if failures else 0
+
+
+def evaluate(path: Path, models: Sequence[str], stdout: TextIO, as_json: bool = False) -> int:
+    """Score each model on a labelled JSON Lines file and print the reports."""
+    examples = dataset.read_jsonl(path)
+    texts = [ex.text for ex in examples]
+    gold = [ex.label for ex in examples]
+    reports = {}
+    for name in models:
+        reports[name] = evaluation.score(gold, _predictor(name)(texts))
+    if as_json:
+        stdout.write(json.dumps({n: r.as_dict() for n, r in reports.items()}, indent=2) + "\n")
+        return 0
+    for name, report in reports.items():
+        stdout.write(evaluation.format_report(f"{name} on {path.name}", report) + "\n\n")
+    if len(reports) > 1:
+        stdout.write(f"{'model':<10}{'accuracy':>10}{'macro-F1':>10}{'sign':>8}\n")
+        for name, r in reports.items():
+            sign = "n/a" if r.sign_accuracy is None else f"{r.sign_accuracy:.3f}"
+            stdout.write(f"{name:<10}{r.accuracy:>10.3f}{r.macro_f1:>10.3f}{sign:>8}\n")
+    return 0
+
+
+def _predictor(name: str) -> evaluation.Predictor:
+    if name == "model":
+        analyzer = EmotionAnalyzer()
+
+        def predict(texts: Sequence[str]) -> list[evaluation.Prediction]:
+            return [(a.label, a.sentiment) for a in analyzer.analyze_batch(texts)]
+
+        return predict
+    if name == "lexicon":
+        return evaluation.lexicon_predictor()
+    if name == "vader":
+        return evaluation.vader_predictor()
+    if name == "nade":
+        return evaluation.nade_predictor()
+    raise ValueError(f"unknown model {name!r}; choose from {', '.join(BASELINES)}")
+
+
+def main(args: Any) -> int:
+    """Dispatch `cbd emotion ...`."""
+    if args.action == "analyze":
+        return analyze(args.text, sys.stdin, sys.stdout)
+    models = list(BASELINES) if args.model == "all" else [args.model]
+    return evaluate(Path(args.file), models, sys.stdout, as_json=args.json)
