@@ -35,7 +35,8 @@ test-unit: install ## Run the fast unit tests only
 test-integration: install ## Run the integration and end-to-end tests only
 	$(PY) -m pytest tests/integration tests/e2e
 
-bench: install ## Measure turn latency (p50/p95/p99), throughput and memory on the embedded stack
+bench: install ## Measure turn latency, emotion model speed (p50/p99, throughput, memory)
+	$(PY) -m bench.emotion_speed
 	$(PY) -m bench.turn_latency
 
 lint: install ## ruff (lint + format check) and mypy --strict

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from services.emotion.analyzer import EmotionAnalyzer
+from services.emotion.lexicon import LexiconAnalyzer as EmotionAnalyzer
 from shared.events import EmotionAnalysis, EmotionLabel
 
 

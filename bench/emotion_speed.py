@@ -1,0 +1,151 @@
+"""How fast the default emotion model is on one CPU core: load, memory, latency, throughput.
+
+    .venv/bin/python -m bench.emotion_speed
+
+Pinned to a single core with single-threaded BLAS, so the numbers are per core and compare
+across machines of different sizes (a service replica is sized in cores). Messages are the
+shipped test split, cycled. A report, not a test: it always exits 0.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before numpy, scipy or sklearn are imported: their BLAS/OpenMP pools are sized at import
+# time, and a pool of N threads on one pinned core measures contention, not the model.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import platform  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+import psutil  # noqa: E402
+
+if TYPE_CHECKING:
+    from services.emotion.analyzer import EmotionAnalyzer
+
+LATENCY_CALLS = 500
+WARMUP_CALLS = 20
+BATCH_SIZES = (1, 32, 128)
+SECONDS_PER_BATCH_SIZE = 3.0
+
+
+def pin_to_one_core() -> str:
+    """Restrict this process to the first CPU it may use; says which, or why it could not."""
+    try:
+        cpu = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {cpu})
+    except (AttributeError, OSError) as exc:  # not Linux, or not permitted
+        return f"not pinned ({exc.__class__.__name__})"
+    return f"pinned to cpu {cpu}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, or the platform's guess elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def rss_mib() -> float:
+    """This process's resident memory in MiB."""
+    return float(psutil.Process().memory_info().rss) / 2**20
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def latencies_ms(analyzer: EmotionAnalyzer, texts: Sequence[str]) -> list[float]:
+    """Milliseconds per `analyze(text)` call, one message at a time, after a warm-up."""
+    for i in range(WARMUP_CALLS):
+        analyzer.analyze(texts[i % len(texts)])
+    result = []
+    for i in range(LATENCY_CALLS):
+        text = texts[i % len(texts)]
+        start = time.perf_counter()
+        analyzer.analyze(text)
+        result.append((time.perf_counter() - start) * 1000)
+    return result
+
+
+def throughput(analyzer: EmotionAnalyzer, texts: Sequence[str], size: int) -> tuple[int, float]:
+    """Messages analysed and seconds taken by `analyze_batch` in batches of `size`."""
+    analyzer.analyze_batch([texts[i % len(texts)] for i in range(size)])  # warm-up
+    done = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < SECONDS_PER_BATCH_SIZE:
+        analyzer.analyze_batch([texts[(done + i) % len(texts)] for i in range(size)])
+        done += size
+    return done, time.perf_counter() - start
+
+
+def main() -> int:
+    """Run the measurements and print the report."""
+    pinning = pin_to_one_core()
+    rss: dict[str, float] = {"at start": rss_mib()}
+
+    start = time.perf_counter()
+    # Imported here, after pinning, so their cost is measured rather than hidden.
+    import numpy as np  # noqa: PLC0415
+    import sklearn  # noqa: PLC0415
+
+    from services.emotion import dataset  # noqa: PLC0415
+    from services.emotion.analyzer import EmotionAnalyzer  # noqa: PLC0415
+
+    import_s = time.perf_counter() - start
+    rss["after imports"] = rss_mib()
+
+    start = time.perf_counter()
+    analyzer = EmotionAnalyzer()  # trains the learned model on the shipped examples
+    load_s = time.perf_counter() - start
+    rss["after load"] = rss_mib()
+
+    texts = [ex.text for ex in dataset.load("test")]
+    ms = latencies_ms(analyzer, texts)
+    batches = {size: throughput(analyzer, texts, size) for size in BATCH_SIZES}
+    rss["at end"] = rss_mib()
+
+    print("emotion model speed (bench/emotion_speed.py)")
+    print(f"  machine   {os.cpu_count()} CPUs, {cpu_model()}; {pinning}; BLAS/OpenMP threads 1")
+    print(
+        f"  software  Python {platform.python_version()}, numpy {np.__version__}, "
+        f"scikit-learn {sklearn.__version__}; model {analyzer.model_name}"
+    )
+    print(f"  messages  test split: {len(texts)} distinct texts, cycled")
+    print()
+    rows = [
+        ("import (analyzer + deps)", f"{import_s:.2f} s"),
+        ("load: EmotionAnalyzer() (trains)", f"{load_s:.2f} s"),
+        *((f"RSS {when}", f"{mib:.0f} MiB") for when, mib in rss.items()),
+        (f"analyze() p50 ({LATENCY_CALLS} calls)", f"{percentile(ms, 50):.2f} ms"),
+        (f"analyze() p99 ({LATENCY_CALLS} calls)", f"{percentile(ms, 99):.2f} ms"),
+        ("analyze() mean / max", f"{sum(ms) / len(ms):.2f} / {max(ms):.2f} ms"),
+    ]
+    for name, value in rows:
+        print(f"  {name:<36}{value:>18}")
+    print()
+    print(f"  {'analyze_batch size':<20}{'messages':>10}{'msg/s':>10}{'ms/batch':>12}")
+    for size, (done, seconds) in batches.items():
+        per_batch_ms = seconds / (done / size) * 1000
+        print(f"  {size:<20}{done:>10}{done / seconds:>10.0f}{per_batch_ms:>12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception:  # a report never fails the caller; show what went wrong instead
+        traceback.print_exc(file=sys.stdout)
+    sys.exit(0)

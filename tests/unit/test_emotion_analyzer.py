@@ -1,0 +1,165 @@
+"""The learned emotion analyzer: quality on data it never saw, and robustness on bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from services.emotion import dataset, evaluation
+from services.emotion.analyzer import EmotionAnalyzer
+from services.emotion.model import LABELS, Matrix
+from shared.events import EmotionAnalysis, EmotionLabel
+
+
+@pytest.fixture(scope="module")
+def analyzer() -> EmotionAnalyzer:
+    return EmotionAnalyzer()
+
+
+def report_for(analyzer: EmotionAnalyzer, examples: Sequence[dataset.Example]) -> evaluation.Report:
+    results = analyzer.analyze_batch([ex.text for ex in examples])
+    return evaluation.score(
+        [ex.label for ex in examples], [(r.label, r.sentiment) for r in results]
+    )
+
+
+def test_test_split_quality(analyzer: EmotionAnalyzer) -> None:
+    report = report_for(analyzer, dataset.load("test"))
+    assert report.n >= 140
+    assert report.macro_f1 >= 0.80, evaluation.format_report("test", report)
+    assert report.sign_accuracy is not None
+    assert report.sign_accuracy >= 0.90
+
+
+def test_independently_written_heldout_quality(analyzer: EmotionAnalyzer) -> None:
+    report = report_for(analyzer, dataset.load_heldout())
+    assert report.macro_f1 >= 0.75, evaluation.format_report("heldout", report)
+    assert report.sign_accuracy is not None
+    assert report.sign_accuracy >= 0.90
+
+
+def test_the_model_beats_every_lexicon_baseline(analyzer: EmotionAnalyzer) -> None:
+    examples = dataset.load("test")
+    texts = [ex.text for ex in examples]
+    gold = [ex.label for ex in examples]
+    ours = report_for(analyzer, examples).macro_f1
+    for name, predictor in [
+        ("lexicon", evaluation.lexicon_predictor(analyzer.lexicon)),
+        ("vader", evaluation.vader_predictor()),
+        ("nade", evaluation.nade_predictor()),
+    ]:
+        baseline = evaluation.score(gold, predictor(texts)).macro_f1
+        assert ours > baseline + 0.2, f"{name}: {baseline:.3f} vs ours {ours:.3f}"
+
+
+def test_splits_do_not_overlap() -> None:
+    train = {ex.text.casefold() for ex in dataset.load("train")}
+    test = {ex.text.casefold() for ex in dataset.load("test")}
+    heldout = {ex.text.casefold() for ex in dataset.load_heldout()}
+    assert not train & test
+    assert not train & heldout
+    assert len(train) + len(test) >= 700
+    assert set(dataset.label_counts(dataset.load("train")).values()) != {0}
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty"),
+        ("   \n\t ", "empty"),
+        ("where is my parcel " * 6000, "too long"),
+        ("\x00\x01\x02\x03" * 100 + "\ufffd" * 20, "not readable"),
+        ("大家好我的包裹在哪里已经两个星期了", "not in English"),
+        ("Bonjour, je voudrais savoir où est mon colis, merci beaucoup", "not in English"),
+        ("Hola, quiero cancelar mi cuenta lo antes posible por favor", "not in English"),
+    ],
+)
+def test_unreadable_input_is_neutral_with_no_confidence(
+    analyzer: EmotionAnalyzer, text: str, reason: str
+) -> None:
+    result = analyzer.analyze(text)
+    assert result.label is EmotionLabel.NEUTRAL
+    assert result.confidence == 0.0
+    assert result.scores[EmotionLabel.NEUTRAL] == 1.0
+    assert reason in result.explanation
+    assert result.degraded is False
+
+
+def test_every_written_english_message_is_readable(analyzer: EmotionAnalyzer) -> None:
+    examples = [*dataset.load("train"), *dataset.load("test"), *dataset.load_heldout()]
+    unreadable = [ex.text for ex in examples if analyzer.unreadable(ex.text) is not None]
+    assert unreadable == []
+
+
+def test_scores_are_a_distribution_and_label_is_the_top(analyzer: EmotionAnalyzer) -> None:
+    for text in ["I'm worried someone used my card", "thanks!!", "what's my balance"]:
+        result = analyzer.analyze(text)
+        assert abs(sum(result.scores.values()) - 1.0) < 1e-3
+        assert result.label == max(result.scores, key=lambda lab: result.scores[lab])
+        assert result.confidence == result.scores[result.label]
+        assert -1.0 <= result.sentiment <= 1.0
+        assert 0.0 <= result.intensity <= 1.0
+
+
+def test_batch_and_single_agree(analyzer: EmotionAnalyzer) -> None:
+    texts = ["My flight was cancelled twice.", "", "Great, thank you!", "Je suis fâché"]
+    batch = analyzer.analyze_batch(texts)
+    assert [b.label for b in batch] == [analyzer.analyze(t).label for t in texts]
+    assert [b.scores for b in batch] == [analyzer.analyze(t).scores for t in texts]
+
+
+def test_explanation_names_the_words_and_signals(analyzer: EmotionAnalyzer) -> None:
+    result = analyzer.analyze("THIS IS THE THIRD TIME I'm asking, let me talk to a real person!!")
+    assert result.label in (EmotionLabel.FRUSTRATION, EmotionLabel.ANGER)
+    assert "human_request" in {s.name for s in result.signals}
+    assert "human_request" in result.explanation
+    assert "words:" in result.explanation
+
+
+def test_repetition_comes_from_the_conversation(analyzer: EmotionAnalyzer) -> None:
+    earlier = ["Where is my refund for order 1234?"]
+    result = analyzer.analyze("where is my refund for order 1234", earlier)
+    assert "repetition" in {s.name for s in result.signals}
+
+
+class BrokenModel:
+    name = "broken"
+
+    def predict_proba(self, texts: Sequence[str], lexical: Sequence[EmotionAnalysis]) -> Matrix:
+        raise RuntimeError("model crashed")
+
+
+class FixedModel:
+    name = "fixed"
+
+    def predict_proba(self, texts: Sequence[str], lexical: Sequence[EmotionAnalysis]) -> Matrix:
+        row = np.zeros(len(LABELS))
+        row[LABELS.index(EmotionLabel.ANXIETY)] = 0.8
+        row[LABELS.index(EmotionLabel.NEUTRAL)] = 0.2
+        return np.tile(row, (len(texts), 1))
+
+
+def test_a_failing_model_degrades_to_neutral_instead_of_raising() -> None:
+    results = EmotionAnalyzer(model=BrokenModel()).analyze_batch(["hello there", ""])
+    assert [r.label for r in results] == [EmotionLabel.NEUTRAL, EmotionLabel.NEUTRAL]
+    assert results[0].degraded is True
+    assert results[0].model == "broken"
+
+
+def test_any_model_can_stand_behind_the_analyzer() -> None:
+    result = EmotionAnalyzer(model=FixedModel()).analyze("Will my card be blocked?")
+    assert result.label is EmotionLabel.ANXIETY
+    assert result.confidence == 0.8
+    assert result.sentiment < 0
+    assert result.model == "fixed"
+
+
+def test_readability_does_not_depend_on_the_model(analyzer: EmotionAnalyzer) -> None:
+    other = EmotionAnalyzer(model=FixedModel())
+    texts = [ex.text for ex in dataset.load("test")] + [
+        "Worst company I've ever dealt with.",
+        "Sort code for the Kendal branch?",
+    ]
+    assert [other.unreadable(t) for t in texts] == [analyzer.unreadable(t) for t in texts]
