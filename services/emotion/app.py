@@ -11,6 +11,7 @@ from services.emotion.analyzer import EmotionAnalyzer
 from services.emotion.handlers import EmotionHandlers
 from services.emotion.settings import EmotionSettings
 from services.emotion.trajectory import TrajectoryStore
+from services.emotion.transformer import load_model_from_settings
 from shared.events import TurnReceivedEvent
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
@@ -23,8 +24,10 @@ def create_app(settings: EmotionSettings | None = None) -> Starlette:
     cfg = settings or EmotionSettings()
 
     async def wire(infra: Infra, _: AsyncExitStack) -> None:
-        # Training takes about a second; keep the event loop free for probes meanwhile.
-        analyzer = await asyncio.to_thread(EmotionAnalyzer)
+        # Training (or loading a transformer) takes a while; keep the loop free for probes.
+        analyzer = await asyncio.to_thread(
+            lambda: EmotionAnalyzer(model=load_model_from_settings(cfg.model, cfg.model_dir))
+        )
         trajectories = TrajectoryStore(
             infra.require_redis(), cfg.redis.key_prefix, cfg.session_ttl_s
         )

@@ -1,5 +1,7 @@
 """Emotion service settings (env prefix `CBD_EMOTION_`)."""
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -14,3 +16,7 @@ class EmotionSettings(ServiceSettings):
     port: int = 8001
     session_ttl_s: int = Field(default=24 * 3600, ge=60)
     """How long a conversation's emotional trajectory is kept after its last turn."""
+    model: Literal["learned", "transformer"] = "learned"
+    """`learned` trains the built-in model at start-up; `transformer` loads `model_dir`."""
+    model_dir: str | None = None
+    """A local Hugging Face text-classification model (GPU nodes); never downloaded."""
