@@ -36,7 +36,9 @@ def run(run_dir: Path, port_offset: int = 0) -> int:
     def interrupted(signum: int, _: FrameType | None) -> None:
         raise KeyboardInterrupt(signum)
 
+    # Both, explicitly: a shell that starts us in the background may have ignored SIGINT.
     signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     print("Starting Care-by-Design (embedded stack)...", flush=True)
     try:
         platform.start()

@@ -82,6 +82,10 @@ class EmbeddedStack:
     llm_threads: int = max(1, os.cpu_count() or 1)
     processes: list[ManagedProcess] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # PostgreSQL changes into its data directory, so every path handed to it is absolute.
+        self.run_dir = self.run_dir.resolve()
+
     @property
     def logs(self) -> Path:
         """Directory holding one log file per server."""

@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack
 from starlette.applications import Starlette
 
 from services.escalation.handlers import EscalationHandlers
+from services.escalation.policy import PolicyStore
 from services.escalation.settings import EscalationSettings
 from shared.events import TurnContextualizedEvent
 from shared.service import Infra, ServiceSpec, build_app
@@ -18,12 +19,13 @@ Settings = EscalationSettings
 def create_app(settings: EscalationSettings | None = None) -> Starlette:
     """Build the escalation service."""
 
+    cfg = settings or EscalationSettings()
+
     async def wire(infra: Infra, _: AsyncExitStack) -> None:
-        handlers = EscalationHandlers(infra.bus)
+        policies = PolicyStore(cfg.policy_path, cfg.policy_check_interval_s)
+        handlers = EscalationHandlers(infra.bus, policies)
         infra.subscribe(
             Topic.TURN_CONTEXTUALIZED, TurnContextualizedEvent, handlers.on_turn_contextualized
         )
 
-    return build_app(
-        ServiceSpec(name="escalation", settings=settings or EscalationSettings(), wire=wire)
-    )
+    return build_app(ServiceSpec(name="escalation", settings=cfg, wire=wire))
