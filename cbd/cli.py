@@ -46,6 +46,8 @@ def run(run_dir: Path, port_offset: int = 0) -> int:
         print(
             "\nCare-by-Design is running.\n"
             f"  Web chat          {platform.url('ingest')}/\n"
+            f"  Agent console     {platform.url('escalation')}/console"
+            "  (development sign-in: agent / agent)\n"
             f"  Messages API      POST {platform.url('ingest')}"
             "/v1/conversations/{id}/messages\n"
             f"  Kafka (tansu)     127.0.0.1:{stack.ports.kafka}\n"

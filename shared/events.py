@@ -156,12 +156,28 @@ class RouteReason(_Model):
     detail: str
 
 
+class Handoff(_Model):
+    """The human side of a routing decision: the ticket and where it stands."""
+
+    ticket_id: uuid.UUID
+    new: bool
+    """True on the turn that opened the ticket: the customer is told a person is coming."""
+    owner: Literal["queued", "agent"]
+    agent_id: str | None = None
+    queue_position: int = 0
+    eta_minutes: int = 0
+
+
 class RoutingDecision(_Model):
     """Escalation's verdict for the turn."""
 
     target: RouteTarget
     reasons: list[RouteReason] = []
     policy: str
+    epoch: int = 0
+    """The conversation's ownership epoch when routed; a bot reply from an older epoch (a
+    person took over meanwhile) is never delivered."""
+    handoff: Handoff | None = None
 
 
 class TurnReceived(_Model):

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
+
 from prometheus_client import Counter, Histogram
 
+from services.escalation.api import message_frame
+from services.escalation.desk import Desk
+from services.escalation.live import AgentHub
 from services.escalation.policy import PolicyStore, decide
-from shared.events import RouteTarget, TurnContextualizedEvent, TurnRouted, TurnRoutedEvent
+from shared.events import (
+    ReplyGeneratedEvent,
+    RouteTarget,
+    TurnContextualizedEvent,
+    TurnRouted,
+    TurnRoutedEvent,
+)
 from shared.kafka import EventBus
 from shared.topics import Topic
 
 DECISIONS = Counter("cbd_routing_decisions_total", "Turns routed, by target.", ["target"])
 ESCALATIONS = Counter(
-    "cbd_escalations_total", "Turns routed to a human, by each rule that fired.", ["reason"]
+    "cbd_escalations_total", "Conversations routed to a human, by each rule that fired.", ["reason"]
 )
 TURNS_TO_ESCALATE = Histogram(
     "cbd_turns_to_escalate",
@@ -21,18 +32,24 @@ TURNS_TO_ESCALATE = Histogram(
 
 
 class EscalationHandlers:
-    """Routes each turn to the bot or to a human, by the policy in force."""
+    """Routes each turn to the bot or to a person, and keeps the agents' consoles current."""
 
-    def __init__(self, bus: EventBus, policies: PolicyStore) -> None:
+    def __init__(self, bus: EventBus, policies: PolicyStore, desk: Desk, hub: AgentHub) -> None:
         self.bus = bus
         self.policies = policies
+        self.desk = desk
+        self.hub = hub
 
     async def on_turn_contextualized(self, event: TurnContextualizedEvent) -> None:
-        """Decide the route and publish turn.routed."""
+        """Decide the route (a person who owns the conversation keeps it) and publish it."""
         turn = event.payload
-        decision = decide(turn, self.policies.current())
+        policy = self.policies.current()
+        decision = await self.desk.route(
+            event, lambda bot_turns: decide(turn, policy, bot_turns=bot_turns)
+        )
         DECISIONS.labels(decision.target.value).inc()
-        if decision.target is RouteTarget.HUMAN:
+        opened = decision.handoff is not None and decision.handoff.new
+        if opened:
             for reason in decision.reasons:
                 ESCALATIONS.labels(reason.code).inc()
             if turn.trajectory is not None:
@@ -40,4 +57,35 @@ class EscalationHandlers:
         await self.bus.publish(
             Topic.TURN_ROUTED,
             event.derive(TurnRoutedEvent, TurnRouted(**dict(turn), route=decision)),
+        )
+        if decision.target is RouteTarget.HUMAN:
+            emotion = turn.emotion.model_dump(
+                mode="json", include={"label", "sentiment", "intensity"}
+            )
+            await self.hub.broadcast(
+                message_frame(
+                    event.conversation_id,
+                    "customer",
+                    turn.message.text,
+                    turn.message.received_at.isoformat(),
+                    emotion,
+                )
+            )
+            if opened:
+                await self.hub.broadcast({"type": "queue_changed"})
+
+    async def on_reply_generated(self, event: ReplyGeneratedEvent) -> None:
+        """Show replies in conversations a person has, so the transcript stays live."""
+        owner = await self.desk.redis.get(self.desk.owner_key(event.conversation_id))
+        if owner is None or json.loads(owner).get("owner") == "bot":
+            return
+        reply = event.payload
+        await self.hub.broadcast(
+            message_frame(
+                event.conversation_id,
+                reply.author.value,
+                reply.text,
+                event.occurred_at.isoformat(),
+                None,
+            )
         )

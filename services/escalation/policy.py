@@ -124,6 +124,8 @@ class Facts:
     turn: TurnContextualized
     customer_tier: str | None
     last_reply_flags: tuple[str, ...]
+    bot_turns: int | None = None
+    """Customer turns since the bot last took the conversation over from a person, if known."""
 
 
 class _Model(BaseModel):
@@ -255,8 +257,12 @@ class NoResolutionRule(Rule):
         # Memory only keeps a window of recent turns, so the trajectory's count (the whole
         # conversation) is preferred; the window still counts when the trajectory is missing
         # or was reset, and whichever is larger is the truer lower bound.
-        seen = 1 + sum(1 for t in turn.context.recent_turns if t.role is Role.CUSTOMER)
-        turns = max(seen, turn.trajectory.turns if turn.trajectory is not None else 0)
+        if facts.bot_turns is not None:
+            # After a person handed the conversation back, the bot gets a fresh run.
+            turns = facts.bot_turns
+        else:
+            seen = 1 + sum(1 for t in turn.context.recent_turns if t.role is Role.CUSTOMER)
+            turns = max(seen, turn.trajectory.turns if turn.trajectory is not None else 0)
         if turns <= self.max_customer_turns:
             return None
         return f"{turns} customer turns > {self.max_customer_turns}"
@@ -476,13 +482,19 @@ def decide(
     *,
     customer_tier: str | None = None,
     last_reply_flags: Sequence[str] = (),
+    bot_turns: int | None = None,
 ) -> RoutingDecision:
     """Route the turn: to a human when any enabled rule fires, with one reason per rule.
 
     `customer_tier` and `last_reply_flags` are facts the turn does not carry yet; rules that
     need them stay inert while they are missing. When no rule fires, the bot answers.
     """
-    facts = Facts(turn=turn, customer_tier=customer_tier, last_reply_flags=tuple(last_reply_flags))
+    facts = Facts(
+        turn=turn,
+        customer_tier=customer_tier,
+        last_reply_flags=tuple(last_reply_flags),
+        bot_turns=bot_turns,
+    )
     reasons = [
         RouteReason(code=name, detail=detail)
         for name, rule in policy.rules.enabled()

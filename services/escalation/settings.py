@@ -1,12 +1,16 @@
 """Escalation service settings (env prefix `CBD_ESCALATION_`)."""
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.escalation.policy import DEFAULT_POLICY_PATH
 from shared.settings import ServiceSettings
+
+DEV_AGENTS = {"agent": "agent"}
+DEV_SECRET = "dev-only-agent-token-secret"  # noqa: S105 (refused in production below)
 
 
 class EscalationSettings(ServiceSettings):
@@ -18,3 +22,21 @@ class EscalationSettings(ServiceSettings):
     policy_path: Path = DEFAULT_POLICY_PATH
     """The YAML policy the platform team edits; changes apply without a restart."""
     policy_check_interval_s: float = Field(default=2.0, ge=0.0)
+    agents: dict[str, SecretStr] = Field(
+        default_factory=lambda: {k: SecretStr(v) for k, v in DEV_AGENTS.items()}
+    )
+    """Agent ids and passwords, as JSON: {"alice": "...", "bob": "..."}."""
+    agent_token_secret: SecretStr = SecretStr(DEV_SECRET)
+    agent_token_ttl_s: int = Field(default=12 * 3600, ge=60)
+    handle_minutes: float = Field(default=4.0, gt=0)
+    """Typical minutes an agent spends per conversation, for the wait the customer is told."""
+    agents_on_shift: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _no_dev_agents_in_production(self) -> Self:
+        if self.environment == "production":
+            if self.agent_token_secret.get_secret_value() == DEV_SECRET:
+                raise ValueError("set CBD_ESCALATION_AGENT_TOKEN_SECRET in production")
+            if {k: v.get_secret_value() for k, v in self.agents.items()} == DEV_AGENTS:
+                raise ValueError("set CBD_ESCALATION_AGENTS in production")
+        return self

@@ -6,6 +6,7 @@ from contextlib import AsyncExitStack
 
 from starlette.applications import Starlette
 
+from services.generation.fence import OwnershipFence
 from services.generation.handlers import GenerationHandlers
 from services.generation.llm import ChatClient
 from services.generation.settings import GenerationSettings
@@ -30,7 +31,8 @@ def create_app(settings: GenerationSettings | None = None) -> Starlette:
             total_timeout_s=cfg.total_timeout_s,
         )
         stack.push_async_callback(llm.aclose)
-        handlers = GenerationHandlers(infra.bus, llm, cfg)
+        fence = OwnershipFence(infra.require_redis(), cfg.redis.key_prefix)
+        handlers = GenerationHandlers(infra.bus, llm, cfg, fence)
         infra.subscribe(Topic.TURN_ROUTED, TurnRoutedEvent, handlers.on_turn_routed)
 
-    return build_app(ServiceSpec(name="generation", settings=cfg, wire=wire))
+    return build_app(ServiceSpec(name="generation", settings=cfg, wire=wire, uses_redis=True))

@@ -8,8 +8,9 @@ import uuid
 
 from prometheus_client import Counter
 
+from services.generation.fence import OwnershipFence
 from services.generation.llm import ChatClient, LLMUnavailable
-from services.generation.prompt import FALLBACK_REPLY, HANDOFF_NOTICE, build_messages
+from services.generation.prompt import FALLBACK_REPLY, build_messages, handoff_notice
 from services.generation.settings import GenerationSettings
 from shared.events import (
     ReplyDelta,
@@ -31,10 +32,22 @@ REPLIES = Counter("cbd_replies_total", "Replies published, by kind.", ["kind"])
 class GenerationHandlers:
     """Answers bot-routed turns from the LLM and tells human-routed customers help is coming."""
 
-    def __init__(self, bus: EventBus, llm: ChatClient, settings: GenerationSettings) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        llm: ChatClient,
+        settings: GenerationSettings,
+        fence: OwnershipFence | None = None,
+    ) -> None:
         self.bus = bus
         self.llm = llm
         self.settings = settings
+        self.fence = fence
+
+    async def _bot_may_speak(self, event: TurnRoutedEvent) -> bool:
+        if self.fence is None:
+            return True
+        return await self.fence.bot_may_speak(event.conversation_id, event.payload.route.epoch)
 
     async def on_turn_routed(self, event: TurnRoutedEvent) -> None:
         """Generate (or decline to generate) the reply for one turn."""
@@ -42,10 +55,23 @@ class GenerationHandlers:
         # Same turn, same reply id: a redelivered turn overwrites nothing downstream.
         reply_id = uuid.uuid5(event.event_id, "reply")
         if turn.route.target is RouteTarget.HUMAN:
-            await self._publish_reply(event, reply_id, Role.SYSTEM, HANDOFF_NOTICE, ["handoff"])
+            handoff = turn.route.handoff
+            if handoff is not None and not handoff.new:
+                # A person has this conversation: they answer, the bot stays quiet.
+                REPLIES.labels("silent_human_owns").inc()
+                return
+            notice = handoff_notice(handoff.eta_minutes if handoff else None)
+            await self._publish_reply(event, reply_id, Role.SYSTEM, notice, ["handoff"])
             REPLIES.labels("handoff").inc()
             return
+        if not await self._bot_may_speak(event):
+            REPLIES.labels("suppressed").inc()
+            return
+        await self._answer(event, reply_id)
 
+    async def _answer(self, event: TurnRoutedEvent, reply_id: uuid.UUID) -> None:
+        """Stream the LLM's reply to the customer, or the caring fallback when it fails."""
+        turn = event.payload
         started = time.perf_counter()
         parts: list[str] = []
         pending: list[str] = []
@@ -83,12 +109,19 @@ class GenerationHandlers:
                 parts.append(text)
                 pending.append(text)
                 if time.perf_counter() - last_flush >= flush_s:
+                    if not await self._bot_may_speak(event):
+                        REPLIES.labels("suppressed").inc()
+                        return
                     await flush()
             # Acknowledged, so the final reply is not published ahead of the last slice.
             await flush(confirm=True)
         except LLMUnavailable as exc:
             log.warning("LLM unavailable, sending the fallback reply: %s", exc)
             flags = ["llm_fallback", "needs_human", exc.kind]
+        if not await self._bot_may_speak(event):
+            # A person took the conversation while the bot was writing: they answer it.
+            REPLIES.labels("suppressed").inc()
+            return
         reply = "".join(parts).strip()
         if not flags and not reply:
             flags = ["llm_fallback", "needs_human", "empty_completion"]

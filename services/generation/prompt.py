@@ -40,6 +40,19 @@ HANDOFF_NOTICE = (
     "talked about, so you won't need to repeat yourself."
 )
 
+
+def handoff_notice(eta_minutes: int | None) -> str:
+    """What the customer is told when a person is coming, with the expected wait if known."""
+    if not eta_minutes:
+        return HANDOFF_NOTICE
+    wait = "about a minute" if eta_minutes <= 1 else f"about {eta_minutes} minutes"
+    return (
+        "Of course. I'm bringing in a member of our team now; the wait is "
+        f"{wait}. They will see everything we've talked about, so you won't need to "
+        "repeat yourself."
+    )
+
+
 FALLBACK_REPLY = (
     "I'm sorry, I'm having trouble answering right now. I've asked a member of our team to "
     "pick this up, and they will reply here as soon as they can."

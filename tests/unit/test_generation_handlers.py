@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import pytest
 
+from services.generation.fence import OwnershipFence
 from services.generation.handlers import GenerationHandlers
 from services.generation.llm import ChatClient, ChatMessage, LLMUnavailable
 from services.generation.prompt import FALLBACK_REPLY, HANDOFF_NOTICE, SYSTEM_PROMPT
@@ -20,6 +21,7 @@ from shared.events import (
     EmotionAnalysis,
     EmotionLabel,
     Envelope,
+    Handoff,
     ReplyDeltaEvent,
     ReplyGeneratedEvent,
     Role,
@@ -272,3 +274,56 @@ async def test_reply_text_is_stripped() -> None:
     bus = await run(routed_event(RouteTarget.BOT), FakeLLM(["  Hello", " there  \n"]))
 
     assert bus.replies()[0].payload.text == "Hello there"
+
+
+class FakeFence:
+    """Says the bot may speak for the first `allowed` checks, then that a person took over."""
+
+    def __init__(self, allowed: int) -> None:
+        self.allowed = allowed
+        self.checks = 0
+
+    async def bot_may_speak(self, conversation_id: str, epoch: int) -> bool:
+        self.checks += 1
+        return self.checks <= self.allowed
+
+
+async def run_fenced(event: TurnRoutedEvent, llm: FakeLLM, fence: FakeFence) -> RecordingBus:
+    bus = RecordingBus()
+    handlers = GenerationHandlers(
+        cast(EventBus, bus), cast(ChatClient, llm), settings(), cast(OwnershipFence, fence)
+    )
+    await handlers.on_turn_routed(event)
+    return bus
+
+
+async def test_a_person_taking_over_mid_reply_silences_the_bot() -> None:
+    llm = FakeLLM(["Let ", "me ", "check ", "that."])
+    bus = await run_fenced(routed_event(RouteTarget.BOT), llm, FakeFence(allowed=2))
+    assert bus.replies() == []
+
+
+async def test_a_turn_routed_after_a_takeover_gets_no_bot_reply() -> None:
+    bus = await run_fenced(routed_event(RouteTarget.BOT), FakeLLM(["Hi"]), FakeFence(allowed=0))
+    assert bus.published == []
+
+
+async def test_a_person_owning_the_conversation_means_no_reply_at_all() -> None:
+    event = routed_event(RouteTarget.HUMAN)
+    route = event.payload.route.model_copy(
+        update={"handoff": Handoff(ticket_id=uuid.uuid4(), new=False, owner="agent")}
+    )
+    event = event.model_copy(update={"payload": event.payload.model_copy(update={"route": route})})
+    bus = await run(event, FakeLLM(["Hi"]))
+    assert bus.published == []
+
+
+async def test_a_new_handoff_tells_the_customer_the_wait() -> None:
+    event = routed_event(RouteTarget.HUMAN)
+    handoff = Handoff(ticket_id=uuid.uuid4(), new=True, owner="queued", eta_minutes=6)
+    route = event.payload.route.model_copy(update={"handoff": handoff})
+    event = event.model_copy(update={"payload": event.payload.model_copy(update={"route": route})})
+    bus = await run(event, FakeLLM(["Hi"]))
+    [reply] = bus.replies()
+    assert "about 6 minutes" in reply.payload.text
+    assert reply.payload.author is Role.SYSTEM

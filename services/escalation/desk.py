@@ -1,0 +1,416 @@
+"""The handoff desk: who owns each conversation, the agent queue, and the moves agents make.
+
+PostgreSQL is the record. Every change of owner bumps the conversation's `epoch` and mirrors
+`{owner, epoch}` to Redis, where generation checks it before each piece of a bot reply: a turn
+routed to the bot under an older epoch (a person took over meanwhile) is never delivered. Turns
+of one conversation arrive in order on one partition, and agents' moves are single-row
+transactions that check the status they expect, so two agents cannot both claim a ticket.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter, Histogram
+
+from shared.db import Pool
+from shared.events import (
+    Handoff,
+    RouteReason,
+    RouteTarget,
+    RoutingDecision,
+    TurnContextualizedEvent,
+    utcnow,
+)
+from shared.metrics import LATENCY_BUCKETS
+
+Severity = Literal["low", "medium", "high"]
+
+TICKETS = Counter("cbd_tickets_total", "Agent tickets, by what happened to them.", ["event"])
+QUEUE_WAIT = Histogram(
+    "cbd_agent_queue_wait_seconds",
+    "From a ticket opening to an agent claiming it.",
+    buckets=(*LATENCY_BUCKETS, 120.0, 300.0, 600.0, 1800.0),
+)
+SECONDS_TO_ESCALATE = Histogram(
+    "cbd_seconds_to_escalate",
+    "From a conversation's first turn to its routing to a human.",
+    buckets=(1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0),
+)
+
+HIGH = frozenset({"sensitive_topic", "strong_emotion", "distress", "escalation_risk"})
+MEDIUM = frozenset({"explicit_request", "worsening", "high_value_negative", "generation_flags"})
+HUMAN_OWNS = "human_owns"
+
+
+def severity_of(reasons: list[RouteReason]) -> Severity:
+    """How urgently a person is needed, from the rules that fired."""
+    codes = {r.code for r in reasons}
+    if codes & HIGH:
+        return "high"
+    if codes & MEDIUM:
+        return "medium"
+    return "low"
+
+
+def priority_of(severity: Severity, escalation_risk: float) -> int:
+    """Queue order: severity first, then how much the conversation is at risk."""
+    base = {"high": 300, "medium": 200, "low": 100}[severity]
+    return base + round(99 * max(0.0, min(1.0, escalation_risk)))
+
+
+def eta_minutes(position: int, handle_minutes: float, agents_on_shift: int) -> int:
+    """A rough wait: the tickets up to this one, shared by the agents on shift."""
+    return max(1, math.ceil(position * handle_minutes / max(1, agents_on_shift)))
+
+
+class TicketConflict(Exception):
+    """The ticket is not in the state the move needs (e.g. someone else claimed it)."""
+
+
+class TicketNotFound(Exception):
+    """No such ticket."""
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A conversation waiting for, or with, a person."""
+
+    ticket_id: uuid.UUID
+    conversation_id: str
+    customer_id: str
+    channel: str
+    status: str
+    priority: int
+    severity: str
+    reasons: list[dict[str, str]]
+    summary: str
+    created_at: datetime
+    claimed_by: str | None
+    claimed_at: datetime | None
+    last_turn_id: uuid.UUID | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The API form."""
+        return {
+            "ticket_id": str(self.ticket_id),
+            "conversation_id": self.conversation_id,
+            "customer_id": self.customer_id,
+            "channel": self.channel,
+            "status": self.status,
+            "priority": self.priority,
+            "severity": self.severity,
+            "reasons": self.reasons,
+            "summary": self.summary,
+            "created_at": self.created_at.isoformat(),
+            "waiting_seconds": round((utcnow() - self.created_at).total_seconds(), 1),
+            "claimed_by": self.claimed_by,
+        }
+
+
+_TICKET_COLUMNS = """
+    t.ticket_id, t.conversation_id, t.customer_id, t.channel, t.status, t.priority, t.severity,
+    t.reasons, t.summary, t.created_at, t.claimed_by, t.claimed_at, c.last_turn_id
+"""
+
+
+def _ticket(row: Any) -> Ticket:
+    return Ticket(**dict(row))
+
+
+class Desk:
+    """Ownership, tickets and agent moves, on PostgreSQL with the owner mirrored in Redis."""
+
+    def __init__(
+        self,
+        pg: Pool,
+        redis: aioredis.Redis,
+        *,
+        key_prefix: str,
+        handle_minutes: float,
+        agents_on_shift: int,
+    ) -> None:
+        self.pg = pg
+        self.redis = redis
+        self.prefix = key_prefix
+        self.handle_minutes = handle_minutes
+        self.agents_on_shift = max(1, agents_on_shift)
+
+    def owner_key(self, conversation_id: str) -> str:
+        """The Redis key generation reads before delivering a bot reply."""
+        return f"{self.prefix}owner:{conversation_id}"
+
+    async def _mirror(self, conversation_id: str, owner: str, epoch: int) -> None:
+        await self.redis.set(
+            self.owner_key(conversation_id), json.dumps({"owner": owner, "epoch": epoch})
+        )
+
+    async def route(
+        self, event: TurnContextualizedEvent, policy: Callable[[int], RoutingDecision]
+    ) -> RoutingDecision:
+        """The final decision for a turn: the policy's, unless a person already owns it.
+
+        `policy` is called with the customer turns the bot has had since it last took the
+        conversation (from the start, or from a person's hand-back). Opening a ticket is
+        idempotent per turn event: a redelivered turn finds its ticket.
+        """
+        turn = event.payload
+        async with self.pg.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
+                INSERT INTO escalation.conversations (conversation_id, customer_id, channel)
+                VALUES ($1, $2, $3) ON CONFLICT (conversation_id) DO NOTHING
+                """,
+                event.conversation_id,
+                event.customer_id,
+                event.channel.value,
+            )
+            conv = await conn.fetchrow(
+                "SELECT * FROM escalation.conversations WHERE conversation_id = $1 FOR UPDATE",
+                event.conversation_id,
+            )
+            assert conv is not None
+            opened = await conn.fetchrow(
+                "SELECT ticket_id FROM escalation.tickets WHERE opened_by_event = $1",
+                event.event_id,
+            )
+            # A redelivered turn must not count twice towards the bot's run.
+            counted = conv["last_turn_id"] == turn.message.turn_id
+            bot_turns = conv["bot_turns"] + (0 if counted or conv["owner"] != "bot" else 1)
+            await conn.execute(
+                "UPDATE escalation.conversations SET last_turn_id = $2, bot_turns = $3, "
+                "updated_at = now() WHERE conversation_id = $1",
+                event.conversation_id,
+                turn.message.turn_id,
+                bot_turns,
+            )
+            if conv["owner"] != "bot" and opened is None:
+                handoff = await self._current_handoff(conn, event.conversation_id, conv)
+                return RoutingDecision(
+                    target=RouteTarget.HUMAN,
+                    reasons=[RouteReason(code=HUMAN_OWNS, detail=_owner_detail(conv))],
+                    policy="ownership",
+                    epoch=conv["epoch"],
+                    handoff=handoff,
+                )
+            policy_decision = policy(bot_turns)
+            if policy_decision.target is RouteTarget.BOT:
+                return policy_decision.model_copy(update={"epoch": conv["epoch"]})
+            if opened is not None:
+                ticket_id = opened["ticket_id"]
+                epoch = conv["epoch"]
+            else:
+                ticket_id = uuid.uuid5(event.event_id, "ticket")
+                severity = severity_of(policy_decision.reasons)
+                risk = turn.trajectory.escalation_risk if turn.trajectory else 0.0
+                await conn.execute(
+                    """
+                    INSERT INTO escalation.tickets (ticket_id, conversation_id, customer_id,
+                        channel, priority, severity, reasons, summary, opened_by_event)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                    """,
+                    ticket_id,
+                    event.conversation_id,
+                    event.customer_id,
+                    event.channel.value,
+                    priority_of(severity, risk),
+                    severity,
+                    [r.model_dump() for r in policy_decision.reasons],
+                    _summary(turn.message.text, policy_decision.reasons),
+                    event.event_id,
+                )
+                epoch = await conn.fetchval(
+                    "UPDATE escalation.conversations SET owner = 'queued', agent_id = NULL, "
+                    "epoch = epoch + 1, updated_at = now() WHERE conversation_id = $1 "
+                    "RETURNING epoch",
+                    event.conversation_id,
+                )
+                TICKETS.labels("opened").inc()
+                SECONDS_TO_ESCALATE.observe(
+                    max(0.0, (utcnow() - conv["started_at"]).total_seconds())
+                )
+            position = await self._position(conn, ticket_id)
+        await self._mirror(event.conversation_id, "queued", epoch)
+        return policy_decision.model_copy(
+            update={
+                "epoch": epoch,
+                "handoff": Handoff(
+                    ticket_id=ticket_id,
+                    new=True,
+                    owner="queued",
+                    queue_position=position,
+                    eta_minutes=self.eta_minutes(position),
+                ),
+            }
+        )
+
+    def eta_minutes(self, position: int) -> int:
+        """The wait to tell a customer at this place in the queue."""
+        return eta_minutes(position, self.handle_minutes, self.agents_on_shift)
+
+    async def _position(self, conn: Any, ticket_id: uuid.UUID) -> int:
+        row = await conn.fetchrow(
+            "SELECT priority, created_at FROM escalation.tickets WHERE ticket_id = $1", ticket_id
+        )
+        ahead: int = await conn.fetchval(
+            """
+            SELECT count(*) FROM escalation.tickets
+            WHERE status = 'queued' AND ticket_id <> $1
+              AND (priority > $2 OR (priority = $2 AND created_at <= $3))
+            """,
+            ticket_id,
+            row["priority"],
+            row["created_at"],
+        )
+        return ahead + 1
+
+    async def _current_handoff(self, conn: Any, conversation_id: str, conv: Any) -> Handoff | None:
+        row = await conn.fetchrow(
+            "SELECT ticket_id FROM escalation.tickets WHERE conversation_id = $1 "
+            "AND status IN ('queued', 'claimed')",
+            conversation_id,
+        )
+        if row is None:
+            return None
+        position = await self._position(conn, row["ticket_id"]) if conv["owner"] == "queued" else 0
+        return Handoff(
+            ticket_id=row["ticket_id"],
+            new=False,
+            owner=conv["owner"],
+            agent_id=conv["agent_id"],
+            queue_position=position,
+            eta_minutes=self.eta_minutes(position) if position else 0,
+        )
+
+    async def queue(self, limit: int = 100) -> list[Ticket]:
+        """Open tickets, most urgent and longest waiting first; claimed ones after."""
+        rows = await self.pg.fetch(
+            f"""
+            SELECT {_TICKET_COLUMNS} FROM escalation.tickets t
+            JOIN escalation.conversations c USING (conversation_id)
+            WHERE t.status IN ('queued', 'claimed')
+            ORDER BY (t.status = 'claimed'), t.priority DESC, t.created_at
+            LIMIT $1
+            """,  # noqa: S608 (a fixed column list, no input)
+            limit,
+        )
+        return [_ticket(r) for r in rows]
+
+    async def get(self, ticket_id: uuid.UUID) -> Ticket:
+        """One ticket."""
+        row = await self.pg.fetchrow(
+            f"SELECT {_TICKET_COLUMNS} FROM escalation.tickets t "  # noqa: S608
+            "JOIN escalation.conversations c USING (conversation_id) WHERE t.ticket_id = $1",
+            ticket_id,
+        )
+        if row is None:
+            raise TicketNotFound(str(ticket_id))
+        return _ticket(row)
+
+    async def claim(self, ticket_id: uuid.UUID, agent_id: str) -> Ticket:
+        """Take a queued ticket; TicketConflict when it is not queued any more."""
+        return await self._move(
+            ticket_id,
+            expect="queued",
+            ticket_sql="status = 'claimed', claimed_by = $2, claimed_at = now()",
+            owner="agent",
+            agent_id=agent_id,
+            event="claimed",
+        )
+
+    async def transfer(self, ticket_id: uuid.UUID, agent_id: str, to_agent: str) -> Ticket:
+        """Hand a claimed ticket to another agent."""
+        return await self._move(
+            ticket_id,
+            expect="claimed",
+            ticket_sql="claimed_by = $2",
+            owner="agent",
+            agent_id=to_agent,
+            event="transferred",
+            by=agent_id,
+        )
+
+    async def resolve(self, ticket_id: uuid.UUID, agent_id: str) -> Ticket:
+        """Close the ticket; the bot answers the conversation's next turns again."""
+        return await self._move(
+            ticket_id,
+            expect="claimed",
+            ticket_sql="status = 'resolved', closed_at = now()",
+            owner="bot",
+            agent_id=None,
+            event="resolved",
+            by=agent_id,
+        )
+
+    async def hand_back(self, ticket_id: uuid.UUID, agent_id: str) -> Ticket:
+        """Give the conversation back to the bot without resolving the customer's issue."""
+        return await self._move(
+            ticket_id,
+            expect="claimed",
+            ticket_sql="status = 'handed_back', closed_at = now()",
+            owner="bot",
+            agent_id=None,
+            event="handed_back",
+            by=agent_id,
+        )
+
+    async def _move(
+        self,
+        ticket_id: uuid.UUID,
+        *,
+        expect: str,
+        ticket_sql: str,
+        owner: str,
+        agent_id: str | None,
+        event: str,
+        by: str | None = None,
+    ) -> Ticket:
+        async with self.pg.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "SELECT status, claimed_by, conversation_id, created_at FROM escalation.tickets "
+                "WHERE ticket_id = $1 FOR UPDATE",
+                ticket_id,
+            )
+            if row is None:
+                raise TicketNotFound(str(ticket_id))
+            if row["status"] != expect:
+                raise TicketConflict(f"ticket is {row['status']}, not {expect}")
+            if by is not None and row["claimed_by"] != by:
+                raise TicketConflict(f"ticket is claimed by {row['claimed_by']}")
+            await conn.execute(
+                f"UPDATE escalation.tickets SET {ticket_sql} WHERE ticket_id = $1",  # noqa: S608
+                ticket_id,
+                *([agent_id] if "$2" in ticket_sql else []),
+            )
+            epoch = await conn.fetchval(
+                "UPDATE escalation.conversations SET owner = $2, agent_id = $3, "
+                "epoch = epoch + 1, bot_turns = 0, updated_at = now() "
+                "WHERE conversation_id = $1 RETURNING epoch",
+                row["conversation_id"],
+                owner,
+                agent_id,
+            )
+        await self._mirror(row["conversation_id"], owner, epoch)
+        TICKETS.labels(event).inc()
+        if event == "claimed":
+            QUEUE_WAIT.observe(max(0.0, (utcnow() - row["created_at"]).total_seconds()))
+        return await self.get(ticket_id)
+
+
+def _owner_detail(conv: Any) -> str:
+    if conv["owner"] == "agent":
+        return f"agent {conv['agent_id']} has this conversation"
+    return "waiting in the agent queue"
+
+
+def _summary(text: str, reasons: list[RouteReason]) -> str:
+    why = ", ".join(r.code.replace("_", " ") for r in reasons)
+    quoted = text if len(text) <= 160 else text[:157] + "..."
+    return f"{why}: \u201c{quoted}\u201d"
