@@ -230,6 +230,17 @@ class ReplyGenerated(_Model):
     tokens: int | None = None
 
 
+class AgentAssist(_Model):
+    """Payload of assist.suggested: help for the agent who has the conversation."""
+
+    turn_id: uuid.UUID
+    suggestions: list[str] = []
+    """Replies the agent could send (edited or as they are)."""
+    tips: list[str] = []
+    """Coaching for this moment, from the customer's emotion and signals."""
+    model: str | None = None
+
+
 class Envelope(_Model):
     """The fields every event carries, whatever its payload."""
 
@@ -336,6 +347,13 @@ class ReplyGeneratedEvent(Envelope):
 
     event_type: Literal["reply.generated"] = "reply.generated"
     payload: ReplyGenerated
+
+
+class AssistSuggestedEvent(Envelope):
+    """Agent assist for a turn a person is handling."""
+
+    event_type: Literal["assist.suggested"] = "assist.suggested"
+    payload: AgentAssist
 
 
 class DeadLetter(_Model):

@@ -12,6 +12,7 @@ class Topic(StrEnum):
     TURN_ROUTED = "turn.routed"
     REPLY_DELTA = "reply.delta"
     REPLY_GENERATED = "reply.generated"
+    ASSIST_SUGGESTED = "assist.suggested"
     DEAD_LETTER = "deadletter"
 
 

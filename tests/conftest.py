@@ -30,6 +30,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         extra_env={
             # Short replies keep the suite fast on two cores; the path is the same.
             "CBD_GENERATION_MAX_TOKENS": "48",
+            # A cold LLM on a busy 2-core runner can be slow to start; the fallback reply (and
+            # the ticket it opens) is tested on its own, not left to chance here.
+            "CBD_GENERATION_FIRST_TOKEN_TIMEOUT_S": "30",
             "CBD_LOG_LEVEL": "INFO",
         },
     )

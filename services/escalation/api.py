@@ -149,10 +149,34 @@ class AgentAPI:
         return JSONResponse(ticket.as_json())
 
     async def claim(self, request: Request, agent: AgentToken) -> Response:
-        """Take a queued ticket."""
-        return await self._changed(
-            await self._desk().claim(self._ticket_id(request), agent.agent_id)
+        """Take a queued ticket; the customer is told a person has joined."""
+        claimed = await self._desk().claim(self._ticket_id(request), agent.agent_id)
+        await self._say(
+            claimed,
+            Role.SYSTEM,
+            f"{agent.agent_id} from our team has joined the conversation.",
+            ["agent_joined"],
         )
+        return await self._changed(claimed)
+
+    async def _say(self, ticket: Ticket, author: Role, text: str, flags: list[str]) -> uuid.UUID:
+        """Publish a message to the ticket's customer, on their channel."""
+        reply_id = uuid.uuid4()
+        event = ReplyGeneratedEvent.create(
+            conversation_id=ticket.conversation_id,
+            customer_id=ticket.customer_id,
+            channel=Channel(ticket.channel),
+            payload=ReplyGenerated(
+                turn_id=ticket.last_turn_id or ticket.ticket_id,
+                reply_id=reply_id,
+                author=author,
+                text=text,
+                flags=flags,
+            ),
+        )
+        assert self.bus is not None
+        await self.bus.publish(Topic.REPLY_GENERATED, event)
+        return reply_id
 
     async def resolve(self, request: Request, agent: AgentToken) -> Response:
         """Close the ticket; the bot takes the conversation's next turns."""
@@ -187,21 +211,7 @@ class AgentAPI:
         found = await self._desk().get(self._ticket_id(request))
         if found.status != "claimed" or found.claimed_by != agent.agent_id:
             return error(409, "conflict", "claim the ticket before replying")
-        reply_id = uuid.uuid4()
-        event = ReplyGeneratedEvent.create(
-            conversation_id=found.conversation_id,
-            customer_id=found.customer_id,
-            channel=Channel(found.channel),
-            payload=ReplyGenerated(
-                turn_id=found.last_turn_id or found.ticket_id,
-                reply_id=reply_id,
-                author=Role.AGENT,
-                text=body.text,
-                flags=[f"agent:{agent.agent_id}"],
-            ),
-        )
-        assert self.bus is not None
-        await self.bus.publish(Topic.REPLY_GENERATED, event)
+        reply_id = await self._say(found, Role.AGENT, body.text, [f"agent:{agent.agent_id}"])
         return JSONResponse({"reply_id": str(reply_id)}, status_code=202)
 
     async def live(self, ws: WebSocket) -> None:

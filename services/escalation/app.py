@@ -14,7 +14,7 @@ from services.escalation.handlers import EscalationHandlers
 from services.escalation.live import AgentHub
 from services.escalation.policy import PolicyStore
 from services.escalation.settings import EscalationSettings
-from shared.events import ReplyGeneratedEvent, TurnContextualizedEvent
+from shared.events import AssistSuggestedEvent, ReplyGeneratedEvent, TurnContextualizedEvent
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 
@@ -46,6 +46,7 @@ def create_app(settings: EscalationSettings | None = None) -> Starlette:
             Topic.TURN_CONTEXTUALIZED, TurnContextualizedEvent, handlers.on_turn_contextualized
         )
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)
+        infra.subscribe(Topic.ASSIST_SUGGESTED, AssistSuggestedEvent, handlers.on_assist_suggested)
         api.desk = desk
         api.bus = infra.bus
 

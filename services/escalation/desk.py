@@ -22,7 +22,9 @@ from prometheus_client import Counter, Histogram
 
 from shared.db import Pool
 from shared.events import (
+    Envelope,
     Handoff,
+    ReplyGeneratedEvent,
     RouteReason,
     RouteTarget,
     RoutingDecision,
@@ -207,34 +209,13 @@ class Desk:
                 ticket_id = opened["ticket_id"]
                 epoch = conv["epoch"]
             else:
-                ticket_id = uuid.uuid5(event.event_id, "ticket")
-                severity = severity_of(policy_decision.reasons)
-                risk = turn.trajectory.escalation_risk if turn.trajectory else 0.0
-                await conn.execute(
-                    """
-                    INSERT INTO escalation.tickets (ticket_id, conversation_id, customer_id,
-                        channel, priority, severity, reasons, summary, opened_by_event)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-                    """,
-                    ticket_id,
-                    event.conversation_id,
-                    event.customer_id,
-                    event.channel.value,
-                    priority_of(severity, risk),
-                    severity,
-                    [r.model_dump() for r in policy_decision.reasons],
-                    _summary(turn.message.text, policy_decision.reasons),
-                    event.event_id,
-                )
-                epoch = await conn.fetchval(
-                    "UPDATE escalation.conversations SET owner = 'queued', agent_id = NULL, "
-                    "epoch = epoch + 1, updated_at = now() WHERE conversation_id = $1 "
-                    "RETURNING epoch",
-                    event.conversation_id,
-                )
-                TICKETS.labels("opened").inc()
-                SECONDS_TO_ESCALATE.observe(
-                    max(0.0, (utcnow() - conv["started_at"]).total_seconds())
+                ticket_id, epoch = await self._open_ticket(
+                    conn,
+                    event,
+                    conv,
+                    reasons=policy_decision.reasons,
+                    risk=turn.trajectory.escalation_risk if turn.trajectory else 0.0,
+                    text=turn.message.text,
                 )
             position = await self._position(conn, ticket_id)
         await self._mirror(event.conversation_id, "queued", epoch)
@@ -250,6 +231,76 @@ class Desk:
                 ),
             }
         )
+
+    async def open_for_reply(self, event: ReplyGeneratedEvent, reason: RouteReason) -> bool:
+        """Queue the conversation when a bot reply told the customer a person would follow.
+
+        Idempotent per reply event; False when a person already has the conversation.
+        """
+        async with self.pg.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """
+                INSERT INTO escalation.conversations (conversation_id, customer_id, channel)
+                VALUES ($1, $2, $3) ON CONFLICT (conversation_id) DO NOTHING
+                """,
+                event.conversation_id,
+                event.customer_id,
+                event.channel.value,
+            )
+            conv = await conn.fetchrow(
+                "SELECT * FROM escalation.conversations WHERE conversation_id = $1 FOR UPDATE",
+                event.conversation_id,
+            )
+            assert conv is not None
+            if conv["owner"] != "bot":
+                return False
+            if await conn.fetchval(
+                "SELECT 1 FROM escalation.tickets WHERE opened_by_event = $1", event.event_id
+            ):
+                return False
+            _, epoch = await self._open_ticket(
+                conn, event, conv, reasons=[reason], risk=0.0, text=reason.detail
+            )
+        await self._mirror(event.conversation_id, "queued", epoch)
+        return True
+
+    async def _open_ticket(
+        self,
+        conn: Any,
+        event: Envelope,
+        conv: Any,
+        *,
+        reasons: list[RouteReason],
+        risk: float,
+        text: str,
+    ) -> tuple[uuid.UUID, int]:
+        """Insert a ticket and hand the conversation to the queue; (ticket id, new epoch)."""
+        ticket_id = uuid.uuid5(event.event_id, "ticket")
+        severity = severity_of(reasons)
+        await conn.execute(
+            """
+            INSERT INTO escalation.tickets (ticket_id, conversation_id, customer_id,
+                channel, priority, severity, reasons, summary, opened_by_event)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            """,
+            ticket_id,
+            event.conversation_id,
+            event.customer_id,
+            event.channel.value,
+            priority_of(severity, risk),
+            severity,
+            [r.model_dump() for r in reasons],
+            _summary(text, reasons),
+            event.event_id,
+        )
+        epoch: int = await conn.fetchval(
+            "UPDATE escalation.conversations SET owner = 'queued', agent_id = NULL, "
+            "epoch = epoch + 1, updated_at = now() WHERE conversation_id = $1 RETURNING epoch",
+            event.conversation_id,
+        )
+        TICKETS.labels("opened").inc()
+        SECONDS_TO_ESCALATE.observe(max(0.0, (utcnow() - conv["started_at"]).total_seconds()))
+        return ticket_id, epoch
 
     def eta_minutes(self, position: int) -> int:
         """The wait to tell a customer at this place in the queue."""

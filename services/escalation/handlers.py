@@ -11,7 +11,10 @@ from services.escalation.desk import Desk
 from services.escalation.live import AgentHub
 from services.escalation.policy import PolicyStore, decide
 from shared.events import (
+    AssistSuggestedEvent,
     ReplyGeneratedEvent,
+    Role,
+    RouteReason,
     RouteTarget,
     TurnContextualizedEvent,
     TurnRouted,
@@ -19,6 +22,9 @@ from shared.events import (
 )
 from shared.kafka import EventBus
 from shared.topics import Topic
+
+NEEDS_HUMAN = frozenset({"needs_human"})
+"""Reply flags by which generation says it promised the customer a person."""
 
 DECISIONS = Counter("cbd_routing_decisions_total", "Turns routed, by target.", ["target"])
 ESCALATIONS = Counter(
@@ -74,12 +80,34 @@ class EscalationHandlers:
             if opened:
                 await self.hub.broadcast({"type": "queue_changed"})
 
+    async def on_assist_suggested(self, event: AssistSuggestedEvent) -> None:
+        """Pass suggested replies and coaching tips to the consoles."""
+        await self.hub.broadcast(
+            {
+                "type": "assist",
+                "conversation_id": event.conversation_id,
+                "turn_id": str(event.payload.turn_id),
+                "suggestions": event.payload.suggestions,
+                "tips": event.payload.tips,
+            }
+        )
+
     async def on_reply_generated(self, event: ReplyGeneratedEvent) -> None:
-        """Show replies in conversations a person has, so the transcript stays live."""
+        """Queue conversations the bot promised to a person; keep agents' transcripts live."""
+        reply = event.payload
+        promised = NEEDS_HUMAN & set(reply.flags)
+        if reply.author is Role.BOT and promised:
+            reason = RouteReason(
+                code="generation_flags",
+                detail=f"the bot could not answer and told the customer a person would "
+                f"({', '.join(sorted(set(reply.flags)))})",
+            )
+            if await self.desk.open_for_reply(event, reason):
+                ESCALATIONS.labels(reason.code).inc()
+                await self.hub.broadcast({"type": "queue_changed"})
         owner = await self.desk.redis.get(self.desk.owner_key(event.conversation_id))
         if owner is None or json.loads(owner).get("owner") == "bot":
             return
-        reply = event.payload
         await self.hub.broadcast(
             message_frame(
                 event.conversation_id,

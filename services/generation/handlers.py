@@ -8,11 +8,14 @@ import uuid
 
 from prometheus_client import Counter
 
+from services.generation.assist import assist_messages, coaching_tips
 from services.generation.fence import OwnershipFence
 from services.generation.llm import ChatClient, LLMUnavailable
 from services.generation.prompt import FALLBACK_REPLY, build_messages, handoff_notice
 from services.generation.settings import GenerationSettings
 from shared.events import (
+    AgentAssist,
+    AssistSuggestedEvent,
     ReplyDelta,
     ReplyDeltaEvent,
     ReplyGenerated,
@@ -20,6 +23,7 @@ from shared.events import (
     Role,
     RouteTarget,
     TurnRoutedEvent,
+    utcnow,
 )
 from shared.kafka import EventBus
 from shared.topics import Topic
@@ -43,6 +47,7 @@ class GenerationHandlers:
         self.llm = llm
         self.settings = settings
         self.fence = fence
+        self._last_suggestion: dict[str, float] = {}
 
     async def _bot_may_speak(self, event: TurnRoutedEvent) -> bool:
         if self.fence is None:
@@ -56,18 +61,78 @@ class GenerationHandlers:
         reply_id = uuid.uuid5(event.event_id, "reply")
         if turn.route.target is RouteTarget.HUMAN:
             handoff = turn.route.handoff
-            if handoff is not None and not handoff.new:
+            if handoff is None or handoff.new:
+                notice = handoff_notice(handoff.eta_minutes if handoff else None)
+                await self._publish_reply(event, reply_id, Role.SYSTEM, notice, ["handoff"])
+                REPLIES.labels("handoff").inc()
+            else:
                 # A person has this conversation: they answer, the bot stays quiet.
                 REPLIES.labels("silent_human_owns").inc()
-                return
-            notice = handoff_notice(handoff.eta_minutes if handoff else None)
-            await self._publish_reply(event, reply_id, Role.SYSTEM, notice, ["handoff"])
-            REPLIES.labels("handoff").inc()
+            await self._assist(event)
             return
         if not await self._bot_may_speak(event):
             REPLIES.labels("suppressed").inc()
             return
         await self._answer(event, reply_id)
+
+    def _wants_suggestion(self, event: TurnRoutedEvent) -> bool:
+        """Whether to spend an LLM call on a suggestion for this turn.
+
+        The LLM also answers customers; a burst of messages in a conversation a person holds
+        must not queue a suggestion per message ahead of them.
+        """
+        age = (utcnow() - event.payload.message.received_at).total_seconds()
+        if age > self.settings.assist_max_age_s:
+            return False
+        now = time.monotonic()
+        last = self._last_suggestion.get(event.conversation_id)
+        if last is not None and now - last < self.settings.assist_min_interval_s:
+            return False
+        self._last_suggestion[event.conversation_id] = now
+        if len(self._last_suggestion) > 10_000:
+            self._last_suggestion.pop(next(iter(self._last_suggestion)))
+        return True
+
+    async def _assist(self, event: TurnRoutedEvent) -> None:
+        """Suggest a reply and coaching tips to the person handling the conversation."""
+        turn = event.payload
+        suggestions: list[str] = []
+        if not self._wants_suggestion(event):
+            await self._publish_assist(event, suggestions)
+            return
+        try:
+            text = "".join(
+                [
+                    piece
+                    async for piece in self.llm.stream(
+                        assist_messages(turn),
+                        max_tokens=self.settings.assist_max_tokens,
+                        temperature=self.settings.temperature,
+                        top_p=self.settings.top_p,
+                    )
+                ]
+            ).strip()
+            if text:
+                suggestions.append(text)
+        except LLMUnavailable as exc:
+            # Tips alone still help; the agent writes the reply.
+            log.warning("no suggested reply for the agent: %s", exc)
+        await self._publish_assist(event, suggestions)
+
+    async def _publish_assist(self, event: TurnRoutedEvent, suggestions: list[str]) -> None:
+        turn = event.payload
+        await self.bus.publish(
+            Topic.ASSIST_SUGGESTED,
+            event.derive(
+                AssistSuggestedEvent,
+                AgentAssist(
+                    turn_id=turn.message.turn_id,
+                    suggestions=suggestions,
+                    tips=coaching_tips(turn),
+                    model=self.llm.model if suggestions else None,
+                ),
+            ),
+        )
 
     async def _answer(self, event: TurnRoutedEvent, reply_id: uuid.UUID) -> None:
         """Stream the LLM's reply to the customer, or the caring fallback when it fails."""

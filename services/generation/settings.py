@@ -17,6 +17,12 @@ class GenerationSettings(ServiceSettings):
     llm_model: str = "smollm2-135m-instruct"
     llm_api_key: SecretStr | None = None
     max_tokens: int = Field(default=160, ge=1)
+    assist_max_tokens: int = Field(default=80, ge=1)
+    """Length of a reply suggested to an agent."""
+    assist_max_age_s: float = Field(default=10.0, ge=0.0)
+    """A turn older than this gets coaching tips only: the agent has moved on."""
+    assist_min_interval_s: float = Field(default=5.0, ge=0.0)
+    """At most one suggested reply per conversation this often; a burst gets tips only."""
     temperature: float = Field(default=0.4, ge=0.0, le=2.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
     connect_timeout_s: float = 2.0

@@ -15,6 +15,7 @@ from services.generation.llm import ChatClient, ChatMessage, LLMUnavailable
 from services.generation.prompt import FALLBACK_REPLY, HANDOFF_NOTICE, SYSTEM_PROMPT
 from services.generation.settings import GenerationSettings
 from shared.events import (
+    AssistSuggestedEvent,
     Channel,
     ConversationContext,
     CustomerMessage,
@@ -36,8 +37,6 @@ from shared.events import (
 from shared.kafka import EventBus
 from shared.topics import Topic
 
-NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
-
 
 class RecordingBus:
     """Stands in for EventBus: remembers what was published, in order."""
@@ -50,6 +49,13 @@ class RecordingBus:
 
     def deltas(self) -> list[ReplyDeltaEvent]:
         return [cast(ReplyDeltaEvent, e) for t, e, _ in self.published if t is Topic.REPLY_DELTA]
+
+    def assists(self) -> list[AssistSuggestedEvent]:
+        return [
+            cast(AssistSuggestedEvent, e)
+            for t, e, _ in self.published
+            if t is Topic.ASSIST_SUGGESTED
+        ]
 
     def replies(self) -> list[ReplyGeneratedEvent]:
         return [
@@ -94,7 +100,7 @@ def settings() -> GenerationSettings:
 
 
 def routed_event(target: RouteTarget, text: str = "where is my parcel") -> TurnRoutedEvent:
-    message = CustomerMessage(turn_id=uuid.uuid4(), text=text, received_at=NOW)
+    message = CustomerMessage(turn_id=uuid.uuid4(), text=text, received_at=datetime.now(UTC))
     received = TurnReceivedEvent.create(
         conversation_id="conv-1",
         customer_id="cust-1",
@@ -131,27 +137,27 @@ def assert_envelope_follows(derived: Envelope, source: TurnRoutedEvent) -> None:
     assert derived.channel is source.channel
 
 
-async def test_human_route_sends_only_the_handoff_notice() -> None:
+async def test_human_route_sends_the_handoff_notice_and_assists_the_agent() -> None:
     event = routed_event(RouteTarget.HUMAN, "let me talk to a real person")
-    llm = FakeLLM(["should", " not", " be", " used"])
+    llm = FakeLLM(["I'm sorry ", "for the wait."])
 
     bus = await run(event, llm)
 
-    assert llm.calls == []
     assert bus.deltas() == []
-    assert len(bus.published) == 1
-    topic, published, confirm = bus.published[0]
-    assert topic is Topic.REPLY_GENERATED
-    assert confirm is True
-    assert isinstance(published, ReplyGeneratedEvent)
-    reply = published.payload
+    [reply_event] = bus.replies()
+    reply = reply_event.payload
     assert reply.author is Role.SYSTEM
     assert reply.text == HANDOFF_NOTICE
     assert "handoff" in reply.flags
     assert reply.turn_id == event.payload.message.turn_id
     assert reply.reply_id == uuid.uuid5(event.event_id, "reply")
     assert reply.turn_received_at == event.payload.message.received_at
-    assert_envelope_follows(published, event)
+    assert_envelope_follows(reply_event, event)
+    # The LLM writes only a suggestion for the agent, never a reply to the customer.
+    [assist] = bus.assists()
+    assert assist.payload.suggestions == ["I'm sorry for the wait."]
+    assert assist.payload.tips
+    assert_envelope_follows(assist, event)
 
 
 async def test_bot_route_streams_deltas_then_the_full_reply() -> None:
@@ -315,7 +321,18 @@ async def test_a_person_owning_the_conversation_means_no_reply_at_all() -> None:
     )
     event = event.model_copy(update={"payload": event.payload.model_copy(update={"route": route})})
     bus = await run(event, FakeLLM(["Hi"]))
-    assert bus.published == []
+    assert bus.replies() == []
+    assert bus.deltas() == []
+    [assist] = bus.assists()
+    assert assist.payload.suggestions == ["Hi"]
+
+
+async def test_assist_without_the_llm_still_coaches() -> None:
+    event = routed_event(RouteTarget.HUMAN)
+    bus = await run(event, FakeLLM([], error=LLMUnavailable("connection", "down")))
+    [assist] = bus.assists()
+    assert assist.payload.suggestions == []
+    assert assist.payload.tips == ["Be friendly and efficient."]
 
 
 async def test_a_new_handoff_tells_the_customer_the_wait() -> None:
@@ -327,3 +344,28 @@ async def test_a_new_handoff_tells_the_customer_the_wait() -> None:
     [reply] = bus.replies()
     assert "about 6 minutes" in reply.payload.text
     assert reply.payload.author is Role.SYSTEM
+
+
+async def test_a_burst_in_a_conversation_a_person_holds_gets_one_suggestion() -> None:
+    llm = FakeLLM(["Sorry for the wait."])
+    bus = RecordingBus()
+    handlers = GenerationHandlers(cast(EventBus, bus), cast(ChatClient, llm), settings())
+    for _ in range(5):
+        await handlers.on_turn_routed(routed_event(RouteTarget.HUMAN))
+    suggestions = [a.payload.suggestions for a in bus.assists()]
+    assert suggestions == [["Sorry for the wait."], [], [], [], []]
+    assert len(llm.calls) == 1
+
+
+async def test_a_stale_turn_gets_tips_without_a_suggestion() -> None:
+    event = routed_event(RouteTarget.HUMAN)
+    old = event.payload.message.model_copy(
+        update={"received_at": datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)}
+    )
+    event = event.model_copy(update={"payload": event.payload.model_copy(update={"message": old})})
+    llm = FakeLLM(["unused"])
+    bus = await run(event, llm)
+    [assist] = bus.assists()
+    assert assist.payload.suggestions == []
+    assert assist.payload.tips
+    assert llm.calls == []
