@@ -139,6 +139,8 @@ class ConversationContext(_Model):
 
     recent_turns: list[HistoryTurn] = []
     memories_used: list[str] = []
+    customer_tier: str | None = None
+    """The customer's value tier (e.g. gold) when memory knows it."""
     source: Literal["cache", "database", "empty"] = "empty"
 
 

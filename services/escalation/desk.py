@@ -62,10 +62,14 @@ def severity_of(reasons: list[RouteReason]) -> Severity:
     return "low"
 
 
-def priority_of(severity: Severity, escalation_risk: float) -> int:
-    """Queue order: severity first, then how much the conversation is at risk."""
+VALUED_TIERS = {"platinum": 60, "gold": 40, "silver": 20}
+
+
+def priority_of(severity: Severity, escalation_risk: float, tier: str | None = None) -> int:
+    """Queue order: severity first, then the customer's value and the conversation's risk."""
     base = {"high": 300, "medium": 200, "low": 100}[severity]
-    return base + round(99 * max(0.0, min(1.0, escalation_risk)))
+    value = VALUED_TIERS.get((tier or "").strip().lower(), 0)
+    return base + value + round(39 * max(0.0, min(1.0, escalation_risk)))
 
 
 def eta_minutes(position: int, handle_minutes: float, agents_on_shift: int) -> int:
@@ -216,6 +220,7 @@ class Desk:
                     reasons=policy_decision.reasons,
                     risk=turn.trajectory.escalation_risk if turn.trajectory else 0.0,
                     text=turn.message.text,
+                    tier=turn.context.customer_tier,
                 )
             position = await self._position(conn, ticket_id)
         await self._mirror(event.conversation_id, "queued", epoch)
@@ -273,6 +278,7 @@ class Desk:
         reasons: list[RouteReason],
         risk: float,
         text: str,
+        tier: str | None = None,
     ) -> tuple[uuid.UUID, int]:
         """Insert a ticket and hand the conversation to the queue; (ticket id, new epoch)."""
         ticket_id = uuid.uuid5(event.event_id, "ticket")
@@ -287,7 +293,7 @@ class Desk:
             event.conversation_id,
             event.customer_id,
             event.channel.value,
-            priority_of(severity, risk),
+            priority_of(severity, risk, tier),
             severity,
             [r.model_dump() for r in reasons],
             _summary(text, reasons),

@@ -23,9 +23,6 @@ from shared.events import (
 from shared.kafka import EventBus
 from shared.topics import Topic
 
-NEEDS_HUMAN = frozenset({"needs_human"})
-"""Reply flags by which generation says it promised the customer a person."""
-
 DECISIONS = Counter("cbd_routing_decisions_total", "Turns routed, by target.", ["target"])
 ESCALATIONS = Counter(
     "cbd_escalations_total", "Conversations routed to a human, by each rule that fired.", ["reason"]
@@ -51,7 +48,10 @@ class EscalationHandlers:
         turn = event.payload
         policy = self.policies.current()
         decision = await self.desk.route(
-            event, lambda bot_turns: decide(turn, policy, bot_turns=bot_turns)
+            event,
+            lambda bot_turns: decide(
+                turn, policy, bot_turns=bot_turns, customer_tier=turn.context.customer_tier
+            ),
         )
         DECISIONS.labels(decision.target.value).inc()
         opened = decision.handoff is not None and decision.handoff.new
@@ -95,12 +95,13 @@ class EscalationHandlers:
     async def on_reply_generated(self, event: ReplyGeneratedEvent) -> None:
         """Queue conversations the bot promised to a person; keep agents' transcripts live."""
         reply = event.payload
-        promised = NEEDS_HUMAN & set(reply.flags)
-        if reply.author is Role.BOT and promised:
+        rule = self.policies.current().rules.generation_flags
+        raised = rule.raised(reply.flags) if rule is not None and rule.enabled else []
+        if reply.author is Role.BOT and raised:
+            # The reply itself is flagged (the LLM failed, a guardrail tripped): a person
+            # takes over now rather than at the customer's next message.
             reason = RouteReason(
-                code="generation_flags",
-                detail=f"the bot could not answer and told the customer a person would "
-                f"({', '.join(sorted(set(reply.flags)))})",
+                code="generation_flags", detail="last reply flagged: " + ", ".join(raised)
             )
             if await self.desk.open_for_reply(event, reason):
                 ESCALATIONS.labels(reason.code).inc()

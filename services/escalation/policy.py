@@ -318,8 +318,12 @@ class GenerationFlagsRule(Rule):
 
     flags: list[str]
 
+    def raised(self, reply_flags: Sequence[str]) -> list[str]:
+        """The reply's flags this rule escalates on, each once, in the reply's order."""
+        return [f for f in dict.fromkeys(reply_flags) if f in self.flags]
+
     def evaluate(self, facts: Facts) -> str | None:
-        raised = [f for f in dict.fromkeys(facts.last_reply_flags) if f in self.flags]
+        raised = self.raised(facts.last_reply_flags)
         if not raised:
             return None
         return "last reply flagged: " + ", ".join(raised)

@@ -45,3 +45,11 @@ def test_agent_tokens_are_signed_expiring_and_tied_to_known_agents() -> None:
     assert auth.verify(body + "." + signature[::-1]) is None
     assert auth.verify("garbage") is None
     assert AgentAuth({"bob": "pw-b"}, "secret").verify(token) is None
+
+
+def test_valued_customers_come_first_within_a_severity() -> None:
+    assert priority_of("medium", 0.5, "platinum") > priority_of("medium", 0.5, "gold")
+    assert priority_of("medium", 0.5, "gold") > priority_of("medium", 0.5, None)
+    assert priority_of("medium", 0.5, "Gold ") == priority_of("medium", 0.5, "gold")
+    # Value never lifts a ticket above a more severe one.
+    assert priority_of("high", 0.0, None) > priority_of("medium", 1.0, "platinum")

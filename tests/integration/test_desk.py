@@ -1,0 +1,159 @@
+"""The handoff desk on real PostgreSQL and Redis: ownership, tickets, epochs, idempotency."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+
+from services.escalation.desk import HUMAN_OWNS, Desk, TicketConflict
+from shared import db
+from shared.events import (
+    Channel,
+    ConversationContext,
+    CustomerMessage,
+    EmotionAnalysis,
+    EmotionLabel,
+    ReplyGenerated,
+    ReplyGeneratedEvent,
+    Role,
+    RouteReason,
+    RouteTarget,
+    RoutingDecision,
+    TurnContextualized,
+    TurnContextualizedEvent,
+    TurnReceived,
+    TurnReceivedEvent,
+    utcnow,
+)
+from shared.settings import PostgresSettings
+
+pytestmark = pytest.mark.integration
+
+MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "escalation" / "migrations"
+
+
+@pytest.fixture
+async def desk(fresh_db: str, redis_client: aioredis.Redis) -> AsyncIterator[Desk]:
+    pool = await db.create_pool(PostgresSettings(dsn=SecretStr(fresh_db)))
+    await db.migrate(pool, "escalation", MIGRATIONS)
+    yield Desk(
+        pool,
+        redis_client,
+        key_prefix=f"it-{uuid.uuid4().hex[:6]}:",
+        handle_minutes=4,
+        agents_on_shift=2,
+    )
+    await pool.close()
+
+
+def turn_event(conversation_id: str, text: str = "hello") -> TurnContextualizedEvent:
+    message = CustomerMessage(turn_id=uuid.uuid4(), text=text, received_at=utcnow())
+    scores = dict.fromkeys(EmotionLabel, 0.0)
+    scores[EmotionLabel.NEUTRAL] = 1.0
+    received = TurnReceivedEvent.create(
+        conversation_id=conversation_id,
+        customer_id="cust-desk",
+        channel=Channel.WEB,
+        payload=TurnReceived(message=message),
+    )
+    return received.derive(
+        TurnContextualizedEvent,
+        TurnContextualized(
+            message=message,
+            emotion=EmotionAnalysis(
+                label=EmotionLabel.NEUTRAL, scores=scores, sentiment=0.0, intensity=0.0, model="t"
+            ),
+            context=ConversationContext(),
+        ),
+    )
+
+
+def decision(target: RouteTarget, code: str = "explicit_request") -> RoutingDecision:
+    return RoutingDecision(
+        target=target, reasons=[RouteReason(code=code, detail="test")], policy="test"
+    )
+
+
+async def owner(desk: Desk, conversation_id: str) -> dict[str, object]:
+    raw = await desk.redis.get(desk.owner_key(conversation_id))
+    assert raw is not None
+    parsed: dict[str, object] = json.loads(raw)
+    return parsed
+
+
+async def test_a_person_owns_the_conversation_from_escalation_to_hand_back(desk: Desk) -> None:
+    conv = f"conv-{uuid.uuid4().hex[:8]}"
+    bot = await desk.route(turn_event(conv), lambda _: decision(RouteTarget.BOT, "none"))
+    assert bot.target is RouteTarget.BOT
+    assert bot.epoch == 0
+
+    escalating = turn_event(conv, "let me talk to a person")
+    opened = await desk.route(escalating, lambda _: decision(RouteTarget.HUMAN))
+    assert opened.handoff is not None
+    assert opened.handoff.new is True
+    assert opened.handoff.queue_position >= 1
+    assert opened.epoch == 1
+    assert await owner(desk, conv) == {"owner": "queued", "epoch": 1}
+
+    again = await desk.route(escalating, lambda _: decision(RouteTarget.HUMAN))
+    assert again.handoff is not None
+    assert again.handoff.ticket_id == opened.handoff.ticket_id, "redelivery opens no new ticket"
+    assert len([t for t in await desk.queue() if t.conversation_id == conv]) == 1
+
+    # Whatever the policy would say, the person keeps the conversation.
+    held = await desk.route(turn_event(conv), lambda _: decision(RouteTarget.BOT, "none"))
+    assert held.target is RouteTarget.HUMAN
+    assert held.reasons[0].code == HUMAN_OWNS
+    assert held.handoff is not None
+    assert held.handoff.new is False
+
+    ticket_id = opened.handoff.ticket_id
+    claimed = await desk.claim(ticket_id, "alice")
+    assert claimed.claimed_by == "alice"
+    with pytest.raises(TicketConflict):
+        await desk.claim(ticket_id, "bob")
+    with pytest.raises(TicketConflict):
+        await desk.hand_back(ticket_id, "bob")
+    assert await owner(desk, conv) == {"owner": "agent", "epoch": 2}
+
+    await desk.hand_back(ticket_id, "alice")
+    assert await owner(desk, conv) == {"owner": "bot", "epoch": 3}
+    seen: list[int] = []
+
+    def policy(bot_turns: int) -> RoutingDecision:
+        seen.append(bot_turns)
+        return decision(RouteTarget.BOT, "none")
+
+    back = await desk.route(turn_event(conv), policy)
+    assert back.target is RouteTarget.BOT
+    assert back.epoch == 3
+    assert seen == [1], "the bot's run counts from the hand-back"
+
+
+async def test_a_flagged_bot_reply_queues_the_conversation_once(desk: Desk) -> None:
+    conv = f"conv-{uuid.uuid4().hex[:8]}"
+    reply = ReplyGeneratedEvent.create(
+        conversation_id=conv,
+        customer_id="cust-desk",
+        channel=Channel.WEB,
+        payload=ReplyGenerated(
+            turn_id=uuid.uuid4(),
+            reply_id=uuid.uuid4(),
+            author=Role.BOT,
+            text="I've asked a member of our team to pick this up.",
+            flags=["llm_fallback", "needs_human"],
+        ),
+    )
+    reason = RouteReason(code="generation_flags", detail="last reply flagged: needs_human")
+    assert await desk.open_for_reply(reply, reason) is True
+    assert await desk.open_for_reply(reply, reason) is False
+    [ticket] = [t for t in await desk.queue() if t.conversation_id == conv]
+    assert ticket.reasons[0]["code"] == "generation_flags"
+    assert ticket.severity == "medium"
+    assert (await owner(desk, conv))["owner"] == "queued"
