@@ -11,7 +11,7 @@ import secrets
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar, get_args
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -69,6 +69,21 @@ class EmotionLabel(StrEnum):
     CONFUSION = "confusion"
     JOY = "joy"
     NEUTRAL = "neutral"
+
+
+SignalName = Literal[
+    "shouting",
+    "punctuation_burst",
+    "human_request",
+    "repetition",
+    "urgency",
+    "churn_threat",
+    "legal_threat",
+    "profanity",
+    "vulnerability",
+]
+"""The named cues the emotion service finds; escalation policies refer to them by name."""
+SIGNAL_NAMES: tuple[str, ...] = get_args(SignalName)
 
 
 class Signal(_Model):

@@ -22,20 +22,9 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from services.emotion.dataset import Example
-from shared.events import EmotionAnalysis, EmotionLabel
+from shared.events import SIGNAL_NAMES, EmotionAnalysis, EmotionLabel
 
 LABELS: tuple[EmotionLabel, ...] = tuple(EmotionLabel)
-SIGNAL_NAMES = (
-    "shouting",
-    "punctuation_burst",
-    "human_request",
-    "repetition",
-    "urgency",
-    "churn_threat",
-    "legal_threat",
-    "profanity",
-    "vulnerability",
-)
 
 WORD_PATTERN = r"(?u)\b\w[\w']*\b"
 """Words keep their apostrophes: "don't" and "can't" carry the feeling."""

@@ -38,6 +38,7 @@ from shared.events import (
     RouteReason,
     RouteTarget,
     RoutingDecision,
+    SignalName,
     TurnContextualized,
 )
 
@@ -55,20 +56,6 @@ RELOAD_ERRORS = Counter(
     "cbd_escalation_policy_reload_errors_total",
     "Changed escalation policy files that were invalid; the previous policy was kept.",
 )
-
-SignalName = Literal[
-    "shouting",
-    "punctuation_burst",
-    "human_request",
-    "repetition",
-    "urgency",
-    "churn_threat",
-    "legal_threat",
-    "profanity",
-    "vulnerability",
-]
-"""The signals the emotion service emits: a misspelt name in the YAML is an error, not a rule
-that silently never fires."""
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Similarity = Annotated[float, Field(gt=0.0, le=1.0)]

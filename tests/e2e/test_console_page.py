@@ -10,34 +10,16 @@ a few seconds. Everything behind both pages is the session's `platform`.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from cbd.runtime import Platform
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"{CHROMIUM} is not installed (apt-get install chromium); Playwright never downloads one",
-        allow_module_level=True,
-    )
-
 pytestmark = pytest.mark.e2e
-
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 BOT_REPLY_TIMEOUT_MS = 30_000
 LIVE_TIMEOUT_MS = 10_000
@@ -60,19 +42,6 @@ FINAL_REPLIES_JS = """
   return !!text && text.textContent.trim().length > 0;
 }).length >= n
 """
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    """Debian's Chromium, headless, launched once for this module and closed after it."""
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def open_page(

@@ -10,7 +10,7 @@ import pytest
 from services.emotion import dataset, evaluation
 from services.emotion.analyzer import EmotionAnalyzer
 from services.emotion.model import LABELS, Matrix
-from shared.events import EmotionAnalysis, EmotionLabel
+from shared.events import SIGNAL_NAMES, EmotionAnalysis, EmotionLabel
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +163,18 @@ def test_readability_does_not_depend_on_the_model(analyzer: EmotionAnalyzer) -> 
         "Sort code for the Kendal branch?",
     ]
     assert [other.unreadable(t) for t in texts] == [analyzer.unreadable(t) for t in texts]
+
+
+def test_every_signal_the_analyzer_emits_is_a_contract_name(analyzer: EmotionAnalyzer) -> None:
+    texts = [
+        "THIS IS A JOKE!!! Let me talk to a real person, I need it fixed TODAY or I'll cancel my "
+        "account and call my lawyer. This damn company. My husband passed away last week.",
+        "where is my refund for order 1234",
+    ]
+    emitted = {
+        s.name
+        for t in texts
+        for s in analyzer.analyze(t, ["Where is my refund for order 1234?"]).signals
+    }
+    assert emitted <= set(SIGNAL_NAMES)
+    assert len(emitted) >= 7
