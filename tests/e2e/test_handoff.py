@@ -93,8 +93,10 @@ async def test_handoff_silences_the_bot_until_the_agent_hands_back(platform: Pla
             assert ticket["status"] == "queued"
             assert ticket["reasons"][0]["code"] == "explicit_request"
 
-            # 50 messages at once while the conversation waits for a person: none gets a bot
-            # reply, and the bot stays quiet after the agent claims it too.
+            claimed = await agent.post(f"/v1/agent/tickets/{ticket['ticket_id']}/claim")
+            assert claimed.status_code == 200
+            assert claimed.json()["claimed_by"] == "agent"
+            # 50 messages at once while the agent owns the conversation: not one bot reply.
             async with httpx.AsyncClient(base_url=platform.url("ingest")) as http:
                 sent = await asyncio.gather(
                     *(
@@ -106,9 +108,6 @@ async def test_handoff_silences_the_bot_until_the_agent_hands_back(platform: Pla
                     )
                 )
             assert all(r.status_code == 202 for r in sent)
-            claimed = await agent.post(f"/v1/agent/tickets/{ticket['ticket_id']}/claim")
-            assert claimed.status_code == 200
-            assert claimed.json()["claimed_by"] == "agent"
             routed_human = (
                 "SELECT count(*) FROM audit.events WHERE conversation_id = $1 "
                 "AND event_type = 'turn.routed' "
