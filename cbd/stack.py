@@ -257,6 +257,10 @@ class EmbeddedStack:
                 "4096",
                 "--n_threads",
                 str(self.llm_threads),
+                # By default a new request cuts off the one streaming: an agent suggestion
+                # would end a customer's reply mid-sentence. Queue them instead.
+                "--interrupt_requests",
+                "False",
             ],
             log_path=self.logs / "llm.log",
             ready=lambda: http_ok(f"http://127.0.0.1:{self.ports.llm}/v1/models"),

@@ -33,6 +33,7 @@ def create_app(settings: GenerationSettings | None = None) -> Starlette:
         stack.push_async_callback(llm.aclose)
         fence = OwnershipFence(infra.require_redis(), cfg.redis.key_prefix)
         handlers = GenerationHandlers(infra.bus, llm, cfg, fence)
+        stack.push_async_callback(handlers.aclose)
         infra.subscribe(Topic.TURN_ROUTED, TurnRoutedEvent, handlers.on_turn_routed)
 
     return build_app(ServiceSpec(name="generation", settings=cfg, wire=wire, uses_redis=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -30,6 +31,8 @@ from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 
+MAX_PENDING_ASSISTS = 8
+
 REPLIES = Counter("cbd_replies_total", "Replies published, by kind.", ["kind"])
 
 
@@ -48,6 +51,35 @@ class GenerationHandlers:
         self.settings = settings
         self.fence = fence
         self._last_suggestion: dict[str, float] = {}
+        # Assist runs beside the consumer, one LLM call at a time, so suggestions for agents
+        # never hold up replies to customers queued behind them on the same partition.
+        self._assist_slot = asyncio.Semaphore(1)
+        self._assist_tasks: set[asyncio.Task[None]] = set()
+
+    async def _schedule_assist(self, event: TurnRoutedEvent) -> None:
+        if len(self._assist_tasks) >= MAX_PENDING_ASSISTS:
+            # Backlogged: coaching tips now, no suggestion, rather than stale help later.
+            await self._publish_assist(event, [])
+            return
+        task = asyncio.create_task(self._assist(event), name="agent-assist")
+        self._assist_tasks.add(task)
+        task.add_done_callback(self._assist_done)
+
+    def _assist_done(self, task: asyncio.Task[None]) -> None:
+        self._assist_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("agent assist failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait for the agent-assist work in progress."""
+        while self._assist_tasks:
+            await asyncio.gather(*list(self._assist_tasks), return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Cancel pending agent assist: it is best-effort help, not worth delaying a stop."""
+        for task in list(self._assist_tasks):
+            task.cancel()
+        await self.drain()
 
     async def _bot_may_speak(self, event: TurnRoutedEvent) -> bool:
         if self.fence is None:
@@ -68,7 +100,7 @@ class GenerationHandlers:
             else:
                 # A person has this conversation: they answer, the bot stays quiet.
                 REPLIES.labels("silent_human_owns").inc()
-            await self._assist(event)
+            await self._schedule_assist(event)
             return
         if not await self._bot_may_speak(event):
             REPLIES.labels("suppressed").inc()
@@ -81,6 +113,8 @@ class GenerationHandlers:
         The LLM also answers customers; a burst of messages in a conversation a person holds
         must not queue a suggestion per message ahead of them.
         """
+        if not self.settings.assist_suggestions:
+            return False
         age = (utcnow() - event.payload.message.received_at).total_seconds()
         if age > self.settings.assist_max_age_s:
             return False
@@ -101,17 +135,18 @@ class GenerationHandlers:
             await self._publish_assist(event, suggestions)
             return
         try:
-            text = "".join(
-                [
-                    piece
-                    async for piece in self.llm.stream(
-                        assist_messages(turn),
-                        max_tokens=self.settings.assist_max_tokens,
-                        temperature=self.settings.temperature,
-                        top_p=self.settings.top_p,
-                    )
-                ]
-            ).strip()
+            async with self._assist_slot:
+                text = "".join(
+                    [
+                        piece
+                        async for piece in self.llm.stream(
+                            assist_messages(turn),
+                            max_tokens=self.settings.assist_max_tokens,
+                            temperature=self.settings.temperature,
+                            top_p=self.settings.top_p,
+                        )
+                    ]
+                ).strip()
             if text:
                 suggestions.append(text)
         except LLMUnavailable as exc:

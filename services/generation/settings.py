@@ -17,6 +17,8 @@ class GenerationSettings(ServiceSettings):
     llm_model: str = "smollm2-135m-instruct"
     llm_api_key: SecretStr | None = None
     max_tokens: int = Field(default=160, ge=1)
+    assist_suggestions: bool = True
+    """Whether agents get LLM-suggested replies (coaching tips come regardless)."""
     assist_max_tokens: int = Field(default=80, ge=1)
     """Length of a reply suggested to an agent."""
     assist_max_age_s: float = Field(default=10.0, ge=0.0)

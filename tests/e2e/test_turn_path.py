@@ -94,7 +94,7 @@ async def test_posted_message_streams_reply_and_is_stored_and_audited(platform: 
 
     deltas = [f for f in frames if f["type"] == "delta"]
     reply = frames[-1]
-    assert deltas, "the reply was not streamed"
+    assert deltas, f"the reply was not streamed: {frames}"
     assert {d["turn_id"] for d in deltas} == {accepted["turn_id"]}
     assert reply["turn_id"] == accepted["turn_id"]
     assert reply["author"] == "bot"

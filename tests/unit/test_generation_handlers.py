@@ -126,6 +126,7 @@ async def run(event: TurnRoutedEvent, llm: FakeLLM) -> RecordingBus:
     bus = RecordingBus()
     handlers = GenerationHandlers(cast(EventBus, bus), cast(ChatClient, llm), settings())
     await handlers.on_turn_routed(event)
+    await handlers.drain()
     return bus
 
 
@@ -300,6 +301,7 @@ async def run_fenced(event: TurnRoutedEvent, llm: FakeLLM, fence: FakeFence) -> 
         cast(EventBus, bus), cast(ChatClient, llm), settings(), cast(OwnershipFence, fence)
     )
     await handlers.on_turn_routed(event)
+    await handlers.drain()
     return bus
 
 
@@ -352,6 +354,7 @@ async def test_a_burst_in_a_conversation_a_person_holds_gets_one_suggestion() ->
     handlers = GenerationHandlers(cast(EventBus, bus), cast(ChatClient, llm), settings())
     for _ in range(5):
         await handlers.on_turn_routed(routed_event(RouteTarget.HUMAN))
+        await handlers.drain()
     suggestions = [a.payload.suggestions for a in bus.assists()]
     assert suggestions == [["Sorry for the wait."], [], [], [], []]
     assert len(llm.calls) == 1
