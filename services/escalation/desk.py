@@ -376,7 +376,7 @@ class Desk:
         return await self._move(
             ticket_id,
             expect="queued",
-            ticket_sql="status = 'claimed', claimed_by = $2, claimed_at = now()",
+            status="claimed",
             owner="agent",
             agent_id=agent_id,
             event="claimed",
@@ -387,7 +387,7 @@ class Desk:
         return await self._move(
             ticket_id,
             expect="claimed",
-            ticket_sql="claimed_by = $2",
+            status="claimed",
             owner="agent",
             agent_id=to_agent,
             event="transferred",
@@ -399,7 +399,7 @@ class Desk:
         return await self._move(
             ticket_id,
             expect="claimed",
-            ticket_sql="status = 'resolved', closed_at = now()",
+            status="resolved",
             owner="bot",
             agent_id=None,
             event="resolved",
@@ -411,7 +411,7 @@ class Desk:
         return await self._move(
             ticket_id,
             expect="claimed",
-            ticket_sql="status = 'handed_back', closed_at = now()",
+            status="handed_back",
             owner="bot",
             agent_id=None,
             event="handed_back",
@@ -423,7 +423,7 @@ class Desk:
         ticket_id: uuid.UUID,
         *,
         expect: str,
-        ticket_sql: str,
+        status: str,
         owner: str,
         agent_id: str | None,
         event: str,
@@ -441,10 +441,21 @@ class Desk:
                 raise TicketConflict(f"ticket is {row['status']}, not {expect}")
             if by is not None and row["claimed_by"] != by:
                 raise TicketConflict(f"ticket is claimed by {row['claimed_by']}")
+            # The agent who holds the ticket after the move (None when it leaves the agents).
             await conn.execute(
-                f"UPDATE escalation.tickets SET {ticket_sql} WHERE ticket_id = $1",  # noqa: S608
+                """
+                UPDATE escalation.tickets SET
+                    status = $2,
+                    claimed_by = COALESCE($3, claimed_by),
+                    claimed_at = CASE WHEN $4 THEN now() ELSE claimed_at END,
+                    closed_at = CASE WHEN $2 IN ('resolved', 'handed_back') THEN now()
+                                     ELSE closed_at END
+                WHERE ticket_id = $1
+                """,
                 ticket_id,
-                *([agent_id] if "$2" in ticket_sql else []),
+                status,
+                agent_id,
+                event == "claimed",
             )
             epoch = await conn.fetchval(
                 "UPDATE escalation.conversations SET owner = $2, agent_id = $3, "

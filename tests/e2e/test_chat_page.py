@@ -19,6 +19,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from cbd.runtime import Platform
+from tests.e2e.browser import type_and_send
 
 pytestmark = pytest.mark.e2e
 
@@ -101,16 +102,6 @@ async def chat_page(browser: Browser, platform: Platform) -> AsyncIterator[Page]
         await context.close()
 
 
-async def send(page: Page, text: str) -> float:
-    """Type `text` into the composer and press Enter; the monotonic time Enter went down."""
-    box = page.locator("#input")
-    await box.click()
-    await box.press_sequentially(text)
-    sent_at = time.monotonic()
-    await box.press("Enter")
-    return sent_at
-
-
 async def bubble_history(page: Page) -> dict[str, Any]:
     rec: dict[str, Any] = await page.evaluate("() => window.__cbdRec")
     return rec
@@ -140,7 +131,7 @@ async def test_chat_page_streams_the_reply_and_it_is_stored(
 ) -> None:
     page = chat_page
     message = "Hi! Can you help me track my order?"
-    sent_at = await send(page, message)
+    sent_at = await type_and_send(page, message)
 
     customer = page.locator(".msg.msg-customer")
     await expect(customer).to_have_count(1)
@@ -202,7 +193,7 @@ async def test_asking_for_a_person_shows_a_handoff_notice_not_a_bot_reply(
     chat_page: Page,
 ) -> None:
     page = chat_page
-    await send(page, "let me talk to a real person")
+    await type_and_send(page, "let me talk to a real person")
     await expect(page.locator(".msg.msg-customer .msg-text")).to_have_text(
         "let me talk to a real person"
     )

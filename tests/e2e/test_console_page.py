@@ -18,6 +18,7 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from cbd.runtime import Platform
+from tests.e2e.browser import type_and_send
 
 pytestmark = pytest.mark.e2e
 
@@ -53,16 +54,6 @@ async def open_page(
     page.on("pageerror", lambda exc: errors.append(f"{name}: {exc}"))
     await page.goto(url)
     return context, page
-
-
-async def customer_says(page: Page, text: str) -> float:
-    """Type `text` into the chat composer and press Enter; the monotonic time it went."""
-    box = page.locator("#input")
-    await box.click()
-    await box.press_sequentially(text)
-    sent_at = time.monotonic()
-    await box.press("Enter")
-    return sent_at
 
 
 async def sign_in(http: httpx.AsyncClient) -> dict[str, str]:
@@ -109,7 +100,7 @@ async def test_agent_takes_over_an_angry_conversation_from_the_console(
             "data-state", "connected", timeout=15_000
         )
         for i, text in enumerate(ANGRY_CUSTOMER, start=1):
-            await customer_says(chat, text)
+            await type_and_send(chat, text)
             await expect(chat.locator(".msg.msg-customer")).to_have_count(i)
             # One answer per message before the next, as a person would wait for it.
             await chat.wait_for_function(
@@ -209,7 +200,7 @@ async def test_agent_takes_over_an_angry_conversation_from_the_console(
         await expect(mine).not_to_have_attribute("data-state", "sending", timeout=LIVE_TIMEOUT_MS)
 
         # -- the customer answers back; the console shows it live -----------------------------
-        said_at = await customer_says(chat, CUSTOMER_FOLLOW_UP)
+        said_at = await type_and_send(chat, CUSTOMER_FOLLOW_UP)
         live = transcript.locator(".msg-customer", has_text=CUSTOMER_FOLLOW_UP)
         await expect(live).to_have_count(1, timeout=LIVE_TIMEOUT_MS)
         to_console_s = time.monotonic() - said_at
