@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from services.emotion.lexicon import LexiconAnalyzer as EmotionAnalyzer
@@ -254,16 +252,3 @@ def test_internal_failure_returns_degraded_neutral(monkeypatch: pytest.MonkeyPat
 
     assert result.label is EmotionLabel.NEUTRAL
     assert result.degraded is True
-
-
-def test_typical_message_is_fast(analyzer: EmotionAnalyzer) -> None:
-    message = "Hi, my order has not arrived and it's been two weeks, can you check it please?"
-    runs = 200
-
-    start = time.perf_counter()
-    for _ in range(runs):
-        analyzer.analyze(message, ["Where is my order?"])
-    per_message_ms = (time.perf_counter() - start) / runs * 1000
-
-    # Measured well under 1 ms; the generous bound keeps slow CI machines from flaking.
-    assert per_message_ms < 5
