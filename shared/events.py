@@ -149,14 +149,83 @@ class HistoryTurn(_Model):
     at: AwareDatetime
 
 
+class MemoryKind(StrEnum):
+    """What sort of thing memory learned about a customer."""
+
+    PREFERENCE = "preference"
+    """Likes and dislikes: "I love eco-friendly stuff"."""
+    FACT = "fact"
+    """Facts about them or their life: "I'm vegetarian", "my daughter's birthday is the 12th"."""
+    CONSTRAINT = "constraint"
+    """How to (not) deal with them: "email me, don't call"."""
+    CONTACT = "contact"
+    """Addresses and numbers they gave: one per slot, a new one replaces the old."""
+
+
+class CustomerProfile(_Model):
+    """Who the customer is, as far as the platform knows."""
+
+    customer_id: Identifier
+    name: str | None = None
+    preferred_name: str | None = None
+    """What they like to be called ("call me Sam")."""
+    language: str | None = None
+    tier: str | None = None
+    """Value tier (e.g. gold), from the tenant's CRM or the admin API."""
+    lifetime_value: float | None = None
+    consent: dict[str, bool] = {}
+    """Consents by purpose, e.g. {"personalisation": true, "marketing": false}."""
+    channels: list[str] = []
+    """The channel identities that resolve to this customer (web id, phone, WhatsApp id)."""
+    conversations: int = 0
+
+
+class MemoryItem(_Model):
+    """One thing remembered about the customer, and where it came from."""
+
+    memory_id: uuid.UUID
+    kind: MemoryKind
+    slot: str
+    """What it is about (e.g. `preference:eco_friendly`, `contact:address`); one value per slot."""
+    text: str
+    """The memory in words a prompt can use: "Prefers eco-friendly products"."""
+    confidence: Annotated[float, Field(ge=0.0, le=1.0)]
+    source_turn_id: uuid.UUID | None = None
+    learned_at: AwareDatetime
+    relevance: float | None = None
+    """Similarity to this turn's message when it was recalled for it."""
+
+
+class OpenIssue(_Model):
+    """A problem the customer raised that is not resolved yet."""
+
+    issue_id: uuid.UUID
+    category: str
+    summary: str
+    status: Literal["open", "pending", "resolved"] = "open"
+    conversation_id: Identifier
+    opened_at: AwareDatetime
+    updated_at: AwareDatetime
+
+
 class ConversationContext(_Model):
     """What memory knows that this turn needs."""
 
     recent_turns: list[HistoryTurn] = []
     memories_used: list[str] = []
+    """Ids of the memories below, so audit and reviewers see why a reply was personal."""
     customer_tier: str | None = None
     """The customer's value tier (e.g. gold) when memory knows it."""
     source: Literal["cache", "database", "empty"] = "empty"
+    profile: CustomerProfile | None = None
+    memories: list[MemoryItem] = []
+    """Memories relevant to this message, most relevant first."""
+    open_issues: list[OpenIssue] = []
+    """Unresolved issues, from this and past conversations."""
+    emotional_history: str = ""
+    """One or two sentences on how past conversations went (empty for a new customer)."""
+    token_estimate: int = 0
+    """Approximate prompt tokens this context takes; assembly keeps it within a budget."""
 
 
 class RouteTarget(StrEnum):
@@ -242,6 +311,14 @@ class ReplyGenerated(_Model):
     """When the customer's message reached the edge, for end-to-end latency."""
     flags: list[str] = []
     model: str | None = None
+    variant: str | None = None
+    """Which prompt produced it (e.g. `baseline` or `care`), for A/B comparison."""
+    playbook: str | None = None
+    """The scenario playbook the prompt followed, if any."""
+    knowledge_used: list[str] = []
+    """Ids of the knowledge-base entries the prompt carried."""
+    memories_used: list[str] = []
+    """Ids of the customer memories the prompt carried."""
     latency_ms: float | None = None
     ttft_ms: float | None = None
     tokens: int | None = None
@@ -371,6 +448,43 @@ class AssistSuggestedEvent(Envelope):
 
     event_type: Literal["assist.suggested"] = "assist.suggested"
     payload: AgentAssist
+
+
+class Feedback(_Model):
+    """Payload of feedback.received: a customer's or reviewer's rating of a conversation."""
+
+    rating: Annotated[int, Field(ge=1, le=5)]
+    """1 (very poor) to 5 (excellent), as CSAT surveys ask it."""
+    comment: Annotated[str, StringConstraints(max_length=2000)] = ""
+    source: Literal["customer", "reviewer"] = "customer"
+    reply_id: uuid.UUID | None = None
+    """The reply being rated, when the rating is for one reply rather than the conversation."""
+
+
+class FeedbackReceivedEvent(Envelope):
+    """A satisfaction rating for a conversation or a reply."""
+
+    event_type: Literal["feedback.received"] = "feedback.received"
+    payload: Feedback
+
+
+class CustomerErased(_Model):
+    """Payload of customer.erased: everything about this customer must go."""
+
+    erased_customer_id: Identifier
+    identities: list[str] = []
+    """Every channel identity that resolved to the customer, which may key other stores."""
+    conversation_ids: list[str] = []
+    """Their conversations, which key hot state in Redis and rows in other services."""
+    requested_by: str
+    requested_at: AwareDatetime
+
+
+class CustomerErasedEvent(Envelope):
+    """A right-to-erasure request carried out by memory, for the other services to act on."""
+
+    event_type: Literal["customer.erased"] = "customer.erased"
+    payload: CustomerErased
 
 
 class DeadLetter(_Model):

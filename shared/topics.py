@@ -13,6 +13,8 @@ class Topic(StrEnum):
     REPLY_DELTA = "reply.delta"
     REPLY_GENERATED = "reply.generated"
     ASSIST_SUGGESTED = "assist.suggested"
+    FEEDBACK_RECEIVED = "feedback.received"
+    CUSTOMER_ERASED = "customer.erased"
     DEAD_LETTER = "deadletter"
 
 
