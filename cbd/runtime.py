@@ -63,8 +63,12 @@ class Platform:
 
     def start(self, timeout_s: float = 90.0) -> None:
         """Start the servers, then every service, and wait until all are ready."""
-        ensure_free(self.service_ports)
         self.stack.start()
+        self.start_services(timeout_s)
+
+    def start_services(self, timeout_s: float = 90.0) -> None:
+        """Start every service on the already running servers and wait until all are ready."""
+        ensure_free(self.service_ports)
         try:
             for name in SERVICES:
                 self.start_service(name, wait=False)

@@ -22,8 +22,8 @@ from shared.settings import KafkaSettings
 
 
 @pytest.fixture(scope="session")
-def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
-    """The whole platform: embedded servers plus every service as its own process."""
+def _platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """The platform, not started: the servers start with `stack_env`, services with `platform`."""
     run_dir: Path = tmp_path_factory.mktemp("platform")
     plat = Platform.for_tests(
         run_dir,
@@ -36,7 +36,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "CBD_LOG_LEVEL": "INFO",
         },
     )
-    plat.start()
     try:
         yield plat
     finally:
@@ -44,9 +43,20 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 
 @pytest.fixture(scope="session")
-def stack_env(platform: Platform) -> dict[str, str]:
-    """The settings pointing at the embedded servers."""
-    return platform.stack.env()
+def stack_env(_platform: Platform) -> dict[str, str]:
+    """The embedded servers (broker, PostgreSQL, Redis, LLM), started once, and their settings.
+
+    Tests that only need the servers do not wait for the six services.
+    """
+    _platform.stack.start()
+    return _platform.stack.env()
+
+
+@pytest.fixture(scope="session")
+def platform(_platform: Platform, stack_env: dict[str, str]) -> Platform:
+    """The whole platform: embedded servers plus every service as its own process."""
+    _platform.start_services()
+    return _platform
 
 
 @pytest.fixture

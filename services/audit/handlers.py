@@ -10,10 +10,13 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from prometheus_client import Counter
+from pydantic import ValidationError
 
 from services.audit.ledger import Ledger, Record
+from shared.erasure import ERASURES
+from shared.events import CustomerErasedEvent, FeedbackReceivedEvent
 from shared.settings import KafkaSettings
-from shared.topics import ALL_TOPICS
+from shared.topics import ALL_TOPICS, Topic
 
 log = logging.getLogger(__name__)
 
@@ -21,20 +24,63 @@ RECORDED = Counter("cbd_audit_records_total", "Records appended to the audit led
 DUPLICATES = Counter(
     "cbd_audit_duplicates_total", "Redelivered records audit had already appended.", ["topic"]
 )
+# CSAT for the care dashboard. Audit sees every feedback event exactly once (duplicates are
+# recognised by the ledger), so counting here is free of redelivery double counts.
+FEEDBACK = Counter(
+    "cbd_feedback_ratings_total",
+    "Satisfaction ratings received (1-5), by rating, channel and source (customer, reviewer).",
+    ["rating", "channel", "source"],
+)
+
+
+def count_feedback(body: bytes) -> bool:
+    """Count a feedback.received record's rating; False when it is not a valid one."""
+    try:
+        event = FeedbackReceivedEvent.model_validate_json(body)
+    except ValidationError:
+        return False  # kept in the ledger all the same; a bad rating is not a rating
+    FEEDBACK.labels(str(event.payload.rating), event.channel.value, event.payload.source).inc()
+    return True
 
 
 class AuditHandlers:
     """Appends every record of every topic, malformed ones included, to the ledger."""
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        feedback_topic: str = Topic.FEEDBACK_RECEIVED.value,
+        erasure_topic: str = Topic.CUSTOMER_ERASED.value,
+    ) -> None:
         self.ledger = ledger
+        self.feedback_topic = feedback_topic
+        self.erasure_topic = erasure_topic
 
     async def on_any_event(self, record: Record) -> None:
         """Append one record; a duplicate delivery is counted, not stored twice."""
         if await self.ledger.append(record):
             RECORDED.labels(record.topic).inc()
+            if record.topic == self.feedback_topic:
+                count_feedback(record.body)
         else:
             DUPLICATES.labels(record.topic).inc()
+        if record.topic == self.erasure_topic:
+            # Also on a redelivery: the append may have landed and the erasure not.
+            await self.erase(record.body)
+
+    async def erase(self, body: bytes) -> None:
+        """Carry out a customer.erased event, the erasure record's own content included."""
+        try:
+            event = CustomerErasedEvent.model_validate_json(body)
+        except ValidationError:
+            log.error("customer.erased record that is not one; kept, nothing erased")
+            return
+        erased = event.payload
+        count = await self.ledger.erase(
+            [erased.erased_customer_id, *erased.identities], erased.conversation_ids
+        )
+        ERASURES.inc()
+        log.info("erased %d audit records for one customer", count)
 
 
 def register(broker: KafkaBroker, settings: KafkaSettings, handlers: AuditHandlers) -> None:
@@ -43,6 +89,8 @@ def register(broker: KafkaBroker, settings: KafkaSettings, handlers: AuditHandle
     Audit does not validate: it must keep what actually flowed, poison messages too. A
     database failure raises, so the offset stays uncommitted and the record comes back.
     """
+    handlers.feedback_topic = settings.topic(Topic.FEEDBACK_RECEIVED)
+    handlers.erasure_topic = settings.topic(Topic.CUSTOMER_ERASED)
 
     @broker.subscriber(
         *(settings.topic(t) for t in ALL_TOPICS),

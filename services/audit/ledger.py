@@ -40,10 +40,18 @@ def parse_object(body: bytes) -> dict[str, Any] | None:
 
 
 def chain_hash(prev: bytes, record: Record) -> bytes:
-    """sha256 over the previous hash, the record's position and its exact bytes."""
+    """Chain version 1: sha256 over the previous hash, the record's position and its bytes."""
     digest = hashlib.sha256(prev)
     digest.update(f"\x1f{record.topic}\x1f{record.partition}\x1f{record.offset}\x1f".encode())
     digest.update(record.body)
+    return digest.digest()
+
+
+def chain_hash_v2(prev: bytes, record: Record, body_sha256: bytes) -> bytes:
+    """Chain version 2: like version 1 over the body's digest, so the body can be erased."""
+    digest = hashlib.sha256(prev)
+    digest.update(f"\x1f{record.topic}\x1f{record.partition}\x1f{record.offset}\x1f".encode())
+    digest.update(body_sha256)
     return digest.digest()
 
 
@@ -82,12 +90,14 @@ class Ledger:
             head = await conn.fetchrow("SELECT hash FROM audit.chain_head FOR UPDATE")
             assert head is not None
             prev = bytes(head["hash"])
-            new_hash = chain_hash(prev, record)
+            body_sha256 = hashlib.sha256(record.body).digest()
+            new_hash = chain_hash_v2(prev, record, body_sha256)
             seq = await conn.fetchval(
                 """
                 INSERT INTO audit.events (topic, kafka_partition, kafka_offset, event_id,
-                    event_type, conversation_id, trace_id, body, payload, prev_hash, hash)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                    event_type, conversation_id, trace_id, body, payload, prev_hash, hash,
+                    body_sha256, chain_version)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 2)
                 ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING
                 RETURNING seq
                 """,
@@ -102,6 +112,7 @@ class Ledger:
                 payload,
                 prev,
                 new_hash,
+                body_sha256,
             )
             if seq is None:
                 return False
@@ -109,20 +120,60 @@ class Ledger:
         return True
 
     async def verify(self) -> tuple[bool, int]:
-        """Recompute the whole chain: (intact, records checked before the first break)."""
+        """Recompute the whole chain: (intact, records checked before the first break).
+
+        An erased record is checked through the digest kept of its body; an erased record
+        written before chain version 2 cannot be recomputed, so only its links are checked.
+        """
         prev = GENESIS
         count = 0
         async with self.pg.acquire() as conn, conn.transaction():
             async for row in conn.cursor(
-                "SELECT topic, kafka_partition, kafka_offset, body, prev_hash, hash "
-                "FROM audit.events ORDER BY seq"
+                "SELECT topic, kafka_partition, kafka_offset, body, prev_hash, hash, "
+                "body_sha256, chain_version, erased_at FROM audit.events ORDER BY seq"
             ):
                 record = Record(
                     row["topic"], row["kafka_partition"], row["kafka_offset"], bytes(row["body"])
                 )
-                if bytes(row["prev_hash"]) != prev or chain_hash(prev, record) != row["hash"]:
+                if bytes(row["prev_hash"]) != prev or not _row_hash_ok(prev, record, row):
                     return False, count
                 prev = bytes(row["hash"])
                 count += 1
             head = await conn.fetchval("SELECT hash FROM audit.chain_head")
         return bytes(head) == prev, count
+
+    async def erase(self, customer_ids: list[str], conversation_ids: list[str]) -> int:
+        """Erase the content of every record about these customers; return records erased.
+
+        The records keep their place, type, id and hashes, so the chain still verifies and
+        the ledger still shows that something happened, without saying what or to whom.
+        """
+        erased = await self.pg.fetchval(
+            """
+            WITH gone AS (
+                UPDATE audit.events
+                SET body = '\\x'::bytea, payload = NULL, conversation_id = NULL,
+                    erased_at = now()
+                WHERE erased_at IS NULL AND (
+                    conversation_id = ANY($2)
+                    OR payload ->> 'customer_id' = ANY($1)
+                    OR payload ->> 'key' = ANY($2)
+                    OR payload -> 'payload' ->> 'erased_customer_id' = ANY($1))
+                RETURNING 1)
+            SELECT count(*) FROM gone
+            """,
+            customer_ids,
+            conversation_ids,
+        )
+        return int(erased or 0)
+
+
+def _row_hash_ok(prev: bytes, record: Record, row: Any) -> bool:
+    if row["chain_version"] == 1:
+        if row["erased_at"] is not None:
+            return True
+        return chain_hash(prev, record) == bytes(row["hash"])
+    digest = bytes(row["body_sha256"])
+    if row["erased_at"] is None and hashlib.sha256(record.body).digest() != digest:
+        return False
+    return chain_hash_v2(prev, record, digest) == bytes(row["hash"])

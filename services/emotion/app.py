@@ -12,7 +12,7 @@ from services.emotion.handlers import EmotionHandlers
 from services.emotion.settings import EmotionSettings
 from services.emotion.trajectory import TrajectoryStore
 from services.emotion.transformer import load_model_from_settings
-from shared.events import TurnReceivedEvent
+from shared.events import CustomerErasedEvent, TurnReceivedEvent
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 
@@ -33,5 +33,6 @@ def create_app(settings: EmotionSettings | None = None) -> Starlette:
         )
         handlers = EmotionHandlers(infra.bus, analyzer, trajectories)
         infra.subscribe(Topic.TURN_RECEIVED, TurnReceivedEvent, handlers.on_turn_received)
+        infra.subscribe(Topic.CUSTOMER_ERASED, CustomerErasedEvent, handlers.on_customer_erased)
 
     return build_app(ServiceSpec(name="emotion", settings=cfg, wire=wire, uses_redis=True))

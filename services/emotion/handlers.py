@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from prometheus_client import Counter, Histogram
 from redis.exceptions import RedisError
 
 from services.emotion.analyzer import EmotionAnalyzer
@@ -13,11 +14,30 @@ from services.emotion.trajectory import (
     previous_texts,
     record_turn,
 )
-from shared.events import EmotionTrajectory, TurnAnalyzed, TurnAnalyzedEvent, TurnReceivedEvent
+from shared.erasure import ERASURES, conversation_keys, delete_keys
+from shared.events import (
+    CustomerErasedEvent,
+    EmotionTrajectory,
+    TurnAnalyzed,
+    TurnAnalyzedEvent,
+    TurnReceivedEvent,
+)
 from shared.kafka import EventBus
 from shared.topics import Topic
 
 log = logging.getLogger(__name__)
+
+# The care dashboard's emotion mix and sentiment trend.
+TURNS_BY_EMOTION = Counter(
+    "cbd_emotion_turns_total",
+    "Customer turns analysed, by the emotion label given and whether the model degraded.",
+    ["label", "degraded"],
+)
+SENTIMENT = Histogram(
+    "cbd_emotion_sentiment",
+    "Sentiment of each customer turn, -1 (negative) to 1 (positive).",
+    buckets=(-0.75, -0.5, -0.25, -0.05, 0.05, 0.25, 0.5, 0.75, 1.0),
+)
 
 
 class EmotionHandlers:
@@ -43,6 +63,8 @@ class EmotionHandlers:
             mood = None
         history = previous_texts(mood, turn_id) if mood is not None else []
         analysis = self.analyzer.analyze(message.text, history)
+        TURNS_BY_EMOTION.labels(analysis.label.value, str(analysis.degraded).lower()).inc()
+        SENTIMENT.observe(analysis.sentiment)
         trajectory: EmotionTrajectory | None = None
         if mood is not None:
             trajectory = record_turn(mood, turn_id, message.text, analysis)
@@ -57,3 +79,11 @@ class EmotionHandlers:
                 TurnAnalyzed(message=message, emotion=analysis, trajectory=trajectory),
             ),
         )
+
+    async def on_customer_erased(self, event: CustomerErasedEvent) -> None:
+        """Forget the erased customer's conversation moods."""
+        store = self.trajectories
+        await delete_keys(
+            store.redis, conversation_keys(event, store.prefix, ["emotion:{conversation}"])
+        )
+        ERASURES.inc()

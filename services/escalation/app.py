@@ -14,7 +14,12 @@ from services.escalation.handlers import EscalationHandlers
 from services.escalation.live import AgentHub
 from services.escalation.policy import PolicyStore
 from services.escalation.settings import EscalationSettings
-from shared.events import AssistSuggestedEvent, ReplyGeneratedEvent, TurnContextualizedEvent
+from shared.events import (
+    AssistSuggestedEvent,
+    CustomerErasedEvent,
+    ReplyGeneratedEvent,
+    TurnContextualizedEvent,
+)
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 
@@ -47,6 +52,7 @@ def create_app(settings: EscalationSettings | None = None) -> Starlette:
         )
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)
         infra.subscribe(Topic.ASSIST_SUGGESTED, AssistSuggestedEvent, handlers.on_assist_suggested)
+        infra.subscribe(Topic.CUSTOMER_ERASED, CustomerErasedEvent, handlers.on_customer_erased)
         api.desk = desk
         api.bus = infra.bus
 

@@ -149,6 +149,33 @@ class Desk:
         self.handle_minutes = handle_minutes
         self.agents_on_shift = max(1, agents_on_shift)
 
+    async def erase(self, customer_ids: list[str], conversation_ids: list[str]) -> int:
+        """Delete the tickets and ownership of an erased customer; return tickets deleted."""
+        async with self.pg.acquire() as conn, conn.transaction():
+            conversations = [
+                r["conversation_id"]
+                for r in await conn.fetch(
+                    "SELECT conversation_id FROM escalation.conversations "
+                    "WHERE customer_id = ANY($1) OR conversation_id = ANY($2)",
+                    customer_ids,
+                    conversation_ids,
+                )
+            ]
+            deleted = await conn.fetchval(
+                "WITH gone AS (DELETE FROM escalation.tickets "
+                "WHERE customer_id = ANY($1) OR conversation_id = ANY($2) RETURNING 1) "
+                "SELECT count(*) FROM gone",
+                customer_ids,
+                conversations,
+            )
+            await conn.execute(
+                "DELETE FROM escalation.conversations WHERE conversation_id = ANY($1)",
+                conversations,
+            )
+        if conversations:
+            await self.redis.delete(*[self.owner_key(c) for c in conversations])
+        return int(deleted or 0)
+
     def owner_key(self, conversation_id: str) -> str:
         """The Redis key generation reads before delivering a bot reply."""
         return f"{self.prefix}owner:{conversation_id}"

@@ -10,8 +10,10 @@ from services.escalation.api import message_frame
 from services.escalation.desk import Desk
 from services.escalation.live import AgentHub
 from services.escalation.policy import PolicyStore, decide
+from shared.erasure import ERASURES
 from shared.events import (
     AssistSuggestedEvent,
+    CustomerErasedEvent,
     ReplyGeneratedEvent,
     Role,
     RouteReason,
@@ -118,3 +120,11 @@ class EscalationHandlers:
                 None,
             )
         )
+
+    async def on_customer_erased(self, event: CustomerErasedEvent) -> None:
+        """Delete the erased customer's tickets and conversation ownership."""
+        erased = event.payload
+        await self.desk.erase(
+            [erased.erased_customer_id, *erased.identities], erased.conversation_ids
+        )
+        ERASURES.inc()

@@ -12,7 +12,7 @@ from services.ingest.api import IngestAPI
 from services.ingest.delivery import ConnectionHub, Fanout
 from services.ingest.handlers import IngestHandlers
 from services.ingest.settings import IngestSettings
-from shared.events import ReplyDeltaEvent, ReplyGeneratedEvent
+from shared.events import CustomerErasedEvent, ReplyDeltaEvent, ReplyGeneratedEvent
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 
@@ -36,9 +36,10 @@ def create_app(settings: IngestSettings | None = None) -> Starlette:
 
         stack.push_async_callback(stop_listener)
         await fanout.wait_listening()
-        handlers = IngestHandlers(fanout)
+        handlers = IngestHandlers(fanout, cfg.redis.key_prefix)
         infra.subscribe(Topic.REPLY_DELTA, ReplyDeltaEvent, handlers.on_reply_delta)
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)
+        infra.subscribe(Topic.CUSTOMER_ERASED, CustomerErasedEvent, handlers.on_customer_erased)
         api.redis = infra.redis
         api.bus = infra.bus
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from prometheus_client import Histogram
 
 from services.ingest.delivery import Fanout
-from shared.events import ReplyDeltaEvent, ReplyGeneratedEvent, utcnow
+from shared.erasure import ERASURES, conversation_keys, delete_keys
+from shared.events import CustomerErasedEvent, ReplyDeltaEvent, ReplyGeneratedEvent, utcnow
 from shared.metrics import LATENCY_BUCKETS
 
 TURN_REPLY_SECONDS = Histogram(
@@ -19,8 +20,9 @@ TURN_REPLY_SECONDS = Histogram(
 class IngestHandlers:
     """Turns reply events into frames for the customer's channel."""
 
-    def __init__(self, fanout: Fanout) -> None:
+    def __init__(self, fanout: Fanout, key_prefix: str) -> None:
         self.fanout = fanout
+        self.key_prefix = key_prefix
 
     async def on_reply_delta(self, event: ReplyDeltaEvent) -> None:
         """Stream a slice of a reply still being written."""
@@ -54,3 +56,9 @@ class IngestHandlers:
                 "flags": reply.flags,
             },
         )
+
+    async def on_customer_erased(self, event: CustomerErasedEvent) -> None:
+        """Forget the erased customer's message-id claims (they name their conversations)."""
+        patterns = conversation_keys(event, self.key_prefix, ["cmid:{conversation}:*"])
+        await delete_keys(self.fanout.redis, patterns)
+        ERASURES.inc()

@@ -1,12 +1,18 @@
-"""Memory service: FastStream subscribers plus /metrics, /livez and /readyz."""
+"""Memory service: subscribers, the customer admin API, /metrics, /livez and /readyz."""
 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import httpx
 from starlette.applications import Starlette
 
+from services.memory.api import CustomerAPI
+from services.memory.context import ContextAssembler, ContextLimits
+from services.memory.customers import CustomerStore
+from services.memory.embedding import MiniLmEmbedder
+from services.memory.extraction import LlmExtractor, RuleExtractor
 from services.memory.handlers import MemoryHandlers
 from services.memory.settings import MemorySettings
 from services.memory.turns import TurnStore
@@ -20,18 +26,54 @@ Settings = MemorySettings
 def create_app(settings: MemorySettings | None = None) -> Starlette:
     """Build the memory service."""
     cfg = settings or MemorySettings()
+    api = CustomerAPI(cfg.admin_token.get_secret_value())
 
-    async def wire(infra: Infra, _: AsyncExitStack) -> None:
-        store = TurnStore(
-            infra.require_pg(),
-            infra.require_redis(),
+    async def wire(infra: Infra, stack: AsyncExitStack) -> None:
+        pg, redis = infra.require_pg(), infra.require_redis()
+        embedder = MiniLmEmbedder()
+        turns = TurnStore(
+            pg,
+            redis,
             key_prefix=cfg.redis.key_prefix,
             keep=cfg.recent_turns,
             ttl_s=cfg.session_ttl_s,
         )
-        handlers = MemoryHandlers(infra.bus, store, keep=cfg.recent_turns)
+        customers = CustomerStore(
+            pg,
+            redis,
+            embedder,
+            key_prefix=cfg.redis.key_prefix,
+            identity_ttl_s=cfg.identity_cache_ttl_s,
+        )
+        assembler = ContextAssembler(
+            pg,
+            ContextLimits(
+                token_budget=cfg.context_token_budget,
+                recall_k=cfg.recall_k,
+                extra_k=cfg.recall_extra_k,
+                min_relevance=cfg.recall_min_relevance,
+            ),
+        )
+        llm_extractor = None
+        if cfg.llm_extractor_url:
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=cfg.llm_extractor_url)
+            )
+            llm_extractor = LlmExtractor(client, cfg.llm_extractor_model)
+        handlers = MemoryHandlers(
+            infra.bus,
+            turns,
+            customers,
+            assembler,
+            embedder,
+            RuleExtractor(embedder),
+            keep=cfg.recent_turns,
+            llm_extractor=llm_extractor,
+        )
         infra.subscribe(Topic.TURN_ANALYZED, TurnAnalyzedEvent, handlers.on_turn_analyzed)
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)
+        api.store = customers
+        api.bus = infra.bus
 
     return build_app(
         ServiceSpec(
@@ -41,5 +83,6 @@ def create_app(settings: MemorySettings | None = None) -> Starlette:
             uses_postgres=True,
             uses_redis=True,
             migrations=Path(__file__).parent / "migrations",
+            routes=api.routes(),
         )
     )

@@ -2,31 +2,82 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import Counter, Histogram
+
+from services.memory.context import ContextAssembler
+from services.memory.customers import CustomerStore, TurnFacts
+from services.memory.embedding import Embedder
+from services.memory.extraction import LlmExtractor, RuleExtractor
 from services.memory.turns import StoredTurn, TurnStore
 from shared.events import (
-    ConversationContext,
     ReplyGeneratedEvent,
     Role,
     TurnAnalyzedEvent,
     TurnContextualized,
     TurnContextualizedEvent,
+    utcnow,
 )
 from shared.kafka import EventBus
 from shared.topics import Topic
 
+log = logging.getLogger(__name__)
+
+MEMORIES_LEARNED = Counter(
+    "cbd_memory_memories_learned_total", "Memories written or updated, by kind", ["kind"]
+)
+ISSUES_SEEN = Counter(
+    "cbd_memory_issues_total", "Customer issues raised or resolved, by event", ["event"]
+)
+CONTEXT_SECONDS = Histogram(
+    "cbd_memory_context_seconds",
+    "Time to assemble a turn's context (embedding, query, budget)",
+    buckets=(0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+CONTEXT_MEMORIES = Histogram(
+    "cbd_memory_context_memories",
+    "Memories carried by a turn's context",
+    buckets=(0, 1, 2, 3, 5, 8),
+)
+
 
 class MemoryHandlers:
-    """Records every turn and attaches the conversation so far to each new one."""
+    """Records every turn, learns from customer messages and attaches context to each turn."""
 
-    def __init__(self, bus: EventBus, store: TurnStore, keep: int) -> None:
+    def __init__(
+        self,
+        bus: EventBus,
+        turns: TurnStore,
+        customers: CustomerStore,
+        assembler: ContextAssembler,
+        embedder: Embedder,
+        extractor: RuleExtractor,
+        *,
+        keep: int,
+        llm_extractor: LlmExtractor | None = None,
+    ) -> None:
         self.bus = bus
-        self.store = store
+        self.turns = turns
+        self.customers = customers
+        self.assembler = assembler
+        self.embedder = embedder
+        self.extractor = extractor
+        self.llm_extractor = llm_extractor
         self.keep = keep
 
     async def on_turn_analyzed(self, event: TurnAnalyzedEvent) -> None:
-        """Store the customer's turn and publish it with its recent history."""
+        """Resolve the customer, store and learn from the turn, publish it with its context."""
+        started = time.perf_counter()
         message = event.payload.message
-        history, source = await self.store.recent(event.conversation_id)
+        customer_id = await self.customers.resolve(event.customer_id)
+        if customer_id != event.customer_id:
+            # From here on the turn belongs to the customer, whichever channel it came from.
+            event = event.model_copy(update={"customer_id": customer_id})
+        history, source = await self.turns.recent(event.conversation_id)
         # On redelivery the turn may already be in the history: it is this turn, not context.
         history = [
             t
@@ -35,7 +86,7 @@ class MemoryHandlers:
                 t.role is Role.CUSTOMER and t.at == message.received_at and t.text == message.text
             )
         ]
-        await self.store.record(
+        stored = await self.turns.record(
             event,
             StoredTurn(
                 turn_key=message.turn_id,
@@ -47,10 +98,21 @@ class MemoryHandlers:
                 ),
             ),
         )
-        context = ConversationContext(
-            recent_turns=history[-self.keep :] if self.keep else [],
-            source=source,
+        vector = self.embedder.embed([message.text])[0]
+        allowed = await self.customers.personalisation_allowed(customer_id)
+        if stored:
+            await self._learn(event, customer_id, vector, allowed)
+        rows = await self.assembler.fetch(
+            customer_id, event.conversation_id, vector, recall=allowed
         )
+        context = self.assembler.build(
+            rows,
+            recent=history[-self.keep :] if self.keep else [],
+            source=source,
+            now=utcnow(),
+        )
+        CONTEXT_SECONDS.observe(time.perf_counter() - started)
+        CONTEXT_MEMORIES.observe(len(context.memories))
         await self.bus.publish(
             Topic.TURN_CONTEXTUALIZED,
             event.derive(
@@ -59,10 +121,45 @@ class MemoryHandlers:
             ),
         )
 
+    async def _learn(
+        self,
+        event: TurnAnalyzedEvent,
+        customer_id: str,
+        vector: npt.NDArray[np.float32],
+        allowed: bool,
+    ) -> None:
+        message = event.payload.message
+        facts = TurnFacts(
+            customer_id=customer_id,
+            conversation_id=event.conversation_id,
+            turn_id=message.turn_id,
+            at=message.received_at,
+            emotion=event.payload.emotion,
+        )
+        await self.customers.fold_mood(facts)
+        found = self.extractor.extract(
+            message.text,
+            sentiment=event.payload.emotion.sentiment,
+            vector=vector,
+        )
+        if self.llm_extractor is not None and allowed:
+            known = {m.slot for m in found.memories}
+            extra = await self.llm_extractor.extract(message.text)
+            found.memories.extend(m for m in extra if m.slot not in known)
+        if not found:
+            return
+        await self.customers.learn(facts, found, allow_memories=allowed)
+        for memory in found.memories if allowed else []:
+            MEMORIES_LEARNED.labels(memory.kind.value).inc()
+        for _ in found.raised:
+            ISSUES_SEEN.labels("raised").inc()
+        for _ in found.resolved:
+            ISSUES_SEEN.labels("resolved").inc()
+
     async def on_reply_generated(self, event: ReplyGeneratedEvent) -> None:
         """Store a bot, agent or system reply as a turn of the conversation."""
         reply = event.payload
-        await self.store.record(
+        await self.turns.record(
             event,
             StoredTurn(
                 turn_key=reply.reply_id,

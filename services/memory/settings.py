@@ -1,9 +1,13 @@
 """Memory service settings (env prefix `CBD_MEMORY_`)."""
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
+
+DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 (refused in production below)
 
 
 class MemorySettings(ServiceSettings):
@@ -13,6 +17,28 @@ class MemorySettings(ServiceSettings):
 
     port: int = 8002
     recent_turns: int = Field(default=12, ge=0)
-    """How many earlier turns travel with each new turn."""
+    """How many earlier turns travel with each new turn (fewer when the budget is short)."""
     session_ttl_s: int = Field(default=24 * 3600, ge=60)
     """How long a conversation's hot context stays in Redis after its last turn."""
+    identity_cache_ttl_s: int = Field(default=3600, ge=10)
+    context_token_budget: int = Field(default=700, ge=50)
+    """Approximate tokens the assembled context may take in the prompt."""
+    recall_k: int = Field(default=3, ge=1, le=20)
+    """Memories always recalled for a message (the most similar ones)."""
+    recall_extra_k: int = Field(default=2, ge=0, le=20)
+    recall_min_relevance: float = Field(default=0.35, ge=-1.0, le=1.0)
+    """Cosine similarity a memory beyond the first `recall_k` needs to be included."""
+    admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
+    """Bearer token for the customer admin API (export, erase, identities, profile)."""
+    llm_extractor_url: str | None = None
+    """An OpenAI-compatible server to extract memories the rules miss; off when unset."""
+    llm_extractor_model: str = "default"
+
+    @model_validator(mode="after")
+    def _no_dev_admin_in_production(self) -> Self:
+        if (
+            self.environment == "production"
+            and self.admin_token.get_secret_value() == DEV_ADMIN_TOKEN
+        ):
+            raise ValueError("set CBD_MEMORY_ADMIN_TOKEN in production")
+        return self

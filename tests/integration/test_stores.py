@@ -36,7 +36,10 @@ async def pool(fresh_db: str) -> AsyncIterator[db.Pool]:
 async def test_migrations_apply_once_and_refuse_edited_history(
     pool: db.Pool, tmp_path: Path
 ) -> None:
-    assert await db.migrate(pool, "memory", MEMORY_MIGRATIONS) == ["001_turns"]
+    assert await db.migrate(pool, "memory", MEMORY_MIGRATIONS) == [
+        "001_turns",
+        "002_customer_model",
+    ]
     assert await db.migrate(pool, "memory", MEMORY_MIGRATIONS) == []
     edited = tmp_path / "migrations"
     shutil.copytree(MEMORY_MIGRATIONS, edited)
@@ -123,3 +126,36 @@ async def test_audit_ledger_is_append_only_and_detects_tampering(
     intact, checked = await ledger.verify()
     assert intact is False
     assert checked == 1
+
+
+async def test_audit_erasure_removes_content_and_keeps_the_chain(
+    pool: db.Pool, fresh_db: str
+) -> None:
+    await db.migrate(pool, "audit", AUDIT_MIGRATIONS)
+    ledger = Ledger(pool)
+    sam = b'{"event_id": "a", "conversation_id": "conv-sam", "customer_id": "sam", "t": "hi"}'
+    kim = b'{"event_id": "b", "conversation_id": "conv-kim", "customer_id": "kim", "t": "yo"}'
+    dead = b'{"dead_letter_id": "d", "key": "conv-sam", "payload": "raw text from sam"}'
+    for offset, body in enumerate((sam, kim, dead)):
+        assert await ledger.append(Record("turn.received", 0, offset, body))
+
+    assert await ledger.erase(["sam"], ["conv-sam"]) == 2
+    assert await ledger.erase(["sam"], ["conv-sam"]) == 0, "erasing twice changes nothing"
+    assert await ledger.verify() == (True, 3)
+    rows = await pool.fetch("SELECT body, payload, erased_at FROM audit.events ORDER BY seq")
+    assert [bytes(r["body"]) for r in rows] == [b"", kim, b""]
+    assert [r["erased_at"] is not None for r in rows] == [True, False, True]
+    assert not await pool.fetchval(
+        "SELECT count(*) FROM audit.events e WHERE e::text LIKE '%sam%'"
+    )
+
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        with pytest.raises(asyncpg.RaiseError, match="append-only"):
+            # Looks like an erasure but rewrites the hash: refused.
+            await conn.execute(
+                "UPDATE audit.events SET body = '', payload = NULL, conversation_id = NULL, "
+                "erased_at = now(), hash = '\\x00' WHERE erased_at IS NULL"
+            )
+    finally:
+        await conn.close()
