@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+
 from services.escalation.desk import Ticket
 from shared.db import Pool
 
@@ -60,8 +62,70 @@ async def build_packet(pg: Pool, ticket: Ticket) -> dict[str, Any]:
         "reasons": ticket.reasons,
         "emotion_timeline": timeline,
         "tried": tried,
-        "customer": {"customer_id": ticket.customer_id, "profile": {}, "memories": []},
+        "customer": await _customer(pg, ticket.customer_id),
         "transcript": transcript,
+    }
+
+
+async def _customer(pg: Pool, customer_id: str) -> dict[str, Any]:
+    """Who the customer is and what the platform remembers, from memory's record."""
+    try:
+        profile = await pg.fetchrow(
+            """
+            SELECT c.name, c.preferred_name, c.language, c.tier,
+                   (SELECT string_agg(identity, ', ' ORDER BY identity)
+                    FROM memory.identities WHERE customer_id = c.customer_id) AS channels,
+                   (SELECT count(*) FROM memory.conversations
+                    WHERE customer_id = c.customer_id) AS conversations
+            FROM memory.customers c WHERE c.customer_id = $1
+            """,
+            customer_id,
+        )
+        memories = await pg.fetch(
+            "SELECT text FROM memory.memories WHERE customer_id = $1 "
+            "ORDER BY kind = 'constraint' DESC, confidence DESC, updated_at DESC LIMIT 20",
+            customer_id,
+        )
+        issues = await pg.fetch(
+            "SELECT category, summary, status, opened_at FROM memory.issues "
+            "WHERE customer_id = $1 AND status <> 'resolved' ORDER BY updated_at DESC LIMIT 5",
+            customer_id,
+        )
+    except asyncpg.UndefinedTableError:
+        profile, memories, issues = None, [], []
+    labels = {
+        "name": "Name",
+        "preferred_name": "Likes to be called",
+        "language": "Language",
+        "tier": "Tier",
+        "channels": "Reached us as",
+        "conversations": "Conversations",
+    }
+    shown = {
+        labels[k]: str(v)
+        for k, v in (dict(profile) if profile else {}).items()
+        if v not in (None, "")
+    }
+    open_issues = [
+        {
+            "category": r["category"],
+            "summary": r["summary"],
+            "status": r["status"],
+            "opened_at": r["opened_at"].isoformat(),
+        }
+        for r in issues
+    ]
+    return {
+        "customer_id": customer_id,
+        "profile": shown,
+        "memories": [
+            *(
+                f"Open issue ({i['category'].replace('_', ' ')}): {i['summary']}"
+                for i in open_issues
+            ),
+            *(r["text"] for r in memories),
+        ],
+        "open_issues": open_issues,
     }
 
 

@@ -15,6 +15,8 @@ import redis.asyncio as aioredis
 
 from cbd.runtime import Platform
 from services.memory.settings import DEV_ADMIN_TOKEN
+from tests.e2e.test_handoff import agent_client, ticket_for
+from tests.e2e.test_turn_path import wait_for_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -46,12 +48,15 @@ async def audited(
 
 async def post(
     http: httpx.AsyncClient, conversation_id: str, customer_id: str, text: str, channel: str
-) -> None:
+) -> str:
+    """Send a customer message through ingest; return its turn id."""
     resp = await http.post(
         f"/v1/conversations/{conversation_id}/messages",
         json={"customer_id": customer_id, "text": text, "channel": channel},
     )
     assert resp.status_code == 202, resp.text
+    turn_id: str = resp.json()["turn_id"]
+    return turn_id
 
 
 async def leftovers(dsn: str, redis_url: str, needles: list[str]) -> list[str]:
@@ -112,7 +117,7 @@ async def test_a_preference_follows_the_customer_to_another_channel_then_is_eras
         httpx.AsyncClient(base_url=platform.url("ingest"), timeout=10) as ingest,
         httpx.AsyncClient(base_url=platform.url("memory"), timeout=10, headers=ADMIN) as memory,
     ):
-        await post(ingest, web_conversation, customer, preference, "web")
+        web_turn = await post(ingest, web_conversation, customer, preference, "web")
         first = await audited(dsn, web_conversation)
         assert first["customer_id"] == customer
 
@@ -137,6 +142,19 @@ async def test_a_preference_follows_the_customer_to_another_channel_then_is_eras
         assert phone in context["profile"]["channels"]
         assert context["emotional_history"], "the web conversation is past history now"
 
+        # A person takes over: the agent sees what the platform remembers, not just this chat.
+        handoff_turn = await post(
+            ingest, sms_conversation, phone, "Let me talk to a real person please", "sms"
+        )
+        agent = await agent_client(platform)
+        try:
+            ticket = await ticket_for(agent, sms_conversation)
+            packet = (await agent.get(f"/v1/agent/tickets/{ticket['ticket_id']}")).json()["packet"]
+        finally:
+            await agent.aclose()
+        assert "Prefers eco-friendly products" in packet["customer"]["memories"]
+        assert packet["customer"]["profile"]["Tier"] == "gold"
+
         unauthorised = await ingest.get(f"{platform.url('memory')}/v1/customers/{customer}/export")
         assert unauthorised.status_code == 401
         exported = (await memory.get(f"/v1/customers/{customer}/export")).json()
@@ -149,9 +167,17 @@ async def test_a_preference_follows_the_customer_to_another_channel_then_is_eras
         }
 
         # Let the replies land first, so erasure is tested against everything they wrote.
-        for conversation in (web_conversation, sms_conversation):
-            await audited(dsn, conversation, "reply.generated")
-        await asyncio.sleep(1.0)
+        # Replies still in flight would write the customer back after the erasure. Once the
+        # handoff notice is stored, the earlier SMS reply is stored or was dropped by the fence.
+        for turn_id in (web_turn, handoff_turn):
+            rows = await wait_for_rows(
+                dsn,
+                "SELECT 1 FROM memory.turns WHERE in_reply_to = $1::uuid",
+                turn_id,
+                expect=1,
+                timeout_s=60,
+            )
+            assert rows, f"no reply stored for turn {turn_id}"
         resp = await memory.delete(f"/v1/customers/{customer}")
         assert resp.status_code == 200, resp.text
         assert resp.json()["conversations"] == 2
