@@ -557,7 +557,7 @@ class LlmExtractor:
         """Memories the LLM found; nothing (never an error) when its answer is unusable."""
         try:
             response = await self.client.post(
-                "/v1/chat/completions",
+                "chat/completions",
                 json={
                     "model": self.model,
                     "temperature": 0,

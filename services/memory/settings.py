@@ -31,7 +31,8 @@ class MemorySettings(ServiceSettings):
     admin_token: SecretStr = SecretStr(DEV_ADMIN_TOKEN)
     """Bearer token for the customer admin API (export, erase, identities, profile)."""
     llm_extractor_url: str | None = None
-    """An OpenAI-compatible server to extract memories the rules miss; off when unset."""
+    """An OpenAI-compatible API base (ending in /v1) that extracts memories the rules miss;
+    off when unset."""
     llm_extractor_model: str = "default"
 
     @model_validator(mode="after")
