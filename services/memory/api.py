@@ -7,10 +7,9 @@ Every route needs the admin bearer token. Erasure deletes what memory holds, the
 from __future__ import annotations
 
 import hmac
-import json
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.requests import Request
@@ -64,6 +63,39 @@ def error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
+class Rejected(Exception):
+    """A request refused with a 4xx; the route wrapper turns it into the response."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.response = error(status, code, message)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse_body(request: Request, model: type[M], code: str) -> M:
+    """The JSON body validated as `model`; a Rejected 4xx says what is wrong."""
+    raw = await request.body()
+    if len(raw) > 64 * 1024:
+        raise Rejected(413, "too_large", "the body is limited to 64 KiB")
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
+        )
+        raise Rejected(422, code, problems) from exc
+
+
+def uuid_param(request: Request, name: str) -> uuid.UUID:
+    """A UUID from the path, or a Rejected 400."""
+    try:
+        return uuid.UUID(request.path_params[name])
+    except ValueError as exc:
+        raise Rejected(400, f"invalid_{name}", f"{name} must be a UUID") from exc
+
+
 class CustomerAPI:
     """HTTP routes over the customer model; `store` and `bus` are set at start-up."""
 
@@ -111,7 +143,10 @@ class CustomerAPI:
                 return error(400, "invalid_customer_id", "customer_id has characters not allowed")
             if self.store is None:
                 return error(503, "starting", "the memory service is still starting")
-            return await handler(request, customer_id)
+            try:
+                return await handler(request, customer_id)
+            except Rejected as rejected:
+                return rejected.response
 
         return guarded
 
@@ -137,25 +172,13 @@ class CustomerAPI:
 
     async def patch_profile(self, request: Request, customer_id: str) -> Response:
         """PATCH /v1/customers/{id}: set profile fields (from a CRM, say)."""
-        body = await _json(request)
-        if isinstance(body, Response):
-            return body
-        try:
-            patch = ProfilePatch.model_validate(body)
-        except ValidationError as exc:
-            return error(422, "invalid_profile", str(exc.errors(include_url=False)[:3]))
+        patch = await parse_body(request, ProfilePatch, "invalid_profile")
         await self._store.update_profile(customer_id, patch.model_dump(exclude_unset=True))
         return await self.get_profile(request, customer_id)
 
     async def link_identity(self, request: Request, customer_id: str) -> Response:
         """POST /v1/customers/{id}/identities: this phone/email/WhatsApp id is this customer."""
-        body = await _json(request)
-        if isinstance(body, Response):
-            return body
-        try:
-            link = IdentityLink.model_validate(body)
-        except ValidationError as exc:
-            return error(422, "invalid_identity", str(exc.errors(include_url=False)[:3]))
+        link = await parse_body(request, IdentityLink, "invalid_identity")
         merged = await self._store.link(customer_id, link.identity, verified=link.verified)
         return JSONResponse(
             {"customer_id": customer_id, "identity": link.identity, "merged_from": merged},
@@ -208,39 +231,17 @@ class CustomerAPI:
 
     async def forget(self, request: Request, customer_id: str) -> Response:
         """DELETE /v1/customers/{id}/memories/{memory_id}: forget one thing."""
-        try:
-            memory_id = uuid.UUID(request.path_params["memory_id"])
-        except ValueError:
-            return error(400, "invalid_memory_id", "memory_id must be a UUID")
+        memory_id = uuid_param(request, "memory_id")
         if not await self._store.forget(await self._resolve(customer_id), memory_id):
             return error(404, "not_found", "no such memory for this customer")
         return Response(status_code=204)
 
     async def set_issue(self, request: Request, customer_id: str) -> Response:
         """PATCH /v1/customers/{id}/issues/{issue_id}: open, pend or resolve an issue."""
-        try:
-            issue_id = uuid.UUID(request.path_params["issue_id"])
-        except ValueError:
-            return error(400, "invalid_issue_id", "issue_id must be a UUID")
-        body = await _json(request)
-        if isinstance(body, Response):
-            return body
-        try:
-            status = IssueStatus.model_validate(body).status
-        except ValidationError as exc:
-            return error(422, "invalid_status", str(exc.errors(include_url=False)[:3]))
+        issue_id = uuid_param(request, "issue_id")
+        status = (await parse_body(request, IssueStatus, "invalid_status")).status
         if not await self._store.set_issue_status(
             await self._resolve(customer_id), issue_id, status
         ):
             return error(404, "not_found", "no such issue for this customer")
         return JSONResponse({"issue_id": str(issue_id), "status": status})
-
-
-async def _json(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > 64 * 1024:
-        return error(413, "too_large", "the body is limited to 64 KiB")
-    try:
-        return json.loads(raw or b"{}")
-    except ValueError:
-        return error(400, "invalid_json", "the body is not JSON")
