@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # llama.cpp is compiled once for a portable CPU target; pip's wheel cache keeps the result.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: help install run test test-unit test-integration lint format bench clean
+.PHONY: help install run test test-unit test-integration lint format bench clean images deploy-check
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -35,9 +35,24 @@ test-unit: install ## Run the fast unit tests only
 test-integration: install ## Run the integration and end-to-end tests only
 	$(PY) -m pytest tests/integration tests/e2e
 
-bench: install ## Measure turn latency, emotion model speed (p50/p99, throughput, memory)
+bench: install ## Measure turn latency, emotion, memory context and LLM overhead (p50/p99, throughput, memory)
 	$(PY) -m bench.emotion_speed
+	$(PY) -m bench.memory_context
 	$(PY) -m bench.turn_latency
+	$(PY) -m bench.generation_overhead
+
+SERVICES := ingest emotion memory escalation generation audit
+TAG ?= latest
+REGISTRY ?= care-by-design
+
+images: ## Build one container image per service (needs a Docker engine): TAG=... REGISTRY=...
+	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine reachable (docker info failed); build on a machine with Docker" >&2; exit 1; }
+	for svc in $(SERVICES); do \
+	  docker build -f deploy/docker/$$svc.Dockerfile -t $(REGISTRY)/$$svc:$(TAG) . || exit 1; \
+	done
+
+deploy-check: install ## Validate k8s manifests, compose, dashboards and alert rules (offline)
+	$(PY) -m pytest tests/deploy tests/e2e/test_dashboards.py
 
 lint: install ## ruff (lint + format check) and mypy --strict
 	$(VENV)/bin/ruff check .

@@ -25,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from shared import db
+from shared import db, lag
 from shared.events import Envelope
 from shared.kafka import ConsumerSpec, EventBus, ensure_topics, make_broker, subscribe
 from shared.logging import configure_logging
@@ -145,6 +145,8 @@ def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> Starlett
             await spec.wire(infra, stack)
             await _retry("kafka", broker.start, startup_timeout_s)
             stack.push_async_callback(broker.stop)
+            # Consumer lag on /metrics for dashboards and alerts (KEDA reads it from the broker).
+            await stack.enter_async_context(lag.exporting(spec.name, broker))
             app.state.infra = infra
             log.info("%s ready on %s:%s", spec.name, settings.host, settings.port)
             yield

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Summary
 from redis.exceptions import RedisError
 
 from services.emotion.analyzer import EmotionAnalyzer
@@ -27,17 +27,25 @@ from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 
-# The care dashboard's emotion mix and sentiment trend.
+# The care dashboard's emotion mix and sentiment trend. Sentiment is a Summary, not a
+# Histogram: prometheus-client drops a histogram's _sum once a bucket is negative, and the
+# mean needs it. The share of negative turns comes from the polarity label instead.
 TURNS_BY_EMOTION = Counter(
     "cbd_emotion_turns_total",
-    "Customer turns analysed, by the emotion label given and whether the model degraded.",
-    ["label", "degraded"],
+    "Customer turns analysed, by emotion label, sentiment polarity (negative below -0.05, "
+    "positive above 0.05) and whether the model degraded.",
+    ["label", "polarity", "degraded"],
 )
-SENTIMENT = Histogram(
-    "cbd_emotion_sentiment",
-    "Sentiment of each customer turn, -1 (negative) to 1 (positive).",
-    buckets=(-0.75, -0.5, -0.25, -0.05, 0.05, 0.25, 0.5, 0.75, 1.0),
+SENTIMENT = Summary(
+    "cbd_emotion_sentiment", "Sentiment of customer turns, -1 (negative) to 1 (positive)."
 )
+
+
+def polarity(sentiment: float) -> str:
+    """negative, neutral or positive, with the usual +-0.05 neutral band."""
+    if sentiment < -0.05:
+        return "negative"
+    return "positive" if sentiment > 0.05 else "neutral"
 
 
 class EmotionHandlers:
@@ -63,7 +71,9 @@ class EmotionHandlers:
             mood = None
         history = previous_texts(mood, turn_id) if mood is not None else []
         analysis = self.analyzer.analyze(message.text, history)
-        TURNS_BY_EMOTION.labels(analysis.label.value, str(analysis.degraded).lower()).inc()
+        TURNS_BY_EMOTION.labels(
+            analysis.label.value, polarity(analysis.sentiment), str(analysis.degraded).lower()
+        ).inc()
         SENTIMENT.observe(analysis.sentiment)
         trajectory: EmotionTrajectory | None = None
         if mood is not None:

@@ -1,0 +1,96 @@
+"""Alert rules: valid for Prometheus, unit-tested, one runbook each, the same on both targets."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy.conftest import tool
+from tests.deploy.observability import (
+    ALERT_TESTS,
+    ALERTS,
+    PROMETHEUS_RULE,
+    load_rules,
+    metric_names,
+    rule_queries,
+)
+
+OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+PROMTOOL = "apt-get install prometheus (.ci/run does)"
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run promtool; skip when it is not installed."""
+    return subprocess.run(
+        [tool("promtool", PROMTOOL), *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_promtool_accepts_the_rules() -> None:
+    result = promtool("check", "rules", str(ALERTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yml"
+    bad.write_text("groups:\n  - name: x\n    rules:\n      - alert: X\n        expr: sum(\n")
+    assert promtool("check", "rules", str(bad)).returncode != 0
+
+
+def test_alerts_fire_as_their_unit_tests_expect() -> None:
+    result = promtool("test", "rules", str(ALERT_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_rule_expression_parses() -> None:
+    queries = rule_queries(load_rules())
+    assert len(queries) >= 8
+    for query in queries:
+        assert metric_names(query.expr), query.where
+
+
+def test_the_required_alerts_exist() -> None:
+    alerts = {q.where.split(" / ")[1] for q in rule_queries(load_rules())}
+    assert {
+        "CbdConsumerLagHigh",
+        "CbdDeadLettersGrowing",
+        "CbdLLMDown",
+        "CbdLLMSlow",
+        "CbdEscalationSpike",
+        "CbdHighErrorRate",
+        "CbdAuditFallingBehind",
+    } <= alerts
+
+
+def test_every_alert_has_a_severity_and_a_runbook_entry() -> None:
+    headings = {
+        m.group(1).strip().lower()
+        for m in re.finditer(r"^#{2,4} (.+)$", OPERATIONS.read_text(), re.MULTILINE)
+    }
+    for group in load_rules()["groups"]:
+        for rule in group["rules"]:
+            assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+            anchor = rule["annotations"]["runbook_url"].rsplit("#", 1)[1]
+            assert anchor == rule["alert"].lower()
+            assert rule["alert"].lower() in headings, f"no runbook heading for {rule['alert']}"
+
+
+def test_the_prometheus_rule_carries_the_same_groups() -> None:
+    operator = yaml.safe_load(PROMETHEUS_RULE.read_text())
+    assert operator["kind"] == "PrometheusRule"
+    assert operator["spec"] == load_rules(), (
+        "deploy/prometheus/alerts.yml and the PrometheusRule differ: copy the groups across"
+    )
+
+
+@pytest.mark.parametrize("path", [ALERTS, PROMETHEUS_RULE])
+def test_rule_files_are_yaml(path: Path) -> None:
+    assert yaml.safe_load(path.read_text())
