@@ -17,14 +17,31 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from cbd.procs import free_port
 from cbd.runtime import Platform
 from shared.settings import KafkaSettings
+
+CHANNEL_ENV = {
+    "CBD_INGEST_TWILIO_ACCOUNT_SID": "AC0123456789abcdef0123456789abcdef",
+    "CBD_INGEST_TWILIO_AUTH_TOKEN": "test-twilio-auth-token",
+    "CBD_INGEST_TWILIO_SMS_FROM": "+15005550006",
+    "CBD_INGEST_TWILIO_WHATSAPP_FROM": "whatsapp:+14155238886",
+    "CBD_INGEST_VOICE_AGENT_NUMBER": "+15005550001",
+    "CBD_INGEST_WHATSAPP_APP_SECRET": "test-meta-app-secret",
+    "CBD_INGEST_WHATSAPP_VERIFY_TOKEN": "test-verify-token",
+    "CBD_INGEST_WHATSAPP_ACCESS_TOKEN": "test-meta-access-token",
+    "CBD_INGEST_WHATSAPP_PHONE_NUMBER_ID": "106540352242922",
+    "CBD_INGEST_BURST_WINDOW_MS": "1500",
+    # A busy two-core runner can take longer than a caller should wait for the tiny LLM.
+    "CBD_INGEST_VOICE_MAX_WAITS": "6",
+}
 
 
 @pytest.fixture(scope="session")
 def _platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """The platform, not started: the servers start with `stack_env`, services with `platform`."""
     run_dir: Path = tmp_path_factory.mktemp("platform")
+    standin = f"http://127.0.0.1:{free_port()}"
     plat = Platform.for_tests(
         run_dir,
         extra_env={
@@ -34,6 +51,13 @@ def _platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             # the ticket it opens) is tested on its own, not left to chance here.
             "CBD_GENERATION_FIRST_TOKEN_TIMEOUT_S": "30",
             "CBD_LOG_LEVEL": "INFO",
+            # The 50-message handoff test is one customer; the limit itself is tested apart.
+            "CBD_INGEST_CUSTOMER_RATE_PER_MIN": "1000",
+            # Messaging providers: a local stand-in (tests/e2e/provider_standin.py) plays
+            # Twilio's and Meta's APIs, with these credentials.
+            **CHANNEL_ENV,
+            "CBD_INGEST_TWILIO_API_BASE": standin,
+            "CBD_INGEST_WHATSAPP_API_BASE": f"{standin}/v21.0",
         },
     )
     try:

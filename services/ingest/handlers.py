@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Histogram
 
-from services.ingest.delivery import Fanout
+from services.ingest.channels.replies import ChannelReplies
+from services.ingest.delivery import FRAME_BUFFER_TEMPLATE, Fanout
 from shared.erasure import ERASURES, conversation_keys, delete_keys
 from shared.events import CustomerErasedEvent, ReplyDeltaEvent, ReplyGeneratedEvent, utcnow
 from shared.metrics import LATENCY_BUCKETS
@@ -20,9 +21,12 @@ TURN_REPLY_SECONDS = Histogram(
 class IngestHandlers:
     """Turns reply events into frames for the customer's channel."""
 
-    def __init__(self, fanout: Fanout, key_prefix: str) -> None:
+    def __init__(
+        self, fanout: Fanout, key_prefix: str, channels: ChannelReplies | None = None
+    ) -> None:
         self.fanout = fanout
         self.key_prefix = key_prefix
+        self.channels = channels
 
     async def on_reply_delta(self, event: ReplyDeltaEvent) -> None:
         """Stream a slice of a reply still being written."""
@@ -45,6 +49,9 @@ class IngestHandlers:
             TURN_REPLY_SECONDS.labels(event.channel.value, reply.author.value).observe(
                 max(0.0, (utcnow() - reply.turn_received_at).total_seconds())
             )
+        if self.channels is not None:
+            # A provider failure raises here, so the reply event is retried, not lost.
+            await self.channels.deliver(event)
         await self.fanout.publish(
             event.conversation_id,
             {
@@ -58,7 +65,11 @@ class IngestHandlers:
         )
 
     async def on_customer_erased(self, event: CustomerErasedEvent) -> None:
-        """Forget the erased customer's message-id claims (they name their conversations)."""
-        patterns = conversation_keys(event, self.key_prefix, ["cmid:{conversation}:*"])
+        """Forget the erased customer's message-id claims and buffered frames (their text)."""
+        patterns = conversation_keys(
+            event, self.key_prefix, ["cmid:{conversation}:*", FRAME_BUFFER_TEMPLATE]
+        )
         await delete_keys(self.fanout.redis, patterns)
+        if self.channels is not None:
+            await self.channels.erase(event)
         ERASURES.inc()

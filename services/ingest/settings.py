@@ -1,9 +1,23 @@
 """Ingest service settings (env prefix `CBD_INGEST_`)."""
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
+
+DEV_API_KEY = "dev-api-key"
+DEV_WIDGET_KEY = "dev-widget-key"
+DEV_IDENTITY_SECRET = "dev-identity-secret"  # noqa: S105
+
+
+class WidgetKey(BaseModel):
+    """A publishable key for the web widget: which tenant, and the sites allowed to use it."""
+
+    tenant: str
+    origins: list[str] = ["*"]
+    """Origins (scheme://host[:port]) whose pages may open the widget; "*" allows any."""
 
 
 class IngestSettings(ServiceSettings):
@@ -14,3 +28,71 @@ class IngestSettings(ServiceSettings):
     port: int = 8000
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     """Requests larger than this are refused with 413 before they are parsed."""
+
+    require_keys: bool = False
+    """Refuse REST and WebSocket requests without a tenant key (always on in production)."""
+    api_keys: dict[str, SecretStr] = Field(default_factory=lambda: {"demo": SecretStr(DEV_API_KEY)})
+    """Secret server-to-server keys by tenant, as JSON: {"acme": "..."}; sent as X-API-Key."""
+    widget_keys: dict[str, WidgetKey] = Field(
+        default_factory=lambda: {DEV_WIDGET_KEY: WidgetKey(tenant="demo")}
+    )
+    """Publishable widget keys (they appear in page source), limited by the page's Origin."""
+    widget_demo_key: str | None = DEV_WIDGET_KEY
+    """The publishable key the /widget-demo page embeds (none: the page sends no key)."""
+    identity_secrets: dict[str, SecretStr] = Field(
+        default_factory=lambda: {"demo": SecretStr(DEV_IDENTITY_SECRET)}
+    )
+    """Per tenant: the key of the HMAC-SHA256 over a customer id that proves the site signed
+    its user in (`customer_hash`); without a valid one a widget visitor stays anonymous."""
+    customer_rate_per_min: int = Field(default=30, ge=1)
+    tenant_rate_per_min: int = Field(default=3000, ge=1)
+
+    public_base_url: str | None = None
+    """The URL providers call us on (e.g. https://chat.example.com); signatures cover it."""
+    provider_dedupe_ttl_s: int = Field(default=48 * 3600, ge=60)
+    """How long a provider's message id is remembered, to drop its redeliveries."""
+    burst_window_ms: int = Field(default=2500, ge=0, le=30_000)
+    """Messaging texts arriving within this window of each other become one turn."""
+    conversation_idle_s: int = Field(default=24 * 3600, ge=60)
+    """After this long without a message, the same number starts a new conversation."""
+
+    twilio_account_sid: str = "AC00000000000000000000000000000000"
+    twilio_auth_token: SecretStr = SecretStr("")
+    """Twilio's auth token: signs its webhooks and authenticates our REST calls."""
+    twilio_api_base: str = "https://api.twilio.com"
+    twilio_sms_from: str = ""
+    """Our SMS number (E.164), the From of replies."""
+    twilio_whatsapp_from: str = ""
+    """Our WhatsApp sender, e.g. whatsapp:+14155238886."""
+    voice_language: str = "en-GB"
+    voice_agent_number: str = ""
+    """Where an escalated call is transferred (<Dial>); empty: the caller is told to hold."""
+    voice_reply_timeout_s: float = Field(default=8.0, gt=0, le=14)
+    """Longest a caller waits in silence for a reply (Twilio gives up on a webhook at 15 s)."""
+    voice_max_waits: int = Field(default=2, ge=1, le=10)
+    """Rounds of "one moment" before a caller whose reply is late is transferred."""
+    voice_max_chars: int = Field(default=320, ge=60)
+    """Replies are cut at a sentence end below this, so callers can barge in sooner."""
+
+    whatsapp_app_secret: SecretStr = SecretStr("")
+    """Meta app secret: signs webhook bodies (X-Hub-Signature-256)."""
+    whatsapp_verify_token: SecretStr = SecretStr("")
+    """The token Meta echoes in the hub.challenge handshake."""
+    whatsapp_access_token: SecretStr = SecretStr("")
+    whatsapp_phone_number_id: str = ""
+    whatsapp_api_base: str = "https://graph.facebook.com/v21.0"
+
+    @model_validator(mode="after")
+    def _keys_in_production(self) -> Self:
+        if self.environment == "production":
+            if not self.require_keys:
+                raise ValueError("CBD_INGEST_REQUIRE_KEYS must be true in production")
+            if any(v.get_secret_value() == DEV_API_KEY for v in self.api_keys.values()):
+                raise ValueError("set CBD_INGEST_API_KEYS in production")
+            if DEV_WIDGET_KEY in self.widget_keys:
+                raise ValueError("set CBD_INGEST_WIDGET_KEYS in production")
+            if any(
+                v.get_secret_value() == DEV_IDENTITY_SECRET for v in self.identity_secrets.values()
+            ):
+                raise ValueError("set CBD_INGEST_IDENTITY_SECRETS in production")
+        return self

@@ -1,0 +1,87 @@
+"""Replies out through the messaging providers' REST APIs."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+import redis.asyncio as aioredis
+from prometheus_client import Counter
+
+from services.ingest.channels.formatting import SMS_LIMIT, WHATSAPP_LIMIT, plain_text, split_message
+from services.ingest.channels.identity import Address
+from services.ingest.settings import IngestSettings
+
+log = logging.getLogger(__name__)
+
+SENT = Counter(
+    "cbd_ingest_outbound_messages_total",
+    "Messages sent to customers through a provider, by provider and outcome.",
+    ["provider", "outcome"],
+)
+
+
+class ProviderError(Exception):
+    """The provider refused or failed a send; the reply event is retried."""
+
+
+class MessagingOutbound:
+    """Sends a reply as one or more provider messages, each exactly once."""
+
+    def __init__(
+        self, settings: IngestSettings, redis: aioredis.Redis, client: httpx.AsyncClient
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.client = client
+
+    async def send(self, address: Address, reply_id: str, text: str) -> int:
+        """Format and send; return how many messages went out now (0 on a redelivery)."""
+        limit = WHATSAPP_LIMIT if address.channel == "whatsapp" else SMS_LIMIT
+        pieces = split_message(plain_text(text), limit)
+        sent = 0
+        for i, piece in enumerate(pieces):
+            # A redelivered reply event must not text the customer twice.
+            claim = f"{self.settings.redis.key_prefix}sent:{reply_id}:{i}"
+            if not await self.redis.set(claim, "1", nx=True, ex=7 * 24 * 3600):
+                continue
+            try:
+                if address.provider == "meta":
+                    await self._meta(address, piece)
+                else:
+                    await self._twilio(address, piece)
+            except Exception:
+                await self.redis.delete(claim)
+                SENT.labels(address.provider, "failed").inc()
+                raise
+            SENT.labels(address.provider, "sent").inc()
+            sent += 1
+        return sent
+
+    async def _twilio(self, address: Address, body: str) -> None:
+        s = self.settings
+        sender = s.twilio_whatsapp_from if address.channel == "whatsapp" else s.twilio_sms_from
+        url = f"{s.twilio_api_base}/2010-04-01/Accounts/{s.twilio_account_sid}/Messages.json"
+        resp = await self.client.post(
+            url,
+            data={"To": address.to, "From": sender, "Body": body},
+            auth=(s.twilio_account_sid, s.twilio_auth_token.get_secret_value()),
+        )
+        if resp.status_code >= 300:
+            raise ProviderError(f"Twilio answered {resp.status_code}: {resp.text[:300]}")
+
+    async def _meta(self, address: Address, body: str) -> None:
+        s = self.settings
+        resp = await self.client.post(
+            f"{s.whatsapp_api_base}/{s.whatsapp_phone_number_id}/messages",
+            json={
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": address.to,
+                "type": "text",
+                "text": {"preview_url": False, "body": body},
+            },
+            headers={"authorization": f"Bearer {s.whatsapp_access_token.get_secret_value()}"},
+        )
+        if resp.status_code >= 300:
+            raise ProviderError(f"WhatsApp answered {resp.status_code}: {resp.text[:300]}")
