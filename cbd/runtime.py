@@ -20,6 +20,13 @@ from cbd.stack import EmbeddedStack, StackPorts
 
 DEFAULT_PORTS = {name: 8000 + i for i, name in enumerate(SERVICES)}
 
+EMBEDDED_DEFAULTS = {
+    # The CPU model reads the ~700-token care prompt in seconds on a small machine, where vLLM
+    # on a GPU takes milliseconds; the production budget would send every cold turn to the
+    # fallback. The environment still wins.
+    "CBD_GENERATION_FIRST_TOKEN_TIMEOUT_S": "20",
+}
+
 
 @dataclass
 class Platform:
@@ -47,7 +54,13 @@ class Platform:
 
     def env(self) -> dict[str, str]:
         """The environment every service process gets."""
-        env = {**os.environ, **self.stack.env(), "CBD_LOG_FORMAT": "text", **self.extra_env}
+        env = {
+            **EMBEDDED_DEFAULTS,
+            **os.environ,
+            **self.stack.env(),
+            "CBD_LOG_FORMAT": "text",
+            **self.extra_env,
+        }
         for name, port in self.service_ports.items():
             env[f"CBD_{name.upper()}_PORT"] = str(port)
         return env

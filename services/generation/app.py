@@ -6,8 +6,9 @@ from contextlib import AsyncExitStack
 
 from starlette.applications import Starlette
 
+from services.generation.breaker import CircuitBreaker
 from services.generation.fence import OwnershipFence
-from services.generation.handlers import GenerationHandlers
+from services.generation.handlers import GenerationHandlers, build_prompting
 from services.generation.llm import ChatClient
 from services.generation.settings import GenerationSettings
 from shared.events import TurnRoutedEvent
@@ -20,6 +21,9 @@ Settings = GenerationSettings
 def create_app(settings: GenerationSettings | None = None) -> Starlette:
     """Build the generation service."""
     cfg = settings or GenerationSettings()
+    # Loaded before start-up completes: a broken playbook or tenant file fails the deploy,
+    # not the first customer's turn.
+    prompts, rails = build_prompting(cfg)
 
     async def wire(infra: Infra, stack: AsyncExitStack) -> None:
         llm = ChatClient(
@@ -29,10 +33,13 @@ def create_app(settings: GenerationSettings | None = None) -> Starlette:
             connect_timeout_s=cfg.connect_timeout_s,
             first_token_timeout_s=cfg.first_token_timeout_s,
             total_timeout_s=cfg.total_timeout_s,
+            retries=cfg.llm_retries,
+            retry_backoff_s=cfg.llm_retry_backoff_s,
+            breaker=CircuitBreaker(cfg.breaker_failures, cfg.breaker_reset_s),
         )
         stack.push_async_callback(llm.aclose)
         fence = OwnershipFence(infra.require_redis(), cfg.redis.key_prefix)
-        handlers = GenerationHandlers(infra.bus, llm, cfg, fence)
+        handlers = GenerationHandlers(infra.bus, llm, cfg, fence, prompts, rails)
         stack.push_async_callback(handlers.aclose)
         infra.subscribe(Topic.TURN_ROUTED, TurnRoutedEvent, handlers.on_turn_routed)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import httpx
 from prometheus_client import Counter, Histogram
 
+from services.generation.breaker import CircuitBreaker
 from shared.metrics import LATENCY_BUCKETS
 
 LLM_TTFT = Histogram(
@@ -23,6 +25,11 @@ LLM_DURATION = Histogram(
 )
 LLM_TOKENS = Counter("cbd_llm_completion_tokens_total", "Streamed completion chunks received.")
 LLM_ERRORS = Counter("cbd_llm_errors_total", "LLM requests that failed, by kind.", ["kind"])
+LLM_RETRIES = Counter("cbd_llm_retries_total", "LLM requests retried before any text came.")
+
+# Failures worth another attempt: the server refused, was overloaded or broke, before any
+# text came. A first-token timeout is not retried: its budget is the customer's wait.
+RETRYABLE = frozenset({"connection", "http_429", "http_500", "http_502", "http_503", "http_504"})
 
 
 class LLMUnavailable(Exception):
@@ -31,6 +38,15 @@ class LLMUnavailable(Exception):
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
+
+    @property
+    def server_fault(self) -> bool:
+        """Whether this says the server is unhealthy (counts towards opening the breaker).
+
+        A 4xx other than 429 is our request's fault (too long a prompt, a wrong model name):
+        opening the breaker for it would turn one bad request into an outage.
+        """
+        return not (self.kind.startswith("http_4") and self.kind != "http_429")
 
 
 @dataclass(frozen=True)
@@ -53,11 +69,17 @@ class ChatClient:
         connect_timeout_s: float = 2.0,
         first_token_timeout_s: float = 8.0,
         total_timeout_s: float = 30.0,
+        retries: int = 0,
+        retry_backoff_s: float = 0.2,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.model = model
         self.first_token_timeout_s = first_token_timeout_s
         self.total_timeout_s = total_timeout_s
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
+        self.breaker = breaker
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers=headers,
@@ -79,8 +101,74 @@ class ChatClient:
         max_tokens: int,
         temperature: float,
         top_p: float,
-    ) -> AsyncIterator[str]:
-        """Yield the reply's text as it is generated; raise LLMUnavailable on failure."""
+    ) -> AsyncGenerator[str, None]:
+        """Yield the reply's text as it is generated; raise LLMUnavailable on failure.
+
+        A request that fails before any text is retried (`retries` times, with backoff)
+        while the first-token budget lasts; once text has streamed it is never retried, since
+        the customer has seen it. The circuit breaker, when given, fails requests at once while
+        the server is known to be down.
+        """
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
+            LLM_ERRORS.labels("circuit_open").inc()
+            raise LLMUnavailable("circuit_open", "the LLM server failed repeatedly; waiting")
+        verdict = _BreakerVerdict(breaker)
+        try:
+            async with aclosing(self._with_retries(messages, max_tokens, temperature, top_p)) as it:
+                async for text in it:
+                    yield text
+            verdict.success()
+        except LLMUnavailable as exc:
+            verdict.failure(exc)
+            raise
+        except GeneratorExit:
+            # The caller stopped reading (a guardrail ended the reply): the server was
+            # answering, so it is healthy.
+            verdict.success()
+            raise
+        finally:
+            verdict.undecided()
+
+    async def _with_retries(
+        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float, top_p: float
+    ) -> AsyncGenerator[str, None]:
+        give_up_at = time.perf_counter() + self.first_token_timeout_s
+        attempt = 0
+        while True:
+            streamed = False
+            try:
+                async with aclosing(
+                    self._stream_once(
+                        messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p
+                    )
+                ) as it:
+                    async for text in it:
+                        streamed = True
+                        yield text
+                return
+            except LLMUnavailable as exc:
+                backoff = self.retry_backoff_s * 2**attempt
+                if (
+                    streamed
+                    or exc.kind not in RETRYABLE
+                    or attempt >= self.retries
+                    or time.perf_counter() + backoff >= give_up_at
+                ):
+                    raise
+                attempt += 1
+                LLM_RETRIES.inc()
+                await asyncio.sleep(backoff)
+
+    async def _stream_once(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+    ) -> AsyncGenerator[str, None]:
+        """One streamed request, without retries."""
         body = {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
@@ -128,6 +216,36 @@ class ChatClient:
             LLM_ERRORS.labels("connection").inc()
             raise LLMUnavailable("connection", repr(exc)) from exc
         LLM_DURATION.observe(time.perf_counter() - started)
+
+
+class _BreakerVerdict:
+    """Reports one request's outcome to the breaker exactly once."""
+
+    def __init__(self, breaker: CircuitBreaker | None) -> None:
+        self.breaker = breaker
+        self.decided = breaker is None
+
+    def success(self) -> None:
+        """The server answered."""
+        if not self.decided and self.breaker is not None:
+            self.decided = True
+            self.breaker.record_success()
+
+    def failure(self, exc: LLMUnavailable) -> None:
+        """The request failed; only the server's own faults count against it."""
+        if not self.decided and self.breaker is not None:
+            self.decided = True
+            if exc.server_fault:
+                self.breaker.record_failure()
+            else:
+                self.breaker.release_trial()
+
+    def undecided(self) -> None:
+        """No verdict (cancelled mid-request)."""
+        # Cancelled mid-request: no verdict on the server; a half-open trial may go again.
+        if not self.decided and self.breaker is not None:
+            self.decided = True
+            self.breaker.release_trial()
 
 
 def _parse_sse_line(line: str) -> tuple[str, bool]:

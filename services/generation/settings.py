@@ -1,9 +1,20 @@
 """Generation service settings (env prefix `CBD_GENERATION_`)."""
 
+import secrets
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _new_canary() -> str:
+    # "zq" + hex: no English word starts a reply like that, so the streaming guard rarely has
+    # to hold a word back just because it could be the canary's beginning.
+    return "zq" + secrets.token_hex(6)
 
 
 class GenerationSettings(ServiceSettings):
@@ -27,9 +38,32 @@ class GenerationSettings(ServiceSettings):
     """At most one suggested reply per conversation this often; a burst gets tips only."""
     temperature: float = Field(default=0.4, ge=0.0, le=2.0)
     top_p: float = Field(default=0.9, gt=0.0, le=1.0)
-    connect_timeout_s: float = 2.0
-    first_token_timeout_s: float = 8.0
-    """No first token by then: the customer gets the fallback reply instead of a wait."""
-    total_timeout_s: float = 30.0
+    connect_timeout_s: float = Field(default=2.0, gt=0.0)
+    first_token_timeout_s: float = Field(default=4.0, gt=0.0)
+    """No first token by then (retries included): the customer gets the fallback reply, so a
+    slow or hung server costs them at most this long (the issue's 5 s bound)."""
+    total_timeout_s: float = Field(default=30.0, gt=0.0)
+    llm_retries: int = Field(default=1, ge=0)
+    """Extra attempts for a request that failed before any text (refused, 5xx, 429)."""
+    llm_retry_backoff_s: float = Field(default=0.2, ge=0.0)
+    breaker_failures: int = Field(default=3, ge=1)
+    """Failed requests in a row that open the circuit breaker (fallback at once while open)."""
+    breaker_reset_s: float = Field(default=15.0, gt=0.0)
+    """How long the breaker stays open before one trial request is let through."""
     delta_flush_ms: int = Field(default=40, ge=0)
-    """Streamed text is batched into one event per this many milliseconds."""
+    """Streamed text is batched into one event per this many milliseconds (the first slice
+    goes out at once, for time to first token)."""
+    tenant: str = "demo"
+    """Whose knowledge base and commitment policy to use: a folder under `knowledge_dir`."""
+    knowledge_dir: Path = PACKAGE_DIR / "knowledge"
+    knowledge_top_k: int = Field(default=3, ge=0)
+    """Knowledge entries carried in the prompt per turn, at most."""
+    knowledge_min_score: float = Field(default=0.08, ge=0.0, le=1.0)
+    """Cosine similarity below which an entry is not relevant enough to carry."""
+    playbooks_path: Path = PACKAGE_DIR / "playbooks.yaml"
+    baseline_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Share of conversations that get the plain baseline prompt (0: everyone gets care)."""
+    variant_salt: str = ""
+    """Change it to reshuffle which conversations get which variant (a new experiment)."""
+    canary: str = Field(default_factory=_new_canary, min_length=8)
+    """A secret marker in the system prompt: a reply that contains it is a prompt leak."""

@@ -145,9 +145,7 @@ async def test_audit_erasure_removes_content_and_keeps_the_chain(
     rows = await pool.fetch("SELECT body, payload, erased_at FROM audit.events ORDER BY seq")
     assert [bytes(r["body"]) for r in rows] == [b"", kim, b""]
     assert [r["erased_at"] is not None for r in rows] == [True, False, True]
-    assert not await pool.fetchval(
-        "SELECT count(*) FROM audit.events e WHERE e::text LIKE '%sam%'"
-    )
+    assert not await pool.fetchval("SELECT count(*) FROM audit.events e WHERE e::text LIKE '%sam%'")
 
     conn = await asyncpg.connect(fresh_db)
     try:

@@ -12,8 +12,9 @@ import pytest
 from services.generation.fence import OwnershipFence
 from services.generation.handlers import GenerationHandlers
 from services.generation.llm import ChatClient, ChatMessage, LLMUnavailable
-from services.generation.prompt import FALLBACK_REPLY, HANDOFF_NOTICE, SYSTEM_PROMPT
+from services.generation.prompt import FALLBACK_REPLY, HANDOFF_NOTICE
 from services.generation.settings import GenerationSettings
+from services.generation.variants import Variant
 from shared.events import (
     AssistSuggestedEvent,
     Channel,
@@ -95,8 +96,18 @@ class FakeLLM:
             raise self.error
 
 
-def settings() -> GenerationSettings:
-    return GenerationSettings(delta_flush_ms=0, max_tokens=77, temperature=0.3, top_p=0.8)
+CANARY = "zqabcdef012345"
+
+
+def settings(**overrides: Any) -> GenerationSettings:
+    values: dict[str, Any] = {
+        "delta_flush_ms": 0,
+        "max_tokens": 77,
+        "temperature": 0.3,
+        "top_p": 0.8,
+        "canary": CANARY,
+    }
+    return GenerationSettings(**(values | overrides))
 
 
 def routed_event(target: RouteTarget, text: str = "where is my parcel") -> TurnRoutedEvent:
@@ -213,7 +224,9 @@ async def test_llm_gets_the_built_prompt_and_settings() -> None:
     assert call["max_tokens"] == 77
     assert call["temperature"] == 0.3
     assert call["top_p"] == 0.8
-    assert call["messages"][0] == ChatMessage("system", SYSTEM_PROMPT)
+    handlers = GenerationHandlers(cast(EventBus, RecordingBus()), cast(ChatClient, llm), settings())
+    care_prompt = handlers.prompts.system_prompts[Variant.CARE]
+    assert call["messages"][0] == ChatMessage("system", care_prompt)
     assert call["messages"][-1] == ChatMessage("user", "<customer>hello there</customer>")
 
 
@@ -334,7 +347,10 @@ async def test_assist_without_the_llm_still_coaches() -> None:
     bus = await run(event, FakeLLM([], error=LLMUnavailable("connection", "down")))
     [assist] = bus.assists()
     assert assist.payload.suggestions == []
-    assert assist.payload.tips == ["Be friendly and efficient."]
+    # The feeling's strategy, then the scenario's playbook ("where is my parcel").
+    assert assist.payload.tips[0] == "Be friendly and efficient."
+    assert assist.payload.tips[1].startswith("A late or missing delivery: ")
+    assert len(assist.payload.tips) == 2
 
 
 async def test_a_new_handoff_tells_the_customer_the_wait() -> None:

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from services.generation.breaker import BreakerState, CircuitBreaker
 from services.generation.llm import ChatClient, ChatMessage, LLMUnavailable, _parse_sse_line
 
 PIECES = ["Hello", ",", " I'm", " sorry", " to hear that."]
@@ -84,6 +85,7 @@ class FakeLLM:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.flaky_calls = 0
 
     def app(self) -> Starlette:
         return Starlette(
@@ -96,6 +98,9 @@ class FakeLLM:
                 Route("/afterdone/chat/completions", self.afterdone, methods=["POST"]),
                 Route("/error/chat/completions", self.error, methods=["POST"]),
                 Route("/wrongshape/chat/completions", self.wrongshape, methods=["POST"]),
+                Route("/flaky/chat/completions", self.flaky, methods=["POST"]),
+                Route("/busy/chat/completions", self.busy, methods=["POST"]),
+                Route("/badreq/chat/completions", self.badreq, methods=["POST"]),
             ]
         )
 
@@ -173,6 +178,22 @@ class FakeLLM:
     async def error(self, request: Request) -> Response:
         await self._record(request)
         return JSONResponse({"error": "model exploded"}, status_code=500)
+
+    async def flaky(self, request: Request) -> Response:
+        """Fails every other request with a 503, as a restarting server behind a proxy does."""
+        await self._record(request)
+        self.flaky_calls += 1
+        if self.flaky_calls % 2 == 1:
+            return JSONResponse({"error": "starting"}, status_code=503)
+        return await self.ok(request)
+
+    async def busy(self, request: Request) -> Response:
+        await self._record(request)
+        return JSONResponse({"error": "overloaded"}, status_code=503)
+
+    async def badreq(self, request: Request) -> Response:
+        await self._record(request)
+        return JSONResponse({"error": "prompt too long"}, status_code=400)
 
     async def wrongshape(self, request: Request) -> Response:
         await self._record(request)
@@ -326,3 +347,89 @@ async def test_closed_port_is_a_connection_failure() -> None:
 async def test_wrong_shape_chunk_is_skipped(server_url: str) -> None:
     pieces = await collect(client_for(server_url + "/wrongshape"))
     assert pieces == ["fine"]
+
+
+# --- retries and the circuit breaker ----------------------------------------------------------
+
+
+async def test_a_503_before_any_text_is_retried(server_url: str, fake: FakeLLM) -> None:
+    before = fake.flaky_calls
+    pieces = await collect(client_for(server_url + "/flaky", retries=1, retry_backoff_s=0.01))
+
+    assert pieces == PIECES
+    assert fake.flaky_calls - before == 2
+
+
+async def test_retries_are_bounded(server_url: str, fake: FakeLLM) -> None:
+    before = len(fake.requests)
+    with pytest.raises(LLMUnavailable) as caught:
+        await collect(client_for(server_url + "/busy", retries=2, retry_backoff_s=0.01))
+
+    assert caught.value.kind == "http_503"
+    assert len(fake.requests) - before == 3
+
+
+async def test_a_client_error_is_not_retried(server_url: str, fake: FakeLLM) -> None:
+    before = len(fake.requests)
+    with pytest.raises(LLMUnavailable) as caught:
+        await collect(client_for(server_url + "/badreq", retries=3, retry_backoff_s=0.01))
+
+    assert caught.value.kind == "http_400"
+    assert len(fake.requests) - before == 1
+
+
+async def test_a_stall_after_text_is_never_retried(server_url: str, fake: FakeLLM) -> None:
+    before = len(fake.requests)
+    with pytest.raises(LLMUnavailable):
+        await collect(client_for(server_url + "/stall", retries=3, retry_backoff_s=0.01))
+
+    assert len(fake.requests) - before == 1
+
+
+async def test_the_breaker_opens_and_then_fails_without_calling(
+    server_url: str, fake: FakeLLM
+) -> None:
+    breaker = CircuitBreaker(failure_threshold=2, reset_after_s=60)
+    for _ in range(2):
+        with pytest.raises(LLMUnavailable):
+            await collect(client_for(server_url + "/busy", breaker=breaker))
+    assert breaker.state == BreakerState.OPEN
+
+    before = len(fake.requests)
+    with pytest.raises(LLMUnavailable) as caught:
+        await collect(client_for(server_url + "/ok", breaker=breaker))
+
+    assert caught.value.kind == "circuit_open"
+    assert len(fake.requests) == before
+
+
+async def test_client_errors_do_not_open_the_breaker(server_url: str) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, reset_after_s=60)
+    with pytest.raises(LLMUnavailable):
+        await collect(client_for(server_url + "/badreq", breaker=breaker))
+    assert breaker.state == BreakerState.CLOSED
+
+
+async def test_a_successful_trial_closes_the_breaker(server_url: str) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, reset_after_s=0.05)
+    with pytest.raises(LLMUnavailable):
+        await collect(client_for(server_url + "/busy", breaker=breaker))
+    await asyncio.sleep(0.06)
+
+    assert await collect(client_for(server_url + "/ok", breaker=breaker)) == PIECES
+    assert breaker.state == BreakerState.CLOSED
+
+
+async def test_stopping_early_counts_as_a_healthy_server(server_url: str) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, reset_after_s=0.05)
+    breaker.record_failure()
+    await asyncio.sleep(0.06)
+    client = client_for(server_url + "/ok", breaker=breaker)
+    try:
+        stream = client.stream(MESSAGES, max_tokens=8, temperature=0.0, top_p=1.0)
+        assert await anext(stream) == PIECES[0]
+        await stream.aclose()
+    finally:
+        await client.aclose()
+
+    assert breaker.state == BreakerState.CLOSED

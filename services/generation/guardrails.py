@@ -1,0 +1,371 @@
+"""Guardrails on the way out: what a reply may never say, checked while it streams.
+
+Three checks, on every bot reply and every suggestion drafted for an agent:
+
+- **Prompt leakage.** The system prompt carries a secret canary; a reply containing it (in any
+  case or spacing), or eight words in a row of the prompt's principles and rules, is a leak.
+  The reply stops streaming and is regenerated or replaced (see handlers).
+- **Sensitive numbers.** Luhn-valid 13-19 digit runs (payment cards, with spaces or hyphens),
+  US social security numbers, IBANs (mod-97 valid) and card security codes are masked: the
+  customer may have typed one, and the model must not echo it.
+- **Commitments.** A sentence promising something the tenant's policy reserves for a person
+  (refunds, compensation, vouchers...) is replaced by a line saying a colleague will review
+  it, and the reply is flagged `needs_approval`, which escalation routes to the agent queue.
+
+Streaming: deltas already sent cannot be taken back, but holding every clause until it ends
+would add several tokens to the time to first token. So `StreamGuard` releases text as soon
+as it cannot be the start of a problem, and holds back only what could be: a trailing run of
+digits (a card number still arriving); a last word still arriving that could be the canary's
+or a commitment word's beginning; and, from a commitment word ("refund", "voucher": the
+tenant's list) on, the rest of that sentence until it ends and is checked. Holding from the
+promise's opener ("I'll", "we can") instead would hold back every reply that starts "I can
+help...", a whole sentence of time to first token; so the words before the commitment word may
+show ("I'll issue you a full") but the promise itself never does. Most text is not held at
+all; a reply's first word goes out at once. When a check fails mid-stream, streaming stops
+and the final reply (which replaces the streamed text on the channel, keyed by reply id)
+carries the corrected text.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client import Counter
+
+GUARDRAIL_HITS = Counter(
+    "cbd_generation_guardrail_hits_total", "Guardrail findings in replies, by kind.", ["kind"]
+)
+
+FLAG_LEAK = "prompt_leak"
+FLAG_GUARDRAIL = "guardrail"
+FLAG_NEEDS_APPROVAL = "needs_approval"
+FLAG_MASKED = "sensitive_masked"
+
+APPROVAL_LINE = (
+    "I've passed this request to a colleague who can approve it, and they will get back to "
+    "you shortly."
+)
+
+DEFAULT_APPROVAL_TERMS = ("refund", "compensation", "voucher", "discount", "goodwill")
+
+SHINGLE_WORDS = 8
+"""Words in a row shared with the system prompt that count as a leak of it."""
+
+_WORDS = re.compile(r"[a-z0-9]+")
+_NON_ALNUM = re.compile(r"[^a-z0-9]")
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s)|\n")
+
+# "I'll", "we will", "I can", "I have", "you'll", "here is": the openers of a promise.
+_PROMISE = re.compile(
+    r"\b(?:i|we)\s*(?:'ll|\u2019ll|'ve|\u2019ve|\s+will|\s+shall|\s+can|\s+have|"
+    r"\s+am\s+going\s+to|\s+are\s+going\s+to|\s+would\s+like\s+to)\b"
+    r"|\byou(?:'ll|\u2019ll|\s+will)\b|\bhere(?:'s|\u2019s|\s+is)\b"
+    r"|\b(?:has|have)\s+been\s+(?:approved|processed|issued|added|applied|sent)\b",
+    re.IGNORECASE,
+)
+# A sentence that defers, asks or denies is not a promise: "a colleague will review your
+# refund", "I can't offer a refund", "would you like me to request a refund?".
+_DEFERRAL = re.compile(
+    r"\b(?:not|cannot|unable|colleague|colleagues|team|review|reviewed|request|requested|"
+    r"ask|asked|whether)\b|n't\b|n\u2019t\b|\?",
+    re.IGNORECASE,
+)
+
+_CARD_RUN = re.compile(r"(?<![\d])\d(?:[ -]?\d){12,18}(?![\d])")
+_SSN = re.compile(r"(?<![\d-])\d{3}-\d{2}-\d{4}(?![\d-])")
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
+_CVV = re.compile(r"\b(cvv|cvc|cv2|security code)(\W{0,6})(\d{3,4})\b", re.IGNORECASE)
+# Text at the end of the stream that may be a number still arriving: digits, with spaces,
+# hyphens and upper-case letters (IBAN groups) between them. Only held when it has a digit.
+_TRAILING_NUMBER = re.compile(r"[\dA-Z][\dA-Z -]*$")
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether a digit string passes the Luhn check that payment card numbers carry."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def iban_valid(iban: str) -> bool:
+    """Whether a string is an IBAN by its mod-97 checksum."""
+    compact = iban.replace(" ", "")
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    number = "".join(str(int(ch, 36)) for ch in rearranged)
+    return int(number) % 97 == 1
+
+
+def mask_sensitive(text: str) -> tuple[str, int]:
+    """The text with card numbers, SSNs, IBANs and security codes masked, and how many."""
+    count = 0
+
+    def card(m: re.Match[str]) -> str:
+        nonlocal count
+        digits = re.sub(r"\D", "", m.group(0))
+        if 13 <= len(digits) <= 19 and luhn_valid(digits):
+            count += 1
+            return f"[card ending {digits[-4:]}]"
+        return m.group(0)
+
+    def ssn(_: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return "[number removed]"
+
+    def iban(m: re.Match[str]) -> str:
+        nonlocal count
+        if not iban_valid(m.group(0)):
+            return m.group(0)
+        count += 1
+        return f"[account ending {m.group(0).replace(' ', '')[-4:]}]"
+
+    def cvv(m: re.Match[str]) -> str:
+        nonlocal count
+        count += 1
+        return f"{m.group(1)}{m.group(2)}[removed]"
+
+    text = _CARD_RUN.sub(card, text)
+    text = _SSN.sub(ssn, text)
+    text = _IBAN.sub(iban, text)
+    text = _CVV.sub(cvv, text)
+    return text, count
+
+
+def _normalise(text: str) -> str:
+    return _NON_ALNUM.sub("", text.lower())
+
+
+@dataclass(frozen=True)
+class TenantPolicy:
+    """What the assistant may not commit to for a tenant, and the tenant's name."""
+
+    company: str = "our company"
+    approval_required: tuple[str, ...] = DEFAULT_APPROVAL_TERMS
+
+    @classmethod
+    def load(cls, knowledge_dir: Path, tenant: str) -> TenantPolicy:
+        """The tenant's `tenant.yaml`, or the defaults when it has none."""
+        path = knowledge_dir / tenant / "tenant.yaml"
+        if not path.exists():
+            return cls()
+        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a mapping")
+        terms = raw.get("approval_required", DEFAULT_APPROVAL_TERMS)
+        if not isinstance(terms, list | tuple) or not all(isinstance(t, str) for t in terms):
+            raise ValueError(f"{path}: approval_required must be a list of words")
+        return cls(company=str(raw.get("company", cls.company)), approval_required=tuple(terms))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A checked text: what may be said, and what was found."""
+
+    text: str
+    flags: tuple[str, ...] = ()
+    leak: str | None = None
+    """`canary` or `system_prompt` when the text gave the prompt away (then unusable)."""
+
+
+class Guardrails:
+    """The checks, configured once per service from the canary, system prompts and policy."""
+
+    def __init__(
+        self, canary: str, protected: Sequence[str], policy: TenantPolicy | None = None
+    ) -> None:
+        """`protected`: the prompt texts no reply may quote (the rules, not the persona line,
+        which a reply may well echo: "I'm Care, the assistant of ...")."""
+        self.canary = _normalise(canary)
+        if len(self.canary) < 8:
+            raise ValueError("the canary needs at least 8 letters or digits")
+        self.policy = policy or TenantPolicy()
+        self._shingles: set[tuple[str, ...]] = set()
+        for prompt in protected:
+            words = _WORDS.findall(prompt.lower())
+            for i in range(len(words) - SHINGLE_WORDS + 1):
+                self._shingles.add(tuple(words[i : i + SHINGLE_WORDS]))
+        terms = "|".join(
+            r"[\s-]+".join(re.escape(w) for w in term.lower().split())
+            for term in self.policy.approval_required
+        )
+        self._first_words = tuple(
+            {_normalise(t.split()[0]) for t in self.policy.approval_required if t.split()}
+        )
+        # "credit card" is a card, not a credit.
+        self._approval = re.compile(rf"\b(?:{terms})\w*\b(?!\s+cards?\b)", re.IGNORECASE)
+
+    def leak(self, text: str) -> str | None:
+        """How the text leaks the prompt (`canary`, `system_prompt`), or None."""
+        if self.canary in _normalise(text):
+            return "canary"
+        words = _WORDS.findall(text.lower())
+        for i in range(len(words) - SHINGLE_WORDS + 1):
+            if tuple(words[i : i + SHINGLE_WORDS]) in self._shingles:
+                return "system_prompt"
+        return None
+
+    def promise_start(self, sentence: str) -> int | None:
+        """Where a sentence may start becoming a commitment (its first commitment word), or
+        None: from there it is held until it ends and is checked."""
+        m = self._approval.search(sentence)
+        return m.start() if m else None
+
+    def may_become_held(self, fragment: str) -> bool:
+        """Whether a word still arriving could turn out to be the canary or a commitment
+        word: it waits for its next piece rather than streaming half of it."""
+        word = _normalise(fragment)
+        if not word:
+            return False
+        return self.canary.startswith(word) or any(t.startswith(word) for t in self._first_words)
+
+    def is_commitment(self, sentence: str) -> bool:
+        """A promise of something only a person may grant, made without deferring."""
+        return bool(
+            self._approval.search(sentence)
+            and _PROMISE.search(sentence)
+            and not _DEFERRAL.search(sentence)
+        )
+
+    def rewrite_commitments(self, text: str) -> tuple[str, bool]:
+        """The text with each committing sentence replaced by the approval line."""
+        out: list[str] = []
+        found = False
+        for sentence in split_sentences(text):
+            if self.is_commitment(sentence):
+                lead = sentence[: len(sentence) - len(sentence.lstrip())]
+                if not found:
+                    out.append(lead + APPROVAL_LINE)
+                found = True
+            else:
+                out.append(sentence)
+        return "".join(out), found
+
+    def check(self, text: str) -> Verdict:
+        """Check a complete text (a final reply, a regenerated one, an agent suggestion)."""
+        leak = self.leak(text)
+        if leak is not None:
+            GUARDRAIL_HITS.labels(FLAG_LEAK).inc()
+            return Verdict("", (FLAG_GUARDRAIL, FLAG_LEAK), leak)
+        flags: list[str] = []
+        text, promised = self.rewrite_commitments(text)
+        if promised:
+            GUARDRAIL_HITS.labels(FLAG_NEEDS_APPROVAL).inc()
+            flags.append(FLAG_NEEDS_APPROVAL)
+        text, masked = mask_sensitive(text)
+        if masked:
+            GUARDRAIL_HITS.labels(FLAG_MASKED).inc()
+            flags.append(FLAG_MASKED)
+        return Verdict(text, tuple(flags))
+
+    def stream(self) -> StreamGuard:
+        """A guard for one streamed reply."""
+        return StreamGuard(self)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences with their leading whitespace and ending punctuation; joined they are text."""
+    parts: list[str] = []
+    start = 0
+    for m in _SENTENCE_END.finditer(text):
+        parts.append(text[start : m.end()])
+        start = m.end()
+    if start < len(text):
+        parts.append(text[start:])
+    return parts
+
+
+@dataclass
+class StreamGuard:
+    """Checks a reply as it streams; `feed` returns what may be sent now."""
+
+    rails: Guardrails
+    raw: str = ""
+    released: int = 0
+    """How much of `raw` has been let through (masked) so far."""
+    sent: list[str] = field(default_factory=list)
+    stopped: bool = False
+    """A check failed: nothing more is streamed; the final reply carries the correction."""
+    reason: str | None = None
+
+    def _sentence_start(self) -> int:
+        last = 0
+        for m in _SENTENCE_END.finditer(self.raw):
+            last = m.end()
+        return last
+
+    def _hold_from(self) -> int:
+        """Where the text that must wait begins (len(raw) when nothing must)."""
+        raw = self.raw
+        end = len(raw)
+        start = self._sentence_start()
+        sentence = raw[start:]
+        promise = self.rails.promise_start(sentence)
+        if promise is not None:
+            # The rest of this sentence waits until it ends and is checked whole.
+            end = min(end, max(self.released, start + promise))
+        number = _TRAILING_NUMBER.search(raw)
+        if number is not None and any(ch.isdigit() for ch in number.group(0)):
+            end = min(end, number.start())
+        # A last word still arriving (no space after it yet) may be the canary's beginning.
+        word = re.search(r"\S+$", raw)
+        if word is not None and self.rails.may_become_held(word.group(0)):
+            end = min(end, word.start())
+        return max(end, self.released)
+
+    def feed(self, piece: str) -> str:
+        """Take the next piece of the reply; return the text that may be streamed now."""
+        if self.stopped:
+            return ""
+        self.raw += piece
+        if self.rails.leak(self.raw) is not None:
+            self.stopped, self.reason = True, "leak"
+            return ""
+        # Every sentence that ended since the last release is checked whole.
+        start = self._sentence_start()
+        for sentence in split_sentences(self.raw[:start])[-4:]:
+            if self.rails.is_commitment(sentence):
+                # The reply ends with the promise replaced; what came after it is dropped
+                # with it, since it may build on the promise.
+                self.stopped, self.reason = True, "commitment"
+                self.raw = self.raw[:start]
+                return ""
+        return self._release(self._hold_from())
+
+    def _release(self, end: int) -> str:
+        if end <= self.released:
+            return ""
+        text, _ = mask_sensitive(self.raw[self.released : end])
+        self.released = end
+        self.sent.append(text)
+        return text
+
+    def finish(self) -> tuple[str, Verdict]:
+        """The stream ended: the last text to send (if any) and the final reply's verdict.
+
+        When nothing was stopped or changed, the final text is exactly what streamed, so the
+        customer never sees the reply jump.
+        """
+        verdict = self.rails.check(self.raw.strip())
+        if self.stopped or verdict.leak is not None:
+            return "", verdict
+        rest, _ = mask_sensitive(self.raw[self.released :])
+        if FLAG_NEEDS_APPROVAL in verdict.flags:
+            # The held sentence was a promise: send nothing more; the final reply replaces it.
+            return "", verdict
+        self.released = len(self.raw)
+        if rest:
+            self.sent.append(rest)
+        return rest, Verdict("".join(self.sent).strip(), verdict.flags)

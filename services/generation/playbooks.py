@@ -1,0 +1,113 @@
+"""Scenario playbooks: the strategy that works for a recognised customer situation.
+
+`playbooks.yaml` lists the scenarios (refund denied, unavailable product, delivery delay,
+billing dispute, bereavement, fraud fear...). Selection is by cues in the message, weighted
+by the emotion the scenario usually comes with: deterministic, explainable, and a few
+microseconds a turn, so it costs nothing on time to first token.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared.events import EmotionLabel
+
+EMOTION_WEIGHT = 0.5
+"""What a matching emotion adds: less than one cue, so it only breaks ties."""
+HISTORY_WEIGHT = 0.5
+"""A cue in the customer's previous message counts half: the scenario usually continues."""
+
+
+class Playbook(BaseModel):
+    """One scenario and how to handle it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]{1,63}$")
+    title: str
+    cues: list[str] = Field(min_length=1)
+    emotions: list[EmotionLabel] = []
+    strategy: str
+    avoid: list[str] = []
+    topics: str = ""
+    """Words added to the knowledge query when this playbook is chosen."""
+
+
+class PlaybookFile(BaseModel):
+    """The YAML file's shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    playbooks: list[Playbook]
+
+
+def _cue_pattern(cue: str) -> str:
+    """A whole-word regex for a cue; hyphens and spaces interchangeable, `*` any ending."""
+    words = re.split(r"[\s-]+", cue.strip().lower())
+    parts = []
+    for word in words:
+        wildcard = word.endswith("*")
+        # `?` in a cue stands for any one letter (unauthori?ed: -ised and -ized).
+        body = re.escape(word.rstrip("*")).replace(r"\?", r"\w")
+        parts.append(body + (r"\w*" if wildcard else ""))
+    return r"\b" + r"[\s-]+".join(parts) + r"\b"
+
+
+@dataclass(frozen=True)
+class PlaybookMatch:
+    """The chosen playbook and why."""
+
+    playbook: Playbook
+    score: float
+    cues: tuple[str, ...]
+
+
+class PlaybookLibrary:
+    """All playbooks, with a compiled matcher per playbook."""
+
+    def __init__(self, playbooks: Sequence[Playbook]) -> None:
+        ids = [p.id for p in playbooks]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate playbook ids in {ids}")
+        self.playbooks = list(playbooks)
+        self._matchers = [
+            (p, [(cue, re.compile(_cue_pattern(cue), re.IGNORECASE)) for cue in p.cues])
+            for p in playbooks
+        ]
+
+    @classmethod
+    def load(cls, path: Path) -> PlaybookLibrary:
+        """Read and validate a playbook file; a bad file fails start-up, loudly."""
+        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return cls(PlaybookFile.model_validate(raw).playbooks)
+
+    def get(self, playbook_id: str) -> Playbook | None:
+        """A playbook by id."""
+        return next((p for p in self.playbooks if p.id == playbook_id), None)
+
+    def select(
+        self, text: str, emotion: EmotionLabel, previous: str | None = None
+    ) -> PlaybookMatch | None:
+        """The best playbook for this message, or None when no cue matches at all."""
+        best: PlaybookMatch | None = None
+        for playbook, cues in self._matchers:
+            found = [cue for cue, rx in cues if rx.search(text)]
+            score = float(len(found))
+            if previous:
+                score += HISTORY_WEIGHT * sum(1 for _, rx in cues if rx.search(previous))
+            if score == 0:
+                continue
+            if emotion in playbook.emotions:
+                score += EMOTION_WEIGHT
+            # Ties go to the playbook listed first: the file's order is its priority.
+            if best is None or score > best.score:
+                best = PlaybookMatch(playbook, score, tuple(found))
+        return best
