@@ -529,14 +529,7 @@ class IngestAPI:
         except EdgeError as err:
             if err.status < 500:
                 MESSAGES.labels(Channel.WEB.value, "rejected").inc()
-            await ws.send_json(
-                {
-                    "type": "error",
-                    "status": err.status,
-                    "client_message_id": client_message_id,
-                    **err.body(),
-                }
-            )
+            await _send_error(ws, err, client_message_id)
             return
         # To every socket of the conversation, with the text: another tab, or this page
         # after a reload, replays the customer's side of the conversation from the buffer.
@@ -575,14 +568,7 @@ class IngestAPI:
         except EdgeError as err:
             if err.status < 500:
                 FEEDBACK.labels(Channel.WEB.value, "rejected").inc()
-            await ws.send_json(
-                {
-                    "type": "error",
-                    "status": err.status,
-                    "client_message_id": client_message_id,
-                    **err.body(),
-                }
-            )
+            await _send_error(ws, err, client_message_id)
             return
         await ws.send_json(
             {
@@ -704,3 +690,15 @@ class IngestAPI:
         return HTMLResponse(
             WIDGET_DEMO.replace("{key_attr}", key_attr), headers={"Cache-Control": "no-store"}
         )
+
+
+async def _send_error(ws: WebSocket, err: EdgeError, client_message_id: str | None) -> None:
+    """An error frame naming the client message it answers; the socket stays open."""
+    await ws.send_json(
+        {
+            "type": "error",
+            "status": err.status,
+            "client_message_id": client_message_id,
+            **err.body(),
+        }
+    )

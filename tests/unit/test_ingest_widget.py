@@ -8,8 +8,7 @@ tests/integration/test_ingest_resume.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Any, cast
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -19,40 +18,12 @@ from starlette.websockets import WebSocketDisconnect
 from services.ingest.api import IngestAPI
 from services.ingest.delivery import ConnectionHub, parse_frame_id
 from services.ingest.settings import IngestSettings
-from shared.events import Channel, Envelope, FeedbackReceivedEvent
-from shared.kafka import EventBus
+from shared.events import Channel, FeedbackReceivedEvent
 from shared.topics import Topic
+from tests.unit.conftest import RecordingBus
 
 WS_URL = "/v1/conversations/conv-1/ws?customer_id=web-abc"
 FEEDBACK_URL = "/v1/conversations/conv-1/feedback"
-
-
-class RecordingBus:
-    """Stands in for EventBus once the service has started."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[Topic, Envelope]] = []
-
-    async def publish(self, topic: Topic, event: Envelope, *, confirm: bool = True) -> None:
-        self.published.append((topic, event))
-
-
-@pytest.fixture
-def api() -> IngestAPI:
-    return IngestAPI(IngestSettings(), ConnectionHub())
-
-
-@pytest.fixture
-def client(api: IngestAPI) -> Iterator[TestClient]:
-    with TestClient(Starlette(routes=api.routes())) as test_client:
-        yield test_client
-
-
-@pytest.fixture
-def bus(api: IngestAPI) -> RecordingBus:
-    recording = RecordingBus()
-    api.bus = cast(EventBus, recording)
-    return recording
 
 
 # --- script and demo page ---------------------------------------------------------------------
