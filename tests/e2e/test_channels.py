@@ -316,3 +316,22 @@ async def test_a_known_customers_number_is_recognised_on_sms(
         await conn.close()
     assert customer == known, "memory resolves the number to the customer it belongs to"
     assert await provider.wait_for(number, 1), provider.refused
+
+
+async def test_whatsapp_through_twilio_replies_from_the_whatsapp_sender(
+    platform: Platform, provider: ProviderStandIn
+) -> None:
+    dsn = platform.stack.env()["CBD_PG_DSN"]
+    number = new_number()
+    sender = f"whatsapp:{number}"
+    params = {**sms(sender, "Is the blue lamp back in stock?"), "ProfileName": "Sam"}
+    params["To"] = CHANNEL_ENV["CBD_INGEST_TWILIO_WHATSAPP_FROM"]
+    params["WaId"] = number[1:]
+    async with httpx.AsyncClient(base_url=platform.url("ingest"), timeout=15) as http:
+        resp = await twilio_post(http, "/v1/channels/twilio/messages", params)
+        assert resp.status_code == 200, resp.text
+    replies = await provider.wait_for(sender, 1)
+    assert len(replies) == 1, provider.refused
+    assert replies[0].sender == CHANNEL_ENV["CBD_INGEST_TWILIO_WHATSAPP_FROM"]
+    turns = await wait_turns(dsn, "phone:" + number[1:], 1)
+    assert [t["channel"] for t in turns] == ["whatsapp"]
