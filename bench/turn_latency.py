@@ -50,7 +50,8 @@ async def one_conversation(
     """Send turns one after another on one conversation, timing each at the customer."""
     conversation_id = f"bench-{secrets.token_hex(6)}"
     async with websockets.connect(
-        f"{url}/v1/conversations/{conversation_id}/ws?customer_id=b1"
+        # One customer per conversation, as in real traffic (the edge rate-limits per customer).
+        f"{url}/v1/conversations/{conversation_id}/ws?customer_id=b-{conversation_id}"
     ) as ws:
         for text in texts:
             sent = time.perf_counter()
