@@ -8,7 +8,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter
@@ -77,6 +77,8 @@ FEEDBACK = Counter(
 )
 
 _identifier = TypeAdapter(Identifier)
+
+M = TypeVar("M", bound=BaseModel)
 
 DEDUPE_TTL_S = 24 * 3600
 
@@ -374,18 +376,24 @@ class IngestAPI:
         except Refused as err:
             raise EdgeError(err.status, err.error, err.message) from err
 
+    async def _read(self, request: Request, model: type[M], what: str) -> tuple[Caller, str, M]:
+        """Who calls, which conversation, and the JSON body validated as `model`."""
+        caller = self._caller(request)
+        conversation_id = check_identifier(
+            request.path_params["conversation_id"], "conversation_id"
+        )
+        body = await self._json_body(request)
+        try:
+            return caller, conversation_id, model.model_validate(body)
+        except ValidationError as exc:
+            raise invalid(exc, what) from exc
+
     async def post_message(self, request: Request) -> Response:
         """POST /v1/conversations/{conversation_id}/messages."""
         try:
-            caller = self._caller(request)
-            conversation_id = check_identifier(
-                request.path_params["conversation_id"], "conversation_id"
+            caller, conversation_id, incoming = await self._read(
+                request, IncomingMessage, "message"
             )
-            body = await self._json_body(request)
-            try:
-                incoming = IncomingMessage.model_validate(body)
-            except ValidationError as exc:
-                raise invalid(exc, "message") from exc
             accepted = await self.accept(
                 conversation_id,
                 incoming.customer_id,
@@ -635,15 +643,7 @@ class IngestAPI:
     async def post_feedback(self, request: Request) -> Response:
         """POST /v1/conversations/{conversation_id}/feedback: a rating from any channel."""
         try:
-            self._caller(request)
-            conversation_id = check_identifier(
-                request.path_params["conversation_id"], "conversation_id"
-            )
-            body = await self._json_body(request)
-            try:
-                incoming = IncomingFeedback.model_validate(body)
-            except ValidationError as exc:
-                raise invalid(exc, "feedback") from exc
+            _, conversation_id, incoming = await self._read(request, IncomingFeedback, "feedback")
             rated = await self.rate(
                 conversation_id,
                 incoming.customer_id,
