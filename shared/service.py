@@ -20,6 +20,10 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from faststream.kafka import KafkaBroker
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -97,6 +101,20 @@ class ServiceSpec:
     routes: Sequence[BaseRoute] = ()
 
 
+def redis_client(url: str) -> aioredis.Redis:
+    """A Redis client that survives a Redis restart.
+
+    After a restart every pooled connection is dead; without retries (which `from_url` does
+    not set up) the first command on each fails. Retrying connection errors reconnects.
+    """
+    return aioredis.from_url(
+        url,
+        decode_responses=True,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+
+
 async def _retry(what: str, attempt: Callable[[], Awaitable[Any]], timeout_s: float) -> Any:
     """Keep trying a start-up step while its server comes up, then give up loudly."""
     deadline = time.monotonic() + timeout_s
@@ -137,9 +155,7 @@ def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> Starlett
                 if spec.migrations is not None:
                     await db.migrate(infra.pg, spec.name, spec.migrations)
             if spec.uses_redis:
-                infra.redis = aioredis.from_url(
-                    settings.redis.url.get_secret_value(), decode_responses=True
-                )
+                infra.redis = redis_client(settings.redis.url.get_secret_value())
                 stack.push_async_callback(infra.redis.aclose)
                 await _retry("redis", infra.redis.ping, startup_timeout_s)
             await spec.wire(infra, stack)
