@@ -25,6 +25,7 @@ from shared.events import (
     MAX_MESSAGE_CHARS,
     Channel,
     CustomerMessage,
+    Envelope,
     Feedback,
     FeedbackReceivedEvent,
     Identifier,
@@ -305,15 +306,15 @@ class IngestAPI:
                 MESSAGES.labels(channel.value, "duplicate").inc()
                 return earlier
         try:
-            await self.bus.publish(Topic.TURN_RECEIVED, event)
-        except Exception as exc:
+            await self._publish_claimed(
+                Topic.TURN_RECEIVED,
+                event,
+                claim,
+                "the message could not be queued; please retry",
+            )
+        except EdgeError:
             MESSAGES.labels(channel.value, "broker_error").inc()
-            log.exception("could not publish turn.received")
-            if claim is not None and self.redis is not None:
-                await self.redis.delete(claim)
-            raise EdgeError(
-                503, "unavailable", "the message could not be queued; please retry"
-            ) from exc
+            raise
         MESSAGES.labels(channel.value, "accepted").inc()
         return accepted
 
@@ -327,17 +328,8 @@ class IngestAPI:
                 "trace_id": accepted.trace_id,
             }
         )
-        try:
-            if await self.redis.set(key, value, nx=True, ex=DEDUPE_TTL_S):
-                return None
-            earlier = await self.redis.get(key)
-        except Exception:
-            # Without Redis a resend may become a second turn; refusing the message is worse.
-            log.warning("deduplication unavailable; accepting without it", exc_info=True)
-            return None
-        if earlier is None:
-            return None
-        return Accepted(**json.loads(earlier), duplicate=True)
+        earlier = await self._claim_once(key, value)
+        return None if earlier is None else Accepted(**json.loads(earlier), duplicate=True)
 
     @staticmethod
     def _turn_event(
@@ -616,17 +608,30 @@ class IngestAPI:
                 FEEDBACK.labels(channel.value, "duplicate").inc()
                 return Rated(event_id=earlier, duplicate=True)
         try:
-            await self.bus.publish(Topic.FEEDBACK_RECEIVED, event)
-        except Exception as exc:
+            await self._publish_claimed(
+                Topic.FEEDBACK_RECEIVED,
+                event,
+                claim,
+                "the rating could not be recorded; please retry",
+            )
+        except EdgeError:
             FEEDBACK.labels(channel.value, "broker_error").inc()
-            log.exception("could not publish feedback.received")
-            if claim is not None and self.redis is not None:
-                await self.redis.delete(claim)
-            raise EdgeError(
-                503, "unavailable", "the rating could not be recorded; please retry"
-            ) from exc
+            raise
         FEEDBACK.labels(channel.value, "accepted").inc()
         return Rated(event_id=str(event.event_id))
+
+    async def _publish_claimed(
+        self, topic: Topic, event: Envelope, claim: str | None, refusal: str
+    ) -> None:
+        """Publish; on failure release the client message id, so the client's retry is new."""
+        assert self.bus is not None
+        try:
+            await self.bus.publish(topic, event)
+        except Exception as exc:
+            log.exception("could not publish %s", topic.value)
+            if claim is not None and self.redis is not None:
+                await self.redis.delete(claim)
+            raise EdgeError(503, "unavailable", refusal) from exc
 
     async def _claim_once(self, key: str, value: str) -> str | None:
         """Set `key` unless it exists; return the earlier value when it did."""
@@ -636,6 +641,7 @@ class IngestAPI:
                 return None
             earlier = await self.redis.get(key)
         except Exception:
+            # Without Redis a resend may be taken twice; refusing the customer is worse.
             log.warning("deduplication unavailable; accepting without it", exc_info=True)
             return None
         return None if earlier is None else str(earlier)

@@ -23,6 +23,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from cbd.runtime import Platform
+from tests.e2e.test_chat_page import wait_for_turns
 
 pytestmark = pytest.mark.e2e
 
@@ -103,24 +104,6 @@ async def widget_page(browser: Browser, platform: Platform) -> AsyncIterator[Pag
 async def widget_state(page: Page) -> dict[str, Any]:
     state: dict[str, Any] = await page.evaluate("() => window.__cbdWidget.state()")
     return state
-
-
-async def stored_turns(dsn: str, conversation_id: str, timeout_s: float = 15.0) -> list[Any]:
-    """The conversation's stored turns, once a customer and a bot row are both there."""
-    deadline = time.monotonic() + timeout_s
-    conn = await asyncpg.connect(dsn)
-    try:
-        while True:
-            rows = await conn.fetch(
-                "SELECT role, text FROM memory.turns WHERE conversation_id = $1 "
-                "ORDER BY occurred_at",
-                conversation_id,
-            )
-            if {"customer", "bot"} <= {r["role"] for r in rows} or time.monotonic() > deadline:
-                return list(rows)
-            await asyncio.sleep(0.2)
-    finally:
-        await conn.close()
 
 
 async def audited_feedback(dsn: str, conversation_id: str, timeout_s: float = 20.0) -> list[Any]:
@@ -228,7 +211,7 @@ async def test_widget_streams_survives_a_drop_mid_reply_resumes_and_sends_the_ra
 
     # ...and it is exactly the reply stored for the turn.
     conversation_id = state["conversationId"]
-    turns = await stored_turns(dsn, conversation_id)
+    turns = await wait_for_turns(dsn, conversation_id, timeout_s=15.0)
     assert [(t["role"], t["text"]) for t in turns] == [("customer", message), ("bot", final_text)]
 
     await page.screenshot(path=tmp_path / "widget-chat.png")
