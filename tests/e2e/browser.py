@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-from playwright.async_api import Page
+from playwright.async_api import Browser, Page
 
 
 async def type_and_send(page: Page, text: str) -> float:
@@ -15,3 +17,30 @@ async def type_and_send(page: Page, text: str) -> float:
     sent_at = time.monotonic()
     await box.press("Enter")
     return sent_at
+
+
+@asynccontextmanager
+async def fresh_page(
+    browser: Browser,
+    url: str,
+    *,
+    init_script: str | None = None,
+    width: int = 1000,
+    height: int = 800,
+) -> AsyncIterator[Page]:
+    """A page in a fresh browser context (own storage: a new visitor) at `url`.
+
+    Fails the test if the page raised a JavaScript error while it was in use.
+    """
+    context = await browser.new_context(viewport={"width": width, "height": height})
+    if init_script is not None:
+        await context.add_init_script(init_script)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    try:
+        await page.goto(url)
+        yield page
+        assert not errors, f"JavaScript errors on {url}: {errors}"
+    finally:
+        await context.close()

@@ -19,7 +19,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from cbd.runtime import Platform
-from tests.e2e.browser import type_and_send
+from tests.e2e.browser import fresh_page, type_and_send
 
 pytestmark = pytest.mark.e2e
 
@@ -85,21 +85,14 @@ FINAL_SYSTEM_NOTICE_JS = """
 @pytest.fixture
 async def chat_page(browser: Browser, platform: Platform) -> AsyncIterator[Page]:
     """A fresh browser context (own storage, so its own conversation) on the chat page."""
-    context = await browser.new_context(viewport={"width": 900, "height": 760})
-    await context.add_init_script(RECORDER_JS)
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
-        await page.goto(platform.url("ingest") + "/")
+    async with fresh_page(
+        browser, platform.url("ingest") + "/", init_script=RECORDER_JS, width=900, height=760
+    ) as page:
         await expect(page.locator("#status")).to_have_attribute(
             "data-state", "connected", timeout=15_000
         )
         await expect(page.locator("#status")).to_have_text("connected")
         yield page
-        assert not errors, f"JavaScript errors on the chat page: {errors}"
-    finally:
-        await context.close()
 
 
 async def bubble_history(page: Page) -> dict[str, Any]:

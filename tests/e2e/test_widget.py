@@ -23,6 +23,7 @@ import pytest
 from playwright.async_api import Browser, Page, expect
 
 from cbd.runtime import Platform
+from tests.e2e.browser import fresh_page
 from tests.e2e.test_chat_page import wait_for_turns
 
 pytestmark = pytest.mark.e2e
@@ -87,18 +88,10 @@ FINAL_BOT_REPLY_JS = """
 @pytest.fixture
 async def widget_page(browser: Browser, platform: Platform) -> AsyncIterator[Page]:
     """A fresh browser context (own storage: a new visitor) on the widget's demo host page."""
-    context = await browser.new_context(viewport={"width": 1000, "height": 800})
-    await context.add_init_script(RECORDER_JS)
-    page = await context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    try:
-        await page.goto(platform.url("ingest") + "/widget-demo")
+    url = platform.url("ingest") + "/widget-demo"
+    async with fresh_page(browser, url, init_script=RECORDER_JS) as page:
         await expect(page.locator(".launcher")).to_be_visible()
         yield page
-        assert not errors, f"JavaScript errors on the host page: {errors}"
-    finally:
-        await context.close()
 
 
 async def widget_state(page: Page) -> dict[str, Any]:

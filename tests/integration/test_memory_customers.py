@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from pydantic import SecretStr
 
 from services.memory.context import ContextAssembler, ContextLimits
 from services.memory.customers import CustomerStore, TurnFacts
@@ -17,11 +14,8 @@ from services.memory.embedding import MiniLmEmbedder
 from services.memory.extraction import RuleExtractor
 from shared import db
 from shared.events import EmotionAnalysis, EmotionLabel, HistoryTurn, Role, utcnow
-from shared.settings import PostgresSettings
 
 pytestmark = pytest.mark.integration
-
-MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "memory" / "migrations"
 
 
 @pytest.fixture(scope="module")
@@ -35,23 +29,15 @@ def extractor(embedder: MiniLmEmbedder) -> RuleExtractor:
 
 
 @pytest.fixture
-async def pool(fresh_db: str) -> AsyncIterator[db.Pool]:
-    p = await db.create_pool(PostgresSettings(dsn=SecretStr(fresh_db)))
-    await db.migrate(p, "memory", MIGRATIONS)
-    yield p
-    await p.close()
-
-
-@pytest.fixture
 def prefix() -> str:
     return f"it-{uuid.uuid4().hex[:6]}:"
 
 
 @pytest.fixture
 def store(
-    pool: db.Pool, redis_client: aioredis.Redis, embedder: MiniLmEmbedder, prefix: str
+    memory_pool: db.Pool, redis_client: aioredis.Redis, embedder: MiniLmEmbedder, prefix: str
 ) -> CustomerStore:
-    return CustomerStore(pool, redis_client, embedder, key_prefix=prefix)
+    return CustomerStore(memory_pool, redis_client, embedder, key_prefix=prefix)
 
 
 def emotion(label: EmotionLabel = EmotionLabel.NEUTRAL, sentiment: float = 0.0) -> EmotionAnalysis:
@@ -155,7 +141,7 @@ async def test_linking_a_phone_merges_what_it_said_into_the_known_customer(
 
 
 async def test_context_recalls_the_relevant_memory_within_budget(
-    store: CustomerStore, extractor: RuleExtractor, pool: db.Pool
+    store: CustomerStore, extractor: RuleExtractor, memory_pool: db.Pool
 ) -> None:
     customer = await store.resolve(f"cust-{uuid.uuid4().hex[:8]}")
     for text in (
@@ -177,7 +163,7 @@ async def test_context_recalls_the_relevant_memory_within_budget(
         mood=emotion(EmotionLabel.FRUSTRATION, -0.7),
         days_ago=3,
     )
-    assembler = ContextAssembler(pool, ContextLimits(token_budget=700))
+    assembler = ContextAssembler(memory_pool, ContextLimits(token_budget=700))
     query = "Could you suggest a reusable water bottle?"
     rows = await assembler.fetch(customer, "new", store.embedder.embed([query])[0])
     recent = [HistoryTurn(role=Role.CUSTOMER, text="hello " * 40, at=utcnow())] * 30
@@ -193,19 +179,19 @@ async def test_context_recalls_the_relevant_memory_within_budget(
     assert context.token_estimate <= 700
     assert 0 < len(context.recent_turns) < 30, "the budget must cut the oldest turns"
 
-    small = ContextAssembler(pool, ContextLimits(token_budget=60)).build(
+    small = ContextAssembler(memory_pool, ContextLimits(token_budget=60)).build(
         rows, recent=recent, source="cache", now=utcnow()
     )
     assert small.token_estimate <= 60
     assert not small.recent_turns
 
 
-async def test_withdrawn_consent_stops_recall(store: CustomerStore, pool: db.Pool) -> None:
+async def test_withdrawn_consent_stops_recall(store: CustomerStore, memory_pool: db.Pool) -> None:
     customer = await store.resolve(f"cust-{uuid.uuid4().hex[:8]}")
     await say(store, RuleExtractor(), customer, "c", "I prefer eco-friendly products")
     await store.update_profile(customer, {"consent": {"personalisation": False}, "tier": "gold"})
     assert not await store.personalisation_allowed(customer)
-    assembler = ContextAssembler(pool)
+    assembler = ContextAssembler(memory_pool)
     rows = await assembler.fetch(
         customer, "c2", store.embedder.embed(["any ideas?"])[0], recall=False
     )

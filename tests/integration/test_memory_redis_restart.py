@@ -9,12 +9,11 @@ from __future__ import annotations
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
 
 from cbd.procs import free_port, tcp_open
 from cbd.stack import redis_server_binary
@@ -35,11 +34,8 @@ from shared.events import (
     utcnow,
 )
 from shared.service import redis_client
-from shared.settings import PostgresSettings
 
 pytestmark = pytest.mark.integration
-
-MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "memory" / "migrations"
 
 
 class OwnRedis:
@@ -77,22 +73,14 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     server.kill()
 
 
-@pytest.fixture
-async def pool(fresh_db: str) -> AsyncIterator[db.Pool]:
-    p = await db.create_pool(PostgresSettings(dsn=SecretStr(fresh_db)))
-    await db.migrate(p, "memory", MIGRATIONS)
-    yield p
-    await p.close()
-
-
 async def test_memory_keeps_working_across_a_redis_restart(
-    own_redis: OwnRedis, pool: db.Pool
+    own_redis: OwnRedis, memory_pool: db.Pool
 ) -> None:
     # The client the services use (shared.service), with its reconnecting retries.
     redis = redis_client(f"redis://127.0.0.1:{own_redis.port}/0")
     embedder = MiniLmEmbedder()
-    turns = TurnStore(pool, redis, key_prefix="t:", keep=4, ttl_s=60)
-    customers = CustomerStore(pool, redis, embedder, key_prefix="t:")
+    turns = TurnStore(memory_pool, redis, key_prefix="t:", keep=4, ttl_s=60)
+    customers = CustomerStore(memory_pool, redis, embedder, key_prefix="t:")
     known, phone = f"cust-{uuid.uuid4().hex[:6]}", "phone:447700900555"
     conversation = f"conv-{uuid.uuid4().hex[:6]}"
     await customers.link(known, phone)
@@ -136,7 +124,7 @@ async def test_memory_keeps_working_across_a_redis_restart(
     assert source == "database"
     assert [t.text for t in recent] == ["turn 0", "turn 1", "turn 2"]
     assert (await turns.recent(conversation))[1] == "cache"
-    assembler = ContextAssembler(pool)
+    assembler = ContextAssembler(memory_pool)
     rows = await assembler.fetch(known, "next", embedder.embed(["any water bottles?"])[0])
     context = assembler.build(rows, recent=recent, source=source, now=utcnow())
     assert "Prefers eco-friendly products" in [m.text for m in context.memories]
