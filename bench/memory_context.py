@@ -35,10 +35,10 @@ from bench.turn_latency import summary
 from cbd.procs import free_port
 from cbd.stack import EmbeddedStack, StackPorts
 from services.memory.context import ContextAssembler
-from services.memory.embedding import DIMENSIONS, MiniLmEmbedder, to_pgvector
 from services.memory.evaluation import load_cases
 from services.memory.turns import TurnStore
 from shared import db
+from shared.embedding import DIMENSIONS, MiniLmEmbedder, to_pgvector
 from shared.events import HistoryTurn, Role, utcnow
 from shared.settings import PostgresSettings
 

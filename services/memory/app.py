@@ -11,11 +11,11 @@ from starlette.applications import Starlette
 from services.memory.api import CustomerAPI
 from services.memory.context import ContextAssembler, ContextLimits
 from services.memory.customers import CustomerStore
-from services.memory.embedding import MiniLmEmbedder
 from services.memory.extraction import LlmExtractor, RuleExtractor
 from services.memory.handlers import MemoryHandlers
 from services.memory.settings import MemorySettings
 from services.memory.turns import TurnStore
+from shared.embedding import MiniLmEmbedder
 from shared.events import ReplyGeneratedEvent, TurnAnalyzedEvent
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic

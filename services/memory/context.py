@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from services.memory.embedding import to_pgvector
 from services.memory.turns import ContextSource
 from shared.db import Pool
+from shared.embedding import to_pgvector
 from shared.events import (
     ConversationContext,
     CustomerProfile,

@@ -15,9 +15,9 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
 
-from services.memory.embedding import Embedder, to_pgvector
 from services.memory.extraction import Extraction, IssueRaised, IssueResolved, Learned
 from shared.db import Pool
+from shared.embedding import Embedder, to_pgvector
 from shared.events import EmotionAnalysis
 
 IDENTITY_KINDS = ("phone", "whatsapp", "email", "web", "sms", "voice")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from services.memory.embedding import Embedder
+from shared.embedding import Embedder
 
 RECALL_SET = Path(__file__).parent / "data" / "recall.jsonl"
 

@@ -19,7 +19,7 @@ from typing import Literal
 import httpx
 import numpy as np
 
-from services.memory.embedding import Embedder
+from shared.embedding import Embedder
 from shared.events import MemoryKind
 
 log = logging.getLogger(__name__)

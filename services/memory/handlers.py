@@ -11,9 +11,9 @@ from prometheus_client import Counter, Histogram
 
 from services.memory.context import ContextAssembler
 from services.memory.customers import CustomerStore, TurnFacts
-from services.memory.embedding import Embedder
 from services.memory.extraction import LlmExtractor, RuleExtractor
 from services.memory.turns import StoredTurn, TurnStore
+from shared.embedding import Embedder
 from shared.events import (
     ReplyGeneratedEvent,
     Role,

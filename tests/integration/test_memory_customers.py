@@ -10,9 +10,9 @@ import redis.asyncio as aioredis
 
 from services.memory.context import ContextAssembler, ContextLimits
 from services.memory.customers import CustomerStore, TurnFacts
-from services.memory.embedding import MiniLmEmbedder
 from services.memory.extraction import RuleExtractor
 from shared import db
+from shared.embedding import MiniLmEmbedder
 from shared.events import EmotionAnalysis, EmotionLabel, HistoryTurn, Role, utcnow
 
 pytestmark = pytest.mark.integration

