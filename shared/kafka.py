@@ -17,10 +17,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.security import (
+    BaseSecurity,
+    SASLPlaintext,
+    SASLScram256,
+    SASLScram512,
+)
 from pydantic import ValidationError
 
 from shared import metrics
@@ -48,10 +55,44 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def client_security(settings: KafkaSettings) -> dict[str, Any]:
+    """aiokafka's connection-security arguments (TLS, SASL) for plain aiokafka clients."""
+    if settings.security_protocol == "PLAINTEXT":
+        return {}
+    kwargs: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    if settings.security_protocol.endswith("SSL"):
+        kwargs["ssl_context"] = create_ssl_context(cafile=settings.ssl_cafile)
+    if settings.security_protocol.startswith("SASL_"):
+        assert settings.sasl_password is not None  # KafkaSettings refuses SASL without one
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        kwargs["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return kwargs
+
+
+def broker_security(settings: KafkaSettings) -> BaseSecurity | None:
+    """The same connection security as FastStream's security object (None: plaintext)."""
+    if settings.security_protocol == "PLAINTEXT":
+        return None
+    tls = settings.security_protocol.endswith("SSL")
+    context = create_ssl_context(cafile=settings.ssl_cafile) if tls else None
+    if not settings.security_protocol.startswith("SASL_"):
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    assert settings.sasl_username is not None and settings.sasl_password is not None
+    sasl = {"SCRAM-SHA-512": SASLScram512, "SCRAM-SHA-256": SASLScram256, "PLAIN": SASLPlaintext}
+    return sasl[settings.sasl_mechanism](
+        username=settings.sasl_username,
+        password=settings.sasl_password.get_secret_value(),
+        ssl_context=context,
+        use_ssl=tls,
+    )
+
+
 def make_broker(settings: KafkaSettings, client_id: str) -> KafkaBroker:
     """A broker connection for one service process."""
     return KafkaBroker(
         settings.bootstrap_servers,
+        security=broker_security(settings),
         client_id=client_id,
         request_timeout_ms=settings.request_timeout_ms,
         # Idempotent producers need InitProducerId, which the embedded broker lacks; duplicates
@@ -67,6 +108,7 @@ async def ensure_topics(settings: KafkaSettings, topics: tuple[Topic, ...] = ALL
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers,
         request_timeout_ms=settings.request_timeout_ms,
+        **client_security(settings),
     )
     await admin.start()
     try:

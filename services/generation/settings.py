@@ -2,6 +2,7 @@
 
 import secrets
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -21,6 +22,8 @@ class GenerationSettings(ServiceSettings):
     """How the generation service runs and which LLM it talks to."""
 
     model_config = SettingsConfigDict(env_prefix="CBD_GENERATION_", extra="ignore")
+
+    uses_postgres: ClassVar[bool] = False
 
     port: int = 8004
     llm_base_url: str = "http://127.0.0.1:8090/v1"

@@ -1,6 +1,6 @@
 """Ingest service settings (env prefix `CBD_INGEST_`)."""
 
-from typing import Self
+from typing import ClassVar, Self
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
@@ -24,6 +24,8 @@ class IngestSettings(ServiceSettings):
     """How the ingest service runs."""
 
     model_config = SettingsConfigDict(env_prefix="CBD_INGEST_", extra="ignore")
+
+    uses_postgres: ClassVar[bool] = False
 
     port: int = 8000
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
