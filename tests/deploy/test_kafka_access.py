@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cbd.deadletter import REPLAY_GROUP
 from cbd.serve import SERVICES
 from shared.topics import ALL_TOPICS, Topic
 
@@ -115,7 +116,7 @@ def test_each_service_user_has_exactly_its_topics(rendered: dict[str, list[Doc]]
     users = {
         d["metadata"]["name"]: d for d in rendered["overlays/prod"] if d["kind"] == "KafkaUser"
     }
-    assert set(users) == {f"cbd-{s}" for s in SERVICES}
+    assert set(users) == {f"cbd-{s}" for s in SERVICES} | {"cbd-ops"}
     for service in SERVICES:
         code = code_access(service)
         assert code.unclassified == [], f"{service}: topic uses neither read nor written"
@@ -128,6 +129,21 @@ def test_each_service_user_has_exactly_its_topics(rendered: dict[str, list[Doc]]
         assert users[f"cbd-{service}"]["spec"]["authentication"]["type"] == "scram-sha-512"
 
 
+def test_the_operators_user_can_replay_dead_letters_and_nothing_more(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    user = next(
+        d
+        for d in rendered["overlays/prod"]
+        if d["kind"] == "KafkaUser" and d["metadata"]["name"] == "cbd-ops"
+    )
+    access, groups = acl_access(user)
+    assert access.consumes == {Topic.DEAD_LETTER.value}
+    # A letter goes back to the topic it came from: any platform topic but the letters' own.
+    assert access.produces == {t.value for t in ALL_TOPICS} - {Topic.DEAD_LETTER.value}
+    assert groups == {(REPLAY_GROUP, "literal")}
+
+
 def test_only_memory_may_announce_an_erasure(rendered: dict[str, list[Doc]]) -> None:
     writers = {
         d["metadata"]["name"]
@@ -135,4 +151,5 @@ def test_only_memory_may_announce_an_erasure(rendered: dict[str, list[Doc]]) -> 
         if d["kind"] == "KafkaUser"
         and "customer.erased" in acl_access(d)[0].produces
     }
-    assert writers == {"cbd-memory"}
+    # The operators' replay user may put back a dead-lettered erasure, nothing new.
+    assert writers == {"cbd-memory", "cbd-ops"}
