@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.helpers import create_ssl_context
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
@@ -78,7 +78,8 @@ def broker_security(settings: KafkaSettings) -> BaseSecurity | None:
     context = create_ssl_context(cafile=settings.ssl_cafile) if tls else None
     if not settings.security_protocol.startswith("SASL_"):
         return BaseSecurity(ssl_context=context, use_ssl=True)
-    assert settings.sasl_username is not None and settings.sasl_password is not None
+    assert settings.sasl_username is not None
+    assert settings.sasl_password is not None
     sasl = {"SCRAM-SHA-512": SASLScram512, "SCRAM-SHA-256": SASLScram256, "PLAIN": SASLPlaintext}
     return sasl[settings.sasl_mechanism](
         username=settings.sasl_username,

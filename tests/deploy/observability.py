@@ -116,14 +116,15 @@ def unscoped_selectors(expr: str) -> list[str]:
     scoped = _GRAFANA_DURATIONS.sub("5m", expr)
 
     def visit(node: promql_parser.Expr) -> None:
-        if isinstance(node, promql_parser.VectorSelector) and node.name:
-            if not any(
-                m.name == "namespace"
-                and m.op == promql_parser.MatchOp.Re
-                and m.value == NAMESPACE_MATCHER
-                for m in node.matchers.matchers
-            ):
-                found.append(node.name)
+        if not isinstance(node, promql_parser.VectorSelector) or not node.name:
+            return
+        if not any(
+            m.name == "namespace"
+            and m.op == promql_parser.MatchOp.Re
+            and m.value == NAMESPACE_MATCHER
+            for m in node.matchers.matchers
+        ):
+            found.append(node.name)
 
     promql_parser.walk(promql_parser.parse(scoped), visit)
     return found

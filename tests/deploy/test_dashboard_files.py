@@ -19,9 +19,9 @@ from tests.deploy.observability import (
     dashboard_queries,
     grafana_to_promql,
     load_dashboards,
-    unscoped_selectors,
     metric_names,
     unknown_metrics,
+    unscoped_selectors,
 )
 
 SCHEMA = DEPLOY / "grafana" / "dashboard.schema.json"
@@ -96,7 +96,8 @@ def test_every_query_is_scoped_to_the_chosen_namespaces(name: str) -> None:
     variables = {v["name"]: v for v in board["templating"]["list"]}
     namespace = variables["namespace"]
     assert namespace["datasource"]["uid"] == "${datasource}"
-    assert namespace["includeAll"] and namespace["allValue"] == ".*"
+    assert namespace["includeAll"]
+    assert namespace["allValue"] == ".*"
     for query in dashboard_queries(name, board):
         unscoped = unscoped_selectors(query.expr)
         assert unscoped == [], f"{query.where}: selectors without the namespace variable"

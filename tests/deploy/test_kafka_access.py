@@ -11,12 +11,19 @@ classified, so a new way of publishing cannot slip past the ACLs unseen.
 from __future__ import annotations
 
 import ast
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+from faststream.security import SASLScram512
+from pydantic import SecretStr, ValidationError
+
 from cbd.deadletter import REPLAY_GROUP
 from cbd.serve import SERVICES
+from shared.kafka import broker_security, client_security, make_broker
+from shared.settings import KafkaSettings
 from shared.topics import ALL_TOPICS, Topic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -148,8 +155,35 @@ def test_only_memory_may_announce_an_erasure(rendered: dict[str, list[Doc]]) -> 
     writers = {
         d["metadata"]["name"]
         for d in rendered["overlays/prod"]
-        if d["kind"] == "KafkaUser"
-        and "customer.erased" in acl_access(d)[0].produces
+        if d["kind"] == "KafkaUser" and "customer.erased" in acl_access(d)[0].produces
     }
     # The operators' replay user may put back a dead-lettered erasure, nothing new.
     assert writers == {"cbd-memory", "cbd-ops"}
+
+
+def test_the_services_speak_tls_and_scram_when_the_manifests_say_so() -> None:
+    # What cbd-config and each service's ConfigMap set (tests/deploy/test_production_settings
+    # loads them); here, that the clients are built with it rather than ignoring it.
+    settings = KafkaSettings(
+        bootstrap_servers="cbd-kafka-kafka-bootstrap.care-by-design.svc:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="cbd-emotion",
+        sasl_password=SecretStr("s" * 64),
+    )
+    kwargs = client_security(settings)
+    assert kwargs["security_protocol"] == "SASL_SSL"
+    assert kwargs["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert kwargs["sasl_plain_username"] == "cbd-emotion"
+    assert isinstance(kwargs["ssl_context"], ssl.SSLContext)
+    security = broker_security(settings)
+    assert isinstance(security, SASLScram512)
+    assert security.use_ssl is True
+    assert isinstance(
+        make_broker(settings, client_id="cbd-emotion").specification.security, SASLScram512
+    )
+    # Plaintext stays the embedded default; SASL without a password is refused up front.
+    assert client_security(KafkaSettings()) == {}
+    assert broker_security(KafkaSettings()) is None
+    with pytest.raises(ValidationError):
+        KafkaSettings(security_protocol="SASL_SSL", sasl_username="cbd-emotion")

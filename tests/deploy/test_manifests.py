@@ -17,6 +17,7 @@ from shared.topics import ALL_TOPICS
 from tests.deploy.conftest import OVERLAYS, render, tool
 from tests.deploy.crds import groups, schemas
 from tests.deploy.observability import DEPLOY
+from tests.deploy.test_production_settings import settings_class
 from tests.deploy.workload_env import PLACEHOLDER, SECRETS_EXAMPLE
 
 K8S_VERSION = "1.31"
@@ -85,7 +86,10 @@ def test_schema_check_rejects_a_broken_resource(rendered: dict[str, list[Doc]]) 
     assert schema_errors({**topic, "apiVersion": "kafka.strimzi.io/v1beta2"}) is not None
     user = of_kind(rendered["base"], "KafkaUser")["cbd-audit"]
     acl = {**user["spec"]["authorization"]["acls"][0], "operation": "Read"}
-    broken_user = {**user, "spec": {**user["spec"], "authorization": {"type": "simple", "acls": [acl]}}}
+    broken_user = {
+        **user,
+        "spec": {**user["spec"], "authorization": {"type": "simple", "acls": [acl]}},
+    }
     assert schema_errors(broken_user) is not None
 
 
@@ -206,9 +210,10 @@ def test_vllm_runs_as_a_known_user_and_keeps_capacity(rendered: dict[str, list[D
         assert "--enable-prefix-caching" in " ".join(c["args"])
         env = of_kind(docs, "ConfigMap")["cbd-vllm"]["data"]
         # An unknown uid has no passwd entry: USER and HOME stand in, caches are writable.
-        assert env["USER"] and env["HOME"].startswith("/tmp/")
-        for cache in ("HF_HOME", "VLLM_CACHE_ROOT", "XDG_CACHE_HOME", "TRITON_CACHE_DIR"):
-            assert env[cache].startswith(("/tmp/", "/models/")), cache
+        writable = {m["mountPath"] for m in c["volumeMounts"] if m["name"] != "shm"}
+        assert env["USER"]
+        for path in ("HOME", "HF_HOME", "VLLM_CACHE_ROOT", "XDG_CACHE_HOME", "TRITON_CACHE_DIR"):
+            assert any(env[path].startswith(f"{m}/") for m in writable), path
         strategy = vllm["spec"]["strategy"]
         assert strategy["type"] == "RollingUpdate"
         assert strategy["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
@@ -391,8 +396,6 @@ def test_ingress_serves_the_edge_and_console_over_tls(rendered: dict[str, list[D
 def test_network_policies_follow_what_each_service_uses(rendered: dict[str, list[Doc]]) -> None:
     # Derived from the settings classes: a service reaches PostgreSQL or Redis if and only if
     # its settings use them.
-    from tests.deploy.test_production_settings import settings_class
-
     policies = of_kind(rendered["overlays/prod"], "NetworkPolicy")
 
     def selected(policy: str) -> set[str]:

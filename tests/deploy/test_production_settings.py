@@ -161,9 +161,7 @@ def test_service_starts_from_the_compose_file(service: str) -> None:
 
 
 @pytest.mark.parametrize("service", SERVICES)
-def test_the_check_fails_without_the_secrets(
-    rendered: dict[str, list[Doc]], service: str
-) -> None:
+def test_the_check_fails_without_the_secrets(rendered: dict[str, list[Doc]], service: str) -> None:
     # The same environment less everything that came from a Secret: production must refuse it,
     # or the check above could pass on defaults.
     _, _, env = pod_environments(rendered["overlays/prod"])[service]
@@ -177,7 +175,9 @@ def test_a_missing_secret_key_is_caught(rendered: dict[str, list[Doc]]) -> None:
     namespace = "care-by-design"
     store = cluster_secrets(docs, namespace)
     store["cbd-memory-secrets"].pop("CBD_MEMORY_ADMIN_TOKEN")
-    deployment = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "memory")
+    deployment = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "memory"
+    )
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     env = container_env(docs, container, namespace, store)
     with pytest.raises((ValidationError, pytest.fail.Exception)):

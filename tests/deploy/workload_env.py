@@ -179,21 +179,25 @@ def container_env(
         if "value" in item or "valueFrom" not in item:
             env[name] = Value(_expand(str(item.get("value", "")), env), False, "literal")
             continue
-        source = item["valueFrom"]
-        text: str | None
-        if "secretKeyRef" in source:
-            text = _ref(store, source["secretKeyRef"], "secretKeyRef")
-            secret, where = True, source["secretKeyRef"]["name"]
-        elif "configMapKeyRef" in source:
-            text = _ref(maps, source["configMapKeyRef"], "configMapKeyRef")
-            secret, where = False, source["configMapKeyRef"]["name"]
-        elif source.get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
-            text, secret, where = namespace, False, "fieldRef"
-        else:
-            text, secret, where = "downward-api-value", False, "fieldRef"
-        if text is not None:
-            env[name] = Value(text, secret, where)
+        value = _value_from(item["valueFrom"], maps, store, namespace)
+        if value is not None:
+            env[name] = value
     return env
+
+
+def _value_from(
+    source: Doc, maps: dict[str, dict[str, str]], store: dict[str, dict[str, str]], namespace: str
+) -> Value | None:
+    """One `valueFrom`, resolved; None for an optional reference to nothing."""
+    if "secretKeyRef" in source:
+        text = _ref(store, source["secretKeyRef"], "secretKeyRef")
+        return None if text is None else Value(text, True, source["secretKeyRef"]["name"])
+    if "configMapKeyRef" in source:
+        text = _ref(maps, source["configMapKeyRef"], "configMapKeyRef")
+        return None if text is None else Value(text, False, source["configMapKeyRef"]["name"])
+    if source.get("fieldRef", {}).get("fieldPath") == "metadata.namespace":
+        return Value(namespace, False, "fieldRef")
+    return Value("downward-api-value", False, "fieldRef")
 
 
 def mounted_files(pod: Doc, container: Doc, store: dict[str, dict[str, str]]) -> set[str]:
@@ -220,8 +224,8 @@ _INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*
 def compose_example_env() -> dict[str, str]:
     """The example `.env` for compose, placeholders filled."""
     values = {}
-    for line in COMPOSE_ENV_EXAMPLE.read_text().splitlines():
-        line = line.strip()
+    for raw in COMPOSE_ENV_EXAMPLE.read_text().splitlines():
+        line = raw.strip()
         if line and not line.startswith("#"):
             key, _, value = line.partition("=")
             values[key.strip()] = fill(value.strip().strip("'"))
