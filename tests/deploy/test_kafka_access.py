@@ -78,7 +78,7 @@ def code_access(service: str) -> Access:
                 continue
             classified.add(id(node.args[0]))
         for node in ast.walk(tree):
-            if _topic(node) is not None and id(node) not in classified and not reads_all:
+            if isinstance(node, ast.Attribute) and _topic(node) and id(node) not in classified:
                 access.unclassified.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     if reads_all:
         # audit: one group over every topic; it stores what it reads and publishes nothing.

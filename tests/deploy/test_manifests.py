@@ -106,8 +106,8 @@ def test_kustomize_refuses_a_missing_resource(tmp_path: Any) -> None:
 def test_each_service_has_its_full_set(rendered: dict[str, list[Doc]], target: str) -> None:
     docs = rendered[target]
     for kind in ("Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", "KafkaUser"):
-        names = {n.removeprefix("cbd-") for n in of_kind(docs, kind)}
-        assert set(SERVICES) <= names, kind
+        present = {n.removeprefix("cbd-") for n in of_kind(docs, kind)}
+        assert set(SERVICES) <= present, kind
     assert {f"cbd-{s}" for s in SERVICES} <= set(of_kind(docs, "ConfigMap"))
     names = Counter((d["kind"], d["metadata"]["name"]) for d in docs)
     assert [k for k, n in names.items() if n > 1] == []
