@@ -12,12 +12,14 @@ what it proves is what a pod or a compose container would see at start-up:
   interpolated from the example env file, as `docker compose` does with a filled-in `.env`.
 
 Every placeholder (`CHANGE_ME`) is replaced by a fresh value of 48 random URL-safe bytes, so a
-rule that wants long random production secrets sees what an operator following the docs gives.
+rule that wants long random production secrets sees what an operator following the docs gives;
+`CHANGE_ME_TO_AN_ARGON2_HASH` (agents' passwords) by an argon2id hash of such a value.
 """
 
 from __future__ import annotations
 
 import base64
+import importlib
 import re
 import secrets
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_ENV_EXAMPLE = ROOT / "deploy" / "compose.env.example"
 
 PLACEHOLDER = "CHANGE_ME"
+HASH_PLACEHOLDER = "CHANGE_ME_TO_AN_ARGON2_HASH"
 
 Doc = dict[str, Any]
 
@@ -55,8 +58,22 @@ def random_secret() -> str:
     return secrets.token_urlsafe(48)
 
 
+def password_hash() -> str:
+    """What the docs tell operators to store for an agent: an argon2id hash of a password.
+
+    Where argon2-cffi is not installed, the settings do not ask for hashes either, and a
+    random secret stands in.
+    """
+    try:
+        argon2 = importlib.import_module("argon2")
+    except ImportError:
+        return random_secret()
+    return str(argon2.PasswordHasher().hash(random_secret()))
+
+
 def fill(text: str) -> str:
     """`text` with every placeholder replaced by its own fresh random value."""
+    text = re.sub(HASH_PLACEHOLDER, lambda _: password_hash(), text)
     return re.sub(PLACEHOLDER, lambda _: random_secret(), text)
 
 
