@@ -26,7 +26,7 @@ refusals with ``responses=error_responses(401, 404)``.
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -152,6 +152,13 @@ async def _invalid(_: Request, exc: Exception) -> Response:
     return validation_error(exc.errors()).response()
 
 
+def _translated(refusal: Refusal) -> Callable[[Request, Exception], Awaitable[Response]]:
+    async def handler(_: Request, exc: Exception) -> Response:
+        return refusal(exc).response()
+
+    return handler
+
+
 async def _http_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _CODES.get(exc.status_code, f"http_{exc.status_code}")
@@ -159,9 +166,21 @@ async def _http_error(_: Request, exc: Exception) -> Response:
     return ApiError(exc.status_code, code, message, headers=exc.headers).response()
 
 
-def install(app: FastAPI, *, max_body_bytes: int) -> None:
-    """Give `app` the shared error handling and body limit."""
+Refusal = Callable[[Exception], ApiError]
+"""How a domain exception reads over HTTP (e.g. a desk's TicketNotFound as a 404)."""
+
+
+def install(
+    app: FastAPI, *, max_body_bytes: int, refusals: Mapping[type[Exception], Refusal] | None = None
+) -> None:
+    """Give `app` the shared error handling and body limit.
+
+    `refusals` turn a domain module's exceptions into `ApiError`s, so domain code raises its
+    own exceptions and never imports the HTTP layer.
+    """
     app.add_exception_handler(ApiError, _api_error)
+    for kind, refusal in (refusals or {}).items():
+        app.add_exception_handler(kind, _translated(refusal))
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
@@ -236,9 +255,11 @@ def provide(app: FastAPI, value: object, *, as_: type[Any] | None = None) -> Non
     registry[as_ or type(value)] = value
 
 
-def withdraw(app: FastAPI) -> None:
-    """Forget everything provided (the lifespan calls this on shutdown)."""
-    setattr(app.state, _STATE_ATTR, {})
+def withdraw(app: FastAPI, kinds: Iterable[type[Any]] | None = None) -> None:
+    """Forget what was provided as `kinds` (everything when None); routes answer 503 again."""
+    registry: dict[type[Any], object] = getattr(app.state, _STATE_ATTR, None) or {}
+    for kind in list(registry) if kinds is None else kinds:
+        registry.pop(kind, None)
 
 
 def provided(app: Any, kind: type[S]) -> S | None:

@@ -1,9 +1,11 @@
-"""The shape every service shares: an ASGI app around a FastStream broker.
+"""The shape every service shares: a FastAPI app around a FastStream broker.
 
 `build_app` gives each service `/metrics`, a liveness probe (`/livez`, checks nothing
-external), a readiness probe (`/readyz`, checks broker, database and cache) and a lifespan that
-opens the clients, applies migrations, wires the handlers, starts consuming, and closes
-everything again in reverse order.
+external), a readiness probe (`/readyz`, checks broker, database and cache), the shared error
+handling and body limit (`shared.http`), its routers, and a lifespan that opens the clients,
+applies migrations, wires the handlers, starts consuming, hands the routes what they need
+(`Infra.provide`, read with `shared.http.requires`), and closes everything again in reverse
+order.
 """
 
 from __future__ import annotations
@@ -11,25 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from fastapi import APIRouter, FastAPI
 from faststream.kafka import KafkaBroker
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from shared import db, lag
+from shared import db, http, lag
 from shared.events import Envelope
 from shared.kafka import ConsumerSpec, EventBus, ensure_topics, make_broker, subscribe
 from shared.logging import configure_logging
@@ -51,7 +50,11 @@ class Infra:
     bus: EventBus
     pg: db.Pool | None = None
     redis: aioredis.Redis | None = None
-    state: dict[str, Any] = field(default_factory=dict)
+    provided: list[tuple[object, type[Any] | None]] = field(default_factory=list)
+
+    def provide(self, value: object, *, as_: type[Any] | None = None) -> None:
+        """Hand `value` to the HTTP routes (`shared.http.requires`) once the service is up."""
+        self.provided.append((value, as_))
 
     def subscribe(
         self, topic: Topic, model: type[E], handler: Callable[[E], Awaitable[None]]
@@ -98,7 +101,12 @@ class ServiceSpec:
     uses_postgres: bool = False
     uses_redis: bool = False
     migrations: Path | None = None
+    routers: Sequence[APIRouter] = ()
+    max_body_bytes: int = 64 * 1024
+    refusals: Mapping[type[Exception], http.Refusal] = field(default_factory=dict)
+    description: str = ""
     routes: Sequence[BaseRoute] = ()
+    """Plain Starlette routes of a service not yet on routers; they are matched first."""
 
 
 def redis_client(url: str) -> aioredis.Redis:
@@ -130,12 +138,12 @@ async def _retry(what: str, attempt: Callable[[], Awaitable[Any]], timeout_s: fl
             delay = min(delay * 2, 2.0)
 
 
-def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> Starlette:
+def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> FastAPI:
     """The ASGI app for one service."""
     settings = spec.settings
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(spec.name, settings.log_level, settings.log_format)
         async with AsyncExitStack() as stack:
             if settings.kafka.create_topics:
@@ -163,35 +171,33 @@ def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> Starlett
             stack.push_async_callback(broker.stop)
             # Consumer lag on /metrics for dashboards and alerts (KEDA reads it from the broker).
             await stack.enter_async_context(lag.exporting(spec.name, broker))
-            app.state.infra = infra
+            # Routes see the clients only now, when everything they use has started; until
+            # then (and again once stopping) they answer 503.
+            provided: list[tuple[object, type[Any] | None]] = [
+                (infra, None),
+                (infra.bus, None),
+                (http.Readiness(lambda: readiness_checks(infra)), None),
+                *infra.provided,
+            ]
+            for value, kind in provided:
+                http.provide(app, value, as_=kind)
+            stack.callback(http.withdraw, app, [kind or type(value) for value, kind in provided])
             log.info("%s ready on %s:%s", spec.name, settings.host, settings.port)
             yield
             log.info("%s stopping", spec.name)
 
-    async def livez(_: Request) -> Response:
-        return JSONResponse({"status": "alive", "service": spec.name})
-
-    async def readyz(request: Request) -> Response:
-        infra: Infra | None = getattr(request.app.state, "infra", None)
-        if infra is None:
-            return JSONResponse({"status": "starting"}, status_code=503)
-        checks = await readiness_checks(infra)
-        ok = all(v == "ok" for v in checks.values())
-        return JSONResponse(
-            {"status": "ready" if ok else "unready", "checks": checks},
-            status_code=200 if ok else 503,
-        )
-
-    async def metrics_endpoint(_: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    routes: list[BaseRoute] = [
-        Route("/livez", livez),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics_endpoint),
-        *spec.routes,
-    ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    app = FastAPI(
+        title=f"Care-by-Design {spec.name}",
+        description=spec.description,
+        version="1",
+        lifespan=lifespan,
+    )
+    http.install(app, max_body_bytes=spec.max_body_bytes, refusals=spec.refusals)
+    app.router.routes[0:0] = list(spec.routes)
+    app.include_router(http.ops_router(spec.name))
+    for router in spec.routers:
+        app.include_router(router)
+    return app
 
 
 async def readiness_checks(infra: Infra, timeout_s: float = 2.0) -> dict[str, str]:
