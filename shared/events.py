@@ -89,7 +89,7 @@ SIGNAL_NAMES: tuple[str, ...] = get_args(SignalName)
 class Signal(_Model):
     """A named cue found in the message, with the words that show it."""
 
-    name: str
+    name: SignalName
     evidence: str
     weight: float = 1.0
 

@@ -9,7 +9,6 @@ transactions that check the status they expect, so two agents cannot both claim 
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Histogram
 
+from shared import ownership
 from shared.db import Pool
 from shared.events import (
     Envelope,
@@ -178,11 +178,15 @@ class Desk:
 
     def owner_key(self, conversation_id: str) -> str:
         """The Redis key generation reads before delivering a bot reply."""
-        return f"{self.prefix}owner:{conversation_id}"
+        return ownership.owner_key(self.prefix, conversation_id)
 
-    async def _mirror(self, conversation_id: str, owner: str, epoch: int) -> None:
-        await self.redis.set(
-            self.owner_key(conversation_id), json.dumps({"owner": owner, "epoch": epoch})
+    async def owner(self, conversation_id: str) -> ownership.Ownership | None:
+        """The conversation's mirrored owner (None: never handed over)."""
+        return await ownership.read(self.redis, self.prefix, conversation_id)
+
+    async def _mirror(self, conversation_id: str, owner: ownership.Owner, epoch: int) -> None:
+        await ownership.write(
+            self.redis, self.prefix, conversation_id, ownership.Ownership(owner=owner, epoch=epoch)
         )
 
     async def route(
@@ -451,7 +455,7 @@ class Desk:
         *,
         expect: str,
         status: str,
-        owner: str,
+        owner: ownership.Owner,
         agent_id: str | None,
         event: str,
         by: str | None = None,

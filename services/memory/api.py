@@ -24,7 +24,6 @@ from shared.events import (
 )
 from shared.http import ApiError, error_responses, requires
 from shared.kafka import EventBus
-from shared.topics import Topic
 
 
 class IdentityLink(BaseModel):
@@ -171,7 +170,7 @@ def customer_router(admin_token: str) -> APIRouter:
                 requested_at=utcnow(),
             ),
         )
-        await bus.publish(Topic.CUSTOMER_ERASED, event)
+        await bus.publish(event)
         return Erased(
             customer_id=resolved,
             erased=True,
