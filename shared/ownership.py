@@ -58,8 +58,31 @@ async def read(redis: aioredis.Redis, key_prefix: str, conversation_id: str) -> 
     return decode(await redis.get(owner_key(key_prefix, conversation_id)))
 
 
+# Set the mirror unless it already holds a later epoch: a delayed delivery (the outbox relay
+# after an outage) never rolls ownership back.
+_WRITE_FORWARD_LUA = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, record = pcall(cjson.decode, current)
+  if ok and type(record) == 'table' and tonumber(record['epoch'])
+     and tonumber(record['epoch']) > tonumber(ARGV[2]) then
+    return 0
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 async def write(
     redis: aioredis.Redis, key_prefix: str, conversation_id: str, ownership: Ownership
-) -> None:
-    """Mirror a conversation's ownership."""
-    await redis.set(owner_key(key_prefix, conversation_id), encode(ownership))
+) -> bool:
+    """Mirror a conversation's ownership unless a later epoch is there; True if written."""
+    written = await redis.eval(
+        _WRITE_FORWARD_LUA,
+        1,
+        owner_key(key_prefix, conversation_id),
+        encode(ownership),
+        ownership.epoch,
+    )
+    return bool(written)

@@ -8,12 +8,14 @@
 - `eventually(probe)`: poll until the probe returns something truthy (or stops raising),
   then return it; on timeout, fail with the last value or error. Every e2e wait goes through it.
 - `serving(app)`: run an ASGI app (lifespan included) on a free port in this event loop.
+- `read_topic(kafka, topic, expect)`: what a one-partition topic holds, from the start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import socket
 import time
 import uuid
@@ -22,6 +24,7 @@ from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import uvicorn
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shared.events import (
     AgentAssist,
@@ -50,6 +53,7 @@ from shared.events import (
     TurnRoutedEvent,
     utcnow,
 )
+from shared.settings import KafkaSettings
 from shared.topics import Topic
 
 T = TypeVar("T")
@@ -128,6 +132,30 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not hold within {timeout_s}s; last: {last!r}")
         await asyncio.sleep(interval_s)
+
+
+async def read_topic(
+    kafka: KafkaSettings, topic: Topic, expect: int, timeout_s: float = 20.0
+) -> list[dict[str, Any]]:
+    """Every record on a one-partition topic from the start, waiting up to `timeout_s` for
+    `expect` of them (fewer come back if fewer are there)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, fetch_max_wait_ms=50)
+    await consumer.start()
+    partition = TopicPartition(kafka.topic(topic), 0)
+    consumer.assign([partition])
+    consumer.seek(partition, 0)
+    records: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while len(records) < expect:
+                batch = await consumer.getmany(timeout_ms=200)
+                for messages in batch.values():
+                    records.extend(json.loads(m.value) for m in messages)
+    except TimeoutError:
+        pass
+    finally:
+        await consumer.stop()
+    return records
 
 
 @asynccontextmanager

@@ -21,6 +21,7 @@ from shared.events import (
     TurnContextualizedEvent,
 )
 from shared.fanout import Fanout
+from shared.outbox import relaying
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 
@@ -45,6 +46,7 @@ def create_app(settings: EscalationSettings | None = None) -> FastAPI:
             handle_minutes=cfg.handle_minutes,
             agents_on_shift=cfg.agents_on_shift,
         )
+        await stack.enter_async_context(relaying(desk.outbox))
         # Consoles on any replica hear what this replica consumes, and the other way round.
         hub = AgentHub()
         fanout = Fanout(

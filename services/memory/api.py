@@ -1,7 +1,8 @@
 """The customer admin API: profile, identities, memories, issues, export and erasure.
 
-Every route needs the admin bearer token. Erasure deletes what memory holds, then publishes
-`customer.erased` so every other service deletes what it holds about the same conversations.
+Every route needs the admin bearer token. Erasure deletes what memory holds and, in the same
+transaction, writes `customer.erased` for every other service to delete what it holds about the
+same conversations (`services.memory.erasure`).
 """
 
 from __future__ import annotations
@@ -15,15 +16,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.memory.customers import CustomerStore, identity_kind
-from shared.events import (
-    Channel,
-    CustomerErased,
-    CustomerErasedEvent,
-    Identifier,
-    utcnow,
-)
+from services.memory.erasure import Eraser
+from shared.events import Identifier, utcnow
 from shared.http import ApiError, error_responses, requires
-from shared.kafka import EventBus
 
 
 class IdentityLink(BaseModel):
@@ -81,7 +76,7 @@ class IssueUpdated(BaseModel):
 
 
 Store = Annotated[CustomerStore, Depends(requires(CustomerStore))]
-Bus = Annotated[EventBus, Depends(requires(EventBus))]
+EraserDep = Annotated[Eraser, Depends(requires(Eraser))]
 CustomerId = Annotated[Identifier, Path(description="A customer id or any of their identities")]
 
 
@@ -148,35 +143,24 @@ def customer_router(admin_token: str) -> APIRouter:
     async def erase(
         customer_id: CustomerId,
         store: Store,
-        bus: Bus,
+        eraser: EraserDep,
         x_requested_by: Annotated[str, Header()] = "admin",
     ) -> Erased:
-        """Erase the customer here, then tell every service to erase what it holds."""
+        """Erase the customer here and have every service erase what it holds.
+
+        The erasure and its `customer.erased` event commit together (an outbox); a retried
+        DELETE answers as the first one did.
+        """
         resolved = await resolve(store, customer_id)
-        erased = await store.erase(resolved)
-        if erased is None:
+        receipt = await eraser.erase(resolved, x_requested_by[:100])
+        if receipt is None:
             raise ApiError(404, "not_found", "no such customer")
-        identities, conversations = erased
-        event = CustomerErasedEvent.create(
-            # The erasure is keyed by a random id: the customer's own id is what must go.
-            conversation_id=f"erasure-{uuid.uuid4().hex}",
-            customer_id=resolved,
-            channel=Channel.API,
-            payload=CustomerErased(
-                erased_customer_id=resolved,
-                identities=identities,
-                conversation_ids=conversations,
-                requested_by=x_requested_by[:100],
-                requested_at=utcnow(),
-            ),
-        )
-        await bus.publish(event)
         return Erased(
-            customer_id=resolved,
+            customer_id=receipt.customer_id,
             erased=True,
-            identities=len(identities),
-            conversations=len(conversations),
-            erasure_event_id=str(event.event_id),
+            identities=receipt.identities,
+            conversations=receipt.conversations,
+            erasure_event_id=str(receipt.erasure_event_id),
         )
 
     @router.delete(

@@ -11,12 +11,14 @@ from fastapi import FastAPI
 from services.memory.api import customer_router
 from services.memory.context import ContextAssembler, ContextLimits
 from services.memory.customers import CustomerStore
+from services.memory.erasure import Eraser
 from services.memory.extraction import LlmExtractor, RuleExtractor
 from services.memory.handlers import MemoryHandlers
 from services.memory.settings import MemorySettings
 from services.memory.turns import TurnStore
 from shared.embedding import MiniLmEmbedder
-from shared.events import ReplyGeneratedEvent, TurnAnalyzedEvent
+from shared.events import CustomerErasedEvent, ReplyGeneratedEvent, TurnAnalyzedEvent
+from shared.outbox import EVENT, Outbox, publishing, relaying
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 
@@ -71,7 +73,15 @@ def create_app(settings: MemorySettings | None = None) -> FastAPI:
         )
         infra.subscribe(Topic.TURN_ANALYZED, TurnAnalyzedEvent, handlers.on_turn_analyzed)
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)
+        outbox = Outbox(
+            pg,
+            "memory",
+            {EVENT: publishing(infra.bus, CustomerErasedEvent)},
+            service="memory",
+        )
+        await stack.enter_async_context(relaying(outbox))
         infra.provide(customers)
+        infra.provide(Eraser(customers, outbox))
 
     return build_app(
         ServiceSpec(
