@@ -235,11 +235,17 @@ class RouteTarget(StrEnum):
     HUMAN = "human"
 
 
+Severity = Literal["low", "medium", "high"]
+"""How urgently a person is needed; each escalation rule declares its own in the policy file."""
+
+
 class RouteReason(_Model):
     """One reason for a routing decision, with its evidence."""
 
     code: str
     detail: str
+    severity: Severity | None = None
+    """The firing rule's severity (None for reasons that are not rules, like `human_owns`)."""
 
 
 class Handoff(_Model):

@@ -96,11 +96,13 @@ class EscalationHandlers:
         reply = event.payload
         rule = self.policies.current().rules.generation_flags
         raised = rule.raised(reply.flags) if rule is not None and rule.enabled else []
-        if reply.author is Role.BOT and raised:
+        if rule is not None and reply.author is Role.BOT and raised:
             # The reply itself is flagged (the LLM failed, a guardrail tripped): a person
             # takes over now rather than at the customer's next message.
             reason = RouteReason(
-                code="generation_flags", detail="last reply flagged: " + ", ".join(raised)
+                code="generation_flags",
+                detail="last reply flagged: " + ", ".join(raised),
+                severity=rule.severity,
             )
             if await self.desk.open_for_reply(event, reason):
                 ESCALATIONS.labels(reason.code).inc()
