@@ -8,13 +8,13 @@
 - `eventually(probe)`: poll until the probe returns something truthy (or stops raising),
   then return it; on timeout, fail with the last value or error. Every e2e wait goes through it.
 - `serving(app)`: run an ASGI app (lifespan included) on a free port in this event loop.
+- `db_rows(dsn, query)`: a query's rows, for probes that watch PostgreSQL.
 - `read_topic(kafka, topic, expect)`: what a one-partition topic holds, from the start.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import socket
 import time
@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -110,20 +111,21 @@ class RecordingBus:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T] | T],
+    probe: Callable[[], Awaitable[T | None]],
     *,
     timeout_s: float = 30.0,
     interval_s: float = 0.2,
     what: str = "the condition",
 ) -> T:
-    """Poll `probe` until it returns a truthy value without raising; return that value."""
+    """Poll `probe` until it returns a truthy value without failing an assert; return it.
+
+    On timeout the test fails, naming `what` and the probe's last answer or assertion.
+    """
     deadline = time.monotonic() + timeout_s
     last: Any = None
     while True:
         try:
-            result = probe()
-            if inspect.isawaitable(result):
-                result = await result
+            result = await probe()
             if result:
                 return result
             last = result
@@ -132,6 +134,18 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not hold within {timeout_s}s; last: {last!r}")
         await asyncio.sleep(interval_s)
+
+
+async def db_rows(dsn: str, query: str, *args: Any) -> list[asyncpg.Record]:
+    """One query's rows on a fresh connection (jsonb decoded), for polling with `eventually`."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.set_type_codec(
+            "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+        return list(await conn.fetch(query, *args))
+    finally:
+        await conn.close()
 
 
 async def read_topic(
@@ -168,9 +182,11 @@ async def serving(app: Any, *, startup_timeout_s: float = 60.0) -> AsyncIterator
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        await eventually(
-            lambda: server.started or task.done(), timeout_s=startup_timeout_s, interval_s=0.05
-        )
+
+        async def up() -> bool:
+            return server.started or task.done()
+
+        await eventually(up, timeout_s=startup_timeout_s, interval_s=0.05, what="the server")
         if task.done():
             task.result()
             raise AssertionError("the server stopped while starting")
