@@ -173,8 +173,9 @@ def _iban(match: re.Match[str], found: Counter[str]) -> str:
     raw = match.group(1)
     for end in range(len(raw), 14, -1):
         candidate = raw[:end]
-        if candidate[-1] in " -" or (end < len(raw) and raw[end].isalnum()
-                                      and candidate[-1].isalnum()):
+        if candidate[-1] in " -" or (
+            end < len(raw) and raw[end].isalnum() and candidate[-1].isalnum()
+        ):
             continue
         if iban_valid(candidate):
             found["iban"] += 1

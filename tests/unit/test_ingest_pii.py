@@ -87,7 +87,8 @@ def test_ibans_are_replaced(text: str, ending: str) -> None:
     result = redact(text)
 
     assert f"[IBAN ending {ending}]" in result.text
-    assert "3704" not in result.text and "WEST" not in result.text
+    assert "3704" not in result.text
+    assert "WEST" not in result.text
 
 
 def test_ssns_are_replaced_and_impossible_ones_kept() -> None:
