@@ -12,6 +12,7 @@ from services.audit.app import create_app as audit_app
 from services.emotion.app import create_app as emotion_app
 from services.escalation.app import create_app as escalation_app
 from services.generation.app import create_app as generation_app
+from services.ingest.app import create_app as ingest_app
 from services.memory.app import create_app as memory_app
 from shared.http import undocumented_routes
 
@@ -20,6 +21,7 @@ SERVICES: dict[str, Callable[[], FastAPI]] = {
     "emotion": emotion_app,
     "escalation": escalation_app,
     "generation": generation_app,
+    "ingest": ingest_app,
     "memory": memory_app,
 }
 
