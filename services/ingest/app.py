@@ -15,7 +15,7 @@ from services.ingest.channels.identity import Conversations
 from services.ingest.channels.outbound import MessagingOutbound
 from services.ingest.channels.replies import ChannelReplies
 from services.ingest.channels.voice import VoiceReplies
-from services.ingest.delivery import ConnectionHub, Fanout
+from services.ingest.delivery import ConnectionHub, conversation_fanout
 from services.ingest.edge import EdgeGuard
 from services.ingest.handlers import IngestHandlers
 from services.ingest.intake import Intake
@@ -57,7 +57,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
 
     async def wire(infra: Infra, stack: AsyncExitStack) -> None:
         redis = infra.require_redis()
-        fanout = Fanout(redis, prefix, hub)
+        fanout = conversation_fanout(redis, prefix, hub)
         _background(stack, fanout.run(), "ingest-delivery")
         await fanout.wait_listening()
         guard = EdgeGuard(cfg, redis)

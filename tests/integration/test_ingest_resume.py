@@ -27,6 +27,7 @@ from services.ingest.delivery import (
     FRAME_BUFFER_TTL_S,
     ConnectionHub,
     Fanout,
+    conversation_fanout,
     frame_buffer_key,
     parse_frame_id,
 )
@@ -72,7 +73,7 @@ async def listening(
 ) -> AsyncIterator[tuple[Fanout, ConnectionHub]]:
     """A fanout whose listener forwards to a hub, as a running ingest replica has."""
     hub = ConnectionHub()
-    fanout = Fanout(redis_client, prefix, hub)
+    fanout = conversation_fanout(redis_client, prefix, hub)
     task = asyncio.create_task(fanout.run())
     await fanout.wait_listening()
     yield fanout, hub
@@ -92,11 +93,11 @@ async def until(predicate: Any, timeout_s: float = 5.0) -> None:
 async def test_frames_get_increasing_ids_and_replay_returns_those_after_an_id(
     redis_client: aioredis.Redis, prefix: str
 ) -> None:
-    fanout = Fanout(redis_client, prefix, ConnectionHub())
+    fanout = conversation_fanout(redis_client, prefix, ConnectionHub())
 
     ids = [await fanout.publish("conv-a", delta("r1", i, f"w{i} ")) for i in range(5)]
 
-    keys = [parse_frame_id(i) for i in ids]
+    keys = [parse_frame_id(str(i)) for i in ids]
     assert keys == sorted(keys)
     assert len(set(keys)) == 5
     after_second = await fanout.replay("conv-a", keys[1])
@@ -112,7 +113,7 @@ async def test_frames_get_increasing_ids_and_replay_returns_those_after_an_id(
 async def test_the_buffer_is_bounded_and_keeps_the_newest_frames(
     redis_client: aioredis.Redis, prefix: str
 ) -> None:
-    fanout = Fanout(redis_client, prefix, ConnectionHub())
+    fanout = conversation_fanout(redis_client, prefix, ConnectionHub())
     ids = [
         await fanout.publish("conv-b", delta("r1", i, "x"))
         for i in range(FRAME_BUFFER_MAXLEN + 300)
@@ -147,13 +148,13 @@ async def test_a_resuming_socket_gets_missed_then_live_frames_each_once_in_order
     await fanout.publish("conv-d", delta("r1", 1, "lo "))  # missed while disconnected
 
     ws = Socket()
-    hub.add("conv-d", ws, after=parse_frame_id(seen))  # type: ignore[arg-type]
+    hub.add("conv-d", ws, after=parse_frame_id(str(seen)))  # type: ignore[arg-type]
     # Published after the socket joined and before the buffer is read: both replayed and
     # held live, and must still be sent once.
     both = await fanout.publish("conv-d", delta("r1", 2, "there"))
     await asyncio.sleep(0.2)
     assert ws.frames == []  # held until the replay has been sent
-    replay = await fanout.replay("conv-d", parse_frame_id(seen))
+    replay = await fanout.replay("conv-d", parse_frame_id(str(seen)))
     assert both in [f["id"] for f in replay]
     sent = await hub.resume("conv-d", ws, replay)  # type: ignore[arg-type]
     await fanout.publish("conv-d", reply("r1", "Hello there"))
@@ -176,7 +177,7 @@ async def test_a_resuming_socket_gets_missed_then_live_frames_each_once_in_order
 async def test_replay_sends_a_finished_reply_without_its_deltas_or_late_slices(
     redis_client: aioredis.Redis, prefix: str
 ) -> None:
-    fanout = Fanout(redis_client, prefix, ConnectionHub())
+    fanout = conversation_fanout(redis_client, prefix, ConnectionHub())
     hub = ConnectionHub()
     await fanout.publish("conv-e", delta("r1", 0, "Hi"))
     await fanout.publish("conv-e", reply("r1", "Hi, how can I help?"))
@@ -202,7 +203,7 @@ async def test_frames_published_while_the_listener_lost_redis_reach_connected_so
     name = prefix.rstrip(":")
     redis = aioredis.from_url(stack_env["CBD_REDIS_URL"], decode_responses=True, client_name=name)
     hub = ConnectionHub()
-    fanout = Fanout(redis, prefix, hub)
+    fanout = conversation_fanout(redis, prefix, hub)
     task = asyncio.create_task(fanout.run())
     try:
         await fanout.wait_listening()
@@ -238,7 +239,7 @@ async def test_frames_published_while_the_listener_lost_redis_reach_connected_so
 async def test_erasing_the_customer_deletes_the_conversation_buffer(
     redis_client: aioredis.Redis, prefix: str
 ) -> None:
-    fanout = Fanout(redis_client, prefix, ConnectionHub())
+    fanout = conversation_fanout(redis_client, prefix, ConnectionHub())
     await fanout.publish("conv-f", {"type": "accepted", "text": "my address is ..."})
     await fanout.publish("conv-keep", {"type": "accepted", "text": "someone else"})
     owners = Owners(redis_client, prefix, 3600)
@@ -285,7 +286,7 @@ def wired(stack_env: dict[str, str], prefix: str) -> Iterator[tuple[TestClient, 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = aioredis.from_url(stack_env["CBD_REDIS_URL"], decode_responses=True)
-        fanout = Fanout(redis, prefix, hub)
+        fanout = conversation_fanout(redis, prefix, hub)
         task = asyncio.create_task(fanout.run())
         await fanout.wait_listening()
         guard = EdgeGuard(settings, redis)
