@@ -45,10 +45,21 @@ HTML: dict[int | str, dict[str, Any]] = {
 }
 
 
+CHAT_PAGE = (STATIC / "chat.html").read_text()
+
+
+def _key_attr(key: str | None) -> str:
+    """The widget's `data-key` attribute, escaped so a key never breaks out of it."""
+    return f' data-key="{html.escape(key)}"' if key else ""
+
+
 @router.get("/", response_class=HTMLResponse, responses=HTML, summary="The customer web chat")
-async def chat_page() -> Response:
-    """The full-page customer chat."""
-    return FileResponse(STATIC / "chat.html", media_type="text/html")
+async def chat_page(settings: SettingsDep) -> Response:
+    """The full-page customer chat: the widget in page mode, with the demo key."""
+    return HTMLResponse(
+        CHAT_PAGE.replace("{key_attr}", _key_attr(settings.widget_demo_key)),
+        headers={"Cache-Control": "no-store"},
+    )
 
 
 @router.get(
@@ -81,8 +92,7 @@ async def widget_script() -> Response:
 )
 async def widget_demo(settings: SettingsDep) -> Response:
     """An ordinary host page with nothing but the widget's script tag added."""
-    key = settings.widget_demo_key
-    key_attr = f' data-key="{html.escape(key)}"' if key else ""
     return HTMLResponse(
-        WIDGET_DEMO.replace("{key_attr}", key_attr), headers={"Cache-Control": "no-store"}
+        WIDGET_DEMO.replace("{key_attr}", _key_attr(settings.widget_demo_key)),
+        headers={"Cache-Control": "no-store"},
     )
