@@ -212,6 +212,7 @@ class Intake:
             conversation_id=conversation_id,
             customer_id=party.customer_id,
             channel=channel,
+            tenant=party.tenant,
             payload=TurnReceived(
                 message=CustomerMessage(turn_id=uuid.uuid4(), text=text, received_at=utcnow())
             ),
@@ -264,6 +265,7 @@ class Intake:
             conversation_id=conversation_id,
             customer_id=party.customer_id,
             channel=channel,
+            tenant=party.tenant,
             payload=Feedback(
                 rating=rating, comment=screen(comment), source="customer", reply_id=reply_id
             ),

@@ -407,10 +407,18 @@ def test_a_customer_of_another_tenant_with_the_same_id_is_someone_else() -> None
 
     acme = client.post(URL, json=body, headers={"x-api-key": "key-acme"})
     globex = client.post(URL, json=body, headers={"x-api-key": "key-globex"})
+    own = client.post(
+        "/v1/conversations/conv-2/messages", json=body, headers={"x-api-key": "key-globex"}
+    )
 
     assert acme.status_code == 202
     assert globex.status_code == 404
-    assert len(bus.published) == 1
+    assert own.status_code == 202
+    # Each turn says whose customer "user-1" is, so nothing downstream can mix them up.
+    assert [(e.tenant, e.customer_id) for _, e, _ in bus.published] == [
+        ("acme", "user-1"),
+        ("globex", "user-1"),
+    ]
 
 
 def test_feedback_is_rate_limited_too() -> None:
