@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer
 from cbd.runtime import Platform
 from shared.pii import iban_valid, luhn_valid
 from tests.e2e.provider_standin import ProviderStandIn
-from tests.e2e.test_channels import new_number, provider, sms, twilio_post
+from tests.e2e.test_channels import new_number, provider, sms, twilio_post, wait_turns
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +68,10 @@ class Secret:
         self.ssn = ssn()
         self.message = (
             f"Please charge my card {grouped(self.card, card_sep)}, the security code is "
-            f"{self.cvv}. Refunds to {grouped(self.iban, ' ')}; my SSN is {self.ssn}."
+            f"{self.cvv}. Refunds to {grouped(self.iban, ' ')}; my SSN is {self.ssn}. "
+            # A person takes it: the handoff packet and the agent's ticket are scanned too, and
+            # the reply (the handoff notice) does not wait for the LLM on a busy runner.
+            "Let me talk to a real person please."
         )
         self.card_sep = card_sep
 
@@ -84,7 +87,7 @@ class Secret:
         ]
 
 
-async def stored_turns(dsn: str, conversation_id: str, timeout_s: float = 90.0) -> list[Any]:
+async def stored_turns(dsn: str, conversation_id: str, timeout_s: float = 120.0) -> list[Any]:
     """The conversation's stored turns, once the customer's and a reply are both there."""
     deadline = time.monotonic() + timeout_s
     conn = await asyncpg.connect(dsn)
@@ -97,25 +100,6 @@ async def stored_turns(dsn: str, conversation_id: str, timeout_s: float = 90.0) 
             if "customer" in roles and roles & {"bot", "system", "agent"}:
                 return list(rows)
             assert time.monotonic() < deadline, f"no stored reply in {conversation_id}: {rows}"
-            await asyncio.sleep(0.3)
-    finally:
-        await conn.close()
-
-
-async def sms_conversation(dsn: str, identity: str, timeout_s: float = 60.0) -> str:
-    """The (server-chosen) conversation id of the SMS customer's turn."""
-    deadline = time.monotonic() + timeout_s
-    conn = await asyncpg.connect(dsn)
-    try:
-        while True:
-            found = await conn.fetchval(
-                "SELECT conversation_id FROM audit.events WHERE event_type = 'turn.received' "
-                "AND customer_id = $1",
-                identity,
-            )
-            if found is not None:
-                return str(found)
-            assert time.monotonic() < deadline, f"no turn from {identity}"
             await asyncio.sleep(0.3)
     finally:
         await conn.close()
@@ -246,7 +230,9 @@ async def test_card_data_typed_on_any_channel_is_nowhere_afterwards(
         )
         assert resp.status_code == 200, resp.text
 
-    sms_conv = await sms_conversation(dsn, "phone:" + number[1:])
+    received = await wait_turns(dsn, "phone:" + number[1:], 1)
+    assert received, "the SMS turn was not published"
+    sms_conv = received[0]["conversation_id"]  # chosen by the server, at random
     for conversation, secret in (
         (web_conversation, web),
         (rest_conversation, rest),
