@@ -72,7 +72,9 @@ class Infra:
             handler=handler,
             spec=ConsumerSpec(
                 service=self.service,
-                group_id=f"cbd-{self.service}.{topic.value}",
+                # Named after the prefixed topic: deployments that share a broker under
+                # different prefixes (and tests) never join each other's groups.
+                group_id=f"cbd-{self.service}.{self.settings.kafka.topic(topic)}",
                 attempts=self.settings.handler_attempts,
             ),
         )

@@ -7,7 +7,7 @@
   `Envelope.derive` (the same ids, trace and causation as the real chain).
 - `eventually(probe)`: poll until the probe returns something truthy (or stops raising),
   then return it; on timeout, fail with the last value or error. Every e2e wait goes through it.
-- `serving(app)`: run an ASGI app (lifespan included) on a free port in this event loop.
+- `serving(*apps)`: run ASGI apps (lifespans included) on free ports in this event loop.
 - `db_rows(dsn, query)`: a query's rows, for probes that watch PostgreSQL.
 - `read_topic(kafka, topic, expect)`: what a one-partition topic holds, from the start.
 """
@@ -173,28 +173,39 @@ async def read_topic(
 
 
 @asynccontextmanager
-async def serving(app: Any, *, startup_timeout_s: float = 60.0) -> AsyncIterator[str]:
-    """Serve `app` on a free loopback port while the block runs; yields its base URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
+async def serving(*apps: Any, startup_timeout_s: float = 90.0) -> AsyncIterator[list[str]]:
+    """Serve each app (lifespan included) on a free loopback port while the block runs.
+
+    The apps start concurrently (a service's start-up mostly waits on its broker's group
+    joins); yields their base URLs in order.
+    """
+    sockets, servers, tasks = [], [], []
+    for app in apps:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
+        )
+        sockets.append(sock)
+        servers.append(server)
+        tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
     try:
 
         async def up() -> bool:
-            return server.started or task.done()
+            return all(s.started or t.done() for s, t in zip(servers, tasks, strict=True))
 
-        await eventually(up, timeout_s=startup_timeout_s, interval_s=0.05, what="the server")
-        if task.done():
-            task.result()
-            raise AssertionError("the server stopped while starting")
-        yield f"http://127.0.0.1:{port}"
+        await eventually(up, timeout_s=startup_timeout_s, interval_s=0.05, what="the servers")
+        for task in tasks:
+            if task.done():
+                task.result()
+                raise AssertionError("a server stopped while starting")
+        yield [f"http://127.0.0.1:{sock.getsockname()[1]}" for sock in sockets]
     finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 30)
-        sock.close()
+        for server in servers:
+            server.should_exit = True
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+        for sock in sockets:
+            sock.close()
 
 
 def turn_received(

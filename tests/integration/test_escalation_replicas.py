@@ -90,8 +90,7 @@ async def test_a_console_on_replica_a_gets_an_event_consumed_by_replica_b(
     app_a = replica(stack_env, fresh_db, f"it-{tag}-a.", redis_prefix)
     app_b = replica(stack_env, fresh_db, consuming, redis_prefix)
     async with (
-        serving(app_a) as url_a,
-        serving(app_b) as url_b,
+        serving(app_a, app_b) as (url_a, url_b),
         console(url_a) as console_a,
         console(url_b) as console_b,
     ):
