@@ -22,6 +22,9 @@ Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.
 
 MAX_MESSAGE_CHARS = 4000
 
+DEFAULT_TENANT = "default"
+"""The tenant of events that name none (single-tenant set-ups, events from before tenants)."""
+
 E = TypeVar("E", bound="Envelope")
 
 
@@ -89,7 +92,7 @@ SIGNAL_NAMES: tuple[str, ...] = get_args(SignalName)
 class Signal(_Model):
     """A named cue found in the message, with the words that show it."""
 
-    name: str
+    name: SignalName
     evidence: str
     weight: float = 1.0
 
@@ -235,11 +238,17 @@ class RouteTarget(StrEnum):
     HUMAN = "human"
 
 
+Severity = Literal["low", "medium", "high"]
+"""How urgently a person is needed; each escalation rule declares its own in the policy file."""
+
+
 class RouteReason(_Model):
     """One reason for a routing decision, with its evidence."""
 
     code: str
     detail: str
+    severity: Severity | None = None
+    """The firing rule's severity (None for reasons that are not rules, like `human_owns`)."""
 
 
 class Handoff(_Model):
@@ -344,6 +353,9 @@ class Envelope(_Model):
     conversation_id: Identifier
     customer_id: Identifier
     channel: Channel
+    tenant: Identifier = DEFAULT_TENANT
+    """The tenant the customer belongs to, as the edge verified it (optional: older events
+    and single-tenant set-ups are the default tenant's)."""
     occurred_at: AwareDatetime
     trace_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
     causation_id: uuid.UUID | None = None
@@ -364,6 +376,7 @@ class Envelope(_Model):
             conversation_id=self.conversation_id,
             customer_id=self.customer_id,
             channel=self.channel,
+            tenant=self.tenant,
             occurred_at=utcnow(),
             trace_id=self.trace_id,
             causation_id=self.event_id,
@@ -379,6 +392,7 @@ class Envelope(_Model):
         channel: Channel,
         payload: Any,
         trace_id: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Self:
         """Start a new event at the edge, with a fresh id and trace."""
         return cls(
@@ -389,6 +403,7 @@ class Envelope(_Model):
             channel=channel,
             occurred_at=utcnow(),
             trace_id=trace_id or new_trace_id(),
+            tenant=tenant,
             payload=payload,
         )
 

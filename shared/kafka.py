@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -136,8 +136,30 @@ class EventBus:
         self.settings = settings
         self.service = service
 
-    async def publish(self, topic: Topic, event: Envelope, *, confirm: bool = True) -> None:
-        """Publish one event; with `confirm` (the default) wait until the broker has it."""
+    @overload
+    async def publish(self, event: Envelope, /, *, confirm: bool = True) -> None: ...
+
+    @overload
+    async def publish(self, topic: Topic, event: Envelope, /, *, confirm: bool = True) -> None: ...
+
+    async def publish(
+        self, first: Topic | Envelope, second: Envelope | None = None, /, *, confirm: bool = True
+    ) -> None:
+        """Publish one event on its type's topic; with `confirm` wait until the broker has it.
+
+        The two-argument form (topic, event) is kept only while callers move to
+        `publish(event)`; a topic that is not the event's own is refused.
+        """
+        if isinstance(first, Envelope):
+            event = first
+        else:
+            assert second is not None
+            event = second
+            if first != Topic.for_event(event):
+                raise ValueError(
+                    f"{event.event_type} events belong on their own topic, not {first}"
+                )
+        topic = Topic.for_event(event)
         await self.broker.publish(
             event.model_dump_json().encode(),
             topic=self.settings.topic(topic),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from starlette.applications import Starlette
+from fastapi import FastAPI
 
 from services.audit import handlers
 from services.audit.ledger import Ledger
@@ -15,7 +15,7 @@ from shared.service import Infra, ServiceSpec, build_app
 Settings = AuditSettings
 
 
-def create_app(settings: AuditSettings | None = None) -> Starlette:
+def create_app(settings: AuditSettings | None = None) -> FastAPI:
     """Build the audit service."""
     cfg = settings or AuditSettings()
 

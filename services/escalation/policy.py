@@ -38,6 +38,7 @@ from shared.events import (
     RouteReason,
     RouteTarget,
     RoutingDecision,
+    Severity,
     SignalName,
     TurnContextualized,
 )
@@ -125,6 +126,8 @@ class Rule(_Model):
     """One escalation rule: its settings, and how to tell whether it fires on a turn."""
 
     enabled: bool = True
+    severity: Severity = "low"
+    """How urgent the ticket is when this rule fires; the queue is ordered by it."""
 
     def evaluate(self, facts: Facts) -> str | None:
         """The evidence when the rule fires on this turn, None when it does not."""
@@ -487,7 +490,7 @@ def decide(
         bot_turns=bot_turns,
     )
     reasons = [
-        RouteReason(code=name, detail=detail)
+        RouteReason(code=name, detail=detail, severity=rule.severity)
         for name, rule in policy.rules.enabled()
         if (detail := rule.evaluate(facts))
     ]

@@ -47,7 +47,6 @@ from shared.events import (
 )
 from shared.kafka import EventBus
 from shared.metrics import LATENCY_BUCKETS
-from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +255,6 @@ class GenerationHandlers:
         turn = event.payload
         match = self.prompts.select_playbook(turn)
         await self.bus.publish(
-            Topic.ASSIST_SUGGESTED,
             event.derive(
                 AssistSuggestedEvent,
                 AgentAssist(
@@ -361,7 +359,6 @@ class GenerationHandlers:
             text="".join(state.pending),
         )
         await self.bus.publish(
-            Topic.REPLY_DELTA,
             event.derive(ReplyDeltaEvent, delta, part=f":{state.seq}"),
             confirm=confirm,
         )
@@ -422,4 +419,4 @@ class GenerationHandlers:
             ttft_ms=ttft_ms,
             tokens=tokens,
         )
-        await self.bus.publish(Topic.REPLY_GENERATED, event.derive(ReplyGeneratedEvent, reply))
+        await self.bus.publish(event.derive(ReplyGeneratedEvent, reply))

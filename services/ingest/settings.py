@@ -48,6 +48,16 @@ class IngestSettings(ServiceSettings):
     its user in (`customer_hash`); without a valid one a widget visitor stays anonymous."""
     customer_rate_per_min: int = Field(default=30, ge=1)
     tenant_rate_per_min: int = Field(default=3000, ge=1)
+    ip_rate_per_min: int = Field(default=600, ge=1)
+    """Requests and WebSocket connections per client address and minute, every path."""
+    connection_frames_per_min: int = Field(default=60, ge=1)
+    """Frames one WebSocket may send per minute; twice that closes it (1008)."""
+    ws_max_frame_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    """Longest WebSocket frame read; longer ones are refused before they are parsed."""
+    owner_ttl_s: int = Field(default=90 * 24 * 3600, ge=3600)
+    """How long a conversation stays its customer's after its last message or connection."""
+    messaging_tenant: str = "default"
+    """The tenant whose customers write on the configured SMS, WhatsApp and voice numbers."""
 
     public_base_url: str | None = None
     """The URL providers call us on (e.g. https://chat.example.com); signatures cover it."""

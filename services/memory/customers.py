@@ -7,6 +7,7 @@ lost cache costs a query, never data.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,6 +36,10 @@ def identity_kind(identity: str) -> str:
     """`phone` for `phone:4477...`; `customer` for a tenant's own customer id."""
     prefix, sep, _ = identity.partition(":")
     return prefix if sep and prefix in IDENTITY_KINDS else "customer"
+
+
+ErasureHook = Callable[[Any, list[str], list[str]], Awaitable[None]]
+"""Runs in the erasure's transaction with (connection, identities, conversation ids)."""
 
 
 @dataclass(frozen=True)
@@ -369,8 +374,14 @@ class CustomerStore:
                 data[name] = [_plain(dict(r)) for r in await conn.fetch(sql, customer_id)]
         return data
 
-    async def erase(self, customer_id: str) -> tuple[list[str], list[str]] | None:
-        """Delete the customer everywhere memory keeps them; (identities, conversation ids)."""
+    async def erase(
+        self, customer_id: str, record: ErasureHook | None = None
+    ) -> tuple[list[str], list[str]] | None:
+        """Delete the customer everywhere memory keeps them; (identities, conversation ids).
+
+        `record(conn, identities, conversations)` runs inside the deleting transaction, so
+        what must follow the erasure (its event, its receipt) commits with it or not at all.
+        """
         async with self.pg.acquire() as conn, conn.transaction():
             found = await conn.fetchval(
                 "SELECT true FROM memory.customers WHERE customer_id = $1 FOR UPDATE", customer_id
@@ -402,6 +413,8 @@ class CustomerStore:
             )
             # memories (and their embeddings), issues, moods and identities cascade.
             await conn.execute("DELETE FROM memory.customers WHERE customer_id = $1", customer_id)
+            if record is not None:
+                await record(conn, sorted({*identities, customer_id}), conversations)
         keys = [self._identity_key(i) for i in {*identities, customer_id}]
         keys += [f"{self.key_prefix}conv:{c}:turns" for c in conversations]
         if keys:

@@ -33,7 +33,8 @@ from services.generation.settings import PACKAGE_DIR, GenerationSettings
 from shared.events import EmotionLabel, RouteTarget, TurnRoutedEvent
 from shared.kafka import EventBus
 from tests.e2e.test_turn_path import frames_until_reply, wait_for_rows, ws_url
-from tests.unit.test_generation_handlers import RecordingBus, routed_event
+from tests.kit import RecordingBus
+from tests.unit.test_generation_handlers import routed_event
 from tests.unit.test_generation_prompt import memory_context, routed
 
 pytestmark = pytest.mark.e2e

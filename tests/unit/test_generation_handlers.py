@@ -16,7 +16,6 @@ from services.generation.prompt import FALLBACK_REPLY, HANDOFF_NOTICE
 from services.generation.settings import GenerationSettings
 from services.generation.variants import Variant
 from shared.events import (
-    AssistSuggestedEvent,
     Channel,
     ConversationContext,
     CustomerMessage,
@@ -24,8 +23,6 @@ from shared.events import (
     EmotionLabel,
     Envelope,
     Handoff,
-    ReplyDeltaEvent,
-    ReplyGeneratedEvent,
     Role,
     RouteReason,
     RouteTarget,
@@ -37,31 +34,7 @@ from shared.events import (
 )
 from shared.kafka import EventBus
 from shared.topics import Topic
-
-
-class RecordingBus:
-    """Stands in for EventBus: remembers what was published, in order."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[Topic, Envelope, bool]] = []
-
-    async def publish(self, topic: Topic, event: Envelope, *, confirm: bool = True) -> None:
-        self.published.append((topic, event, confirm))
-
-    def deltas(self) -> list[ReplyDeltaEvent]:
-        return [cast(ReplyDeltaEvent, e) for t, e, _ in self.published if t is Topic.REPLY_DELTA]
-
-    def assists(self) -> list[AssistSuggestedEvent]:
-        return [
-            cast(AssistSuggestedEvent, e)
-            for t, e, _ in self.published
-            if t is Topic.ASSIST_SUGGESTED
-        ]
-
-    def replies(self) -> list[ReplyGeneratedEvent]:
-        return [
-            cast(ReplyGeneratedEvent, e) for t, e, _ in self.published if t is Topic.REPLY_GENERATED
-        ]
+from tests.kit import RecordingBus
 
 
 class FakeLLM:

@@ -27,7 +27,8 @@ from shared.events import (
     TurnRoutedEvent,
 )
 from shared.kafka import EventBus
-from tests.unit.test_generation_handlers import CANARY, RecordingBus, routed_event, settings
+from tests.kit import RecordingBus
+from tests.unit.test_generation_handlers import CANARY, routed_event, settings
 
 NOW = datetime(2025, 1, 2, tzinfo=UTC)
 
