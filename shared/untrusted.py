@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from shared.linear_re import compile_linear
+
 # Characters that look like `<`, `>` or `/` and that NFKC leaves alone.
 _LOOKALIKES = str.maketrans(
     {
@@ -102,3 +104,40 @@ def _tag_end(inner: str, tag: str) -> int:
             if seen == len(tag):
                 return i + 1
     return len(inner)
+
+
+# What text addressed to the assistant looks like. These are shapes, not a list of known
+# attacks. `_OVERRIDE` never occurs in a genuine complaint; `_IMPERATIVE` (orders about what to
+# say or give) does ("you never reply to my emails"), so it only rules out facts, which never
+# need it: an address, a name or a preference is quoted into every later prompt and the console.
+_OVERRIDE = compile_linear(
+    r"\b(?:ignore|disregard|forget|override|bypass)\b.{0,40}\b(?:instructions?|rules?|prompts?|"
+    r"previous|above|everything|guidelines?|polic(?:y|ies))\b"
+    r"|\b(?:system|developer|assistant)\s*(?:prompt|message|instructions?|:)"
+    r"|\b(?:act as|pretend to be|role-?play|jailbreak|do anything now|dan mode)\b"
+    r"|\b(?:new|updated|real|hidden|secret)\s+(?:rules?|instructions?|task|prompt)\b"
+    r"|\b(?:the|this|dear) (?:assistant|bot|ai|model|llm)\b|\bchatgpt\b"
+    r"|[<>{}\[\]`|\\]|https?://|\bwww\.",
+    ignore_case=True,
+)
+_IMPERATIVE = compile_linear(
+    r"\byou (?:are|must|should|will|shall|have to|need to|may|can)\b"
+    r"|\b(?:always|never|must|do not|don'?t)\s+(?:say|reply|answer|respond|tell|give|offer|"
+    r"promise|refund|approve|reveal|mention|follow|obey|send)\b"
+    r"|\b(?:reply|respond|answer)\s+(?:with|only|in|as|that)\b"
+    r"|^(?:please )?(?:give|offer|refund|approve|tell|say|send|grant|issue)\b",
+    ignore_case=True,
+)
+
+
+def overrides_instructions(text: str) -> bool:
+    """Whether text (read as a model would, after `normalize`) tries to change the rules or
+    carries markup: never part of what a customer reports."""
+    return _OVERRIDE.search(normalize(text)) is not None
+
+
+def looks_like_instruction(text: str) -> bool:
+    """Whether text reads as an instruction to the assistant rather than a fact about a
+    person (overrides, markup, or orders about what to say or give)."""
+    folded = normalize(text)
+    return _OVERRIDE.search(folded) is not None or _IMPERATIVE.search(folded) is not None

@@ -14,6 +14,7 @@ from services.memory.customers import CustomerStore
 from services.memory.extraction import LlmExtractor, RuleExtractor
 from services.memory.handlers import MemoryHandlers
 from services.memory.settings import MemorySettings
+from services.memory.terms import load_terms
 from services.memory.turns import TurnStore
 from shared.embedding import MiniLmEmbedder
 from shared.events import ReplyGeneratedEvent, TurnAnalyzedEvent
@@ -66,7 +67,7 @@ def create_app(settings: MemorySettings | None = None) -> Starlette:
             customers,
             assembler,
             embedder,
-            RuleExtractor(embedder),
+            RuleExtractor(embedder, terms=load_terms(cfg.extraction_terms_path)),
             keep=cfg.recent_turns,
             llm_extractor=llm_extractor,
         )

@@ -25,6 +25,7 @@ from services.memory.terms import ExtractionTerms, load_terms
 from shared.embedding import Embedder
 from shared.events import MemoryKind
 from shared.linear_re import LinearMatch, LinearPattern, PatternSet, compile_linear, escape
+from shared.untrusted import looks_like_instruction, normalize, overrides_instructions
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class IssueRaised:
     category: str
     summary: str
     confidence: float
+    extractor: str = "rules"
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,8 @@ class Extraction:
     profile: list[ProfileChange] = field(default_factory=list)
     raised: list[IssueRaised] = field(default_factory=list)
     resolved: list[IssueResolved] = field(default_factory=list)
+    refused: int = 0
+    """Memories not kept because their text had the wrong shape (instructions, markup)."""
 
     def __bool__(self) -> bool:
         return bool(self.memories or self.profile or self.raised or self.resolved)
@@ -335,6 +339,23 @@ def _clean(text: str) -> str:
     return _SPACES.sub(" ", text).strip(" \t'\"")
 
 
+# What an address or a place looks like: letters of any script, digits and the punctuation
+# addresses use, a dozen words at most, and (unless it is a short place name) a number.
+_ADDRESS_SHAPE = compile_linear(
+    r"(?:[\pL\pN][\pL\pN.'&/#()-]*,?)(?: [\pL\pN][\pL\pN.'&/#()-]*,?){0,11}"
+)
+_PLACE_SHAPE = compile_linear(r"(?:\pL[\pL.'-]*,?)(?: \pL[\pL.'-]*,?){0,5}")
+
+
+def _summary(category: str, text: str) -> str:
+    """The customer's words as the issue's summary, unless they try to instruct the assistant:
+    then only the category, which is all a later prompt needs."""
+    words = _clean(normalize(text))[:240]
+    if overrides_instructions(words):
+        return f"Reported a {category.replace('_', ' ')} problem"
+    return words
+
+
 def _sentences(text: str) -> list[str]:
     return [s for s in (p.strip() for p in _SENTENCE_SPLIT.split(text)) if s]
 
@@ -443,7 +464,12 @@ class RuleExtractor:
                 ((c, float(np.dot(vector, v))) for c, v in self._prototypes), key=lambda p: p[1]
             )
             if score >= self.issue_threshold:
-                out.raised.append(IssueRaised(best, _clean(text)[:240], round(score, 3)))
+                out.raised.append(
+                    IssueRaised(best, _summary(best, text), round(score, 3), extractor="examples")
+                )
+        kept = [m for m in out.memories if not looks_like_instruction(m.text)]
+        out.refused += len(out.memories) - len(kept)
+        out.memories = kept
         return out
 
     def _profile(self, sentence: _Sentence, out: Extraction) -> None:
@@ -553,10 +579,15 @@ class RuleExtractor:
     def _contacts(self, sentence: _Sentence, out: Extraction) -> None:
         if m := sentence.search(_RULE_ADDRESS):
             if m.group("addr"):
-                text = f"Address: {_clean(m.group('addr')).rstrip('.')}"
+                where = _clean(m.group("addr")).rstrip(".")
+                text = f"Address: {where}" if _ADDRESS_SHAPE.fullmatch(where) else ""
             else:
-                text = f"Lives in {_clean(m.group('moved'))}"
-            out.memories.append(Learned(MemoryKind.CONTACT, "contact:address", text, 0.9))
+                where = _clean(m.group("moved"))
+                text = f"Lives in {where}" if _PLACE_SHAPE.fullmatch(where) else ""
+            if text:
+                out.memories.append(Learned(MemoryKind.CONTACT, "contact:address", text, 0.9))
+            else:
+                out.refused += 1
         if m := sentence.search(_RULE_EMAIL):
             out.memories.append(
                 Learned(MemoryKind.CONTACT, "contact:email", f"Email: {m.group(1)}", 0.95)
@@ -594,7 +625,7 @@ class RuleExtractor:
         seen = {r.category for r in out.raised}
         for category, rx in _ISSUE_RULES:
             if category not in seen and sentence.search(rx):
-                out.raised.append(IssueRaised(category, _clean(sentence.text)[:240], 0.9))
+                out.raised.append(IssueRaised(category, _summary(category, sentence.text), 0.9))
                 return
 
 
@@ -661,7 +692,10 @@ def parse_llm_memories(content: str) -> list[Learned]:
             continue
         if not isinstance(slot, str) or not text.strip() or len(text) > 200:
             continue
+        text = _clean(normalize(text))
+        if looks_like_instruction(text):
+            continue
         learned.append(
-            Learned(MemoryKind(kind), f"{kind}:{_slug(slot)}", _clean(text), 0.6, extractor="llm")
+            Learned(MemoryKind(kind), f"{kind}:{_slug(slot)}", text, 0.6, extractor="llm")
         )
     return learned
