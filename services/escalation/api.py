@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -9,12 +10,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from services.escalation.auth import AgentAuth, AgentToken
+from services.escalation.auth import AgentAuth, AgentToken, LoginThrottle
 from services.escalation.desk import Desk, Ticket, TicketConflict, TicketNotFound
 from services.escalation.live import AgentHub
 from services.escalation.packet import build_packet
@@ -68,6 +70,7 @@ class AgentAPI:
         self.hub = hub
         self.desk: Desk | None = None
         self.bus: EventBus | None = None
+        self.throttle: LoginThrottle | None = None
 
     def routes(self) -> list[BaseRoute]:
         """The console page, the agent API and the live socket."""
@@ -95,9 +98,23 @@ class AgentAPI:
             body = Login.model_validate(json.loads(await request.body()))
         except (ValueError, ValidationError):
             return error(400, "invalid_request", 'send {"agent_id": ..., "password": ...}')
-        token = self.auth.login(body.agent_id, body.password)
+        address = request.client.host if request.client else "unknown"
+        if self.throttle is not None:
+            try:
+                wait = await self.throttle.retry_after(body.agent_id, address)
+            except RedisError:
+                return error(503, "unavailable", "sign-in is unavailable; try again shortly")
+            if wait is not None:
+                response = error(429, "too_many_attempts", "too many failed sign-ins; wait")
+                response.headers["Retry-After"] = str(wait)
+                return response
+        token = await asyncio.to_thread(self.auth.login, body.agent_id, body.password)
         if token is None:
+            if self.throttle is not None:
+                await self.throttle.failed(body.agent_id, address)
             return error(401, "unauthorized", "unknown agent or wrong password")
+        if self.throttle is not None:
+            await self.throttle.succeeded(body.agent_id, address)
         verified = self.auth.verify(token)
         assert verified is not None
         return JSONResponse({"token": token, "agent_id": verified.agent_id})

@@ -8,7 +8,7 @@ from pathlib import Path
 from starlette.applications import Starlette
 
 from services.escalation.api import AgentAPI
-from services.escalation.auth import AgentAuth
+from services.escalation.auth import AgentAuth, LoginThrottle
 from services.escalation.desk import Desk
 from services.escalation.handlers import EscalationHandlers
 from services.escalation.live import AgentHub
@@ -55,6 +55,8 @@ def create_app(settings: EscalationSettings | None = None) -> Starlette:
         infra.subscribe(Topic.CUSTOMER_ERASED, CustomerErasedEvent, handlers.on_customer_erased)
         api.desk = desk
         api.bus = infra.bus
+        await auth.sync_versions(infra.require_pg())
+        api.throttle = LoginThrottle(infra.require_redis(), cfg.redis.key_prefix)
 
     return build_app(
         ServiceSpec(

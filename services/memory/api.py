@@ -6,7 +6,6 @@ Every route needs the admin bearer token. Erasure deletes what memory holds, the
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal, TypeVar
@@ -17,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from services.memory.customers import CustomerStore, identity_kind
+from shared.credentials import bearer_matches
 from shared.events import (
     Channel,
     CustomerErased,
@@ -100,7 +100,7 @@ class CustomerAPI:
     """HTTP routes over the customer model; `store` and `bus` are set at start-up."""
 
     def __init__(self, admin_token: str) -> None:
-        self._token = admin_token.encode()
+        self._token = admin_token
         self.store: CustomerStore | None = None
         self.bus: EventBus | None = None
 
@@ -132,9 +132,7 @@ class CustomerAPI:
 
     def _admin(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self._token):
+            if not bearer_matches(request.headers.get("authorization"), self._token):
                 return error(401, "unauthorized", "an admin bearer token is required")
             customer_id = request.path_params["customer_id"]
             try:

@@ -7,6 +7,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.memory.terms import DEFAULT_TERMS_PATH
+from shared.credentials import require_secret
 from shared.settings import ServiceSettings
 
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 (refused in production below)
@@ -41,9 +42,6 @@ class MemorySettings(ServiceSettings):
 
     @model_validator(mode="after")
     def _no_dev_admin_in_production(self) -> Self:
-        if (
-            self.environment == "production"
-            and self.admin_token.get_secret_value() == DEV_ADMIN_TOKEN
-        ):
-            raise ValueError("set CBD_MEMORY_ADMIN_TOKEN in production")
+        if self.environment == "production":
+            require_secret("CBD_MEMORY_ADMIN_TOKEN", self.admin_token.get_secret_value())
         return self
