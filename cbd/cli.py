@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from cbd import deadletter, emotion
+from cbd import deadletter, emotion, security
 from cbd.procs import ProcessFailed
 from cbd.runtime import DEFAULT_PORTS, Platform
 from cbd.serve import SERVICES, serve
@@ -116,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         help="the platform's model (default), a lexicon-only baseline, or all of them",
     )
     p_ev.add_argument("--json", action="store_true", help="print the reports as JSON")
+    security.add_commands(sub)
     args = parser.parse_args(argv)
+    if (code := security.dispatch(args)) is not None:
+        return code
     if args.command == "emotion":
         return emotion.main(args)
     if args.command == "run":

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from services.audit import handlers
 from services.audit.ledger import Ledger
 from services.audit.settings import AuditSettings
+from shared import db
 from shared.service import Infra, ServiceSpec, build_app
 
 Settings = AuditSettings
@@ -19,10 +20,13 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
     """Build the audit service."""
     cfg = settings or AuditSettings()
 
-    async def wire(infra: Infra, _: AsyncExitStack) -> None:
-        handlers.register(
-            infra.broker, cfg.kafka, handlers.AuditHandlers(Ledger(infra.require_pg()))
-        )
+    async def wire(infra: Infra, stack: AsyncExitStack) -> None:
+        eraser = None
+        if cfg.eraser_dsn is not None:
+            eraser = await db.create_pool(cfg.postgres.model_copy(update={"dsn": cfg.eraser_dsn}))
+            stack.push_async_callback(eraser.close)
+        ledger = Ledger(infra.require_pg(), cfg.chain_key.get_secret_value(), eraser)
+        handlers.register(infra.broker, cfg.kafka, handlers.AuditHandlers(ledger))
 
     return build_app(
         ServiceSpec(

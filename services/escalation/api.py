@@ -7,17 +7,19 @@ the lifespan (`shared.http.requires`), so until the service has started they ans
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, WebSocket
+from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, StringConstraints
+from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
-from services.escalation.auth import AgentAuth, AgentToken
+from services.escalation.auth import AgentAuth, AgentToken, LoginThrottle
 from services.escalation.desk import Desk, Ticket, TicketConflict, TicketNotFound
 from services.escalation.live import AgentHub, ConsoleFeed
 from services.escalation.packet import build_packet
@@ -70,6 +72,7 @@ class Transfer(BaseModel):
 
 
 Auth = Annotated[AgentAuth, Depends(requires(AgentAuth))]
+Throttle = Annotated[LoginThrottle, Depends(requires(LoginThrottle))]
 DeskDep = Annotated[Desk, Depends(requires(Desk))]
 Bus = Annotated[EventBus, Depends(requires(EventBus))]
 Feed = Annotated[ConsoleFeed, Depends(requires(ConsoleFeed))]
@@ -135,13 +138,28 @@ def agent_router() -> APIRouter:
         await feed.broadcast({"type": "queue_changed"})
         return ticket.as_json()
 
-    @router.post("/login", responses=error_responses(401, 422))
-    async def login(body: Login, auth: Auth) -> Session:
+    @router.post("/login", responses=error_responses(401, 422, 429, 503))
+    async def login(body: Login, request: Request, auth: Auth, throttle: Throttle) -> Session:
         """Exchange an agent id and password for a bearer token."""
-        token = auth.login(body.agent_id, body.password)
+        address = request.client.host if request.client else "unknown"
+        try:
+            wait = await throttle.retry_after(body.agent_id, address)
+        except RedisError as exc:
+            raise ApiError(503, "unavailable", "sign-in is unavailable; try again shortly") from exc
+        if wait is not None:
+            raise ApiError(
+                429,
+                "too_many_attempts",
+                "too many failed sign-ins; wait",
+                headers={"Retry-After": str(wait)},
+            )
+        # argon2 is deliberately slow: hash off the event loop.
+        token = await asyncio.to_thread(auth.login, body.agent_id, body.password)
         verified = auth.verify(token) if token is not None else None
         if token is None or verified is None:
+            await throttle.failed(body.agent_id, address)
             raise ApiError(401, "unauthorized", "unknown agent or wrong password")
+        await throttle.succeeded(body.agent_id, address)
         return Session(token=token, agent_id=verified.agent_id)
 
     @router.get("/queue", responses=error_responses(401, 503))

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.escalation.api import REFUSALS, agent_router, console_router, live_router
-from services.escalation.auth import AgentAuth
+from services.escalation.auth import AgentAuth, LoginThrottle
 from services.escalation.desk import Desk
 from services.escalation.handlers import EscalationHandlers
 from services.escalation.live import CONSOLE_CHANNEL, AgentHub, ConsoleFeed
@@ -61,10 +61,12 @@ def create_app(settings: EscalationSettings | None = None) -> FastAPI:
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)
         infra.subscribe(Topic.ASSIST_SUGGESTED, AssistSuggestedEvent, handlers.on_assist_suggested)
         infra.subscribe(Topic.CUSTOMER_ERASED, CustomerErasedEvent, handlers.on_customer_erased)
+        await auth.sync_versions(infra.require_pg())
         infra.provide(auth)
         infra.provide(desk)
         infra.provide(hub)
         infra.provide(feed)
+        infra.provide(LoginThrottle(infra.require_redis(), cfg.redis.key_prefix))
 
     return build_app(
         ServiceSpec(

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.events import EmotionLabel
+from shared.linear_re import PatternSet, compile_linear
 
 EMOTION_WEIGHT = 0.5
 """What a matching emotion adds: less than one cue, so it only breaks ties."""
@@ -79,9 +80,11 @@ class PlaybookLibrary:
             raise ValueError(f"duplicate playbook ids in {ids}")
         self.playbooks = list(playbooks)
         self._matchers = [
-            (p, [(cue, re.compile(_cue_pattern(cue), re.IGNORECASE)) for cue in p.cues])
+            (p, [(cue, compile_linear(_cue_pattern(cue), ignore_case=True)) for cue in p.cues])
             for p in playbooks
         ]
+        # Customer text meets every cue: one linear RE2 pass finds all that occur.
+        self._cues = PatternSet(rx for _, cues in self._matchers for _, rx in cues)
 
     @classmethod
     def load(cls, path: Path) -> PlaybookLibrary:
@@ -98,11 +101,13 @@ class PlaybookLibrary:
     ) -> PlaybookMatch | None:
         """The best playbook for this message, or None when no cue matches at all."""
         best: PlaybookMatch | None = None
+        hits = self._cues.matching(text)
+        earlier = self._cues.matching(previous) if previous else frozenset()
         for playbook, cues in self._matchers:
-            found = [cue for cue, rx in cues if rx.search(text)]
+            found = [cue for cue, rx in cues if rx in hits]
             score = float(len(found))
             if previous:
-                score += HISTORY_WEIGHT * sum(1 for _, rx in cues if rx.search(previous))
+                score += HISTORY_WEIGHT * sum(1 for _, rx in cues if rx in earlier)
             if score == 0:
                 continue
             if emotion in playbook.emotions:

@@ -10,7 +10,6 @@ data so that it cannot rewrite the rules.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from services.generation.knowledge import KnowledgeBase, KnowledgeHit
@@ -18,6 +17,7 @@ from services.generation.llm import ChatMessage
 from services.generation.playbooks import PlaybookLibrary, PlaybookMatch
 from services.generation.variants import Variant
 from shared.events import EmotionLabel, MemoryKind, Role, TurnRouted
+from shared.untrusted import neutralize_tags, normalize
 
 CARE_PRINCIPLES = """\
 How you answer:
@@ -91,24 +91,14 @@ def handoff_notice(eta_minutes: int | None) -> str:
     )
 
 
-def _tag_pattern(tag: str) -> re.Pattern[str]:
-    # Any spelling of the tag a model might read as one: case, spaces, a slash anywhere inside.
-    return re.compile(rf"<\s*(/?)\s*{tag}\s*/?\s*>", re.IGNORECASE)
-
-
-_TAGS = {tag: _tag_pattern(tag) for tag in ("customer", "memory")}
+_TAGS = ("customer", "memory")
 
 
 def quote(tag: str, text: str) -> str:
-    """Wrap untrusted text in a tag; every spelling of our tags inside it is neutralised."""
-    safe = text
-    for name, rx in _TAGS.items():
-
-        def neutral(m: re.Match[str], name: str = name) -> str:
-            return f"[{m.group(1)}{name}]"
-
-        safe = rx.sub(neutral, safe)
-    return f"<{tag}>{safe}</{tag}>"
+    """Wrap untrusted text in a tag. The text is first folded to what a model reads (NFKC, no
+    invisible or bidi characters, look-alike brackets made ASCII; shared/untrusted.py), then
+    every spelling of our tags inside it is neutralised, so it cannot close the fence."""
+    return f"<{tag}>{neutralize_tags(normalize(text), _TAGS)}</{tag}>"
 
 
 def quote_customer(text: str) -> str:

@@ -5,6 +5,7 @@ from typing import ClassVar, Self
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.credentials import require_explicit_origins, require_secret
 from shared.settings import ServiceSettings
 
 DEV_API_KEY = "dev-api-key"
@@ -107,4 +108,10 @@ class IngestSettings(ServiceSettings):
                 v.get_secret_value() == DEV_IDENTITY_SECRET for v in self.identity_secrets.values()
             ):
                 raise ValueError("set CBD_INGEST_IDENTITY_SECRETS in production")
+            for tenant, key in self.api_keys.items():
+                require_secret(f"CBD_INGEST_API_KEYS[{tenant}]", key.get_secret_value())
+            for tenant, secret in self.identity_secrets.items():
+                require_secret(f"CBD_INGEST_IDENTITY_SECRETS[{tenant}]", secret.get_secret_value())
+            for name, widget in self.widget_keys.items():
+                require_explicit_origins(f"CBD_INGEST_WIDGET_KEYS[{name}]", widget.origins)
         return self

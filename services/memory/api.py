@@ -7,7 +7,6 @@ same conversations (`services.memory.erasure`).
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -17,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.memory.customers import CustomerStore, identity_kind
 from services.memory.erasure import Eraser
+from shared.credentials import bearer_matches
 from shared.events import Identifier, utcnow
 from shared.http import ApiError, error_responses, requires
 
@@ -82,11 +82,9 @@ CustomerId = Annotated[Identifier, Path(description="A customer id or any of the
 
 def customer_router(admin_token: str) -> APIRouter:
     """The admin routes, behind the admin bearer token."""
-    expected = admin_token.encode()
 
     def admin(authorization: Annotated[str, Header()] = "") -> None:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected):
+        if not bearer_matches(authorization, admin_token):
             raise ApiError(401, "unauthorized", "an admin bearer token is required")
 
     router = APIRouter(

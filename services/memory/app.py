@@ -15,6 +15,7 @@ from services.memory.erasure import Eraser
 from services.memory.extraction import LlmExtractor, RuleExtractor
 from services.memory.handlers import MemoryHandlers
 from services.memory.settings import MemorySettings
+from services.memory.terms import load_terms
 from services.memory.turns import TurnStore
 from shared.embedding import MiniLmEmbedder
 from shared.events import CustomerErasedEvent, ReplyGeneratedEvent, TurnAnalyzedEvent
@@ -67,7 +68,7 @@ def create_app(settings: MemorySettings | None = None) -> FastAPI:
             customers,
             assembler,
             embedder,
-            RuleExtractor(embedder),
+            RuleExtractor(embedder, terms=load_terms(cfg.extraction_terms_path)),
             keep=cfg.recent_turns,
             llm_extractor=llm_extractor,
         )

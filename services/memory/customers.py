@@ -51,6 +51,8 @@ class TurnFacts:
     turn_id: uuid.UUID
     at: datetime
     emotion: EmotionAnalysis
+    channel: str = "unknown"
+    """The channel the turn arrived on: provenance for everything learned from it."""
 
 
 class CustomerStore:
@@ -258,14 +260,14 @@ class CustomerStore:
             """
             INSERT INTO memory.memories (memory_id, customer_id, kind, slot, text, confidence,
                 source_turn_id, source_conversation_id, extractor, learned_at, updated_at,
-                embedding)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11::text::vector)
+                embedding, source_channel)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11::text::vector, $12)
             ON CONFLICT (customer_id, slot) DO UPDATE SET
                 kind = EXCLUDED.kind, text = EXCLUDED.text, confidence = EXCLUDED.confidence,
                 source_turn_id = EXCLUDED.source_turn_id,
                 source_conversation_id = EXCLUDED.source_conversation_id,
                 extractor = EXCLUDED.extractor, updated_at = EXCLUDED.updated_at,
-                embedding = EXCLUDED.embedding
+                embedding = EXCLUDED.embedding, source_channel = EXCLUDED.source_channel
             RETURNING memory_id
             """,
             uuid.uuid5(turn.turn_id, slot),
@@ -279,6 +281,7 @@ class CustomerStore:
             memory.extractor,
             turn.at,
             embedding,
+            turn.channel,
         )
         return memory_id
 
@@ -286,8 +289,8 @@ class CustomerStore:
         await conn.execute(
             """
             INSERT INTO memory.issues (issue_id, customer_id, conversation_id, category, summary,
-                source_turn_id, opened_at, updated_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                source_turn_id, opened_at, updated_at, source_channel, extractor)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)
             ON CONFLICT (customer_id, category) WHERE status <> 'resolved' DO UPDATE SET
                 summary = EXCLUDED.summary, updated_at = EXCLUDED.updated_at
             """,
@@ -298,6 +301,8 @@ class CustomerStore:
             issue.summary,
             turn.turn_id,
             turn.at,
+            turn.channel,
+            issue.extractor,
         )
 
     async def _resolve_issue(self, conn: Any, turn: TurnFacts, resolved: IssueResolved) -> None:

@@ -133,6 +133,7 @@ class MemoryHandlers:
             turn_id=message.turn_id,
             at=message.received_at,
             emotion=event.payload.emotion,
+            channel=str(event.channel),
         )
         await self.customers.fold_mood(facts)
         found = self.extractor.extract(
