@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p_rep.add_argument("--max-tokens", type=int, default=80)
     p_rep.add_argument("--temperature", type=float, default=0.2)
     p_rep.add_argument("--json", help="write the full JSON report here (default: stdout)")
+    p_rep.add_argument(
+        "--scripted-only", action="store_true", help="only the scenarios whose turns give a reply"
+    )
     args = parser.parse_args(argv)
     if args.command == "evaluate":
         return evaluate.main(args)

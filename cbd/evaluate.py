@@ -204,7 +204,10 @@ async def evaluate(
             elif llm is not None or settings.reply_mode is ReplyMode.COMPOSED:
                 client = llm or _Scripted([""])
             else:
-                raise SystemExit(f"{scenario['id']} turn {number}: no reply and no --llm-url")
+                raise SystemExit(
+                    f"{scenario['id']} turn {number}: no reply and no --llm-url "
+                    "(or --scripted-only, or --mode composed)"
+                )
             handlers = GenerationHandlers(
                 cast(EventBus, bus), cast(ChatClient, client), settings, care=kit_shared
             )
@@ -337,7 +340,10 @@ async def replies_command(args: argparse.Namespace, scenarios: list[dict[str, An
 
 def main(args: argparse.Namespace) -> int:
     """Entry point from `cbd evaluate`: the table, then the JSON (or the JSON to a file)."""
-    rc = asyncio.run(replies_command(args, load_scenarios(Path(args.scenarios))))
+    scenarios = load_scenarios(Path(args.scenarios))
+    if args.scripted_only:
+        scenarios = [s for s in scenarios if all("reply" in t for t in s["turns"])]
+    rc = asyncio.run(replies_command(args, scenarios))
     report = args.report
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")

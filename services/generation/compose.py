@@ -106,6 +106,10 @@ def answer_sentences(
     if not chosen:
         # The entry shares no word with the question: retrieval reached; better no answer.
         return []
+    if min(chosen) > 0 and len(sentences[0].split()) <= 25:
+        # The entry's first sentence names its subject ("The Bramble Green range ..."): a
+        # later one alone ("It includes bottles") would not make sense.
+        chosen = {0, min(chosen)}
     book = match.playbook if match else None
     if match is not None and match.unmet and book is not None and book.unmet is not None:
         alt = re.compile("|".join(cue_pattern(c) for c in book.unmet.alternatives), re.I)
