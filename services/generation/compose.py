@@ -115,7 +115,7 @@ def answer_sentences(
         alt = re.compile("|".join(cue_pattern(c) for c in book.unmet.alternatives), re.I)
         # The refusal and the alternative sit together in the entry: bring the alternative.
         for i, s in enumerate(sentences):
-            if alt.search(s) and len(chosen) < MAX_SENTENCES:
+            if i not in chosen and alt.search(s) and len(chosen) < MAX_SENTENCES:
                 chosen.add(i)
                 break
     return [second_person(sentences[i]) for i in sorted(chosen)][:MAX_SENTENCES]
