@@ -160,8 +160,9 @@ def first_sentence_s(pieces: list[str]) -> float | None:
 
 def checked_costs(
     handlers: GenerationHandlers, event: TurnRoutedEvent, pieces: list[str]
-) -> tuple[float | None, float]:
-    """(seconds the check spent on the first ended sentence, seconds of the end checks)."""
+) -> tuple[float | None, float | None, float]:
+    """(wall and CPU seconds the check spent on the first ended sentence, seconds of the end
+    checks)."""
     prompt = handlers.prompts.build(event.payload, Variant.CARE)
     guard = CheckedStream(handlers.rails, handlers.care.for_turn(event.payload, prompt))
     for piece in pieces:
@@ -170,7 +171,9 @@ def checked_costs(
             break
     started = time.perf_counter()
     guard.finish()
-    return (guard.check_s[0] if guard.check_s else None), time.perf_counter() - started
+    first = guard.check_s[0] if guard.check_s else None
+    first_cpu = guard.check_cpu_s[0] if guard.check_cpu_s else None
+    return first, first_cpu, time.perf_counter() - started
 
 
 def line(name: str, values: list[float], unit: str, scale: float = 1.0) -> str:
@@ -202,6 +205,7 @@ async def measure(base_url: str, model: str, turns: int, max_tokens: int) -> Non
     extra: list[float] = []
     build: list[float] = []
     check_first: list[float] = []
+    check_first_cpu: list[float] = []
     check_end: list[float] = []
     sentence_wait: list[float] = []
     async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
@@ -231,9 +235,10 @@ async def measure(base_url: str, model: str, turns: int, max_tokens: int) -> Non
             s_first, s_rate = await via_service(handlers, bus, event)
             if i < 2:
                 continue  # warm-up: connections, imports, the first prompts
-            first_check, end_check = checked_costs(handlers, event, pieces)
-            if first_check is not None:
+            first_check, first_cpu, end_check = checked_costs(handlers, event, pieces)
+            if first_check is not None and first_cpu is not None:
                 check_first.append(first_check)
+                check_first_cpu.append(first_cpu)
             check_end.append(end_check)
             wait = first_sentence_s(pieces)
             if wait is not None:
@@ -253,6 +258,7 @@ async def measure(base_url: str, model: str, turns: int, max_tokens: int) -> Non
         ("tokens/s direct", rate_d, "tok/s", 1.0),
         ("tokens/s via generation service", rate_s, "tok/s", 1.0),
         ("care check on the first sentence", check_first, "ms", 1000),
+        ("  the same, CPU time", check_first_cpu, "ms", 1000),
         ("care check at the end (relevance)", check_end, "ms", 1000),
         ("first token -> first sentence ends", sentence_wait, "ms", 1000),
     ):

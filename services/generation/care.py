@@ -64,7 +64,10 @@ _MONTHS = (
 _URL = re.compile(
     r"\b(?:https?://|www\.)[^\s<>\"')\]]+"
     r"|\b[a-z0-9][a-z0-9-]*(?:\.[a-z0-9-]+)*\.(?:com|org|net|io|ly|co|uk|info|biz|app|me|us|"
-    r"eu|de|fr|shop|help|support|link|gl|gd|to)\b(?:/[^\s<>\"')\]]*)?",
+    r"eu|de|fr|shop|store|help|support|link|gl|gd|to|ai|dev|biz|online|site|xyz)\b"
+    r"(?:/[^\s<>\"')\]]*)?"
+    # Any other name with a path ("bramble.example/reset") is a link too.
+    r"|\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,12}/[^\s<>\"')\]]*",
     re.IGNORECASE,
 )
 _EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b")
@@ -98,7 +101,8 @@ _DONE = (
     r"issued|sent|resent|reset|frozen|blocked|unblocked|arranged|booked|scheduled|credited|"
     r"reversed|applied|fixed|resolved|corrected|removed|added|verified|confirmed|escalated|"
     r"submitted|ordered|replaced|reshipped|located|found|traced|contacted|emailed|notified|"
-    r"closed|reactivated|unlocked|approved|waived|redirected|rerouted|investigated"
+    r"closed|reactivated|unlocked|approved|waived|redirected|rerouted|investigated|forwarded|"
+    r"raised|logged|filed|created|opened|cleared|released|returned|expedited|upgraded"
 )
 _ACTION_CLAIM = re.compile(
     rf"\b(?:i|we)\s*(?:'ve|\s+have|\s+had)\s+(?:already\s+|just\s+|now\s+|also\s+)?"
@@ -466,6 +470,9 @@ class CheckedStream:
     """The sentence that must acknowledge the customer is still to come."""
     check_s: list[float] = field(default_factory=list)
     """Seconds spent checking each batch of ended sentences (the streaming cost)."""
+    check_cpu_s: list[float] = field(default_factory=list)
+    """The same in this thread's CPU time: what the check costs when the machine is busy
+    with other work (wall time then includes waiting for a core)."""
 
     def _sentence_end(self) -> int:
         last = self.checked
@@ -492,6 +499,7 @@ class CheckedStream:
         end = self._sentence_end()
         if end > self.checked:
             started = time.perf_counter()
+            cpu = time.thread_time()
             for sentence in split_sentences(self.raw[self.checked : end]):
                 if self.rails.is_commitment(sentence):
                     # Ends with the approval line (see finish); what follows may build on it.
@@ -503,9 +511,11 @@ class CheckedStream:
                     self.findings += found
                     self.stopped, self.reason = True, "care"
                     self.check_s.append(time.perf_counter() - started)
+                    self.check_cpu_s.append(time.thread_time() - cpu)
                     return ""
                 self.checked += len(sentence)
             self.check_s.append(time.perf_counter() - started)
+            self.check_cpu_s.append(time.thread_time() - cpu)
         return self._release(self.checked)
 
     def _copying_previous(self, end: int) -> bool:

@@ -129,6 +129,7 @@ def test_facts_from_the_sources_are_grounded(sentence: str) -> None:
         ("Please call us at 1-800-555-0199 right away.", "phone number"),
         ("Reset it here: bit.ly/reset-bramble and follow the steps.", "link"),
         ("See https://bramble-help.com/reset for help.", "link"),
+        ("Go to bramble.example/reset now.", "link"),
         ("Email us at help@bramble.example.com today.", "email"),
         ("Bramble Plus is only $2.99 this week.", "amount"),
         ("It will arrive on 12 December.", "date"),
@@ -147,6 +148,7 @@ def test_invented_facts_are_caught(sentence: str, kind: str) -> None:
     [
         "I've already checked your order and it is on its way.",
         "I have updated your address.",
+        "I've raised a ticket with the courier.",
         "We refunded the charge this morning.",
         "Your refund has been processed.",
         "I can see your order is with the courier.",
