@@ -164,6 +164,7 @@ def test_claims_of_actions_need_an_action_result(sentence: str) -> None:
             "address updated",
             "refund processed",
             "refunded 4.99",
+            "courier ticket raised",
         ],
     )
     assert [
