@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from cbd import deadletter, emotion, security
+from cbd import deadletter, emotion, evaluate, security
 from cbd.procs import ProcessFailed
 from cbd.runtime import DEFAULT_PORTS, Platform
 from cbd.serve import SERVICES, serve
@@ -116,10 +116,27 @@ def main(argv: list[str] | None = None) -> int:
         help="the platform's model (default), a lexicon-only baseline, or all of them",
     )
     p_ev.add_argument("--json", action="store_true", help="print the reports as JSON")
+    p_eval = sub.add_parser("evaluate", help="score replies on the care checks")
+    eval_sub = p_eval.add_subparsers(dest="action", required=True)
+    p_rep = eval_sub.add_parser(
+        "replies", help="score what each scenario turn shows the customer (table and JSON)"
+    )
+    p_rep.add_argument("scenarios", help="a YAML file of conversations (see reply_scenarios.yaml)")
+    p_rep.add_argument("--mode", default="llm_checked", choices=["llm", "llm_checked", "composed"])
+    p_rep.add_argument("--llm-url", help="an OpenAI-compatible server for turns without a reply")
+    p_rep.add_argument("--model", default="smollm2-135m-instruct")
+    p_rep.add_argument("--max-tokens", type=int, default=80)
+    p_rep.add_argument("--temperature", type=float, default=0.2)
+    p_rep.add_argument("--json", help="write the full JSON report here (default: stdout)")
+    p_rep.add_argument(
+        "--scripted-only", action="store_true", help="only the scenarios whose turns give a reply"
+    )
     security.add_commands(sub)
     args = parser.parse_args(argv)
     if (code := security.dispatch(args)) is not None:
         return code
+    if args.command == "evaluate":
+        return evaluate.main(args)
     if args.command == "emotion":
         return emotion.main(args)
     if args.command == "run":

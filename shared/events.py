@@ -309,6 +309,80 @@ class ReplyDelta(_Model):
     text: str
 
 
+class ReplyFlag(StrEnum):
+    """What generation can say about a reply it sent (the reply's `flags`).
+
+    Escalation's policy names these in `generation_flags`; an unknown name there is refused.
+    Agent replies carry `agent:<id>` flags of their own, outside this list.
+    """
+
+    HANDOFF = "handoff"
+    """The system notice that a person is coming."""
+    LLM_FALLBACK = "llm_fallback"
+    """The LLM could not answer; the caring fallback text was sent."""
+    NEEDS_HUMAN = "needs_human"
+    EMPTY_COMPLETION = "empty_completion"
+    CONNECTION = "connection"
+    FIRST_TOKEN_TIMEOUT = "first_token_timeout"  # noqa: S105 - a flag, not a secret
+    TIMEOUT = "timeout"
+    CIRCUIT_OPEN = "circuit_open"
+    HTTP_ERROR = "http_error"
+    """The LLM server answered with an error status (its code is in the logs and metrics)."""
+    GUARDRAIL = "guardrail"
+    PROMPT_LEAK = "prompt_leak"
+    REGENERATED = "regenerated"
+    REPLACED = "replaced"
+    NEEDS_APPROVAL = "needs_approval"
+    SENSITIVE_MASKED = "sensitive_masked"
+    CARE_FAILED = "care_failed"
+    """The LLM's reply failed the care check (the finding flags say which part)."""
+    COMPOSED = "composed"
+    """The text was composed without the LLM from knowledge, playbook and strategy."""
+    UNGROUNDED = "ungrounded"
+    """A number, address, link, amount, date or reference that no source backs."""
+    UNBACKED_ACTION = "unbacked_action"
+    """A claim of having done something ("I've refunded") with no action result saying so."""
+    UNKIND_TONE = "unkind_tone"
+    """Hostile, sarcastic, blaming or dismissive."""
+    NO_ACKNOWLEDGEMENT = "no_acknowledgement"
+    """The customer is upset and the first sentence does not acknowledge it."""
+    OFF_TOPIC = "off_topic"
+    """Unrelated to the message and the retrieved knowledge."""
+    OVERPROMISE = "overpromise"
+    """Says a request the playbook marks as unmet can be met."""
+    NO_ALTERNATIVE = "no_alternative"
+    """An unmet request without the playbook's alternative."""
+    REPEATED = "repeated"
+    """Word for word the previous bot reply."""
+
+
+class CareVerdict(StrEnum):
+    """What the care check decided about a bot reply (or an agent draft)."""
+
+    PASSED = "passed"
+    """The LLM's reply passed as written (guardrail masking aside)."""
+    REGENERATED = "regenerated"
+    """The first reply failed; the regenerated one passed."""
+    COMPOSED = "composed"
+    """Both failed, or the mode is `composed`: the reply was composed without the LLM."""
+    FAILED = "failed"
+    """An agent draft that failed (shown to the agent with its findings, never sent)."""
+    UNCHECKED = "unchecked"
+    """Mode `llm`: sent as the guardrails left it; the findings are recorded, not acted on."""
+    FALLBACK = "fallback"
+    """The LLM was unavailable: the caring fallback text."""
+
+
+class CareFinding(_Model):
+    """One problem the care check found, with the words that show it."""
+
+    check: Literal[
+        "grounding", "tone", "acknowledgement", "relevance", "co_creation", "leak", "repetition"
+    ]
+    flag: ReplyFlag
+    detail: str = ""
+
+
 class ReplyGenerated(_Model):
     """Payload of reply.generated: a complete reply to one customer turn."""
 
@@ -331,6 +405,14 @@ class ReplyGenerated(_Model):
     latency_ms: float | None = None
     ttft_ms: float | None = None
     tokens: int | None = None
+    care_verdict: CareVerdict | None = None
+    """The care check's decision (None for replies it does not check: notices, agents)."""
+    care_findings: list[CareFinding] = []
+    """What failed, first reply and regeneration together, so a reviewer sees why."""
+    relevance: float | None = None
+    """Embedding similarity of the sent text to the message and retrieved knowledge."""
+    reply_mode: str | None = None
+    """The generation mode that produced it: `llm`, `llm_checked` or `composed`."""
 
 
 class AgentAssist(_Model):
@@ -342,6 +424,10 @@ class AgentAssist(_Model):
     tips: list[str] = []
     """Coaching for this moment, from the customer's emotion and signals."""
     model: str | None = None
+    suggestion_verdicts: list[CareVerdict] = []
+    """The care check's verdict on each suggestion, in the same order."""
+    suggestion_findings: list[list[CareFinding]] = []
+    """What the care check found in each suggestion (the agent decides what to send)."""
 
 
 class Envelope(_Model):

@@ -88,6 +88,12 @@ class EscalationHandlers:
                 "turn_id": str(event.payload.turn_id),
                 "suggestions": event.payload.suggestions,
                 "tips": event.payload.tips,
+                # The care check's verdict on each draft, shown beside it (issue #14).
+                "verdicts": [v.value for v in event.payload.suggestion_verdicts],
+                "findings": [
+                    [f.detail or f.flag.value for f in fs]
+                    for fs in event.payload.suggestion_findings
+                ],
             }
         )
 

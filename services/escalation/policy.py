@@ -34,6 +34,7 @@ from pydantic import (
 
 from shared.events import (
     EmotionLabel,
+    ReplyFlag,
     Role,
     RouteReason,
     RouteTarget,
@@ -306,7 +307,8 @@ class HighValueNegativeRule(Rule):
 class GenerationFlagsRule(Rule):
     """The previous reply was flagged by generation (fallback text, needs a human, guardrail)."""
 
-    flags: list[str]
+    flags: list[ReplyFlag]
+    """Only flags generation can raise (`shared.events.ReplyFlag`): a typo is refused."""
 
     def raised(self, reply_flags: Sequence[str]) -> list[str]:
         """The reply's flags this rule escalates on, each once, in the reply's order."""
