@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from cbd import deadletter, emotion
+from cbd import deadletter, emotion, evaluate, learning, training
 from cbd.procs import ProcessFailed
 from cbd.runtime import DEFAULT_PORTS, Platform
 from cbd.serve import SERVICES, serve
@@ -116,7 +116,22 @@ def main(argv: list[str] | None = None) -> int:
         help="the platform's model (default), a lexicon-only baseline, or all of them",
     )
     p_ev.add_argument("--json", action="store_true", help="print the reports as JSON")
+    p_eval = sub.add_parser("evaluate", help="compare the baseline and care variants")
+    eval_sub = p_eval.add_subparsers(dest="action", required=True)
+    evaluate.add_report_parser(eval_sub)
+    p_export = sub.add_parser("export", help="export data sets")
+    export_sub = p_export.add_subparsers(dest="action", required=True)
+    training.add_parser(export_sub)
+    p_learn = sub.add_parser("learning", help="what reviews and ratings teach")
+    learn_sub = p_learn.add_subparsers(dest="action", required=True)
+    learning.add_parser(learn_sub)
     args = parser.parse_args(argv)
+    if args.command == "evaluate" and args.action == "report":
+        return evaluate.main(args)
+    if args.command == "export" and args.action == "training":
+        return training.main(args)
+    if args.command == "learning" and args.action == "report":
+        return learning.main(args)
     if args.command == "emotion":
         return emotion.main(args)
     if args.command == "run":

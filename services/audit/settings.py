@@ -1,7 +1,9 @@
 """Audit service settings (env prefix `CBD_AUDIT_`)."""
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from services.audit.care_settings import CareSettings
 from shared.settings import ServiceSettings
 
 
@@ -11,3 +13,5 @@ class AuditSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CBD_AUDIT_", extra="ignore")
 
     port: int = 8005
+    care: CareSettings = Field(default_factory=CareSettings)
+    """The care loop's settings (prefix `CBD_CARE_`)."""

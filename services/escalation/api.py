@@ -21,9 +21,14 @@ from services.escalation.packet import build_packet
 from shared.events import (
     MAX_MESSAGE_CHARS,
     Channel,
+    CloseReason,
+    ConversationClosed,
+    ConversationClosedEvent,
     ReplyGenerated,
     ReplyGeneratedEvent,
     Role,
+    new_trace_id,
+    utcnow,
 )
 from shared.kafka import EventBus
 from shared.topics import Topic
@@ -46,6 +51,32 @@ class AgentReply(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+
+
+class Resolve(BaseModel):
+    """Body of POST /v1/agent/tickets/{id}/resolve (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    disposition: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")] = "resolved"
+
+
+def agent_closed(ticket: Ticket, agent_id: str, disposition: str) -> ConversationClosedEvent:
+    """The conversation.closed event of an agent's resolve, the same id for the same ticket."""
+    return ConversationClosedEvent(
+        event_type=ConversationClosedEvent.type_name(),
+        event_id=uuid.uuid5(ticket.ticket_id, ConversationClosedEvent.type_name()),
+        conversation_id=ticket.conversation_id,
+        customer_id=ticket.customer_id,
+        channel=Channel(ticket.channel),
+        occurred_at=utcnow(),
+        trace_id=new_trace_id(),
+        payload=ConversationClosed(
+            reason=CloseReason.AGENT_RESOLVED,
+            disposition=disposition,
+            agent_id=agent_id,
+            ticket_id=ticket.ticket_id,
+        ),
+    )
 
 
 class Transfer(BaseModel):
@@ -179,10 +210,18 @@ class AgentAPI:
         return reply_id
 
     async def resolve(self, request: Request, agent: AgentToken) -> Response:
-        """Close the ticket; the bot takes the conversation's next turns."""
-        return await self._changed(
-            await self._desk().resolve(self._ticket_id(request), agent.agent_id)
+        """Close the ticket with a disposition; the bot takes the conversation's next turns."""
+        try:
+            raw = await request.body()
+            body = Resolve.model_validate(json.loads(raw) if raw.strip() else {})
+        except (ValueError, ValidationError):
+            return error(400, "invalid_request", 'send {"disposition": "resolved"} or nothing')
+        resolved = await self._desk().resolve(self._ticket_id(request), agent.agent_id)
+        assert self.bus is not None
+        await self.bus.publish(
+            Topic.CONVERSATION_CLOSED, agent_closed(resolved, agent.agent_id, body.disposition)
         )
+        return await self._changed(resolved)
 
     async def handback(self, request: Request, agent: AgentToken) -> Response:
         """Give the conversation back to the bot."""
