@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     learn_sub = p_learn.add_subparsers(dest="action", required=True)
     learning.add_parser(learn_sub)
     args = parser.parse_args(argv)
-    if args.command == "evaluate" and args.action == "report":
+    if args.command == "evaluate" and args.action in ("report", "scenarios"):
         return evaluate.main(args)
     if args.command == "export" and args.action == "training":
         return training.main(args)

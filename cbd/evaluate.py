@@ -20,10 +20,13 @@ import asyncio
 import html
 import json
 import math
+import os
 import sys
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -296,25 +299,39 @@ def load_ratings_file(path: Path) -> list[Rating]:
     return ratings
 
 
-async def load_reviews(dsn: str) -> list[Rating]:
-    """Every stored review with the variant of the reply it rates, paired by reviewer."""
+SCENARIO_PREFIX = "scenario-"
+"""Conversation ids of scenario replies queued for review: `scenario-<run>-<n>-<scenario id>`."""
+
+
+async def load_reviews(dsn: str, *, scenarios: bool = False) -> list[Rating]:
+    """Stored reviews with the variant of the reply each rates.
+
+    Live replies are paired by reviewer; with `scenarios`, only scenario replies (queued by
+    `cbd evaluate scenarios --queue`), paired by scenario.
+    """
     import asyncpg  # noqa: PLC0415
 
     conn = await asyncpg.connect(dsn)
     try:
         rows = await conn.fetch(
             """
-            SELECT v.reviewer_id, v.reply_id, v.scores::text AS scores, r.variant
+            SELECT v.reviewer_id, v.reply_id, v.scores::text AS scores, r.variant,
+                   r.conversation_id
             FROM care.reviews v JOIN care.replies r USING (reply_id)
             WHERE r.variant IS NOT NULL
+              AND (r.conversation_id LIKE $1 || '%') = $2
             ORDER BY v.submitted_at
-            """
+            """,
+            SCENARIO_PREFIX,
+            scenarios,
         )
     finally:
         await conn.close()
     return [
         Rating(
-            pair_key=row["reviewer_id"],
+            pair_key=(
+                row["conversation_id"].split("-", 3)[3] if scenarios else row["reviewer_id"]
+            ),
             variant=row["variant"],
             scores=json.loads(row["scores"]),
             rater=row["reviewer_id"],
@@ -324,43 +341,132 @@ async def load_reviews(dsn: str) -> list[Rating]:
     ]
 
 
+async def queue_scenarios(dsn: str, replies: Sequence[Any]) -> int:
+    """Put scenario replies in the review queue (reason `scenario`), blinded like any other."""
+    import asyncpg  # noqa: PLC0415
+
+    run = uuid.uuid4().hex[:8]
+    now = datetime.now(UTC)
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            for r in replies:
+                # One conversation per reply, so the transcript never shows the other variant.
+                conversation = f"{SCENARIO_PREFIX}{run}-{uuid.uuid4().hex[:6]}-{r.pair}"
+                turn_id, reply_id = uuid.uuid4(), uuid.uuid4()
+                await conn.execute(
+                    "INSERT INTO care.turns (turn_id, conversation_id, customer_id, message, "
+                    "emotion, at) VALUES ($1, $2, 'scenario', $3, $4::jsonb, $5)",
+                    turn_id, conversation, r.message, json.dumps({"label": r.emotion}), now,
+                )
+                await conn.execute(
+                    "INSERT INTO care.replies (reply_id, turn_id, conversation_id, customer_id, "
+                    "channel, author, text, variant, playbook, knowledge_used, at) "
+                    "VALUES ($1, $2, $3, 'scenario', 'api', 'bot', $4, $5, $6, $7, $8)",
+                    reply_id, turn_id, conversation, r.reply, r.variant, r.playbook,
+                    list(r.knowledge_used), now,
+                )
+                await conn.execute(
+                    "INSERT INTO care.review_items (reply_id, reasons, priority) "
+                    "VALUES ($1, ARRAY['scenario'], 1)",
+                    reply_id,
+                )
+    finally:
+        await conn.close()
+    return len(replies)
+
+
 # ---- the command ---------------------------------------------------------------------------
 
 
 def add_report_parser(sub: Any) -> None:
-    """Register `cbd evaluate report` on the `cbd evaluate` subparser group."""
+    """Register `cbd evaluate report` and `cbd evaluate scenarios` on `cbd evaluate`."""
     p = sub.add_parser(
         "report",
-        help="baseline vs care on the seven criteria (Table 1), from reviews or a ratings file",
+        help="baseline vs care on the seven criteria (Table 1), from reviews, a ratings file "
+        "or an LLM judge",
     )
-    p.add_argument(
-        "--ratings",
-        type=Path,
-        help="JSON Lines of ratings (pair, variant, scores); default: reviews in PostgreSQL "
-        "(CBD_PG_DSN)",
+    src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--ratings", type=Path,
+        help="JSON Lines of ratings (pair, variant, scores); default: reviews in PostgreSQL",
     )
-    p.add_argument("--pair-by", choices=["reviewer", "scenario"], default=None)
+    src.add_argument(
+        "--pairs", type=Path,
+        help="scenario pairs (from `cbd evaluate scenarios`) to score with the LLM judge",
+    )
+    src.add_argument(
+        "--scenarios", action="store_true",
+        help="reviews of scenario replies queued with `cbd evaluate scenarios --queue`",
+    )
+    p.add_argument("--judge-url", help="OpenAI-compatible base URL of the judge (with --pairs)")
+    p.add_argument("--judge-model", default="judge")
+    p.add_argument("--judge-key-env", default="CBD_JUDGE_API_KEY",
+                   help="environment variable holding the judge's API key, if it needs one")
+    p.add_argument("--save-ratings", type=Path, help="also write the ratings used as JSON Lines")
     p.add_argument("--format", choices=["markdown", "html", "json"], default="markdown")
     p.add_argument("--out", type=Path, help="write report.<ext>, report.json and chart.png here")
     p.add_argument("--resamples", type=int, default=5000)
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
 
+    g = sub.add_parser(
+        "scenarios", help="generate both variants' replies for a scenario set (pairs to rate)"
+    )
+    g.add_argument("--set", type=Path, default=None, help="scenario YAML (default: the shipped)")
+    g.add_argument("--llm-url", required=True, help="OpenAI-compatible base URL")
+    g.add_argument("--model", required=True)
+    g.add_argument("--key-env", default="CBD_GENERATION_LLM_API_KEY")
+    g.add_argument("--out", type=Path, default=Path("pairs.jsonl"))
+    g.add_argument("--queue", action="store_true",
+                   help="also queue the replies for human review (CBD_PG_DSN)")
+
+
+def _ratings(args: argparse.Namespace) -> tuple[list[Rating], str, str]:
+    """The ratings the report is built from, where they came from, and how they pair."""
+    from shared.settings import PostgresSettings  # noqa: PLC0415
+
+    if args.ratings is not None:
+        return load_ratings_file(args.ratings), str(args.ratings), "scenario"
+    if args.pairs is not None:
+        from cbd import judge, scenarios  # noqa: PLC0415
+
+        if not args.judge_url:
+            raise ValueError("--pairs needs --judge-url")
+        items = [
+            judge.Item(r.pair, r.variant, r.message, r.reply, r.emotion, f"{r.pair}/{i}")
+            for i, r in enumerate(scenarios.read_pairs(args.pairs))
+        ]
+        judged = asyncio.run(
+            judge.judge(
+                items, base_url=args.judge_url, model=args.judge_model,
+                api_key=os.environ.get(args.judge_key_env, "none"), seed=args.seed,
+            )
+        )
+        for failure in judged.failures:
+            print(f"judge failed: {failure}", file=sys.stderr)
+        return judged.ratings, f"LLM judge {args.judge_model} on {args.pairs}", "scenario"
+    dsn = PostgresSettings().dsn.get_secret_value()
+    if args.scenarios:
+        return asyncio.run(load_reviews(dsn, scenarios=True)), "reviewers (scenarios)", "scenario"
+    return asyncio.run(load_reviews(dsn)), "reviewers (care.reviews)", "reviewer"
+
 
 def main(args: argparse.Namespace) -> int:
-    """Run `cbd evaluate report`."""
-    if args.ratings is not None:
-        try:
-            ratings = load_ratings_file(args.ratings)
-        except (OSError, ValueError) as exc:
-            print(f"cbd evaluate report: {exc}", file=sys.stderr)
-            return 2
-        source, pairing = str(args.ratings), args.pair_by or "scenario"
-    else:
-        from shared.settings import PostgresSettings  # noqa: PLC0415
-
-        ratings = asyncio.run(load_reviews(PostgresSettings().dsn.get_secret_value()))
-        source, pairing = "reviewers (care.reviews)", "reviewer"
+    """Run `cbd evaluate report` or `cbd evaluate scenarios`."""
+    if args.action == "scenarios":
+        return scenarios_main(args)
+    try:
+        ratings, source, pairing = _ratings(args)
+    except (OSError, ValueError) as exc:
+        print(f"cbd evaluate report: {exc}", file=sys.stderr)
+        return 2
+    if args.save_ratings is not None:
+        args.save_ratings.write_text("".join(
+            json.dumps({"pair": r.pair_key, "variant": r.variant, "scores": r.scores,
+                        "rater": r.rater, "item": r.item}) + "\n"
+            for r in ratings
+        ))
     report = compare(
         ratings,
         confidence=args.confidence,
@@ -386,4 +492,28 @@ def main(args: argparse.Namespace) -> int:
         (args.out / "report.md").write_text(to_markdown(report, "chart.png"))
     print(to_markdown(report))
     print(f"written to {args.out}/")
+    return 0
+
+
+def scenarios_main(args: argparse.Namespace) -> int:
+    """`cbd evaluate scenarios`: both variants' replies for a scenario set."""
+    from cbd import scenarios  # noqa: PLC0415
+    from shared.settings import PostgresSettings  # noqa: PLC0415
+
+    try:
+        specs = scenarios.load_scenarios(args.set or scenarios.DEFAULT_SET)
+    except (OSError, ValueError) as exc:
+        print(f"cbd evaluate scenarios: {exc}", file=sys.stderr)
+        return 2
+    replies = asyncio.run(
+        scenarios.generate(
+            specs, base_url=args.llm_url, model=args.model,
+            api_key=os.environ.get(args.key_env, "none"),
+        )
+    )
+    scenarios.write_pairs(replies, args.out)
+    print(f"{len(replies)} replies ({len(specs)} scenarios x 2 variants) -> {args.out}")
+    if args.queue:
+        queued = asyncio.run(queue_scenarios(PostgresSettings().dsn.get_secret_value(), replies))
+        print(f"{queued} queued for review (reason: scenario)")
     return 0

@@ -113,7 +113,7 @@ def sampled(reply_id: uuid.UUID, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-REASON_PRIORITY = {"low_csat": 4, "flagged": 3, "escalated": 2, "random": 1}
+REASON_PRIORITY = {"low_csat": 4, "flagged": 3, "escalated": 2, "random": 1, "scenario": 1}
 
 
 @dataclass(frozen=True)
@@ -500,9 +500,9 @@ class Outcomes:
                     SELECT c.conversation_id FROM care.conversations c
                     JOIN limits l ON l.channel = c.channel
                     WHERE c.closed_at IS NULL
-                      AND c.last_activity_at < $1 - make_interval(secs => l.seconds)
+                      AND c.last_activity_at < $1::timestamptz - make_interval(secs => l.seconds)
                       AND (c.close_requested_at IS NULL
-                           OR c.close_requested_at < $1 - interval '1 minute')
+                           OR c.close_requested_at < $1::timestamptz - interval '1 minute')
                     ORDER BY c.last_activity_at
                     LIMIT $4
                     FOR UPDATE OF c SKIP LOCKED
