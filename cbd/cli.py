@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -15,6 +16,14 @@ from cbd.runtime import DEFAULT_PORTS, Platform
 from cbd.serve import SERVICES, serve
 from cbd.stack import EmbeddedStack, StackPorts
 from shared.settings import KafkaSettings
+
+CARE_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "evaluate": evaluate.main,
+    "export": training.main,
+    "learning": learning.main,
+}
+"""The care loop's commands (`cbd evaluate report|scenarios`, `cbd export training`,
+`cbd learning report`), each reading its own sub-action."""
 
 
 def run(run_dir: Path, port_offset: int = 0) -> int:
@@ -126,12 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     learn_sub = p_learn.add_subparsers(dest="action", required=True)
     learning.add_parser(learn_sub)
     args = parser.parse_args(argv)
-    if args.command == "evaluate" and args.action in ("report", "scenarios"):
-        return evaluate.main(args)
-    if args.command == "export" and args.action == "training":
-        return training.main(args)
-    if args.command == "learning" and args.action == "report":
-        return learning.main(args)
+    care_tool = CARE_COMMANDS.get(args.command)
+    if care_tool is not None:
+        return care_tool(args)
     if args.command == "emotion":
         return emotion.main(args)
     if args.command == "run":

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from shared.events import REVIEW_CRITERIA
 
@@ -93,7 +94,11 @@ class Report:
 
 
 def bootstrap_ci(
-    values: Sequence[float], *, confidence: float, resamples: int, seed: int
+    values: Sequence[float] | npt.NDArray[np.float64],
+    *,
+    confidence: float,
+    resamples: int,
+    seed: int,
 ) -> tuple[float, float] | None:
     """Percentile bootstrap interval of the mean; None without values."""
     data = np.asarray(values, dtype=float)
@@ -170,13 +175,13 @@ def _mean(values: Sequence[float]) -> float | None:
 
 def _num(value: float | None, signed: bool = False) -> str:
     if value is None or math.isnan(value):
-        return "–"
+        return "-"
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
 def _diff_cell(row: CriterionResult) -> str:
     if row.difference is None:
-        return "–"
+        return "-"
     return f"{_num(row.difference, True)} [{_num(row.ci_low, True)}, {_num(row.ci_high, True)}]"
 
 
@@ -206,22 +211,25 @@ def to_markdown(report: Report, chart: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _html_row(r: CriterionResult) -> str:
+    cells = [
+        f"{_num(r.baseline_mean)} ({r.baseline_n})",
+        f"{_num(r.care_mean)} ({r.care_n})",
+        _diff_cell(r),
+        str(r.n_pairs),
+    ]
+    name = html.escape(LABELS.get(r.criterion, r.criterion))
+    return (
+        f"<tr><th scope='row'>{name}</th>"
+        + "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+        + "</tr>"
+    )
+
+
 def to_html(report: Report, chart: str | None = None) -> str:
     """The report as a standalone HTML page."""
     pct = round(report.confidence * 100)
-    rows = "".join(
-        "<tr><th scope='row'>{}</th><td>{} ({})</td><td>{} ({})</td><td>{}</td><td>{}</td></tr>"
-        .format(
-            html.escape(LABELS.get(r.criterion, r.criterion)),
-            _num(r.baseline_mean),
-            r.baseline_n,
-            _num(r.care_mean),
-            r.care_n,
-            html.escape(_diff_cell(r)),
-            r.n_pairs,
-        )
-        for r in report.rows
-    )
+    rows = "".join(_html_row(r) for r in report.rows)
     notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in report.notes)
     img = f"<img src='{html.escape(chart)}' alt='Baseline vs care by criterion'>" if chart else ""
     return (
@@ -261,8 +269,14 @@ def write_chart(report: Report, path: Path) -> None:
     ax.set_xticks(x, names, rotation=20, ha="right")
     ax.legend(loc="lower right")
     diffs = [r.difference if r.difference is not None else 0.0 for r in report.rows]
-    low = [d - (r.ci_low if r.ci_low is not None else d) for d, r in zip(diffs, report.rows)]
-    high = [(r.ci_high if r.ci_high is not None else d) - d for d, r in zip(diffs, report.rows)]
+    low = [
+        d - (r.ci_low if r.ci_low is not None else d)
+        for d, r in zip(diffs, report.rows, strict=True)
+    ]
+    high = [
+        (r.ci_high if r.ci_high is not None else d) - d
+        for d, r in zip(diffs, report.rows, strict=True)
+    ]
     ax_diff.errorbar(x, diffs, yerr=[low, high], fmt="o", color="#0f5e57", capsize=4)
     ax_diff.axhline(0, color="#999", linewidth=1)
     ax_diff.set_ylabel(f"Care - baseline ({round(report.confidence * 100)}% CI)")
@@ -329,9 +343,7 @@ async def load_reviews(dsn: str, *, scenarios: bool = False) -> list[Rating]:
         await conn.close()
     return [
         Rating(
-            pair_key=(
-                row["conversation_id"].split("-", 3)[3] if scenarios else row["reviewer_id"]
-            ),
+            pair_key=(row["conversation_id"].split("-", 3)[3] if scenarios else row["reviewer_id"]),
             variant=row["variant"],
             scores=json.loads(row["scores"]),
             rater=row["reviewer_id"],
@@ -357,14 +369,24 @@ async def queue_scenarios(dsn: str, replies: Sequence[Any]) -> int:
                 await conn.execute(
                     "INSERT INTO care.turns (turn_id, conversation_id, customer_id, message, "
                     "emotion, at) VALUES ($1, $2, 'scenario', $3, $4::jsonb, $5)",
-                    turn_id, conversation, r.message, json.dumps({"label": r.emotion}), now,
+                    turn_id,
+                    conversation,
+                    r.message,
+                    json.dumps({"label": r.emotion}),
+                    now,
                 )
                 await conn.execute(
                     "INSERT INTO care.replies (reply_id, turn_id, conversation_id, customer_id, "
                     "channel, author, text, variant, playbook, knowledge_used, at) "
                     "VALUES ($1, $2, $3, 'scenario', 'api', 'bot', $4, $5, $6, $7, $8)",
-                    reply_id, turn_id, conversation, r.reply, r.variant, r.playbook,
-                    list(r.knowledge_used), now,
+                    reply_id,
+                    turn_id,
+                    conversation,
+                    r.reply,
+                    r.variant,
+                    r.playbook,
+                    list(r.knowledge_used),
+                    now,
                 )
                 await conn.execute(
                     "INSERT INTO care.review_items (reply_id, reasons, priority) "
@@ -388,21 +410,27 @@ def add_report_parser(sub: Any) -> None:
     )
     src = p.add_mutually_exclusive_group()
     src.add_argument(
-        "--ratings", type=Path,
+        "--ratings",
+        type=Path,
         help="JSON Lines of ratings (pair, variant, scores); default: reviews in PostgreSQL",
     )
     src.add_argument(
-        "--pairs", type=Path,
+        "--pairs",
+        type=Path,
         help="scenario pairs (from `cbd evaluate scenarios`) to score with the LLM judge",
     )
     src.add_argument(
-        "--scenarios", action="store_true",
+        "--scenarios",
+        action="store_true",
         help="reviews of scenario replies queued with `cbd evaluate scenarios --queue`",
     )
     p.add_argument("--judge-url", help="OpenAI-compatible base URL of the judge (with --pairs)")
     p.add_argument("--judge-model", default="judge")
-    p.add_argument("--judge-key-env", default="CBD_JUDGE_API_KEY",
-                   help="environment variable holding the judge's API key, if it needs one")
+    p.add_argument(
+        "--judge-key-env",
+        default="CBD_JUDGE_API_KEY",
+        help="environment variable holding the judge's API key, if it needs one",
+    )
     p.add_argument("--save-ratings", type=Path, help="also write the ratings used as JSON Lines")
     p.add_argument("--format", choices=["markdown", "html", "json"], default="markdown")
     p.add_argument("--out", type=Path, help="write report.<ext>, report.json and chart.png here")
@@ -418,8 +446,9 @@ def add_report_parser(sub: Any) -> None:
     g.add_argument("--model", required=True)
     g.add_argument("--key-env", default="CBD_GENERATION_LLM_API_KEY")
     g.add_argument("--out", type=Path, default=Path("pairs.jsonl"))
-    g.add_argument("--queue", action="store_true",
-                   help="also queue the replies for human review (CBD_PG_DSN)")
+    g.add_argument(
+        "--queue", action="store_true", help="also queue the replies for human review (CBD_PG_DSN)"
+    )
 
 
 def _ratings(args: argparse.Namespace) -> tuple[list[Rating], str, str]:
@@ -439,8 +468,11 @@ def _ratings(args: argparse.Namespace) -> tuple[list[Rating], str, str]:
         ]
         judged = asyncio.run(
             judge.judge(
-                items, base_url=args.judge_url, model=args.judge_model,
-                api_key=os.environ.get(args.judge_key_env, "none"), seed=args.seed,
+                items,
+                base_url=args.judge_url,
+                model=args.judge_model,
+                api_key=os.environ.get(args.judge_key_env, "none"),
+                seed=args.seed,
             )
         )
         for failure in judged.failures:
@@ -462,11 +494,21 @@ def main(args: argparse.Namespace) -> int:
         print(f"cbd evaluate report: {exc}", file=sys.stderr)
         return 2
     if args.save_ratings is not None:
-        args.save_ratings.write_text("".join(
-            json.dumps({"pair": r.pair_key, "variant": r.variant, "scores": r.scores,
-                        "rater": r.rater, "item": r.item}) + "\n"
-            for r in ratings
-        ))
+        args.save_ratings.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "pair": r.pair_key,
+                        "variant": r.variant,
+                        "scores": r.scores,
+                        "rater": r.rater,
+                        "item": r.item,
+                    }
+                )
+                + "\n"
+                for r in ratings
+            )
+        )
     report = compare(
         ratings,
         confidence=args.confidence,
@@ -507,7 +549,9 @@ def scenarios_main(args: argparse.Namespace) -> int:
         return 2
     replies = asyncio.run(
         scenarios.generate(
-            specs, base_url=args.llm_url, model=args.model,
+            specs,
+            base_url=args.llm_url,
+            model=args.model,
             api_key=os.environ.get(args.key_env, "none"),
         )
     )

@@ -61,13 +61,22 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "scores": {
             "type": "object",
-            "properties": {c: {"type": "integer", "minimum": 1, "maximum": 5} for c in REVIEW_CRITERIA},
+            "properties": {
+                c: {"type": "integer", "minimum": 1, "maximum": 5} for c in REVIEW_CRITERIA
+            },
             "required": list(REVIEW_CRITERIA),
         },
         "reason": {"type": "string"},
     },
     "required": ["scores"],
 }
+
+
+RESPONSE_FORMAT: Any = {
+    "type": "json_schema",
+    "json_schema": {"name": "review", "schema": SCHEMA},
+}
+"""Constrains the answer to the schema (vLLM's guided decoding, llama.cpp's grammar)."""
 
 
 @dataclass(frozen=True)
@@ -135,23 +144,22 @@ async def judge(
 
     client = AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=1)
     order = list(items)
-    random.Random(seed).shuffle(order)  # noqa: S311 (blinding order, not a secret)
+    random.Random(seed).shuffle(order)
     ratings: list[Rating] = []
     failures: list[str] = []
     try:
         for item in order:
             last_error = ""
+            # The client's request types are TypedDicts; ours are plain dicts of the same shape.
+            messages: Any = judge_messages(item)
             for _ in range(2):
                 try:
                     completion = await client.chat.completions.create(
                         model=model,
-                        messages=judge_messages(item),  # type: ignore[arg-type]
+                        messages=messages,
                         temperature=0.0,
                         max_tokens=max_tokens,
-                        response_format={
-                            "type": "json_schema",
-                            "json_schema": {"name": "review", "schema": SCHEMA},
-                        },
+                        response_format=RESPONSE_FORMAT,
                     )
                     content = completion.choices[0].message.content or ""
                     scores = parse_scores(content)

@@ -146,7 +146,7 @@ def cluster_corrections(outcomes: list[ReplyOutcome], threshold: float) -> list[
     groups: dict[int, list[int]] = defaultdict(list)
     for i in range(len(texts)):
         groups[find(i)].append(i)
-    clusters = [
+    clusters: list[dict[str, Any]] = [
         {
             "count": len(members),
             "example": texts[members[0]][0],
@@ -170,8 +170,8 @@ def to_markdown(report: LearningReport) -> str:
             "| --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in rows:
-            tags = ", ".join(f"{k} x{v}" for k, v in r["tags"].items()) or "–"
-            mean = "–" if r["mean_score"] is None else f"{r['mean_score']:.2f}"
+            tags = ", ".join(f"{k} x{v}" for k, v in r["tags"].items()) or "-"
+            mean = "-" if r["mean_score"] is None else f"{r['mean_score']:.2f}"
             lines.append(
                 f"| {r['name']} | {r['replies']} | {r['reviewed']} | {r['low']} "
                 f"| {r['low_share']:.0%} | {mean} | {tags} |"
@@ -248,9 +248,7 @@ def main(args: argparse.Namespace) -> int:
     since = until - timedelta(days=args.days)
     outcomes = asyncio.run(load(PostgresSettings().dsn.get_secret_value(), since, until))
     report = build(outcomes, since, until)
-    text = (
-        json.dumps(report.as_json(), indent=2) if args.format == "json" else to_markdown(report)
-    )
+    text = json.dumps(report.as_json(), indent=2) if args.format == "json" else to_markdown(report)
     if args.out:
         args.out.write_text(text)
     print(text)

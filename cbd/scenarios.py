@@ -69,9 +69,12 @@ def scenario_turn(spec: dict[str, Any]) -> TurnRouted:
     memory = spec.get("memory") or {}
     context = ConversationContext(
         profile=CustomerProfile(
-            customer_id="scenario", preferred_name=memory.get("name"),
+            customer_id="scenario",
+            preferred_name=memory.get("name"),
             conversations=memory.get("conversations", 0),
-        ) if memory else None,
+        )
+        if memory
+        else None,
         memories=[
             MemoryItem(
                 memory_id=uuid.uuid5(uuid.NAMESPACE_URL, item["slot"]),
@@ -99,9 +102,13 @@ def scenario_turn(spec: dict[str, Any]) -> TurnRouted:
     return TurnRouted(
         message=CustomerMessage(turn_id=uuid.uuid4(), text=spec["text"], received_at=NOW),
         emotion=EmotionAnalysis(
-            label=label, scores=scores, sentiment=-0.5 if label.value in (
-                "anger", "frustration", "anxiety", "sadness") else 0.0,
-            intensity=float(spec.get("intensity", 0.0)), model="scenario",
+            label=label,
+            scores=scores,
+            sentiment=-0.5
+            if label.value in ("anger", "frustration", "anxiety", "sadness")
+            else 0.0,
+            intensity=float(spec.get("intensity", 0.0)),
+            model="scenario",
         ),
         context=context,
         route=RoutingDecision(target=RouteTarget.BOT, policy="scenario"),
@@ -128,9 +135,11 @@ async def generate(
             turn = scenario_turn(spec)
             for variant in (Variant.BASELINE, Variant.CARE):
                 built = prompts.build(turn, variant)
+                # The client's request types are TypedDicts; these are plain dicts of that shape.
+                messages: Any = [{"role": m.role, "content": m.content} for m in built.messages]
                 completion = await client.chat.completions.create(
                     model=model,
-                    messages=[{"role": m.role, "content": m.content} for m in built.messages],  # type: ignore[misc]
+                    messages=messages,
                     temperature=0.0,
                     max_tokens=max_tokens,
                 )

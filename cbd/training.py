@@ -44,7 +44,9 @@ def mask_pii(text: str, names: list[str] | None = None) -> str:
     (order and account numbers) and the customer's known names with placeholders."""
     text = _EMAIL.sub("[EMAIL]", text)
     text = _IBAN.sub("[IBAN]", text)
-    text = _CARD.sub(lambda m: "[CARD]" if len(re.sub(r"\D", "", m.group())) >= 13 else m.group(), text)
+    text = _CARD.sub(
+        lambda m: "[CARD]" if len(re.sub(r"\D", "", m.group())) >= 13 else m.group(), text
+    )
     text = _PHONE.sub("[PHONE]", text)
     text = _POSTCODE_UK.sub("[POSTCODE]", text)
     text = _LONG_NUMBER.sub("[NUMBER]", text)
@@ -135,7 +137,7 @@ async def export(
             messages += [
                 {"role": h["role"], "content": mask_pii(h["text"], names)} for h in history[-12:]
             ]
-            if not messages[-1]["role"] == "user":
+            if messages[-1]["role"] != "user":
                 continue  # no customer message to answer (not recorded): nothing to learn
             messages.append({"role": "assistant", "content": mask_pii(answer, names)})
             lines.append(
@@ -153,10 +155,15 @@ async def export(
     finally:
         await conn.close()
     stats = ExportStats(written, corrected, rated, no_consent)
+    sheet = datasheet(stats, consent_key=consent_key, min_score=min_score)
+    await asyncio.to_thread(_write, out, lines, sheet)
+    return stats
+
+
+def _write(out: Path, lines: list[str], sheet: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "train.jsonl").write_text("".join(line + "\n" for line in lines))
-    (out / "DATASHEET.md").write_text(datasheet(stats, consent_key=consent_key, min_score=min_score))
-    return stats
+    (out / "DATASHEET.md").write_text(sheet)
 
 
 def datasheet(stats: ExportStats, *, consent_key: str, min_score: int) -> str:

@@ -74,7 +74,9 @@ def _comment(text: str, span: tuple[int, int]) -> str:
     return re.sub(r"^[\s\-\u2013\u2014:,.;!]+|[\s\-\u2013\u2014:,;]+$", "", rest).strip()
 
 
-def _answer(value: int, scale: int, asked: Asked, nps_named: bool, comment: str) -> SurveyAnswer | None:
+def _answer(
+    value: int, scale: int, asked: Asked, nps_named: bool, comment: str
+) -> SurveyAnswer | None:
     if scale == 5:
         if not 1 <= value <= 5:
             return None
@@ -87,7 +89,9 @@ def _answer(value: int, scale: int, asked: Asked, nps_named: bool, comment: str)
     return SurveyAnswer(csat=csat, nps=nps, comment=comment)
 
 
-def parse_survey_answer(text: str, asked: Asked = "csat") -> SurveyAnswer | None:
+def parse_survey_answer(  # noqa: PLR0911 (one early answer per form a reply can take)
+    text: str, asked: Asked = "csat"
+) -> SurveyAnswer | None:
     """Parse an answer to "rate us 1-5" (`csat`) or "0-10, how likely to recommend" (`nps`).
 
     None when the text is not clearly one score: the adapter then handles it as a message.
@@ -158,7 +162,7 @@ def gather_rating_twiml(
     return (
         '<?xml version="1.0" encoding="UTF-8"?><Response>'
         f'<Gather input="dtmf" numDigits="1" timeout="{timeout_s}" method="POST" '
-        f"action={quoteattr(action)} actionOnEmptyResult=\"false\">"
+        f'action={quoteattr(action)} actionOnEmptyResult="false">'
         f"<Say language={quoteattr(language)}>{escape(question)}</Say>"
         "</Gather>"
         f"<Say language={quoteattr(language)}>{escape(goodbye)}</Say><Hangup/>"

@@ -154,6 +154,7 @@ class Outcomes:
                 event.channel.value,
                 at,
             )
+            assert row is not None  # an upsert with RETURNING always returns its row
             if row["closed_at"] is not None and at > row["closed_at"]:
                 row = await self._reopen(conn, row, at)
             inserted = await conn.fetchval(

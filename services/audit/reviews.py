@@ -100,7 +100,7 @@ class ReviewDesk:
     async def queue(self, reviewer_id: str, limit: int = 20) -> list[dict[str, Any]]:
         """Queued replies this reviewer has not reviewed, most important first."""
         rows = await self.pg.fetch(
-            _ITEM_SQL
+            _ITEM_SQL  # noqa: S608 (constant SQL text; values are parameters)
             + """
             WHERE NOT EXISTS (SELECT 1 FROM care.reviews v
                               WHERE v.reply_id = i.reply_id AND v.reviewer_id = $1)

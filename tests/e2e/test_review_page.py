@@ -88,10 +88,10 @@ async def test_a_low_rated_reply_is_reviewed_on_the_review_page(
         await expect(page.locator("#notice")).to_have_text("Review saved.")
         await expect(item).to_have_count(0)
 
-    review = await poll(
-        dsn, "SELECT * FROM care.reviews WHERE reply_id = $1", bot["reply_id"]
+    review = await poll(dsn, "SELECT * FROM care.reviews WHERE reply_id = $1", bot["reply_id"])
+    scores = (
+        review["scores"] if isinstance(review["scores"], dict) else json.loads(review["scores"])
     )
-    scores = review["scores"] if isinstance(review["scores"], dict) else json.loads(review["scores"])
     assert scores["understands_emotion"] == 2
     assert review["tags"] == ["wrong_tone"]
     audited = await poll(
@@ -135,11 +135,13 @@ async def test_an_agent_resolve_with_a_disposition_closes_the_conversation(
             raise AssertionError("no ticket was opened")
         ticket = mine[0]["ticket_id"]
         assert (await agent.post(f"/v1/agent/tickets/{ticket}/claim")).status_code == 200
-        bad = await agent.post(f"/v1/agent/tickets/{ticket}/resolve",
-                               json={"disposition": "Not A Code"})
+        bad = await agent.post(
+            f"/v1/agent/tickets/{ticket}/resolve", json={"disposition": "Not A Code"}
+        )
         assert bad.status_code == 400
-        done = await agent.post(f"/v1/agent/tickets/{ticket}/resolve",
-                                json={"disposition": "resolved"})
+        done = await agent.post(
+            f"/v1/agent/tickets/{ticket}/resolve", json={"disposition": "resolved"}
+        )
         assert done.status_code == 200, done.text
     row = await poll(
         dsn,
@@ -161,7 +163,9 @@ async def test_an_agent_resolve_with_a_disposition_closes_the_conversation(
         if s.name == "cbd_conversations_closed_total"
     ]
     assert any(
-        s.labels["agent"] == "agent" and s.labels["reason"] == "agent_resolved"
-        and s.labels["contained"] == "false" and s.value >= 1
+        s.labels["agent"] == "agent"
+        and s.labels["reason"] == "agent_resolved"
+        and s.labels["contained"] == "false"
+        and s.value >= 1
         for s in closes
     ), closes

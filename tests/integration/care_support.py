@@ -113,8 +113,11 @@ def routed(
     scores = dict.fromkeys(EmotionLabel, 0.0)
     scores[EmotionLabel.FRUSTRATION] = 0.8
     handoff = (
-        Handoff(ticket_id=uuid.uuid5(uuid.NAMESPACE_URL, conversation_id), new=new_ticket,
-                owner="queued")
+        Handoff(
+            ticket_id=uuid.uuid5(uuid.NAMESPACE_URL, conversation_id),
+            new=new_ticket,
+            owner="queued",
+        )
         if human
         else None
     )
@@ -125,7 +128,10 @@ def routed(
         payload=TurnRouted(
             message=CustomerMessage(turn_id=uuid.uuid4(), text=text, received_at=at),
             emotion=EmotionAnalysis(
-                label=EmotionLabel.FRUSTRATION, scores=scores, sentiment=-0.5, intensity=0.7,
+                label=EmotionLabel.FRUSTRATION,
+                scores=scores,
+                sentiment=-0.5,
+                intensity=0.7,
                 model="test",
             ),
             context=ConversationContext(open_issues=issues or []),

@@ -39,7 +39,11 @@ async def pool(fresh_db: str) -> AsyncIterator[db.Pool]:
 
 
 async def reviewed(
-    pool: db.Pool, *, consent: bool | None, score: int, better: str = "",
+    pool: db.Pool,
+    *,
+    consent: bool | None,
+    score: int,
+    better: str = "",
     text: str = "I'm Sam Jones, call me on +44 7700 900123 about order 48213977",
 ) -> str:
     """A customer whose bot reply was reviewed; returns the customer id."""
@@ -47,20 +51,28 @@ async def reviewed(
     conv = f"conv-{customer}"
     await pool.execute(
         "INSERT INTO memory.customers (customer_id, name, consent) VALUES ($1, 'Sam Jones', $2)",
-        customer, {} if consent is None else {"training": consent},
+        customer,
+        {} if consent is None else {"training": consent},
     )
     outcomes = Outcomes(pool, None, CareSettings(review_sample_share=0.0))
     turn = routed(conv, customer, text, T0)
     await outcomes.on_turn_routed(turn)
     bot = reply(turn, "Thanks Sam Jones, I'll call +44 7700 900123.", at=T0 + timedelta(seconds=1))
     await outcomes.on_reply_generated(bot)
-    await outcomes.on_feedback_received(FeedbackReceivedEvent.create(
-        conversation_id=conv, customer_id=customer, channel=Channel.WEB,
-        payload=Feedback(rating=1, reply_id=bot.payload.reply_id)))
+    await outcomes.on_feedback_received(
+        FeedbackReceivedEvent.create(
+            conversation_id=conv,
+            customer_id=customer,
+            channel=Channel.WEB,
+            payload=Feedback(rating=1, reply_id=bot.payload.reply_id),
+        )
+    )
     await ReviewDesk(pool, None).submit(
-        bot.payload.reply_id, "rita",
-        ReviewInput(scores=ReviewScores(**dict.fromkeys(REVIEW_CRITERIA, score)),
-                    better_reply=better),
+        bot.payload.reply_id,
+        "rita",
+        ReviewInput(
+            scores=ReviewScores(**dict.fromkeys(REVIEW_CRITERIA, score)), better_reply=better
+        ),
     )
     return customer
 
@@ -69,18 +81,31 @@ async def test_only_consenting_living_customers_highly_rated_or_corrected_and_ma
     pool: db.Pool, fresh_db: str, tmp_path: Path
 ) -> None:
     good = await reviewed(pool, consent=True, score=5)
-    corrected = await reviewed(pool, consent=True, score=2,
-                               better="I'm sorry, Sam Jones. I'll look into order 48213977 now.")
+    corrected = await reviewed(
+        pool,
+        consent=True,
+        score=2,
+        better="I'm sorry, Sam Jones. I'll look into order 48213977 now.",
+    )
     await reviewed(pool, consent=True, score=2)  # low and not corrected: nothing to learn
     refused = await reviewed(pool, consent=False, score=5)
     unknown = await reviewed(pool, consent=None, score=5)  # never asked: no consent
     erased = await reviewed(pool, consent=True, score=5)
     # Erasure: memory deletes the customer and the care loop its rows.
     await pool.execute("DELETE FROM memory.customers WHERE customer_id = $1", erased)
-    await Outcomes(pool, None, CareSettings()).on_customer_erased(CustomerErasedEvent.create(
-        conversation_id=f"conv-{erased}", customer_id=erased, channel=Channel.WEB,
-        payload=CustomerErased(erased_customer_id=erased, conversation_ids=[f"conv-{erased}"],
-                               requested_by="test", requested_at=T0)))
+    await Outcomes(pool, None, CareSettings()).on_customer_erased(
+        CustomerErasedEvent.create(
+            conversation_id=f"conv-{erased}",
+            customer_id=erased,
+            channel=Channel.WEB,
+            payload=CustomerErased(
+                erased_customer_id=erased,
+                conversation_ids=[f"conv-{erased}"],
+                requested_by="test",
+                requested_at=T0,
+            ),
+        )
+    )
 
     stats = await export(fresh_db, tmp_path)
     assert (stats.written, stats.corrected, stats.rated_highly, stats.no_consent) == (2, 1, 1, 2)

@@ -35,21 +35,32 @@ async def pool(fresh_db: str) -> AsyncIterator[db.Pool]:
 
 
 async def customer_with_issue(
-    pool: db.Pool, *, consent: bool, channel: Channel = Channel.SMS, name: str = "Sam",
-    category: str = "delivery_lost", last_message_at: datetime = T0,
+    pool: db.Pool,
+    *,
+    consent: bool,
+    channel: Channel = Channel.SMS,
+    name: str = "Sam",
+    category: str = "delivery_lost",
+    last_message_at: datetime = T0,
 ) -> tuple[str, uuid.UUID]:
     """A customer (memory's record), one open issue and their last conversation (care's)."""
     customer = f"cust-{uuid.uuid4().hex[:8]}"
     conv = f"conv-{customer}"
     await pool.execute(
         "INSERT INTO memory.customers (customer_id, preferred_name, consent) VALUES ($1, $2, $3)",
-        customer, name, {"follow_up": consent},
+        customer,
+        name,
+        {"follow_up": consent},
     )
     issue_id = uuid.uuid4()
     await pool.execute(
         """INSERT INTO memory.issues (issue_id, customer_id, conversation_id, category, summary,
                opened_at, updated_at) VALUES ($1, $2, $3, $4, 'my parcel is lost', $5, $5)""",
-        issue_id, customer, conv, category, last_message_at,
+        issue_id,
+        customer,
+        conv,
+        category,
+        last_message_at,
     )
     await Outcomes(pool, None, SETTINGS).on_turn_routed(
         routed(conv, customer, "my parcel is lost", last_message_at, channel=channel)
@@ -62,7 +73,7 @@ async def test_one_follow_up_per_issue_from_two_replicas_and_never_after_resolut
 ) -> None:
     yes, yes_issue = await customer_with_issue(pool, consent=True)
     no, _ = await customer_with_issue(pool, consent=False)
-    resolved, resolved_issue = await customer_with_issue(pool, consent=True)
+    _, resolved_issue = await customer_with_issue(pool, consent=True)
     async with real_bus(isolated_kafka) as bus:
         a = FollowUps(pool, bus, SETTINGS, replica="a")
         b = FollowUps(pool, bus, SETTINGS, replica="b")
@@ -71,7 +82,8 @@ async def test_one_follow_up_per_issue_from_two_replicas_and_never_after_resolut
         # Resolved before the pass: never followed up.
         await pool.execute(
             "UPDATE memory.issues SET status = 'resolved', resolved_at = $2 WHERE issue_id = $1",
-            resolved_issue, T0 + timedelta(hours=20),
+            resolved_issue,
+            T0 + timedelta(hours=20),
         )
         due = T0 + timedelta(hours=25)
         first, second = await asyncio.gather(a.run(due), b.run(due))
@@ -113,16 +125,20 @@ async def test_a_resolve_waits_for_a_follow_up_being_sent_so_none_comes_after_it
         bus.publish = slow_publish  # type: ignore[method-assign]
         run = asyncio.create_task(FollowUps(pool, bus, SETTINGS).run(T0 + timedelta(days=2)))
         await publishing.wait()
-        resolve = asyncio.create_task(pool.execute(
-            "UPDATE memory.issues SET status = 'resolved' WHERE issue_id = $1", issue_id
-        ))
+        resolve = asyncio.create_task(
+            pool.execute(
+                "UPDATE memory.issues SET status = 'resolved' WHERE issue_id = $1", issue_id
+            )
+        )
         await asyncio.sleep(0.3)
         assert not resolve.done()  # memory's resolve waits for the message to be out
         release.set()
         assert len(await run) == 1
         await resolve
-        assert await pool.fetchval("SELECT status FROM memory.issues WHERE issue_id = $1",
-                                   issue_id) == "resolved"
+        assert (
+            await pool.fetchval("SELECT status FROM memory.issues WHERE issue_id = $1", issue_id)
+            == "resolved"
+        )
 
 
 async def test_quiet_hours_and_the_whatsapp_window(
@@ -145,6 +161,12 @@ async def test_quiet_hours_and_the_whatsapp_window(
         assert (f.issue_id, f.outcome) == (later_issue, "sent")
         [record] = await read_topic(isolated_kafka, Topic.REPLY_GENERATED, expect=1)
         assert record["payload"]["flags"] == ["follow_up", "whatsapp_template:issue_follow_up"]
-    detail = json.dumps([dict(r) for r in await pool.fetch(
-        "SELECT issue_id::text, status, detail FROM care.followups ORDER BY detail")])
+    detail = json.dumps(
+        [
+            dict(r)
+            for r in await pool.fetch(
+                "SELECT issue_id::text, status, detail FROM care.followups ORDER BY detail"
+            )
+        ]
+    )
     assert "skipped_whatsapp_window" in detail

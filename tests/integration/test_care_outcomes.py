@@ -46,10 +46,18 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def closed(conv: str, customer: str, at: datetime, reason: CloseReason = CloseReason.ENDED,
-           disposition: str | None = None, agent: str | None = None) -> ConversationClosedEvent:
+def closed(
+    conv: str,
+    customer: str,
+    at: datetime,
+    reason: CloseReason = CloseReason.ENDED,
+    disposition: str | None = None,
+    agent: str | None = None,
+) -> ConversationClosedEvent:
     event = ConversationClosedEvent.create(
-        conversation_id=conv, customer_id=customer, channel=Channel.WEB,
+        conversation_id=conv,
+        customer_id=customer,
+        channel=Channel.WEB,
         payload=ConversationClosed(reason=reason, disposition=disposition, agent_id=agent),
     )
     return event.model_copy(update={"occurred_at": at})
@@ -74,15 +82,24 @@ async def test_a_contained_resolved_conversation_becomes_fcr_once_the_window_pas
     playbook = f"pb-{conv}"  # a label of its own, so other tests' counts do not mix in
     turn = routed(conv, cust, "Where is my parcel?", T0, issues=[issue("delivery_lost", conv, T0)])
     await outcomes.on_turn_routed(turn)
-    await outcomes.on_reply_generated(reply(turn, "Let me check.", variant="baseline",
-                                            playbook=playbook, at=T0 + timedelta(seconds=2)))
+    await outcomes.on_reply_generated(
+        reply(
+            turn,
+            "Let me check.",
+            variant="baseline",
+            playbook=playbook,
+            at=T0 + timedelta(seconds=2),
+        )
+    )
     labels = {"variant": "baseline", "channel": "web", "playbook": playbook, "agent": "none"}
     before = sample("cbd_conversations_closed_total", **labels, reason="ended", contained="true")
     event = closed(conv, cust, T0 + timedelta(minutes=5))
     await outcomes.on_conversation_closed(event)
     await outcomes.on_conversation_closed(event)  # redelivered: counted once
-    assert sample("cbd_conversations_closed_total", **labels, reason="ended",
-                  contained="true") == before + 1
+    assert (
+        sample("cbd_conversations_closed_total", **labels, reason="ended", contained="true")
+        == before + 1
+    )
     assert sample("cbd_conversation_resolutions_total", **labels) == 1
     # Six days on, still inside the window: not settled yet.
     assert await outcomes.settle_fcr(T0 + timedelta(days=6)) == 0
@@ -100,14 +117,22 @@ async def test_a_repeat_contact_on_the_same_issue_turns_fcr_off(pool: db.Pool) -
     lost = issue("delivery_lost", first, T0)
     turn = routed(first, cust, "My parcel is lost", T0, issues=[lost])
     await outcomes.on_turn_routed(turn)
-    await outcomes.on_reply_generated(reply(turn, "Sorry!", playbook=playbook,
-                                            at=T0 + timedelta(seconds=1)))
+    await outcomes.on_reply_generated(
+        reply(turn, "Sorry!", playbook=playbook, at=T0 + timedelta(seconds=1))
+    )
     await outcomes.on_conversation_closed(closed(first, cust, T0 + timedelta(minutes=3)))
     # Another conversation that day, about something else: no repeat.
     other = f"{first}-other"
     t_other = T0 + timedelta(hours=2)
-    await outcomes.on_turn_routed(routed(other, cust, "Can I change my address?", t_other,
-                                         issues=[lost, issue("account", other, t_other)]))
+    await outcomes.on_turn_routed(
+        routed(
+            other,
+            cust,
+            "Can I change my address?",
+            t_other,
+            issues=[lost, issue("account", other, t_other)],
+        )
+    )
     assert (await row(pool, first))["repeated_by"] is None
     # Three days later the customer is back about the lost parcel (memory updated the issue).
     second = f"{first}-again"
@@ -136,16 +161,23 @@ async def test_an_escalated_conversation_is_not_contained_and_an_unresolved_one_
     await outcomes.on_turn_routed(turn)
     bot = reply(turn, "I'm so sorry.", playbook=playbook, at=T0 + timedelta(seconds=1))
     await outcomes.on_reply_generated(bot)
-    await outcomes.on_turn_routed(routed(conv, cust, "a person please", T0 + timedelta(minutes=1),
-                                         human=True))
+    await outcomes.on_turn_routed(
+        routed(conv, cust, "a person please", T0 + timedelta(minutes=1), human=True)
+    )
     # The bot's replies of an escalated conversation are queued for review.
     reasons = await pool.fetchval(
         "SELECT reasons FROM care.review_items WHERE reply_id = $1", bot.payload.reply_id
     )
     assert reasons == ["escalated"]
     await outcomes.on_conversation_closed(
-        closed(conv, cust, T0 + timedelta(minutes=20), CloseReason.AGENT_RESOLVED,
-               disposition="unresolved", agent="dana")
+        closed(
+            conv,
+            cust,
+            T0 + timedelta(minutes=20),
+            CloseReason.AGENT_RESOLVED,
+            disposition="unresolved",
+            agent="dana",
+        )
     )
     state = await row(pool, conv)
     assert state["escalated"] is True
@@ -153,8 +185,12 @@ async def test_an_escalated_conversation_is_not_contained_and_an_unresolved_one_
     assert state["disposition"] == "unresolved"
     assert state["fcr_candidate"] is False
     labels = {"variant": "care", "channel": "web", "playbook": playbook, "agent": "dana"}
-    assert sample("cbd_conversations_closed_total", **labels, reason="agent_resolved",
-                  contained="false") == 1
+    assert (
+        sample(
+            "cbd_conversations_closed_total", **labels, reason="agent_resolved", contained="false"
+        )
+        == 1
+    )
     assert sample("cbd_conversation_resolutions_total", **labels) == 0
 
 
@@ -171,7 +207,9 @@ async def test_a_rated_baseline_reply_moves_the_baseline_series_and_a_low_one_is
     base = {"variant": "baseline", "channel": "web", "playbook": playbook, "agent": "none"}
     care = {**base, "variant": "care"}
     rating = FeedbackReceivedEvent.create(
-        conversation_id=conv, customer_id=cust, channel=Channel.WEB,
+        conversation_id=conv,
+        customer_id=cust,
+        channel=Channel.WEB,
         payload=Feedback(rating=1, reply_id=bot.payload.reply_id, nps=3, comment="useless"),
     )
     await outcomes.on_feedback_received(rating)
@@ -179,18 +217,29 @@ async def test_a_rated_baseline_reply_moves_the_baseline_series_and_a_low_one_is
     assert sample("cbd_care_csat_ratings_total", rating="1", **base) == 1
     assert sample("cbd_care_csat_ratings_total", rating="1", **care) == 0
     assert sample("cbd_care_nps_ratings_total", score="3", **base) == 1
-    item = await pool.fetchrow("SELECT * FROM care.review_items WHERE reply_id = $1",
-                               bot.payload.reply_id)
+    item = await pool.fetchrow(
+        "SELECT * FROM care.review_items WHERE reply_id = $1", bot.payload.reply_id
+    )
     assert item is not None
     assert item["reasons"] == ["low_csat"]
     # A conversation-level rating (no reply id) is queued as the last bot reply.
-    flagged = reply(turn, "Refund coming!", variant="baseline", playbook=playbook,
-                    flags=["commitment_held"], at=T0 + timedelta(seconds=5))
+    flagged = reply(
+        turn,
+        "Refund coming!",
+        variant="baseline",
+        playbook=playbook,
+        flags=["commitment_held"],
+        at=T0 + timedelta(seconds=5),
+    )
     await outcomes.on_reply_generated(flagged)
-    await outcomes.on_feedback_received(FeedbackReceivedEvent.create(
-        conversation_id=conv, customer_id=cust, channel=Channel.WEB, payload=Feedback(rating=2)))
-    reasons = await pool.fetchval("SELECT reasons FROM care.review_items WHERE reply_id = $1",
-                                  flagged.payload.reply_id)
+    await outcomes.on_feedback_received(
+        FeedbackReceivedEvent.create(
+            conversation_id=conv, customer_id=cust, channel=Channel.WEB, payload=Feedback(rating=2)
+        )
+    )
+    reasons = await pool.fetchval(
+        "SELECT reasons FROM care.review_items WHERE reply_id = $1", flagged.payload.reply_id
+    )
     assert reasons == ["flagged", "low_csat"]
 
 
@@ -224,13 +273,22 @@ async def test_erasure_removes_the_customer_from_every_care_table(pool: db.Pool)
     conv, cust = ids()
     turn = routed(conv, cust, "my email is a@b.example", T0)
     await outcomes.on_turn_routed(turn)
-    await outcomes.on_reply_generated(reply(turn, "Thanks", flags=["x"],
-                                            at=T0 + timedelta(seconds=1)))
-    await outcomes.on_customer_erased(CustomerErasedEvent.create(
-        conversation_id=conv, customer_id=cust, channel=Channel.WEB,
-        payload=CustomerErased(erased_customer_id=cust, conversation_ids=[conv],
-                               requested_by="test", requested_at=T0),
-    ))
+    await outcomes.on_reply_generated(
+        reply(turn, "Thanks", flags=["x"], at=T0 + timedelta(seconds=1))
+    )
+    await outcomes.on_customer_erased(
+        CustomerErasedEvent.create(
+            conversation_id=conv,
+            customer_id=cust,
+            channel=Channel.WEB,
+            payload=CustomerErased(
+                erased_customer_id=cust,
+                conversation_ids=[conv],
+                requested_by="test",
+                requested_at=T0,
+            ),
+        )
+    )
     for table in ("conversations", "turns", "replies", "review_items"):
         left = await pool.fetchval(f"SELECT count(*) FROM care.{table}")  # noqa: S608
         assert left == 0, table

@@ -41,16 +41,23 @@ async def queue_a_low_rated_reply(pool: db.Pool, variant: str) -> uuid.UUID:
     conv = f"conv-{uuid.uuid4().hex[:8]}"
     first = routed(conv, "cust-r", "My parcel is late and I'm worried", T0)
     await outcomes.on_turn_routed(first)
-    await outcomes.on_reply_generated(reply(first, "Sorry, let me look.", variant=variant,
-                                            at=T0 + timedelta(seconds=1)))
+    await outcomes.on_reply_generated(
+        reply(first, "Sorry, let me look.", variant=variant, at=T0 + timedelta(seconds=1))
+    )
     second = routed(conv, "cust-r", "It's a birthday present", T0 + timedelta(minutes=1))
     await outcomes.on_turn_routed(second)
-    bot = reply(second, "It will arrive tomorrow.", variant=variant,
-                at=T0 + timedelta(minutes=1, seconds=2))
+    bot = reply(
+        second, "It will arrive tomorrow.", variant=variant, at=T0 + timedelta(minutes=1, seconds=2)
+    )
     await outcomes.on_reply_generated(bot)
-    await outcomes.on_feedback_received(FeedbackReceivedEvent.create(
-        conversation_id=conv, customer_id="cust-r", channel=Channel.WEB,
-        payload=Feedback(rating=1, reply_id=bot.payload.reply_id)))
+    await outcomes.on_feedback_received(
+        FeedbackReceivedEvent.create(
+            conversation_id=conv,
+            customer_id="cust-r",
+            channel=Channel.WEB,
+            payload=Feedback(rating=1, reply_id=bot.payload.reply_id),
+        )
+    )
     return bot.payload.reply_id
 
 
@@ -92,8 +99,11 @@ async def test_a_reviewer_scores_a_blinded_reply_and_the_review_is_stored_and_pu
     detail = (await client.get(f"/v1/review/items/{reply_id}", headers=headers)).json()
     assert [t["role"] for t in detail["transcript"]] == ["customer", "bot", "customer"]
 
-    body = {"scores": {**GOOD, "demonstrates_care": 2}, "tags": ["invented_fact", "wrong_tone"],
-            "better_reply": "I'm sorry it's late. I can't promise tomorrow, but I'll check now."}
+    body = {
+        "scores": {**GOOD, "demonstrates_care": 2},
+        "tags": ["invented_fact", "wrong_tone"],
+        "better_reply": "I'm sorry it's late. I can't promise tomorrow, but I'll check now.",
+    }
     resp = await client.post(f"/v1/review/items/{reply_id}", json=body, headers=headers)
     assert resp.status_code == 201, resp.text
     stored = await pool.fetchrow("SELECT * FROM care.reviews WHERE reply_id = $1", reply_id)
@@ -116,8 +126,9 @@ async def test_a_reviewer_scores_a_blinded_reply_and_the_review_is_stored_and_pu
 async def test_refusals_are_clear_4xx_answers(pool: db.Pool, client: httpx.AsyncClient) -> None:
     reply_id = await queue_a_low_rated_reply(pool, "care")
     assert (await client.get("/v1/review/queue")).status_code == 401
-    bad_login = await client.post("/v1/review/login", json={"reviewer_id": "reviewer",
-                                                            "password": "nope"})
+    bad_login = await client.post(
+        "/v1/review/login", json={"reviewer_id": "reviewer", "password": "nope"}
+    )
     assert bad_login.status_code == 401
     assert (await client.post("/v1/review/login", content=b"{")).status_code == 400
     headers = await sign_in(client)
@@ -126,13 +137,17 @@ async def test_refusals_are_clear_4xx_answers(pool: db.Pool, client: httpx.Async
     resp = await client.post(url, json={"scores": missing}, headers=headers)
     assert resp.status_code == 422
     assert resp.json()["details"][0]["field"] == "scores.satisfaction"
-    assert (await client.post(url, json={"scores": {**GOOD, "satisfaction": 6}},
-                              headers=headers)).status_code == 422
-    assert (await client.post(url, json={"scores": GOOD, "tags": ["rude"]},
-                              headers=headers)).status_code == 422
+    assert (
+        await client.post(url, json={"scores": {**GOOD, "satisfaction": 6}}, headers=headers)
+    ).status_code == 422
+    assert (
+        await client.post(url, json={"scores": GOOD, "tags": ["rude"]}, headers=headers)
+    ).status_code == 422
     assert (await client.post(url, content=b"not json", headers=headers)).status_code == 400
     assert (await client.post(url, content=b"x" * 70_000, headers=headers)).status_code == 400
-    assert (await client.get(f"/v1/review/items/{uuid.uuid4()}", headers=headers)).status_code == 404
+    assert (
+        await client.get(f"/v1/review/items/{uuid.uuid4()}", headers=headers)
+    ).status_code == 404
     assert (await client.get("/v1/review/items/not-a-uuid", headers=headers)).status_code == 404
     assert (await client.get("/v1/review/queue?limit=0", headers=headers)).status_code == 400
     # Nothing was stored by any of these.

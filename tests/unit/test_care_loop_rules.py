@@ -58,8 +58,15 @@ def test_the_random_sample_is_stable_and_near_its_share() -> None:
 
 @pytest.mark.parametrize(
     ("hour", "zone", "quiet"),
-    [(22, "UTC", True), (7, "UTC", True), (8, "UTC", False), (12, "UTC", False),
-     (20, "UTC", False), (19, "America/New_York", False), (3, "America/New_York", True)],
+    [
+        (22, "UTC", True),
+        (7, "UTC", True),
+        (8, "UTC", False),
+        (12, "UTC", False),
+        (20, "UTC", False),
+        (19, "America/New_York", False),
+        (3, "America/New_York", True),
+    ],
 )
 def test_quiet_hours_wrap_past_midnight_in_the_tenant_zone(
     hour: int, zone: str, quiet: bool
@@ -90,20 +97,31 @@ def test_pii_is_masked_before_export() -> None:
 
 
 def test_the_learning_report_ranks_what_goes_with_low_scores() -> None:
-    def outcome(playbook: str | None, low: bool, tags: list[str], fix: list[str],
-                knowledge: list[str]) -> ReplyOutcome:
-        return ReplyOutcome(str(uuid.uuid4()), playbook, knowledge, [2.0 if low else 4.5], low,
-                            tags, fix)
+    def outcome(
+        playbook: str | None, low: bool, tags: list[str], fix: list[str], knowledge: list[str]
+    ) -> ReplyOutcome:
+        return ReplyOutcome(
+            str(uuid.uuid4()), playbook, knowledge, [2.0 if low else 4.5], low, tags, fix
+        )
 
     outcomes = [
-        outcome("billing_dispute", True, ["wrong_tone"], ["I'm sorry about the double charge, "
-                "I've asked our billing team to refund it today."], ["billing/double"]),
-        outcome("billing_dispute", True, ["wrong_tone"], ["So sorry about the double charge; "
-                "our billing team will refund it today."], ["billing/double"]),
+        outcome(
+            "billing_dispute",
+            True,
+            ["wrong_tone"],
+            ["I'm sorry about the double charge, I've asked our billing team to refund it today."],
+            ["billing/double"],
+        ),
+        outcome(
+            "billing_dispute",
+            True,
+            ["wrong_tone"],
+            ["So sorry about the double charge; our billing team will refund it today."],
+            ["billing/double"],
+        ),
         outcome("billing_dispute", False, [], [], ["billing/double"]),
         outcome("delivery_delay", False, [], [], ["orders/late"]),
-        outcome(None, True, ["missed_need"], ["Completely different words about passwords."],
-                []),
+        outcome(None, True, ["missed_need"], ["Completely different words about passwords."], []),
     ]
     report = build(outcomes, datetime(2026, 11, 23, tzinfo=UTC), datetime(2026, 11, 30, tzinfo=UTC))
     names = [p["name"] for p in report.playbooks]

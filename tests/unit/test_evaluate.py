@@ -50,8 +50,11 @@ def test_means_differences_and_n_on_a_set_computed_by_hand() -> None:
 
 
 def test_identical_differences_have_a_zero_width_interval() -> None:
-    ratings = [Rating(str(i), v, all_criteria(3 + (v == "care"))) for i in range(5)
-               for v in ("baseline", "care")]
+    ratings = [
+        Rating(str(i), v, all_criteria(3 + (v == "care")))
+        for i in range(5)
+        for v in ("baseline", "care")
+    ]
     row = compare(ratings, resamples=500).rows[0]
     assert (row.difference, row.ci_low, row.ci_high, row.n_pairs) == (1.0, 1.0, 1.0, 5)
 
@@ -68,7 +71,11 @@ def test_the_interval_agrees_with_scipy_bootstrap() -> None:
     diffs = rng.normal(0.6, 1.0, size=40).round(2)
     ours = bootstrap_ci(diffs, confidence=0.95, resamples=20_000, seed=3)
     theirs = stats.bootstrap(
-        (diffs,), np.mean, confidence_level=0.95, n_resamples=20_000, method="percentile",
+        (diffs,),
+        np.mean,
+        confidence_level=0.95,
+        n_resamples=20_000,
+        method="percentile",
         random_state=np.random.default_rng(4),
     ).confidence_interval
     assert ours is not None
@@ -78,8 +85,11 @@ def test_the_interval_agrees_with_scipy_bootstrap() -> None:
 
 
 def test_the_same_seed_gives_the_same_report() -> None:
-    ratings = [Rating(str(i % 7), v, all_criteria((i * 3 + (v == "care")) % 5 + 1))
-               for i in range(30) for v in ("baseline", "care")]
+    ratings = [
+        Rating(str(i % 7), v, all_criteria((i * 3 + (v == "care")) % 5 + 1))
+        for i in range(30)
+        for v in ("baseline", "care")
+    ]
     assert compare(ratings, seed=5).as_json() == compare(ratings, seed=5).as_json()
 
 
@@ -94,8 +104,21 @@ def test_the_command_writes_markdown_json_and_a_png_chart(
     ]
     ratings.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = tmp_path / "out"
-    assert main(["evaluate", "report", "--ratings", str(ratings), "--out", str(out),
-                 "--resamples", "500"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "report",
+                "--ratings",
+                str(ratings),
+                "--out",
+                str(out),
+                "--resamples",
+                "500",
+            ]
+        )
+        == 0
+    )
     report = json.loads((out / "report.json").read_text())
     assert report["rows"][0]["n_pairs"] == 12
     assert report["pairing"] == "scenario"
@@ -105,8 +128,23 @@ def test_the_command_writes_markdown_json_and_a_png_chart(
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Baseline mean (n)" in capsys.readouterr().out
     html_out = tmp_path / "html"
-    assert main(["evaluate", "report", "--ratings", str(ratings), "--out", str(html_out),
-                 "--format", "html", "--resamples", "200"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "report",
+                "--ratings",
+                str(ratings),
+                "--out",
+                str(html_out),
+                "--format",
+                "html",
+                "--resamples",
+                "200",
+            ]
+        )
+        == 0
+    )
     assert "<table>" in (html_out / "report.html").read_text()
 
 

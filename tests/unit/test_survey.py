@@ -83,7 +83,7 @@ def test_the_comment_beside_the_score_is_kept() -> None:
 
 def test_the_keypad_survey_is_well_formed_twiml_with_the_action_escaped() -> None:
     action = "https://cbd.example/v1/channels/twilio/voice/rating?call=CA1&tenant=a<b"
-    root = ET.fromstring(gather_rating_twiml(action, language="en-GB"))
+    root = ET.fromstring(gather_rating_twiml(action, language="en-GB"))  # noqa: S314 (ours)
     assert root.tag == "Response"
     gather = root.find("Gather")
     assert gather is not None
@@ -102,8 +102,17 @@ def test_the_keypad_survey_is_well_formed_twiml_with_the_action_escaped() -> Non
 
 @pytest.mark.parametrize(
     ("digits", "rating"),
-    [("1", 1), ("5", 5), ("3#", 3), (None, None), ("", None), ("0", None), ("6", None),
-     ("*", None), ("45", None)],
+    [
+        ("1", 1),
+        ("5", 5),
+        ("3#", 3),
+        (None, None),
+        ("", None),
+        ("0", None),
+        ("6", None),
+        ("*", None),
+        ("45", None),
+    ],
 )
 def test_keypad_digits(digits: str | None, rating: int | None) -> None:
     assert parse_keypad_rating(digits) == rating
