@@ -426,6 +426,7 @@ def add_report_parser(sub: Any) -> None:
     )
     p.add_argument("--judge-url", help="OpenAI-compatible base URL of the judge (with --pairs)")
     p.add_argument("--judge-model", default="judge")
+    p.add_argument("--judge-timeout", type=float, default=120.0, help="seconds per judgement")
     p.add_argument(
         "--judge-key-env",
         default="CBD_JUDGE_API_KEY",
@@ -473,6 +474,7 @@ def _ratings(args: argparse.Namespace) -> tuple[list[Rating], str, str]:
                 model=args.judge_model,
                 api_key=os.environ.get(args.judge_key_env, "none"),
                 seed=args.seed,
+                timeout_s=args.judge_timeout,
             )
         )
         for failure in judged.failures:

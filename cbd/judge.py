@@ -72,11 +72,13 @@ SCHEMA: dict[str, Any] = {
 }
 
 
-RESPONSE_FORMAT: Any = {
-    "type": "json_schema",
-    "json_schema": {"name": "review", "schema": SCHEMA},
-}
-"""Constrains the answer to the schema (vLLM's guided decoding, llama.cpp's grammar)."""
+RESPONSE_FORMATS: list[Any] = [
+    {"type": "json_schema", "json_schema": {"name": "review", "schema": SCHEMA}},
+    {"type": "json_object", "schema": SCHEMA},
+]
+"""Constrain the answer to the schema: OpenAI's form first (vLLM's guided decoding), then the
+JSON mode with a schema that llama.cpp's server turns into a grammar. A server that refuses
+the first (400/422) gets the second for the rest of the run."""
 
 
 @dataclass(frozen=True)
@@ -140,36 +142,51 @@ async def judge(
     max_tokens: int = 200,
 ) -> Judged:
     """Score every item with the model; failures are named, not guessed."""
-    from openai import AsyncOpenAI, OpenAIError  # noqa: PLC0415
+    from openai import (  # noqa: PLC0415
+        AsyncOpenAI,
+        BadRequestError,
+        OpenAIError,
+        UnprocessableEntityError,
+    )
 
     client = AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=1)
     order = list(items)
     random.Random(seed).shuffle(order)
     ratings: list[Rating] = []
     failures: list[str] = []
+    fmt = 0
     try:
         for item in order:
             last_error = ""
             # The client's request types are TypedDicts; ours are plain dicts of the same shape.
             messages: Any = judge_messages(item)
-            for _ in range(2):
+            tries = 0
+            while tries < 2:
                 try:
                     completion = await client.chat.completions.create(
                         model=model,
                         messages=messages,
                         temperature=0.0,
                         max_tokens=max_tokens,
-                        response_format=RESPONSE_FORMAT,
+                        response_format=RESPONSE_FORMATS[fmt],
                     )
                     content = completion.choices[0].message.content or ""
                     scores = parse_scores(content)
+                except (BadRequestError, UnprocessableEntityError) as exc:
+                    if fmt + 1 < len(RESPONSE_FORMATS):
+                        fmt += 1  # the server speaks the other JSON mode: not the item's fault
+                        continue
+                    last_error = f"{type(exc).__name__}: {exc}"
                 except (OpenAIError, ValueError) as exc:
                     last_error = f"{type(exc).__name__}: {exc}"
-                    continue
-                ratings.append(
-                    Rating(item.pair, item.variant, scores, rater=f"llm:{model}", item=item.item)
-                )
-                break
+                else:
+                    ratings.append(
+                        Rating(
+                            item.pair, item.variant, scores, rater=f"llm:{model}", item=item.item
+                        )
+                    )
+                    break
+                tries += 1
             else:
                 failures.append(f"{item.item or item.pair}: {last_error}")
     finally:

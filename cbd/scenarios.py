@@ -123,12 +123,13 @@ async def generate(
     api_key: str = "none",
     max_tokens: int = 160,
     settings: GenerationSettings | None = None,
+    timeout_s: float = 120.0,
 ) -> list[ScenarioReply]:
     """Both variants' replies to every scenario (temperature 0: the same prompt, one answer)."""
     from openai import AsyncOpenAI  # noqa: PLC0415
 
     prompts, _ = build_prompting(settings or GenerationSettings())
-    client = AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=120.0, max_retries=1)
+    client = AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=1)
     out: list[ScenarioReply] = []
     try:
         for spec in scenarios:
