@@ -101,5 +101,5 @@ def test_answers_that_are_not_seven_scores_are_refused() -> None:
         '{"scores": ' + json.dumps({**good, "satisfaction": 9}) + "}",
         "{not json}",
     ):
-        with pytest.raises(ValueError, match="JSON|scores|Expecting"):
+        with pytest.raises(ValueError, match=r"JSON|scores|Expecting"):
             judge.parse_scores(bad)
