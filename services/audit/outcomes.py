@@ -11,8 +11,10 @@ into `care.conversations`:
   earlier, closed conversation touched, within the window.
 
 An issue counts as touched by a conversation when memory's context for one of its turns lists
-the issue as opened there or updated since the conversation started (memory raises an
-issue again by updating the open one of the same category).
+the issue as updated since the conversation started (memory opens an issue at the turn that
+raises it, and updates the open one of the same category when it is raised again). A customer
+writing again in a closed conversation reopens it; that is a repeat contact only when the new
+turn touches one of the issues the closed conversation touched.
 
 Every handler is idempotent: each counts only on the row change it made, so a redelivered event
 changes nothing and counts nothing. Times come from the events (and the sweeper's `now`), so
@@ -155,8 +157,9 @@ class Outcomes:
                 at,
             )
             assert row is not None  # an upsert with RETURNING always returns its row
+            reopened = None
             if row["closed_at"] is not None and at > row["closed_at"]:
-                row = await self._reopen(conn, row, at)
+                reopened, row = row, await self._reopen(conn, row, at)
             inserted = await conn.fetchval(
                 """
                 INSERT INTO care.turns (turn_id, conversation_id, customer_id, message, emotion,
@@ -184,9 +187,10 @@ class Outcomes:
             touched = {
                 issue.category
                 for issue in turn.context.open_issues
-                if issue.conversation_id == event.conversation_id
-                or issue.updated_at >= row["started_at"]
+                if issue.updated_at >= row["started_at"]
             }
+            if reopened is not None and touched & set(reopened["issue_categories"]):
+                await self._repeated_after_close(conn, reopened)
             new = sorted(touched - set(row["issue_categories"]))
             if new:
                 await conn.execute(
@@ -219,15 +223,10 @@ class Outcomes:
                         await self._queue(conn, reply["reply_id"], "escalated")
 
     async def _reopen(self, conn: Any, row: Any, at: datetime) -> Any:
-        """The customer wrote again after the close: a repeat contact, and a fresh start."""
-        if row["fcr_candidate"] and row["fcr"] is None:
-            REPEATS.labels(*label_values(row)).inc()
+        """The customer wrote again after the close: the conversation starts afresh."""
         return await conn.fetchrow(
             """
             UPDATE care.conversations SET
-                fcr = CASE WHEN fcr_candidate AND fcr IS NULL THEN false ELSE fcr END,
-                repeated_by = CASE WHEN fcr_candidate AND fcr IS NULL THEN conversation_id
-                                   ELSE repeated_by END,
                 closed_at = NULL, close_requested_at = NULL, close_reason = NULL,
                 disposition = NULL, fcr_candidate = NULL, escalated = false, ticket_id = NULL,
                 started_at = $2, last_activity_at = $2, issue_categories = '{}'
@@ -236,6 +235,19 @@ class Outcomes:
             row["conversation_id"],
             at,
         )
+
+    async def _repeated_after_close(self, conn: Any, before: Any) -> None:
+        """Back in the same conversation about the same issue: its close was no resolution.
+
+        (A "thanks!" after the close touches no issue and changes nothing.)
+        """
+        if before["fcr_candidate"] and before["fcr"] is None:
+            await conn.execute(
+                "UPDATE care.conversations SET fcr = false, repeated_by = conversation_id "
+                "WHERE conversation_id = $1",
+                before["conversation_id"],
+            )
+        REPEATS.labels(*label_values(before)).inc()
 
     async def _repeat_contacts(
         self, conn: Any, conversation_id: str, row: Any, categories: list[str], at: datetime

@@ -75,8 +75,8 @@ async def test_a_low_rated_reply_is_reviewed_on_the_review_page(
         await item.click()
         await expect(page.locator("#message")).to_have_text(text)
         await expect(page.locator("#reply")).to_have_text(bot["text"])
-        body_text = await page.locator("#item").inner_text()
-        assert str(bot["variant"]) not in body_text.lower().split()  # the variant is hidden
+        # Blinded: the page never says which prompt variant wrote the reply.
+        assert "variant" not in (await page.locator("#item").inner_text()).lower()
         for criterion, score in zip(REVIEW_CRITERIA, (4, 3, 5, 2, 2, 3, 2), strict=True):
             label = page.locator(f'input[name="{criterion}"][value="{score}"]')
             await label.check()

@@ -292,3 +292,40 @@ async def test_erasure_removes_the_customer_from_every_care_table(pool: db.Pool)
     for table in ("conversations", "turns", "replies", "review_items"):
         left = await pool.fetchval(f"SELECT count(*) FROM care.{table}")  # noqa: S608
         assert left == 0, table
+
+
+async def test_writing_again_after_the_close_is_a_repeat_only_about_the_same_issue(
+    pool: db.Pool,
+) -> None:
+    outcomes = Outcomes(pool, None, SETTINGS)
+    thanks, cust = ids()
+    lost = issue("delivery_lost", thanks, T0)
+    await outcomes.on_turn_routed(routed(thanks, cust, "My parcel is lost", T0, issues=[lost]))
+    await outcomes.on_conversation_closed(closed(thanks, cust, T0 + timedelta(minutes=5)))
+    # "Thanks!" an hour later: memory updates no issue, so nothing repeats.
+    await outcomes.on_turn_routed(
+        routed(thanks, cust, "Thanks!", T0 + timedelta(hours=1), issues=[lost])
+    )
+    state = await row(pool, thanks)
+    assert state["closed_at"] is None  # reopened
+    assert state["repeated_by"] is None
+    assert state["fcr"] is None
+    # Back about the lost parcel in a conversation that closed again: not FCR.
+    again, cust2 = ids()
+    lost2 = issue("delivery_lost", again, T0)
+    await outcomes.on_turn_routed(routed(again, cust2, "My parcel is lost", T0, issues=[lost2]))
+    await outcomes.on_conversation_closed(closed(again, cust2, T0 + timedelta(minutes=5)))
+    t2 = T0 + timedelta(days=1)
+    await outcomes.on_turn_routed(
+        routed(
+            again,
+            cust2,
+            "Still no parcel",
+            t2,
+            issues=[lost2.model_copy(update={"updated_at": t2})],
+        )
+    )
+    state = await row(pool, again)
+    assert state["fcr"] is False
+    assert state["repeated_by"] == again
+    assert state["issue_categories"] == ["delivery_lost"]
