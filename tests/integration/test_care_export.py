@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from cbd import learning
+from cbd.evaluate import compare, load_reviews, queue_scenarios
+from cbd.scenarios import ScenarioReply
 from cbd.training import export
 from services.audit.care_settings import CareSettings
 from services.audit.outcomes import Outcomes
@@ -123,3 +126,54 @@ async def test_only_consenting_living_customers_highly_rated_or_corrected_and_ma
     sheet = (tmp_path / "DATASHEET.md").read_text()
     assert "2 chat examples" in sheet
     assert "consent.training: true" in sheet
+
+
+async def test_the_learning_report_reads_the_period_from_postgres(
+    pool: db.Pool, fresh_db: str
+) -> None:
+    await reviewed(pool, consent=True, score=2, better="So sorry about the wait; it ships today.")
+    await reviewed(pool, consent=True, score=2, better="So sorry about the wait, it ships today!")
+    await reviewed(pool, consent=True, score=5)
+    outcomes = await learning.load(fresh_db, T0 - timedelta(days=1), T0 + timedelta(days=1))
+    assert len(outcomes) == 3
+    # Two low reviews; and every one of these customers rated the reply 1, so all three are low.
+    assert sum(bool(o.review_means) and min(o.review_means) <= 2 for o in outcomes) == 2
+    assert all(o.low for o in outcomes)
+    report = learning.build(outcomes, T0 - timedelta(days=1), T0 + timedelta(days=1))
+    [playbook] = report.playbooks
+    assert (playbook["name"], playbook["replies"], playbook["low"]) == ("delivery_delay", 3, 3)
+    assert report.repeated_corrections[0]["count"] == 2
+    # Outside the period: nothing.
+    assert await learning.load(fresh_db, T0 + timedelta(days=2), T0 + timedelta(days=3)) == []
+
+
+async def test_scenario_replies_queued_for_review_are_paired_by_scenario(
+    pool: db.Pool, fresh_db: str
+) -> None:
+    replies = [
+        ScenarioReply(pair, variant, f"message {pair}", "anxiety", f"{variant} reply", None, [])
+        for pair in ("s_one", "s_two")
+        for variant in ("baseline", "care")
+    ]
+    assert await queue_scenarios(fresh_db, replies) == 4
+    desk = ReviewDesk(pool, None)
+    queue = await desk.queue("rita", limit=10)
+    assert [item["reasons"] for item in queue] == [["scenario"]] * 4
+    assert all("baseline" not in item["conversation_id"] for item in queue)  # blinded
+    for item in queue:
+        score = 4 if item["reply"].startswith("care") else 2
+        await desk.submit(
+            uuid.UUID(item["reply_id"]),
+            "rita",
+            ReviewInput(scores=ReviewScores(**dict.fromkeys(REVIEW_CRITERIA, score))),
+        )
+    ratings = await load_reviews(fresh_db, scenarios=True)
+    assert sorted((r.pair_key, r.variant) for r in ratings) == [
+        ("s_one", "baseline"),
+        ("s_one", "care"),
+        ("s_two", "baseline"),
+        ("s_two", "care"),
+    ]
+    assert await load_reviews(fresh_db) == []  # live reviews only by default
+    row = compare(ratings, resamples=200, pairing="scenario").rows[0]
+    assert (row.difference, row.n_pairs) == (2.0, 2)
