@@ -17,13 +17,14 @@ from cbd.serve import SERVICES, serve
 from cbd.stack import EmbeddedStack, StackPorts
 from shared.settings import KafkaSettings
 
-CARE_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "evaluate": evaluate.main,
-    "export": training.main,
-    "learning": learning.main,
+CARE_COMMANDS: dict[tuple[str, str], Callable[[argparse.Namespace], int]] = {
+    ("evaluate", "report"): evaluate.main,
+    ("evaluate", "scenarios"): evaluate.main,
+    ("export", "training"): training.main,
+    ("learning", "report"): learning.main,
 }
-"""The care loop's commands (`cbd evaluate report|scenarios`, `cbd export training`,
-`cbd learning report`), each reading its own sub-action."""
+"""The care loop's commands, by (command, sub-action); other `cbd evaluate` sub-actions are
+dispatched on their own."""
 
 
 def run(run_dir: Path, port_offset: int = 0) -> int:
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     learn_sub = p_learn.add_subparsers(dest="action", required=True)
     learning.add_parser(learn_sub)
     args = parser.parse_args(argv)
-    care_tool = CARE_COMMANDS.get(args.command)
+    care_tool = CARE_COMMANDS.get((args.command, getattr(args, "action", "")))
     if care_tool is not None:
         return care_tool(args)
     if args.command == "emotion":
