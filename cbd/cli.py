@@ -6,15 +6,25 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from cbd import deadletter, emotion, evaluate, security
+from cbd import deadletter, emotion, evaluate, learning, reply_rubric, security, training
 from cbd.procs import ProcessFailed
 from cbd.runtime import DEFAULT_PORTS, Platform
 from cbd.serve import SERVICES, serve
 from cbd.stack import EmbeddedStack, StackPorts
 from shared.settings import KafkaSettings
+
+CARE_COMMANDS: dict[tuple[str, str], Callable[[argparse.Namespace], int]] = {
+    ("evaluate", "report"): evaluate.main,
+    ("evaluate", "scenarios"): evaluate.main,
+    ("evaluate", "replies"): reply_rubric.main,
+    ("export", "training"): training.main,
+    ("learning", "report"): learning.main,
+}
+"""The care loop's commands, by (command, sub-action)."""
 
 
 def run(run_dir: Path, port_offset: int = 0) -> int:
@@ -116,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         help="the platform's model (default), a lexicon-only baseline, or all of them",
     )
     p_ev.add_argument("--json", action="store_true", help="print the reports as JSON")
-    p_eval = sub.add_parser("evaluate", help="score replies on the care checks")
+    p_eval = sub.add_parser(
+        "evaluate", help="compare the baseline and care variants; score replies on the care checks"
+    )
     eval_sub = p_eval.add_subparsers(dest="action", required=True)
+    evaluate.add_report_parser(eval_sub)
     p_rep = eval_sub.add_parser(
         "replies", help="score what each scenario turn shows the customer (table and JSON)"
     )
@@ -131,12 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     p_rep.add_argument(
         "--scripted-only", action="store_true", help="only the scenarios whose turns give a reply"
     )
+    p_export = sub.add_parser("export", help="export data sets")
+    export_sub = p_export.add_subparsers(dest="action", required=True)
+    training.add_parser(export_sub)
+    p_learn = sub.add_parser("learning", help="what reviews and ratings teach")
+    learn_sub = p_learn.add_subparsers(dest="action", required=True)
+    learning.add_parser(learn_sub)
     security.add_commands(sub)
     args = parser.parse_args(argv)
     if (code := security.dispatch(args)) is not None:
         return code
-    if args.command == "evaluate":
-        return evaluate.main(args)
+    care_tool = CARE_COMMANDS.get((args.command, getattr(args, "action", "")))
+    if care_tool is not None:
+        return care_tool(args)
     if args.command == "emotion":
         return emotion.main(args)
     if args.command == "run":

@@ -560,6 +560,8 @@ class Feedback(_Model):
     source: Literal["customer", "reviewer"] = "customer"
     reply_id: uuid.UUID | None = None
     """The reply being rated, when the rating is for one reply rather than the conversation."""
+    nps: Annotated[int, Field(ge=0, le=10)] | None = None
+    """How likely they are to recommend us, 0-10, when the survey asked."""
 
 
 class FeedbackReceivedEvent(Envelope):
@@ -609,3 +611,85 @@ class DeadLetter(_Model):
     payload: str
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
     failed_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+class CloseReason(StrEnum):
+    """Why a conversation ended."""
+
+    ENDED = "ended"
+    """The customer (or their channel) ended the chat."""
+    IDLE = "idle"
+    """Nobody wrote for the channel's idle timeout."""
+    AGENT_RESOLVED = "agent_resolved"
+    """An agent resolved the ticket, with a disposition."""
+
+
+class ConversationClosed(_Model):
+    """Payload of conversation.closed: the conversation is over, for outcome measurement."""
+
+    reason: CloseReason
+    disposition: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")] | None = None
+    """An agent's disposition (e.g. `resolved`, `unresolved`, `duplicate`, `callback`)."""
+    agent_id: str | None = None
+    ticket_id: uuid.UUID | None = None
+    last_activity_at: AwareDatetime | None = None
+    """The last turn or reply before the close (for an idle timeout, when it started)."""
+
+
+class ConversationClosedEvent(Envelope):
+    """A conversation ended: by the customer, by an idle timeout or by an agent's resolve."""
+
+    event_type: Literal["conversation.closed"] = "conversation.closed"
+    payload: ConversationClosed
+
+
+REVIEW_CRITERIA: tuple[str, ...] = (
+    "overall_experience",
+    "satisfaction",
+    "understands_query",
+    "understands_emotion",
+    "acknowledges_feelings",
+    "addresses_needs",
+    "demonstrates_care",
+)
+"""The paper's seven criteria (its Table 1), each scored 1-5 by a reviewer."""
+
+ReviewTag = Literal["invented_fact", "wrong_tone", "missed_need", "no_alternative"]
+"""Problems a reviewer can name on a reply."""
+
+Score = Annotated[int, Field(ge=1, le=5)]
+
+
+class ReviewScores(_Model):
+    """A reviewer's 1-5 score on each of the seven criteria."""
+
+    overall_experience: Score
+    satisfaction: Score
+    understands_query: Score
+    understands_emotion: Score
+    acknowledges_feelings: Score
+    addresses_needs: Score
+    demonstrates_care: Score
+
+
+class ReviewSubmitted(_Model):
+    """Payload of review.submitted: a person's review of one bot reply."""
+
+    review_id: uuid.UUID
+    reply_id: uuid.UUID
+    reviewer_id: str
+    scores: ReviewScores
+    tags: list[ReviewTag] = []
+    better_reply: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS)] = ""
+    """The reply the reviewer would have sent, when they wrote one."""
+    comment: Annotated[str, StringConstraints(max_length=2000)] = ""
+    variant: str | None = None
+    """Recorded for evaluation; never shown to the reviewer."""
+    submitted_at: AwareDatetime
+
+
+class ReviewSubmittedEvent(Envelope):
+    """A reviewer scored a bot reply on the seven criteria."""
+
+    event_type: Literal["review.submitted"] = "review.submitted"
+    payload: ReviewSubmitted

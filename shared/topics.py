@@ -28,6 +28,8 @@ class Topic(StrEnum):
     ASSIST_SUGGESTED = "assist.suggested"
     FEEDBACK_RECEIVED = "feedback.received"
     CUSTOMER_ERASED = "customer.erased"
+    CONVERSATION_CLOSED = "conversation.closed"
+    REVIEW_SUBMITTED = "review.submitted"
     DEAD_LETTER = "deadletter"
 
     @classmethod

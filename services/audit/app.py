@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.audit import handlers
+from services.audit import care, handlers
 from services.audit.ledger import Ledger
 from services.audit.settings import AuditSettings
 from shared import db
@@ -19,6 +19,7 @@ Settings = AuditSettings
 def create_app(settings: AuditSettings | None = None) -> FastAPI:
     """Build the audit service."""
     cfg = settings or AuditSettings()
+    reviews = care.review_api(cfg.care)
 
     async def wire(infra: Infra, stack: AsyncExitStack) -> None:
         eraser = None
@@ -27,6 +28,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
             stack.push_async_callback(eraser.close)
         ledger = Ledger(infra.require_pg(), cfg.chain_key.get_secret_value(), eraser)
         handlers.register(infra.broker, cfg.kafka, handlers.AuditHandlers(ledger))
+        await care.wire(infra, stack, cfg.care, reviews)
 
     return build_app(
         ServiceSpec(
@@ -35,5 +37,6 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
             wire=wire,
             uses_postgres=True,
             migrations=Path(__file__).parent / "migrations",
+            routes=reviews.routes(),
         )
     )

@@ -2,9 +2,10 @@
 
 from typing import ClassVar, Self
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.audit.care_settings import CareSettings
 from shared.credentials import require_secret
 from shared.settings import ServiceSettings
 
@@ -19,6 +20,8 @@ class AuditSettings(ServiceSettings):
     uses_redis: ClassVar[bool] = False
 
     port: int = 8005
+    care: CareSettings = Field(default_factory=CareSettings)
+    """The care loop's settings (prefix `CBD_CARE_`)."""
     chain_key: SecretStr = SecretStr(DEV_CHAIN_KEY)
     """The HMAC key of the audit chain (32+ random bytes in production). Keep it apart from
     the database: whoever holds it and can write the table could forge the chain."""

@@ -26,9 +26,14 @@ from services.escalation.packet import build_packet
 from shared.events import (
     MAX_MESSAGE_CHARS,
     Channel,
+    CloseReason,
+    ConversationClosed,
+    ConversationClosedEvent,
     ReplyGenerated,
     ReplyGeneratedEvent,
     Role,
+    new_trace_id,
+    utcnow,
 )
 from shared.http import ApiError, error_responses, requires
 from shared.kafka import EventBus
@@ -62,6 +67,32 @@ class ReplySent(BaseModel):
     """The id of the reply an agent sent."""
 
     reply_id: str
+
+
+class Resolve(BaseModel):
+    """Body of POST /v1/agent/tickets/{id}/resolve (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    disposition: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")] = "resolved"
+
+
+def agent_closed(ticket: Ticket, agent_id: str, disposition: str) -> ConversationClosedEvent:
+    """The conversation.closed event of an agent's resolve, the same id for the same ticket."""
+    return ConversationClosedEvent(
+        event_type=ConversationClosedEvent.type_name(),
+        event_id=uuid.uuid5(ticket.ticket_id, ConversationClosedEvent.type_name()),
+        conversation_id=ticket.conversation_id,
+        customer_id=ticket.customer_id,
+        channel=Channel(ticket.channel),
+        occurred_at=utcnow(),
+        trace_id=new_trace_id(),
+        payload=ConversationClosed(
+            reason=CloseReason.AGENT_RESOLVED,
+            disposition=disposition,
+            agent_id=agent_id,
+            ticket_id=ticket.ticket_id,
+        ),
+    )
 
 
 class Transfer(BaseModel):
@@ -190,10 +221,18 @@ def agent_router() -> APIRouter:
 
     @router.post(f"{ticket_path}/resolve", responses=refusals)
     async def resolve(
-        ticket_id: TicketId, agent: Agent, desk: DeskDep, feed: Feed
+        ticket_id: TicketId,
+        agent: Agent,
+        desk: DeskDep,
+        bus: Bus,
+        feed: Feed,
+        body: Resolve | None = None,
     ) -> dict[str, Any]:
-        """Close the ticket; the bot takes the conversation's next turns."""
-        return await changed(feed, await desk.resolve(ticket_id, agent.agent_id))
+        """Close the ticket with a disposition; the bot takes the conversation's next turns."""
+        resolved = await desk.resolve(ticket_id, agent.agent_id)
+        disposition = body.disposition if body is not None else "resolved"
+        await bus.publish(agent_closed(resolved, agent.agent_id, disposition))
+        return await changed(feed, resolved)
 
     @router.post(f"{ticket_path}/handback", responses=refusals)
     async def handback(

@@ -46,7 +46,7 @@ def check_schema(*files: Path) -> subprocess.CompletedProcess[str]:
 
 def test_dashboards_match_the_grafana_schema() -> None:
     files = sorted(DASHBOARDS.glob("*.json"))
-    assert len(files) == 5
+    assert len(files) == 6
     result = check_schema(*files)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -31,7 +31,7 @@ import pytest
 import websockets
 import yaml
 
-from cbd.evaluate import load_scenarios, score
+from cbd.reply_rubric import load_scenarios, score
 from cbd.runtime import Platform
 from services.generation.care import CareKit
 from services.generation.guardrails import Guardrails
