@@ -19,17 +19,8 @@ from shared.settings import KafkaSettings
 
 def run(run_dir: Path, port_offset: int = 0) -> int:
     """Start the embedded platform in the foreground until Ctrl-C."""
-    d = StackPorts()
     platform = Platform(
-        stack=EmbeddedStack(
-            run_dir,
-            ports=StackPorts(
-                kafka=d.kafka + port_offset,
-                postgres=d.postgres + port_offset,
-                redis=d.redis + port_offset,
-                llm=d.llm + port_offset,
-            ),
-        ),
+        stack=EmbeddedStack(run_dir, ports=StackPorts().shifted(port_offset)),
         service_ports={name: port + port_offset for name, port in DEFAULT_PORTS.items()},
     )
 
