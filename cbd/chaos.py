@@ -175,6 +175,7 @@ class Chaos:
         rate: float,
         duration_s: float,
         targets: Sequence[str] = TARGETS,
+        first_targets: Sequence[str] = (),
         first_kill_s: float = 5.0,
         pause_s: tuple[float, float] = (2.0, 8.0),
         drain_s: float = 60.0,
@@ -184,6 +185,7 @@ class Chaos:
         self.rate = rate
         self.duration_s = duration_s
         self.targets = list(targets)
+        self.first_targets = list(first_targets)
         self.first_kill_s = first_kill_s
         self.pause_s = pause_s
         self.drain_s = drain_s
@@ -226,8 +228,9 @@ class Chaos:
 
     async def _kill_loop(self) -> None:
         await asyncio.sleep(self.first_kill_s)
+        planned = list(self.first_targets)
         while self._sending:
-            target = self.random.choice(self.targets)
+            target = planned.pop(0) if planned else self.random.choice(self.targets)
             kill = Kill(target=target, at=self.now())
             self.kills.append(kill)
             await asyncio.to_thread(self._kill, target)
@@ -369,13 +372,16 @@ def main(argv: list[str] | None = None) -> int:
         help=f"what may be killed (comma-separated, from {', '.join(TARGETS)})",
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--run-dir", type=Path, default=None, help="keep data and logs here (default: temporary)"
+    )
     args = parser.parse_args(argv)
     targets = [t for t in args.targets.split(",") if t]
     unknown = sorted(set(targets) - set(TARGETS))
     if unknown:
         parser.error(f"unknown targets: {', '.join(unknown)}")
     with tempfile.TemporaryDirectory(prefix="cbd-chaos-") as tmp:
-        platform = chaos_platform(Path(tmp))
+        platform = chaos_platform(args.run_dir or Path(tmp))
         started = time.monotonic()
         platform.start()
         print(f"platform started in {time.monotonic() - started:.1f} s", flush=True)
