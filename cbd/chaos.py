@@ -3,8 +3,11 @@
 `make chaos` (or `python -m cbd.chaos`) starts the platform on embedded servers, runs its
 supervisor (what `make run` does), and sends turns at a fixed rate whatever happens: each
 turn is a new customer on the web chat who asks for a person, so all six services and five
-hops run and the LLM is out of the path. Meanwhile it kills a random service or the broker
-(`kill -9`), waits until replies flow again, pauses a random moment, and kills again.
+hops run and the LLM is out of the path. Meanwhile it kills a random service (`kill -9`), waits
+until replies flow again, pauses a random moment, and kills again. `--targets ...,broker`
+kills the broker too; with the default in-memory broker storage a broker kill loses what the
+broker held, and tansu's durable S3 storage does not keep up with this load on a small machine
+(docs/architecture.md), so broker kills are opt-in.
 
 Every turn is followed twice, by turn id: at the customer's WebSocket (a client that resends
 its message with the same `client_message_id` until it is accepted, and reconnects with
@@ -15,6 +18,7 @@ after it. It exits non-zero on any loss or duplicate.
 
     make chaos                                   # 10 turns/s for 2 minutes
     .venv/bin/python -m cbd.chaos --rate 10 --duration 60 --seed 7
+    .venv/bin/python -m cbd.chaos --targets emotion,broker --broker-storage s3
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from cbd.runtime import Platform
 from cbd.serve import SERVICES
+from cbd.stack import BrokerStorage
 from shared.settings import KafkaSettings
 from shared.topics import Topic
 
@@ -335,10 +340,11 @@ class Chaos:
             self.topic_replies[str(event["payload"]["turn_id"])].append(str(event["event_id"]))
 
 
-def chaos_platform(run_dir: Path) -> Platform:
+def chaos_platform(run_dir: Path, broker_storage: BrokerStorage = "memory") -> Platform:
     """The platform for a chaos run: embedded servers without the LLM (handoff turns)."""
     platform = Platform.for_tests(
         run_dir,
+        broker_storage=broker_storage,
         extra_env={
             # Handed-over turns never call the LLM; agent suggestions would.
             "CBD_GENERATION_ASSIST_SUGGESTIONS": "false",
@@ -368,10 +374,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of load")
     parser.add_argument(
         "--targets",
-        default=",".join(TARGETS),
+        default=",".join(SERVICES),
         help=f"what may be killed (comma-separated, from {', '.join(TARGETS)})",
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--broker-storage",
+        choices=["s3", "memory"],
+        default="memory",
+        help="memory (default): broker kills lose what it held; s3: durable but slow here",
+    )
+    parser.add_argument(
+        "--first-kill", type=float, default=5.0, help="seconds of load before the first kill"
+    )
     parser.add_argument(
         "--run-dir", type=Path, default=None, help="keep data and logs here (default: temporary)"
     )
@@ -381,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown targets: {', '.join(unknown)}")
     with tempfile.TemporaryDirectory(prefix="cbd-chaos-") as tmp:
-        platform = chaos_platform(args.run_dir or Path(tmp))
+        platform = chaos_platform(args.run_dir or Path(tmp), args.broker_storage)
         started = time.monotonic()
         platform.start()
         print(f"platform started in {time.monotonic() - started:.1f} s", flush=True)
@@ -393,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
                     duration_s=args.duration,
                     targets=targets,
                     seed=args.seed,
+                    first_kill_s=args.first_kill,
                 )
             )
         finally:

@@ -13,14 +13,16 @@ from cbd import deadletter, emotion
 from cbd.procs import ProcessFailed
 from cbd.runtime import DEFAULT_PORTS, Platform
 from cbd.serve import SERVICES, serve
-from cbd.stack import EmbeddedStack, StackPorts
+from cbd.stack import BrokerStorage, EmbeddedStack, StackPorts
 from shared.settings import KafkaSettings
 
 
-def run(run_dir: Path, port_offset: int = 0) -> int:
+def run(run_dir: Path, port_offset: int = 0, broker_storage: BrokerStorage = "s3") -> int:
     """Start the embedded platform in the foreground until Ctrl-C."""
     platform = Platform(
-        stack=EmbeddedStack(run_dir, ports=StackPorts().shifted(port_offset)),
+        stack=EmbeddedStack(
+            run_dir, ports=StackPorts().shifted(port_offset), broker_storage=broker_storage
+        ),
         service_ports={name: port + port_offset for name, port in DEFAULT_PORTS.items()},
     )
 
@@ -82,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="add this to every port (for a second copy beside a running one)",
     )
+    p_run.add_argument(
+        "--broker-storage",
+        choices=["s3", "memory"],
+        default="s3",
+        help="s3 (default): topics and offsets survive a broker restart; memory: faster under load",
+    )
     p_serve = sub.add_parser("serve", help="run one service (its settings from the environment)")
     p_serve.add_argument("service", choices=SERVICES)
     p_dl = sub.add_parser("deadletter", help="inspect or replay dead-lettered messages")
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "emotion":
         return emotion.main(args)
     if args.command == "run":
-        return run(args.run_dir, args.port_offset)
+        return run(args.run_dir, args.port_offset, args.broker_storage)
     if args.command == "deadletter":
         return asyncio.run(deadletter_command(args))
     serve(args.service)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cbd.procs import Backoff, ManagedProcess, ensure_free, free_port, http_ok
 from cbd.serve import SERVICES
-from cbd.stack import EmbeddedStack, StackPorts
+from cbd.stack import BrokerStorage, EmbeddedStack, StackPorts
 
 DEFAULT_PORTS = {name: 8000 + i for i, name in enumerate(SERVICES)}
 
@@ -29,10 +29,14 @@ EMBEDDED_DEFAULTS = {
     # on a GPU takes milliseconds; the production budget would send every cold turn to the
     # fallback. The environment still wins.
     "CBD_GENERATION_FIRST_TOKEN_TIMEOUT_S": "20",
-    # One machine, one broker: a consumer that died is noticed, and its partitions handed to
-    # its restarted self, within seconds instead of Kafka's 45 s default (measured on tansu:
-    # a killed member's replacement gets its partitions in ~2 s at 3 s / 0.5 s, ~18 s at
-    # 10 s / 3 s). Production keeps its own values from the environment.
+}
+
+FAST_FAILOVER = {
+    # One machine, one in-memory broker: a consumer that died is noticed, and its partitions
+    # handed to its restarted self, within seconds instead of Kafka's 45 s default (measured
+    # on tansu: a killed member's replacement gets its partitions in ~2 s at 3 s / 0.5 s,
+    # ~18 s at 10 s / 3 s). Not with S3 storage, where every heartbeat is an S3 round trip
+    # (docs/architecture.md). Production keeps its own values from the environment.
     "CBD_KAFKA_SESSION_TIMEOUT_MS": "3000",
     "CBD_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
 }
@@ -50,10 +54,21 @@ class Platform:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def for_tests(cls, run_dir: Path, extra_env: dict[str, str] | None = None) -> Platform:
-        """Throw-away data and free ports, so tests never touch a running `make run`."""
+    def for_tests(
+        cls,
+        run_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        broker_storage: BrokerStorage = "memory",
+    ) -> Platform:
+        """Throw-away data and free ports, so tests never touch a running `make run`.
+
+        The broker keeps its data in memory unless asked otherwise: tansu's S3 engine does not
+        keep up with sustained load on a small machine (docs/architecture.md).
+        """
         return cls(
-            stack=EmbeddedStack(run_dir, ports=StackPorts.random(), durable=False),
+            stack=EmbeddedStack(
+                run_dir, ports=StackPorts.random(), durable=False, broker_storage=broker_storage
+            ),
             service_ports={name: free_port() for name in SERVICES},
             extra_env=extra_env or {},
         )
@@ -66,6 +81,7 @@ class Platform:
         """The environment every service process gets."""
         env = {
             **EMBEDDED_DEFAULTS,
+            **(FAST_FAILOVER if self.stack.broker_storage == "memory" else {}),
             **os.environ,
             **self.stack.env(),
             "CBD_LOG_FORMAT": "text",

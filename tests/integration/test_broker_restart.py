@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Iterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from cbd.procs import tcp_open
-from cbd.runtime import Platform
-from cbd.stack import EmbeddedStack
+from cbd.stack import EmbeddedStack, StackPorts
 from shared.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
@@ -51,16 +51,33 @@ async def consume(
     return values
 
 
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedStack]:
+    """Servers of their own with the broker on S3 (the session's broker keeps it in memory)."""
+    servers = EmbeddedStack(
+        tmp_path_factory.mktemp("durable"),
+        ports=StackPorts.random(),
+        durable=False,
+        with_llm=False,
+        broker_storage="s3",
+    )
+    servers.start()
+    yield servers
+    servers.stop()
+
+
 @pytest.fixture
-def stack(_platform: Platform, stack_env: dict[str, str]) -> EmbeddedStack:
-    """The session's embedded servers, started."""
-    return _platform.stack
+def kafka(stack: EmbeddedStack) -> KafkaSettings:
+    """Settings for the durable broker, with a topic prefix of this test's own."""
+    return KafkaSettings(
+        bootstrap_servers=stack.env()["CBD_KAFKA_BOOTSTRAP_SERVERS"],
+        topic_prefix=f"it-{secrets.token_hex(4)}.",
+    )
 
 
 async def test_broker_killed_comes_back_with_topics_records_and_committed_offsets(
-    stack: EmbeddedStack, isolated_kafka: KafkaSettings
+    stack: EmbeddedStack, kafka: KafkaSettings
 ) -> None:
-    kafka = isolated_kafka
     topic = kafka.topic_prefix + "durable"
     group = f"it-durable-{secrets.token_hex(3)}"
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
