@@ -14,7 +14,7 @@ from cbd import deadletter, emotion, evaluate, learning, reply_rubric, security,
 from cbd.procs import ProcessFailed
 from cbd.runtime import DEFAULT_PORTS, Platform
 from cbd.serve import SERVICES, serve
-from cbd.stack import EmbeddedStack, StackPorts
+from cbd.stack import BrokerStorage, EmbeddedStack, StackPorts
 from shared.settings import KafkaSettings
 
 CARE_COMMANDS: dict[tuple[str, str], Callable[[argparse.Namespace], int]] = {
@@ -27,18 +27,11 @@ CARE_COMMANDS: dict[tuple[str, str], Callable[[argparse.Namespace], int]] = {
 """The care loop's commands, by (command, sub-action)."""
 
 
-def run(run_dir: Path, port_offset: int = 0) -> int:
+def run(run_dir: Path, port_offset: int = 0, broker_storage: BrokerStorage = "s3") -> int:
     """Start the embedded platform in the foreground until Ctrl-C."""
-    d = StackPorts()
     platform = Platform(
         stack=EmbeddedStack(
-            run_dir,
-            ports=StackPorts(
-                kafka=d.kafka + port_offset,
-                postgres=d.postgres + port_offset,
-                redis=d.redis + port_offset,
-                llm=d.llm + port_offset,
-            ),
+            run_dir, ports=StackPorts().shifted(port_offset), broker_storage=broker_storage
         ),
         service_ports={name: port + port_offset for name, port in DEFAULT_PORTS.items()},
     )
@@ -101,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="add this to every port (for a second copy beside a running one)",
     )
+    p_run.add_argument(
+        "--broker-storage",
+        choices=["s3", "memory"],
+        default="s3",
+        help="s3 (default): topics and offsets survive a broker restart; memory: faster under load",
+    )
     p_serve = sub.add_parser("serve", help="run one service (its settings from the environment)")
     p_serve.add_argument("service", choices=SERVICES)
     p_dl = sub.add_parser("deadletter", help="inspect or replay dead-lettered messages")
@@ -160,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "emotion":
         return emotion.main(args)
     if args.command == "run":
-        return run(args.run_dir, args.port_offset)
+        return run(args.run_dir, args.port_offset, args.broker_storage)
     if args.command == "deadletter":
         return asyncio.run(deadletter_command(args))
     serve(args.service)

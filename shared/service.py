@@ -31,7 +31,7 @@ from starlette.routing import BaseRoute
 
 from shared import db, http, lag
 from shared.events import Envelope
-from shared.kafka import ConsumerSpec, EventBus, ensure_topics, make_broker, subscribe
+from shared.kafka import BrokerWatch, ConsumerSpec, EventBus, ensure_topics, make_broker, subscribe
 from shared.logging import configure_logging
 from shared.settings import ServiceSettings
 from shared.topics import Topic
@@ -154,11 +154,12 @@ def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> FastAPI:
             if settings.kafka.create_topics:
                 await _retry("kafka", lambda: ensure_topics(settings.kafka), startup_timeout_s)
             broker = make_broker(settings.kafka, client_id=f"cbd-{spec.name}")
+            watch = BrokerWatch(broker, settings.kafka)
             infra = Infra(
                 service=spec.name,
                 settings=settings,
                 broker=broker,
-                bus=EventBus(broker, settings.kafka, spec.name),
+                bus=EventBus(broker, settings.kafka, spec.name, watch),
             )
             if spec.uses_postgres:
                 infra.pg = await _retry(
@@ -174,6 +175,9 @@ def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> FastAPI:
             await spec.wire(infra, stack)
             await _retry("kafka", broker.start, startup_timeout_s)
             stack.push_async_callback(broker.stop)
+            # Broker restarts: refuse publishes while it is down, re-create topics after.
+            watching = asyncio.create_task(watch.run(), name="broker-watch")
+            stack.callback(watching.cancel)
             # Consumer lag on /metrics for dashboards and alerts (KEDA reads it from the broker).
             await stack.enter_async_context(lag.exporting(spec.name, broker))
             # Routes see the clients only now, when everything they use has started; until
