@@ -1,10 +1,11 @@
 """Whose conversation this is: one (tenant, customer) from its first message or connection.
 
-The owner is kept in Redis (`owner:<conversation>`), shared by every replica, and refreshed
-on each use. A socket, a post or a rating for a conversation somebody else owns is refused
-with the same answer as for a conversation that does not exist (404
-`conversation_not_found`), so ids cannot be probed for whose they are. Without Redis nothing
-can be checked, and the edge refuses (503) rather than let anyone in.
+The owner is kept in Redis (`conv-owner:<conversation>`), shared by every replica, and
+refreshed on each use. (Not `owner:<conversation>`: that is escalation's record of whether the
+bot, the queue or an agent holds the conversation.) A socket, a post or a rating for a
+conversation somebody else owns is refused with the same answer as for a conversation that does
+not exist (404 `conversation_not_found`), so ids cannot be probed for whose they are. Without
+Redis nothing can be checked, and the edge refuses (503) rather than let anyone in.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from shared.http import ApiError
 
 log = logging.getLogger(__name__)
 
-OWNER_TEMPLATE = "owner:{conversation}"
+OWNER_TEMPLATE = "conv-owner:{conversation}"
 """The owner record's key (after the Redis key prefix); erasure deletes it."""
 
 

@@ -4,11 +4,13 @@
 written to memory's outbox in the transaction that deletes the customer, so the erasure and
 its event commit together: if the broker is down the DELETE still succeeds and the relay
 publishes the event when it can. A receipt (counts and the event id, no content) makes a
-retried DELETE answer exactly as the first one did.
+retried DELETE answer exactly as the first one did; it is keyed by a hash of the customer id,
+so nothing left in memory names the erased customer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -57,17 +59,17 @@ class Eraser:
             receipt = Receipt(customer_id, event.event_id, len(identities), len(conversations))
             await conn.execute(
                 """
-                INSERT INTO memory.erasures (customer_id, erasure_event_id, identities,
+                INSERT INTO memory.erasures (customer_key, erasure_event_id, identities,
                     conversations, requested_by)
                 VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (customer_id) DO UPDATE SET
+                ON CONFLICT (customer_key) DO UPDATE SET
                     erasure_event_id = EXCLUDED.erasure_event_id,
                     identities = EXCLUDED.identities,
                     conversations = EXCLUDED.conversations,
                     requested_by = EXCLUDED.requested_by,
                     erased_at = now()
                 """,
-                customer_id,
+                receipt_key(customer_id),
                 event.event_id,
                 receipt.identities,
                 receipt.conversations,
@@ -85,8 +87,13 @@ class Eraser:
     async def receipt(self, customer_id: str) -> Receipt | None:
         """The receipt of the customer's last erasure, if they were erased."""
         row = await self.store.pg.fetchrow(
-            "SELECT customer_id, erasure_event_id, identities, conversations "
-            "FROM memory.erasures WHERE customer_id = $1",
-            customer_id,
+            "SELECT erasure_event_id, identities, conversations "
+            "FROM memory.erasures WHERE customer_key = $1",
+            receipt_key(customer_id),
         )
-        return Receipt(**dict(row)) if row is not None else None
+        return Receipt(customer_id, **dict(row)) if row is not None else None
+
+
+def receipt_key(customer_id: str) -> str:
+    """How a receipt is found: the SHA-256 of the customer id, so no receipt names anyone."""
+    return hashlib.sha256(customer_id.encode()).hexdigest()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -133,4 +134,22 @@ async def test_a_console_on_replica_a_gets_an_event_consumed_by_replica_b(
                 f"/v1/agent/tickets/{ticket['ticket_id']}/claim", headers=headers
             )
             assert claimed.status_code == 200, claimed.text
-        await next_frame(console_a, "queue_changed")
+            await next_frame(console_a, "queue_changed")
+
+            # The rest of an agent's moves, and the desk's refusals in the one error shape.
+            ticket_url = f"/v1/agent/tickets/{ticket['ticket_id']}"
+            reply = await http.post(f"{ticket_url}/reply", headers=headers, json={"text": "Hi"})
+            assert reply.status_code == 202, reply.text
+            empty = await http.post(f"{ticket_url}/reply", headers=headers, json={"text": " "})
+            assert (empty.status_code, empty.json()["error"]) == (422, "invalid_request")
+            stranger = await http.post(
+                f"{ticket_url}/transfer", headers=headers, json={"to_agent": "nobody"}
+            )
+            assert (stranger.status_code, stranger.json()["error"]) == (400, "unknown_agent")
+            resolved = await http.post(f"{ticket_url}/resolve", headers=headers)
+            assert resolved.json()["status"] == "resolved"
+            await next_frame(console_a, "queue_changed")
+            again = await http.post(f"{ticket_url}/claim", headers=headers)
+            assert (again.status_code, again.json()["error"]) == (409, "conflict")
+            unknown = await http.get(f"/v1/agent/tickets/{uuid.uuid4()}", headers=headers)
+            assert (unknown.status_code, unknown.json()["error"]) == (404, "not_found")

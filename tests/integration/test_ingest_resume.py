@@ -261,7 +261,7 @@ async def test_erasing_the_customer_deletes_the_conversation_buffer(
     assert await redis_client.exists(frame_buffer_key(prefix, "conv-f")) == 0
     assert await redis_client.exists(frame_buffer_key(prefix, "conv-keep")) == 1
     # The conversation is nobody's now: its id no longer leads to the erased customer.
-    assert await redis_client.exists(f"{prefix}owner:conv-f") == 0
+    assert await redis_client.exists(f"{prefix}conv-owner:conv-f") == 0
 
 
 # --- the WebSocket itself, wired to real Redis ------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -12,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from cbd import deadletter
-from shared.events import Channel, CustomerMessage, TurnReceived, TurnReceivedEvent, utcnow
+from shared.events import TurnReceivedEvent
 from shared.kafka import (
     ConsumerSpec,
     EventBus,
@@ -23,22 +22,15 @@ from shared.kafka import (
 )
 from shared.settings import KafkaSettings
 from shared.topics import Topic
-from tests.kit import read_topic
+from tests.kit import read_topic, turn_received
 
 pytestmark = pytest.mark.integration
 
 Handler = Callable[[TurnReceivedEvent], Awaitable[None]]
 
 
-def turn(text: str = "hello", conversation_id: str = "conv-it") -> TurnReceivedEvent:
-    return TurnReceivedEvent.create(
-        conversation_id=conversation_id,
-        customer_id="cust-it",
-        channel=Channel.API,
-        payload=TurnReceived(
-            message=CustomerMessage(turn_id=uuid.uuid4(), text=text, received_at=utcnow())
-        ),
-    )
+def turn(text: str = "hello") -> TurnReceivedEvent:
+    return turn_received(text, conversation_id="conv-it", customer_id="cust-it")
 
 
 @asynccontextmanager

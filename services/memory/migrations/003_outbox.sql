@@ -11,9 +11,10 @@ CREATE TABLE memory.outbox (
 );
 
 -- One receipt per erased customer: a retried DELETE answers with the same receipt instead of
--- 404, and the platform can show when an erasure was carried out. Counts only, no content.
+-- 404. Keyed by the SHA-256 of the customer id, not the id: nothing in memory names an erased
+-- customer, yet whoever asks again with the id finds the receipt. Counts only, no content.
 CREATE TABLE memory.erasures (
-    customer_id      text PRIMARY KEY,
+    customer_key     text PRIMARY KEY,
     erasure_event_id uuid        NOT NULL,
     identities       integer     NOT NULL,
     conversations    integer     NOT NULL,
