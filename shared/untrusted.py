@@ -11,6 +11,7 @@ the fence tags into harmless brackets.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from shared.linear_re import compile_linear
@@ -34,12 +35,18 @@ _SKELETON = str.maketrans(
     }
 )  # fmt: skip
 _KEEP_CONTROLS = frozenset("\n\t")
+_ASCII_CONTROLS = dict.fromkeys(c for c in [*range(32), 127] if chr(c) not in _KEEP_CONTROLS)
+# A single character class, on at most 48 characters at a time: linear in `re` too.
+_NOT_LATIN = re.compile(r"[^a-z]+")
 _TAG_SPAN = 48
 """How far after a `<` a tag's letters are looked for."""
 
 
 def normalize(text: str) -> str:
     """NFKC, without format (Cf) or control characters, look-alike brackets made ASCII."""
+    if text.isascii():
+        # NFKC and the look-alike map leave ASCII as it is; only controls need removing.
+        return text.translate(_ASCII_CONTROLS)
     folded = unicodedata.normalize("NFKC", text).translate(_LOOKALIKES)
     return "".join(
         ch
@@ -50,8 +57,7 @@ def normalize(text: str) -> str:
 
 def skeleton(text: str) -> str:
     """The Latin letters a text reads as, lower-case, without spaces or punctuation."""
-    mapped = text.casefold().translate(_SKELETON)
-    return "".join(ch for ch in mapped if "a" <= ch <= "z")
+    return _NOT_LATIN.sub("", text.casefold().translate(_SKELETON))
 
 
 def neutralize_tags(text: str, tags: tuple[str, ...]) -> str:
@@ -89,21 +95,12 @@ def _as_tag(inner: str, closed: bool, tags: tuple[str, ...]) -> str | None:
         return None
     slash = "/" if "/" in inner or "\\" in inner else ""
     for tag in tags:
-        if letters == tag or (not closed and letters.startswith(tag)):
-            rest = "" if closed else inner[_tag_end(inner, tag) :]
-            return f"[{slash}{tag}]{rest}"
+        if letters == tag:
+            return f"[{slash}{tag}]" if closed else f"[{inner}"
+        if not closed and letters.startswith(tag):
+            # Unclosed: the bracket goes, the words stay, so nothing is left to read as a tag.
+            return f"[{inner}"
     return None
-
-
-def _tag_end(inner: str, tag: str) -> int:
-    """Where the tag's letters end inside `inner` (for an unclosed tag, the rest is kept)."""
-    seen = 0
-    for i, ch in enumerate(inner):
-        if skeleton(ch):
-            seen += 1
-            if seen == len(tag):
-                return i + 1
-    return len(inner)
 
 
 # What text addressed to the assistant looks like. These are shapes, not a list of known

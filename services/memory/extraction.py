@@ -441,7 +441,10 @@ class RuleExtractor:
         """What this customer message teaches; `vector` is the message's embedding, if known."""
         out = Extraction()
         interpreted = 0
-        for piece in _sentences(text):
+        for sentence_text in _sentences(text):
+            # One space between words: the rules are written that way, and a run of thousands
+            # of spaces inside a match would make RE2's group extraction walk it.
+            piece = " ".join(sentence_text.split())
             if len(piece) < _SHORTEST_STATEMENT:
                 continue
             sentence = _Sentence(piece, self._gate.matching(piece))

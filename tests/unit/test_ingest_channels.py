@@ -102,9 +102,13 @@ def test_production_refuses_development_keys(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("CBD_INGEST_REQUIRE_KEYS", "true")
     with pytest.raises(ValueError, match="API_KEYS"):
         IngestSettings()
-    monkeypatch.setenv("CBD_INGEST_API_KEYS", '{"acme": "k"}')
-    monkeypatch.setenv("CBD_INGEST_WIDGET_KEYS", '{"pk": {"tenant": "acme"}}')
-    monkeypatch.setenv("CBD_INGEST_IDENTITY_SECRETS", '{"acme": "s"}')
+    # Strong secrets and explicit origins (tests/unit/test_production_secrets.py has the rest).
+    key, secret = "k8Q2vX9mT4rL7pZ1wN6cB3yH5jF0dS2aGq", "s7M1nB4vC9xZ2lK5jH8gF3dS6aP0oI4uYt"
+    monkeypatch.setenv("CBD_INGEST_API_KEYS", f'{{"acme": "{key}"}}')
+    monkeypatch.setenv(
+        "CBD_INGEST_WIDGET_KEYS", '{"pk": {"tenant": "acme", "origins": ["https://shop.example"]}}'
+    )
+    monkeypatch.setenv("CBD_INGEST_IDENTITY_SECRETS", f'{{"acme": "{secret}"}}')
     assert IngestSettings().require_keys
 
 
