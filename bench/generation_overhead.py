@@ -11,7 +11,16 @@ prompts, measures:
 Both see the same prompt at temperature 0, and the model server's prompt cache is warmed
 before each pair, so the difference is the service's own work. The Kafka hops around the
 service are measured by `bench.turn_latency`; the ownership fence (one Redis GET per slice)
-is left out here.
+is left out here. The pair runs in mode `llm` (token streaming), so it measures the same
+thing as before the care check existed.
+
+The care check (mode `llm_checked`, the default) releases text a sentence at a time, once the
+sentence has ended and passed. Its cost is measured on the very pieces the model streamed in
+the direct run, fed through the checked stream: the time the check spends on the first ended
+sentence before releasing it (what it adds to the first released sentence; regeneration
+excluded), the end-of-reply checks (relevance embeds the reply), and how long after the
+first token the model ends its first sentence (what releasing by sentence costs, which is
+the model's speed, not the check's).
 
     make bench
     .venv/bin/python -m bench.generation_overhead --turns 60 --max-tokens 64
@@ -34,9 +43,11 @@ import yaml
 
 from bench.turn_latency import pct
 from cbd.stack import EmbeddedStack, StackPorts
+from services.generation.care import CheckedStream
+from services.generation.guardrails import SENTENCE_END
 from services.generation.handlers import GenerationHandlers
 from services.generation.llm import ChatClient
-from services.generation.settings import PACKAGE_DIR, GenerationSettings
+from services.generation.settings import PACKAGE_DIR, GenerationSettings, ReplyMode
 from services.generation.variants import Variant
 from shared.events import (
     Channel,
@@ -95,8 +106,11 @@ def routed_turn(text: str, label: EmotionLabel) -> TurnRoutedEvent:
     return received.derive(TurnRoutedEvent, payload)
 
 
-async def direct(http: httpx.AsyncClient, body: dict[str, Any]) -> tuple[float, float | None]:
-    """(time to first token s, tokens/s) of one streamed completion, no service code."""
+async def direct(
+    http: httpx.AsyncClient, body: dict[str, Any], pieces: list[str] | None = None
+) -> tuple[float, float | None]:
+    """(time to first token s, tokens/s) of one streamed completion, no service code; the
+    streamed pieces go into `pieces` with their arrival times in `STAMPS`."""
     started = time.perf_counter()
     stamps: list[float] = []
     async with http.stream("POST", "/chat/completions", json=body) as resp:
@@ -108,6 +122,9 @@ async def direct(http: httpx.AsyncClient, body: dict[str, Any]) -> tuple[float, 
             content = (chunk.get("choices") or [{}])[0].get("delta", {}).get("content")
             if content:
                 stamps.append(time.perf_counter())
+                if pieces is not None:
+                    pieces.append(content)
+                    STAMPS.append(stamps[-1] - started)
     if not stamps:
         raise RuntimeError("the model server streamed no text")
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 else None
@@ -128,6 +145,37 @@ async def via_service(
     return bus.deltas[0] - started, rate
 
 
+STAMPS: list[float] = []
+
+
+def first_sentence_s(pieces: list[str]) -> float | None:
+    """Seconds from the first token to the piece that ends the first sentence."""
+    text = ""
+    for piece, stamp in zip(pieces, STAMPS, strict=True):
+        text += piece
+        if SENTENCE_END.search(text):
+            return stamp - STAMPS[0]
+    return None
+
+
+def checked_costs(
+    handlers: GenerationHandlers, event: TurnRoutedEvent, pieces: list[str]
+) -> tuple[float | None, float | None, float]:
+    """(wall and CPU seconds the check spent on the first ended sentence, seconds of the end
+    checks)."""
+    prompt = handlers.prompts.build(event.payload, Variant.CARE)
+    guard = CheckedStream(handlers.rails, handlers.care.for_turn(event.payload, prompt))
+    for piece in pieces:
+        guard.feed(piece)
+        if guard.stopped:
+            break
+    started = time.perf_counter()
+    guard.finish()
+    first = guard.check_s[0] if guard.check_s else None
+    first_cpu = guard.check_cpu_s[0] if guard.check_cpu_s else None
+    return first, first_cpu, time.perf_counter() - started
+
+
 def line(name: str, values: list[float], unit: str, scale: float = 1.0) -> str:
     """p50 and p99 of one measurement."""
     v = [x * scale for x in values]
@@ -145,6 +193,7 @@ async def measure(base_url: str, model: str, turns: int, max_tokens: int) -> Non
         temperature=0.0,
         delta_flush_ms=0,
         first_token_timeout_s=60,
+        reply_mode=ReplyMode.LLM,
     )
     client = ChatClient(base_url, model, first_token_timeout_s=60, total_timeout_s=120)
     bus = TimingBus()
@@ -155,6 +204,10 @@ async def measure(base_url: str, model: str, turns: int, max_tokens: int) -> Non
     rate_s: list[float] = []
     extra: list[float] = []
     build: list[float] = []
+    check_first: list[float] = []
+    check_first_cpu: list[float] = []
+    check_end: list[float] = []
+    sentence_wait: list[float] = []
     async with httpx.AsyncClient(base_url=base_url, timeout=120) as http:
         for i in range(turns + 2):
             text, label = questions[i % len(questions)]
@@ -175,11 +228,21 @@ async def measure(base_url: str, model: str, turns: int, max_tokens: int) -> Non
             # reply's tokens costs llama.cpp 30-50 ms more). The difference between the two
             # runs is then the service's own work.
             await direct(http, body | {"max_tokens": 1})
-            d_first, d_rate = await direct(http, body)
+            pieces: list[str] = []
+            STAMPS.clear()
+            d_first, d_rate = await direct(http, body, pieces)
             await direct(http, body | {"max_tokens": 1})
             s_first, s_rate = await via_service(handlers, bus, event)
             if i < 2:
                 continue  # warm-up: connections, imports, the first prompts
+            first_check, first_cpu, end_check = checked_costs(handlers, event, pieces)
+            if first_check is not None and first_cpu is not None:
+                check_first.append(first_check)
+                check_first_cpu.append(first_cpu)
+            check_end.append(end_check)
+            wait = first_sentence_s(pieces)
+            if wait is not None:
+                sentence_wait.append(wait)
             ttft_d.append(d_first)
             ttft_s.append(s_first)
             extra.append(s_first - d_first)
@@ -187,12 +250,19 @@ async def measure(base_url: str, model: str, turns: int, max_tokens: int) -> Non
                 rate_d.append(d_rate)
                 rate_s.append(s_rate)
     await client.aclose()
-    print(line("TTFT direct (model server)", ttft_d, "ms", 1000))
-    print(line("TTFT via generation service", ttft_s, "ms", 1000))
-    print(line("service overhead on TTFT (pairwise)", extra, "ms", 1000))
-    print(line("  of which prompt building", build, "ms", 1000))
-    print(line("tokens/s direct", rate_d, "tok/s"))
-    print(line("tokens/s via generation service", rate_s, "tok/s"))
+    for name, values, unit, scale in (
+        ("TTFT direct (model server)", ttft_d, "ms", 1000),
+        ("TTFT via generation service", ttft_s, "ms", 1000),
+        ("service overhead on TTFT (pairwise)", extra, "ms", 1000),
+        ("  of which prompt building", build, "ms", 1000),
+        ("tokens/s direct", rate_d, "tok/s", 1.0),
+        ("tokens/s via generation service", rate_s, "tok/s", 1.0),
+        ("care check on the first sentence", check_first, "ms", 1000),
+        ("  the same, CPU time", check_first_cpu, "ms", 1000),
+        ("care check at the end (relevance)", check_end, "ms", 1000),
+        ("first token -> first sentence ends", sentence_wait, "ms", 1000),
+    ):
+        print(line(name, values, unit, scale))
 
 
 async def run(args: argparse.Namespace) -> None:

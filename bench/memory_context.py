@@ -32,7 +32,6 @@ import redis.asyncio as aioredis
 from pydantic import SecretStr
 
 from bench.turn_latency import summary
-from cbd.procs import free_port
 from cbd.stack import EmbeddedStack, StackPorts
 from services.memory.context import ContextAssembler
 from services.memory.evaluation import load_cases
@@ -158,9 +157,8 @@ async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="cbd-bench-memory-") as tmp:
         stack = EmbeddedStack(
             Path(tmp),
-            ports=StackPorts(
-                kafka=free_port(), postgres=free_port(), redis=free_port(), llm=free_port()
-            ),
+            ports=StackPorts.random(),
+            broker_storage="memory",
             durable=False,
             with_llm=False,
         )

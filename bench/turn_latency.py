@@ -118,6 +118,8 @@ async def run(args: argparse.Namespace) -> None:
                 # Every benchmark handoff would otherwise ask the LLM for an agent suggestion,
                 # and those would queue ahead of the LLM turns measured afterwards.
                 "CBD_GENERATION_ASSIST_SUGGESTIONS": "false",
+                # The load comes from one address; the edge's per-address limit would cap it.
+                "CBD_INGEST_IP_RATE_PER_MIN": "1000000",
             },
         )
         t0 = time.perf_counter()

@@ -6,29 +6,32 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from cbd import deadletter, emotion
+from cbd import deadletter, emotion, evaluate, learning, reply_rubric, security, training
 from cbd.procs import ProcessFailed
 from cbd.runtime import DEFAULT_PORTS, Platform
 from cbd.serve import SERVICES, serve
-from cbd.stack import EmbeddedStack, StackPorts
+from cbd.stack import BrokerStorage, EmbeddedStack, StackPorts
 from shared.settings import KafkaSettings
 
+CARE_COMMANDS: dict[tuple[str, str], Callable[[argparse.Namespace], int]] = {
+    ("evaluate", "report"): evaluate.main,
+    ("evaluate", "scenarios"): evaluate.main,
+    ("evaluate", "replies"): reply_rubric.main,
+    ("export", "training"): training.main,
+    ("learning", "report"): learning.main,
+}
+"""The care loop's commands, by (command, sub-action)."""
 
-def run(run_dir: Path, port_offset: int = 0) -> int:
+
+def run(run_dir: Path, port_offset: int = 0, broker_storage: BrokerStorage = "s3") -> int:
     """Start the embedded platform in the foreground until Ctrl-C."""
-    d = StackPorts()
     platform = Platform(
         stack=EmbeddedStack(
-            run_dir,
-            ports=StackPorts(
-                kafka=d.kafka + port_offset,
-                postgres=d.postgres + port_offset,
-                redis=d.redis + port_offset,
-                llm=d.llm + port_offset,
-            ),
+            run_dir, ports=StackPorts().shifted(port_offset), broker_storage=broker_storage
         ),
         service_ports={name: port + port_offset for name, port in DEFAULT_PORTS.items()},
     )
@@ -91,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="add this to every port (for a second copy beside a running one)",
     )
+    p_run.add_argument(
+        "--broker-storage",
+        choices=["s3", "memory"],
+        default="s3",
+        help="s3 (default): topics and offsets survive a broker restart; memory: faster under load",
+    )
     p_serve = sub.add_parser("serve", help="run one service (its settings from the environment)")
     p_serve.add_argument("service", choices=SERVICES)
     p_dl = sub.add_parser("deadletter", help="inspect or replay dead-lettered messages")
@@ -116,11 +125,41 @@ def main(argv: list[str] | None = None) -> int:
         help="the platform's model (default), a lexicon-only baseline, or all of them",
     )
     p_ev.add_argument("--json", action="store_true", help="print the reports as JSON")
+    p_eval = sub.add_parser(
+        "evaluate", help="compare the baseline and care variants; score replies on the care checks"
+    )
+    eval_sub = p_eval.add_subparsers(dest="action", required=True)
+    evaluate.add_report_parser(eval_sub)
+    p_rep = eval_sub.add_parser(
+        "replies", help="score what each scenario turn shows the customer (table and JSON)"
+    )
+    p_rep.add_argument("scenarios", help="a YAML file of conversations (see reply_scenarios.yaml)")
+    p_rep.add_argument("--mode", default="llm_checked", choices=["llm", "llm_checked", "composed"])
+    p_rep.add_argument("--llm-url", help="an OpenAI-compatible server for turns without a reply")
+    p_rep.add_argument("--model", default="smollm2-135m-instruct")
+    p_rep.add_argument("--max-tokens", type=int, default=80)
+    p_rep.add_argument("--temperature", type=float, default=0.2)
+    p_rep.add_argument("--json", help="write the full JSON report here (default: stdout)")
+    p_rep.add_argument(
+        "--scripted-only", action="store_true", help="only the scenarios whose turns give a reply"
+    )
+    p_export = sub.add_parser("export", help="export data sets")
+    export_sub = p_export.add_subparsers(dest="action", required=True)
+    training.add_parser(export_sub)
+    p_learn = sub.add_parser("learning", help="what reviews and ratings teach")
+    learn_sub = p_learn.add_subparsers(dest="action", required=True)
+    learning.add_parser(learn_sub)
+    security.add_commands(sub)
     args = parser.parse_args(argv)
+    if (code := security.dispatch(args)) is not None:
+        return code
+    care_tool = CARE_COMMANDS.get((args.command, getattr(args, "action", "")))
+    if care_tool is not None:
+        return care_tool(args)
     if args.command == "emotion":
         return emotion.main(args)
     if args.command == "run":
-        return run(args.run_dir, args.port_offset)
+        return run(args.run_dir, args.port_offset, args.broker_storage)
     if args.command == "deadletter":
         return asyncio.run(deadletter_command(args))
     serve(args.service)

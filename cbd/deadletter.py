@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from shared.events import DeadLetter
+from shared.kafka import client_security
 from shared.settings import KafkaSettings
 from shared.topics import Topic
 
@@ -68,7 +69,11 @@ def _parse(partition: int, offset: int, value: bytes) -> Letter:
 
 async def list_letters(settings: KafkaSettings) -> list[Letter]:
     """Every letter on the dead-letter topic, oldest first, without consuming anything."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, fetch_max_wait_ms=100)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        fetch_max_wait_ms=100,
+        **client_security(settings),
+    )
     await consumer.start()
     try:
         topic = settings.topic(Topic.DEAD_LETTER)
@@ -96,8 +101,11 @@ async def replay(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         fetch_max_wait_ms=100,
+        **client_security(settings),
     )
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", **client_security(settings)
+    )
     await consumer.start()
     await producer.start()
     replayed: list[Letter] = []

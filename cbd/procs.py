@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -58,6 +59,28 @@ class ProcessFailed(RuntimeError):
 
 
 @dataclass
+class Backoff:
+    """When a process that exited may be restarted again.
+
+    The first restart is immediate; one that keeps dying waits growing pauses after its last
+    restart (1 s, 2 s, 4 s ... 30 s), so a crash loop does not starve the machine.
+    """
+
+    restarts: dict[str, int] = field(default_factory=dict)
+    last: dict[str, float] = field(default_factory=dict)
+
+    def due(self, name: str) -> bool:
+        """True (and counted as a restart) when `name` may be restarted now."""
+        now = time.monotonic()
+        count = self.restarts.get(name, 0)
+        if now - self.last.get(name, -math.inf) < min(30.0, 2.0 ** max(0, count - 1)):
+            return False
+        self.restarts[name] = count + 1
+        self.last[name] = now
+        return True
+
+
+@dataclass
 class ManagedProcess:
     """One child process with a log file and a readiness check."""
 
@@ -69,12 +92,17 @@ class ManagedProcess:
     user: str | None = None
     cwd: Path | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    wanted: bool = field(default=False, init=False)
+    """True from `start` until `stop`: a wanted process that is not running has crashed."""
     _log: IO[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
-        """Launch the process in its own process group, output appended to its log."""
+        """Launch (or relaunch) the process in its own process group, output appended to its log."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self._log is not None:
+            self._log.close()
         self._log = self.log_path.open("ab")
+        self.wanted = True
         self.proc = subprocess.Popen(
             self.argv,
             stdout=self._log,
@@ -121,6 +149,7 @@ class ManagedProcess:
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM, wait, then SIGKILL whatever is left."""
+        self.wanted = False
         if self.proc is not None:
             self.signal(signal.SIGTERM)
             try:

@@ -23,6 +23,9 @@ def load(service: str) -> tuple[Any, Any]:
 def serve(service: str) -> None:
     """Serve one service until SIGINT/SIGTERM, finishing in-flight work first."""
     settings, app = load(service)
+    # A service that reads WebSocket frames says how long they may be (ingest: 16 KiB); the
+    # server drops a connection sending frames past four times that, before buffering more.
+    frame_limit = getattr(settings, "ws_max_frame_bytes", None)
     uvicorn.run(
         app,
         host=settings.host,
@@ -30,6 +33,7 @@ def serve(service: str) -> None:
         log_config=None,
         access_log=False,
         ws="websockets",
+        ws_max_size=4 * frame_limit if frame_limit else 16 * 1024 * 1024,
         timeout_graceful_shutdown=10,
     )
 

@@ -22,6 +22,9 @@ Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.
 
 MAX_MESSAGE_CHARS = 4000
 
+DEFAULT_TENANT = "default"
+"""The tenant of events that name none (single-tenant set-ups, events from before tenants)."""
+
 E = TypeVar("E", bound="Envelope")
 
 
@@ -89,7 +92,7 @@ SIGNAL_NAMES: tuple[str, ...] = get_args(SignalName)
 class Signal(_Model):
     """A named cue found in the message, with the words that show it."""
 
-    name: str
+    name: SignalName
     evidence: str
     weight: float = 1.0
 
@@ -235,11 +238,17 @@ class RouteTarget(StrEnum):
     HUMAN = "human"
 
 
+Severity = Literal["low", "medium", "high"]
+"""How urgently a person is needed; each escalation rule declares its own in the policy file."""
+
+
 class RouteReason(_Model):
     """One reason for a routing decision, with its evidence."""
 
     code: str
     detail: str
+    severity: Severity | None = None
+    """The firing rule's severity (None for reasons that are not rules, like `human_owns`)."""
 
 
 class Handoff(_Model):
@@ -300,6 +309,80 @@ class ReplyDelta(_Model):
     text: str
 
 
+class ReplyFlag(StrEnum):
+    """What generation can say about a reply it sent (the reply's `flags`).
+
+    Escalation's policy names these in `generation_flags`; an unknown name there is refused.
+    Agent replies carry `agent:<id>` flags of their own, outside this list.
+    """
+
+    HANDOFF = "handoff"
+    """The system notice that a person is coming."""
+    LLM_FALLBACK = "llm_fallback"
+    """The LLM could not answer; the caring fallback text was sent."""
+    NEEDS_HUMAN = "needs_human"
+    EMPTY_COMPLETION = "empty_completion"
+    CONNECTION = "connection"
+    FIRST_TOKEN_TIMEOUT = "first_token_timeout"  # noqa: S105 - a flag, not a secret
+    TIMEOUT = "timeout"
+    CIRCUIT_OPEN = "circuit_open"
+    HTTP_ERROR = "http_error"
+    """The LLM server answered with an error status (its code is in the logs and metrics)."""
+    GUARDRAIL = "guardrail"
+    PROMPT_LEAK = "prompt_leak"
+    REGENERATED = "regenerated"
+    REPLACED = "replaced"
+    NEEDS_APPROVAL = "needs_approval"
+    SENSITIVE_MASKED = "sensitive_masked"
+    CARE_FAILED = "care_failed"
+    """The LLM's reply failed the care check (the finding flags say which part)."""
+    COMPOSED = "composed"
+    """The text was composed without the LLM from knowledge, playbook and strategy."""
+    UNGROUNDED = "ungrounded"
+    """A number, address, link, amount, date or reference that no source backs."""
+    UNBACKED_ACTION = "unbacked_action"
+    """A claim of having done something ("I've refunded") with no action result saying so."""
+    UNKIND_TONE = "unkind_tone"
+    """Hostile, sarcastic, blaming or dismissive."""
+    NO_ACKNOWLEDGEMENT = "no_acknowledgement"
+    """The customer is upset and the first sentence does not acknowledge it."""
+    OFF_TOPIC = "off_topic"
+    """Unrelated to the message and the retrieved knowledge."""
+    OVERPROMISE = "overpromise"
+    """Says a request the playbook marks as unmet can be met."""
+    NO_ALTERNATIVE = "no_alternative"
+    """An unmet request without the playbook's alternative."""
+    REPEATED = "repeated"
+    """Word for word the previous bot reply."""
+
+
+class CareVerdict(StrEnum):
+    """What the care check decided about a bot reply (or an agent draft)."""
+
+    PASSED = "passed"
+    """The LLM's reply passed as written (guardrail masking aside)."""
+    REGENERATED = "regenerated"
+    """The first reply failed; the regenerated one passed."""
+    COMPOSED = "composed"
+    """Both failed, or the mode is `composed`: the reply was composed without the LLM."""
+    FAILED = "failed"
+    """An agent draft that failed (shown to the agent with its findings, never sent)."""
+    UNCHECKED = "unchecked"
+    """Mode `llm`: sent as the guardrails left it; the findings are recorded, not acted on."""
+    FALLBACK = "fallback"
+    """The LLM was unavailable: the caring fallback text."""
+
+
+class CareFinding(_Model):
+    """One problem the care check found, with the words that show it."""
+
+    check: Literal[
+        "grounding", "tone", "acknowledgement", "relevance", "co_creation", "leak", "repetition"
+    ]
+    flag: ReplyFlag
+    detail: str = ""
+
+
 class ReplyGenerated(_Model):
     """Payload of reply.generated: a complete reply to one customer turn."""
 
@@ -322,6 +405,14 @@ class ReplyGenerated(_Model):
     latency_ms: float | None = None
     ttft_ms: float | None = None
     tokens: int | None = None
+    care_verdict: CareVerdict | None = None
+    """The care check's decision (None for replies it does not check: notices, agents)."""
+    care_findings: list[CareFinding] = []
+    """What failed, first reply and regeneration together, so a reviewer sees why."""
+    relevance: float | None = None
+    """Embedding similarity of the sent text to the message and retrieved knowledge."""
+    reply_mode: str | None = None
+    """The generation mode that produced it: `llm`, `llm_checked` or `composed`."""
 
 
 class AgentAssist(_Model):
@@ -333,6 +424,10 @@ class AgentAssist(_Model):
     tips: list[str] = []
     """Coaching for this moment, from the customer's emotion and signals."""
     model: str | None = None
+    suggestion_verdicts: list[CareVerdict] = []
+    """The care check's verdict on each suggestion, in the same order."""
+    suggestion_findings: list[list[CareFinding]] = []
+    """What the care check found in each suggestion (the agent decides what to send)."""
 
 
 class Envelope(_Model):
@@ -344,6 +439,9 @@ class Envelope(_Model):
     conversation_id: Identifier
     customer_id: Identifier
     channel: Channel
+    tenant: Identifier = DEFAULT_TENANT
+    """The tenant the customer belongs to, as the edge verified it (optional: older events
+    and single-tenant set-ups are the default tenant's)."""
     occurred_at: AwareDatetime
     trace_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]
     causation_id: uuid.UUID | None = None
@@ -364,6 +462,7 @@ class Envelope(_Model):
             conversation_id=self.conversation_id,
             customer_id=self.customer_id,
             channel=self.channel,
+            tenant=self.tenant,
             occurred_at=utcnow(),
             trace_id=self.trace_id,
             causation_id=self.event_id,
@@ -379,6 +478,7 @@ class Envelope(_Model):
         channel: Channel,
         payload: Any,
         trace_id: str | None = None,
+        tenant: str = DEFAULT_TENANT,
     ) -> Self:
         """Start a new event at the edge, with a fresh id and trace."""
         return cls(
@@ -389,6 +489,7 @@ class Envelope(_Model):
             channel=channel,
             occurred_at=utcnow(),
             trace_id=trace_id or new_trace_id(),
+            tenant=tenant,
             payload=payload,
         )
 
@@ -459,6 +560,8 @@ class Feedback(_Model):
     source: Literal["customer", "reviewer"] = "customer"
     reply_id: uuid.UUID | None = None
     """The reply being rated, when the rating is for one reply rather than the conversation."""
+    nps: Annotated[int, Field(ge=0, le=10)] | None = None
+    """How likely they are to recommend us, 0-10, when the survey asked."""
 
 
 class FeedbackReceivedEvent(Envelope):
@@ -508,3 +611,85 @@ class DeadLetter(_Model):
     payload: str
     payload_encoding: Literal["utf-8", "base64"] = "utf-8"
     failed_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+class CloseReason(StrEnum):
+    """Why a conversation ended."""
+
+    ENDED = "ended"
+    """The customer (or their channel) ended the chat."""
+    IDLE = "idle"
+    """Nobody wrote for the channel's idle timeout."""
+    AGENT_RESOLVED = "agent_resolved"
+    """An agent resolved the ticket, with a disposition."""
+
+
+class ConversationClosed(_Model):
+    """Payload of conversation.closed: the conversation is over, for outcome measurement."""
+
+    reason: CloseReason
+    disposition: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")] | None = None
+    """An agent's disposition (e.g. `resolved`, `unresolved`, `duplicate`, `callback`)."""
+    agent_id: str | None = None
+    ticket_id: uuid.UUID | None = None
+    last_activity_at: AwareDatetime | None = None
+    """The last turn or reply before the close (for an idle timeout, when it started)."""
+
+
+class ConversationClosedEvent(Envelope):
+    """A conversation ended: by the customer, by an idle timeout or by an agent's resolve."""
+
+    event_type: Literal["conversation.closed"] = "conversation.closed"
+    payload: ConversationClosed
+
+
+REVIEW_CRITERIA: tuple[str, ...] = (
+    "overall_experience",
+    "satisfaction",
+    "understands_query",
+    "understands_emotion",
+    "acknowledges_feelings",
+    "addresses_needs",
+    "demonstrates_care",
+)
+"""The paper's seven criteria (its Table 1), each scored 1-5 by a reviewer."""
+
+ReviewTag = Literal["invented_fact", "wrong_tone", "missed_need", "no_alternative"]
+"""Problems a reviewer can name on a reply."""
+
+Score = Annotated[int, Field(ge=1, le=5)]
+
+
+class ReviewScores(_Model):
+    """A reviewer's 1-5 score on each of the seven criteria."""
+
+    overall_experience: Score
+    satisfaction: Score
+    understands_query: Score
+    understands_emotion: Score
+    acknowledges_feelings: Score
+    addresses_needs: Score
+    demonstrates_care: Score
+
+
+class ReviewSubmitted(_Model):
+    """Payload of review.submitted: a person's review of one bot reply."""
+
+    review_id: uuid.UUID
+    reply_id: uuid.UUID
+    reviewer_id: str
+    scores: ReviewScores
+    tags: list[ReviewTag] = []
+    better_reply: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS)] = ""
+    """The reply the reviewer would have sent, when they wrote one."""
+    comment: Annotated[str, StringConstraints(max_length=2000)] = ""
+    variant: str | None = None
+    """Recorded for evaluation; never shown to the reviewer."""
+    submitted_at: AwareDatetime
+
+
+class ReviewSubmittedEvent(Envelope):
+    """A reviewer scored a bot reply on the seven criteria."""
+
+    event_type: Literal["review.submitted"] = "review.submitted"
+    payload: ReviewSubmitted

@@ -14,13 +14,20 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.security import (
+    BaseSecurity,
+    SASLPlaintext,
+    SASLScram256,
+    SASLScram512,
+)
 from pydantic import ValidationError
 
 from shared import metrics
@@ -38,6 +45,10 @@ class PermanentError(Exception):
     """A handler's way of saying retrying cannot help: dead-letter this message now."""
 
 
+class BrokerUnavailable(ConnectionError):
+    """The broker is known to be down: publishing now would only wait for a timeout."""
+
+
 # Infrastructure trouble that a later attempt may not see: the message is not at fault, so it
 # is redelivered rather than dead-lettered. Anything else is the message's own problem.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -48,10 +59,45 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def client_security(settings: KafkaSettings) -> dict[str, Any]:
+    """aiokafka's connection-security arguments (TLS, SASL) for plain aiokafka clients."""
+    if settings.security_protocol == "PLAINTEXT":
+        return {}
+    kwargs: dict[str, Any] = {"security_protocol": settings.security_protocol}
+    if settings.security_protocol.endswith("SSL"):
+        kwargs["ssl_context"] = create_ssl_context(cafile=settings.ssl_cafile)
+    if settings.security_protocol.startswith("SASL_"):
+        assert settings.sasl_password is not None  # KafkaSettings refuses SASL without one
+        kwargs["sasl_mechanism"] = settings.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.sasl_username
+        kwargs["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return kwargs
+
+
+def broker_security(settings: KafkaSettings) -> BaseSecurity | None:
+    """The same connection security as FastStream's security object (None: plaintext)."""
+    if settings.security_protocol == "PLAINTEXT":
+        return None
+    tls = settings.security_protocol.endswith("SSL")
+    context = create_ssl_context(cafile=settings.ssl_cafile) if tls else None
+    if not settings.security_protocol.startswith("SASL_"):
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    assert settings.sasl_username is not None
+    assert settings.sasl_password is not None
+    sasl = {"SCRAM-SHA-512": SASLScram512, "SCRAM-SHA-256": SASLScram256, "PLAIN": SASLPlaintext}
+    return sasl[settings.sasl_mechanism](
+        username=settings.sasl_username,
+        password=settings.sasl_password.get_secret_value(),
+        ssl_context=context,
+        use_ssl=tls,
+    )
+
+
 def make_broker(settings: KafkaSettings, client_id: str) -> KafkaBroker:
     """A broker connection for one service process."""
     return KafkaBroker(
         settings.bootstrap_servers,
+        security=broker_security(settings),
         client_id=client_id,
         request_timeout_ms=settings.request_timeout_ms,
         # Idempotent producers need InitProducerId, which the embedded broker lacks; duplicates
@@ -67,6 +113,7 @@ async def ensure_topics(settings: KafkaSettings, topics: tuple[Topic, ...] = ALL
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers,
         request_timeout_ms=settings.request_timeout_ms,
+        **client_security(settings),
     )
     await admin.start()
     try:
@@ -85,16 +132,108 @@ async def ensure_topics(settings: KafkaSettings, topics: tuple[Topic, ...] = ALL
         await admin.close()
 
 
+class BrokerWatch:
+    """Whether the broker answers right now, checked in the background.
+
+    While the broker is down, publishing fails at once with `BrokerUnavailable` (so ingest
+    answers 503 at once instead of holding the customer for the producer's request timeout),
+    and before a message is handed to the producer, so a refused message is never sent later
+    behind the caller's back. When the broker is back, missing topics are created again (a
+    broker that lost its storage); the clients reconnect by themselves.
+    """
+
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        settings: KafkaSettings,
+        *,
+        interval_s: float = 1.0,
+        timeout_s: float = 2.0,
+    ) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self.up = True
+        self.since = time.monotonic()
+
+    async def check(self) -> bool:
+        """Ping the broker once and record the outcome; True when it answered."""
+        try:
+            answered = bool(await self.broker.ping(timeout=self.timeout_s))
+        except Exception:
+            answered = False
+        if answered != self.up:
+            self.up = answered
+            self.since = time.monotonic()
+            if answered:
+                log.warning("broker is back")
+                await self._recreate_topics()
+            else:
+                log.warning("broker is down: publishing is refused until it is back")
+        return answered
+
+    async def _recreate_topics(self) -> None:
+        if not self.settings.create_topics:
+            return
+        try:
+            await ensure_topics(self.settings)
+        except Exception as exc:
+            log.warning("could not re-create topics: %r", exc)
+
+    async def run(self) -> None:
+        """Check forever (run it as a task; cancel it to stop)."""
+        while True:
+            await self.check()
+            # Look again sooner while down, so publishing resumes soon after the broker does.
+            await asyncio.sleep(self.interval_s if self.up else self.interval_s / 4)
+
+
 class EventBus:
     """Publishes events on the platform's topics, keyed by conversation for ordering."""
 
-    def __init__(self, broker: KafkaBroker, settings: KafkaSettings, service: str) -> None:
+    def __init__(
+        self,
+        broker: KafkaBroker,
+        settings: KafkaSettings,
+        service: str,
+        watch: BrokerWatch | None = None,
+    ) -> None:
         self.broker = broker
         self.settings = settings
         self.service = service
+        self.watch = watch
 
-    async def publish(self, topic: Topic, event: Envelope, *, confirm: bool = True) -> None:
-        """Publish one event; with `confirm` (the default) wait until the broker has it."""
+    def _refuse_if_down(self) -> None:
+        if self.watch is not None and not self.watch.up:
+            raise BrokerUnavailable("the event broker is unavailable")
+
+    @overload
+    async def publish(self, event: Envelope, /, *, confirm: bool = True) -> None: ...
+
+    @overload
+    async def publish(self, topic: Topic, event: Envelope, /, *, confirm: bool = True) -> None: ...
+
+    async def publish(
+        self, first: Topic | Envelope, second: Envelope | None = None, /, *, confirm: bool = True
+    ) -> None:
+        """Publish one event on its type's topic; with `confirm` wait until the broker has it.
+
+        The two-argument form (topic, event) is kept only while callers move to
+        `publish(event)`; a topic that is not the event's own is refused. Raises
+        `BrokerUnavailable` at once while the broker is known to be down.
+        """
+        if isinstance(first, Envelope):
+            event = first
+        else:
+            assert second is not None
+            event = second
+            if first != Topic.for_event(event):
+                raise ValueError(
+                    f"{event.event_type} events belong on their own topic, not {first}"
+                )
+        topic = Topic.for_event(event)
+        self._refuse_if_down()
         await self.broker.publish(
             event.model_dump_json().encode(),
             topic=self.settings.topic(topic),
@@ -111,6 +250,7 @@ class EventBus:
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         """Send an unprocessable message, with its reason, to the dead-letter topic."""
+        self._refuse_if_down()
         await self.broker.publish(
             letter.model_dump_json().encode(),
             topic=self.settings.topic(Topic.DEAD_LETTER),

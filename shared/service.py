@@ -1,9 +1,11 @@
-"""The shape every service shares: an ASGI app around a FastStream broker.
+"""The shape every service shares: a FastAPI app around a FastStream broker.
 
 `build_app` gives each service `/metrics`, a liveness probe (`/livez`, checks nothing
-external), a readiness probe (`/readyz`, checks broker, database and cache) and a lifespan that
-opens the clients, applies migrations, wires the handlers, starts consuming, and closes
-everything again in reverse order.
+external), a readiness probe (`/readyz`, checks broker, database and cache), the shared error
+handling and body limit (`shared.http`), its routers, and a lifespan that opens the clients,
+applies migrations, wires the handlers, starts consuming, hands the routes what they need
+(`Infra.provide`, read with `shared.http.requires`), and closes everything again in reverse
+order.
 """
 
 from __future__ import annotations
@@ -11,27 +13,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, FastAPI
 from faststream.kafka import KafkaBroker
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from faststream.specification import AsyncAPI
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute
 
-from shared import db, lag
+from shared import db, http, lag
 from shared.events import Envelope
-from shared.kafka import ConsumerSpec, EventBus, ensure_topics, make_broker, subscribe
+from shared.kafka import BrokerWatch, ConsumerSpec, EventBus, ensure_topics, make_broker, subscribe
 from shared.logging import configure_logging
 from shared.settings import ServiceSettings
 from shared.topics import Topic
@@ -51,12 +51,18 @@ class Infra:
     bus: EventBus
     pg: db.Pool | None = None
     redis: aioredis.Redis | None = None
-    state: dict[str, Any] = field(default_factory=dict)
+    provided: list[tuple[object, type[Any] | None]] = field(default_factory=list)
+    subscriptions: list[tuple[Topic, type[Envelope]]] = field(default_factory=list)
+
+    def provide(self, value: object, *, as_: type[Any] | None = None) -> None:
+        """Hand `value` to the HTTP routes (`shared.http.requires`) once the service is up."""
+        self.provided.append((value, as_))
 
     def subscribe(
         self, topic: Topic, model: type[E], handler: Callable[[E], Awaitable[None]]
     ) -> None:
         """Consume `topic` in this service's consumer group."""
+        self.subscriptions.append((topic, model))
         subscribe(
             self.broker,
             self.bus,
@@ -66,7 +72,9 @@ class Infra:
             handler=handler,
             spec=ConsumerSpec(
                 service=self.service,
-                group_id=f"cbd-{self.service}.{topic.value}",
+                # Named after the prefixed topic: deployments that share a broker under
+                # different prefixes (and tests) never join each other's groups.
+                group_id=f"cbd-{self.service}.{self.settings.kafka.topic(topic)}",
                 attempts=self.settings.handler_attempts,
             ),
         )
@@ -98,7 +106,12 @@ class ServiceSpec:
     uses_postgres: bool = False
     uses_redis: bool = False
     migrations: Path | None = None
+    routers: Sequence[APIRouter] = ()
+    max_body_bytes: int = 64 * 1024
+    refusals: Mapping[type[Exception], http.Refusal] = field(default_factory=dict)
+    description: str = ""
     routes: Sequence[BaseRoute] = ()
+    """Plain Starlette routes of a service not yet on routers; they are matched first."""
 
 
 def redis_client(url: str) -> aioredis.Redis:
@@ -130,22 +143,23 @@ async def _retry(what: str, attempt: Callable[[], Awaitable[Any]], timeout_s: fl
             delay = min(delay * 2, 2.0)
 
 
-def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> Starlette:
+def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> FastAPI:
     """The ASGI app for one service."""
     settings = spec.settings
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(spec.name, settings.log_level, settings.log_format)
         async with AsyncExitStack() as stack:
             if settings.kafka.create_topics:
                 await _retry("kafka", lambda: ensure_topics(settings.kafka), startup_timeout_s)
             broker = make_broker(settings.kafka, client_id=f"cbd-{spec.name}")
+            watch = BrokerWatch(broker, settings.kafka)
             infra = Infra(
                 service=spec.name,
                 settings=settings,
                 broker=broker,
-                bus=EventBus(broker, settings.kafka, spec.name),
+                bus=EventBus(broker, settings.kafka, spec.name, watch),
             )
             if spec.uses_postgres:
                 infra.pg = await _retry(
@@ -161,37 +175,85 @@ def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> Starlett
             await spec.wire(infra, stack)
             await _retry("kafka", broker.start, startup_timeout_s)
             stack.push_async_callback(broker.stop)
+            # Broker restarts: refuse publishes while it is down, re-create topics after.
+            watching = asyncio.create_task(watch.run(), name="broker-watch")
+            stack.callback(watching.cancel)
             # Consumer lag on /metrics for dashboards and alerts (KEDA reads it from the broker).
             await stack.enter_async_context(lag.exporting(spec.name, broker))
-            app.state.infra = infra
+            # Routes see the clients only now, when everything they use has started; until
+            # then (and again once stopping) they answer 503.
+            provided: list[tuple[object, type[Any] | None]] = [
+                (infra, None),
+                (infra.bus, None),
+                (http.Readiness(lambda: readiness_checks(infra)), None),
+                *infra.provided,
+            ]
+            for value, kind in provided:
+                http.provide(app, value, as_=kind)
+            stack.callback(http.withdraw, app, [kind or type(value) for value, kind in provided])
             log.info("%s ready on %s:%s", spec.name, settings.host, settings.port)
             yield
             log.info("%s stopping", spec.name)
 
-    async def livez(_: Request) -> Response:
-        return JSONResponse({"status": "alive", "service": spec.name})
+    app = FastAPI(
+        title=f"Care-by-Design {spec.name}",
+        description=spec.description,
+        version="1",
+        lifespan=lifespan,
+    )
+    http.install(app, max_body_bytes=spec.max_body_bytes, refusals=spec.refusals)
+    app.router.routes[0:0] = list(spec.routes)
+    app.include_router(http.ops_router(spec.name))
+    app.include_router(_asyncapi_router(spec))
+    for router in spec.routers:
+        app.include_router(router)
+    return app
 
-    async def readyz(request: Request) -> Response:
-        infra: Infra | None = getattr(request.app.state, "infra", None)
-        if infra is None:
-            return JSONResponse({"status": "starting"}, status_code=503)
-        checks = await readiness_checks(infra)
-        ok = all(v == "ok" for v in checks.values())
-        return JSONResponse(
-            {"status": "ready" if ok else "unready", "checks": checks},
-            status_code=200 if ok else 503,
+
+def asyncapi_document(infra: Infra, description: str = "") -> dict[str, Any]:
+    """The AsyncAPI 3.0 document of the service's subscriptions, generated by FastStream.
+
+    Subscribers take the raw message (so an invalid one can be dead-lettered with its reason),
+    which leaves FastStream without a payload schema; each channel's message gets its event
+    model's JSON schema here.
+    """
+    document: dict[str, Any] = (
+        AsyncAPI(
+            infra.broker,
+            title=f"Care-by-Design {infra.service}",
+            version="1",
+            description=description or None,
         )
+        .to_specification()
+        .to_jsonable()
+    )
+    components = document.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    messages = components.setdefault("messages", {})
+    for topic, model in infra.subscriptions:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+        message = messages.get(f"{infra.service}:{topic.value}:SubscribeMessage")
+        if message is not None:
+            message["payload"] = {"$ref": f"#/components/schemas/{model.__name__}"}
+            message["title"] = model.type_name()
+    schemas.pop("EmptyPayload", None)
+    return document
 
-    async def metrics_endpoint(_: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    routes: list[BaseRoute] = [
-        Route("/livez", livez),
-        Route("/readyz", readyz),
-        Route("/metrics", metrics_endpoint),
-        *spec.routes,
-    ]
-    return Starlette(routes=routes, lifespan=lifespan)
+def _asyncapi_router(spec: ServiceSpec) -> APIRouter:
+    """`/asyncapi.json`: the service's event side (available once started)."""
+    router = APIRouter(tags=["operations"])
+
+    @router.get("/asyncapi.json", responses=http.error_responses(503))
+    async def asyncapi(
+        infra: Annotated[Infra, Depends(http.requires(Infra))],
+    ) -> dict[str, Any]:
+        """The AsyncAPI 3.0 document of the topics this service consumes and their events."""
+        return asyncapi_document(infra, spec.description)
+
+    return router
 
 
 async def readiness_checks(infra: Infra, timeout_s: float = 2.0) -> dict[str, str]:

@@ -7,7 +7,7 @@ infrastructure addresses are read once under their own prefixes (`CBD_KAFKA_`, `
 
 from __future__ import annotations
 
-from typing import Literal, Self
+from typing import ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -32,6 +32,23 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     request_timeout_ms: int = 15_000
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """PLAINTEXT for the embedded broker; SASL_SSL (TLS + SCRAM) on Kubernetes."""
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    """CA bundle that signed the brokers' certificates (Strimzi's cluster CA); None: system CAs."""
+
+    @model_validator(mode="after")
+    def _sasl_has_credentials(self) -> Self:
+        if self.security_protocol.startswith("SASL_") and not (
+            self.sasl_username and self.sasl_password and self.sasl_password.get_secret_value()
+        ):
+            raise ValueError(
+                "CBD_KAFKA_SASL_USERNAME and CBD_KAFKA_SASL_PASSWORD are needed with SASL"
+            )
+        return self
 
     def topic(self, topic: Topic) -> str:
         """The physical topic name for a logical topic."""
@@ -63,6 +80,10 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore")
 
+    uses_postgres: ClassVar[bool] = True
+    """Whether the service talks to PostgreSQL; production asks for credentials only if so."""
+    uses_redis: ClassVar[bool] = True
+
     environment: Literal["development", "production"] = Field(
         default="development", validation_alias=AliasChoices("CBD_ENVIRONMENT")
     )
@@ -82,8 +103,9 @@ class ServiceSettings(BaseSettings):
     def _no_dev_secrets_in_production(self) -> Self:
         # Local defaults are passwordless; production must never fall back to them silently.
         if self.environment == "production":
-            if urlsplit(self.postgres.dsn.get_secret_value()).password is None:
+            pg_dsn = self.postgres.dsn.get_secret_value()
+            if self.uses_postgres and urlsplit(pg_dsn).password is None:
                 raise ValueError("CBD_PG_DSN needs a password when CBD_ENVIRONMENT=production")
-            if urlsplit(self.redis.url.get_secret_value()).password is None:
+            if self.uses_redis and urlsplit(self.redis.url.get_secret_value()).password is None:
                 raise ValueError("CBD_REDIS_URL needs a password when CBD_ENVIRONMENT=production")
         return self

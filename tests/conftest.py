@@ -53,6 +53,8 @@ def _platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "CBD_LOG_LEVEL": "INFO",
             # The 50-message handoff test is one customer; the limit itself is tested apart.
             "CBD_INGEST_CUSTOMER_RATE_PER_MIN": "1000",
+            # Every test client comes from 127.0.0.1; the address limit is tested on its own.
+            "CBD_INGEST_IP_RATE_PER_MIN": "100000",
             # Messaging providers: a local stand-in (tests/e2e/provider_standin.py) plays
             # Twilio's and Meta's APIs, with these credentials.
             **CHANNEL_ENV,

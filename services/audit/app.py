@@ -5,24 +5,30 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from starlette.applications import Starlette
+from fastapi import FastAPI
 
-from services.audit import handlers
+from services.audit import care, handlers
 from services.audit.ledger import Ledger
 from services.audit.settings import AuditSettings
+from shared import db
 from shared.service import Infra, ServiceSpec, build_app
 
 Settings = AuditSettings
 
 
-def create_app(settings: AuditSettings | None = None) -> Starlette:
+def create_app(settings: AuditSettings | None = None) -> FastAPI:
     """Build the audit service."""
     cfg = settings or AuditSettings()
+    reviews = care.review_api(cfg.care)
 
-    async def wire(infra: Infra, _: AsyncExitStack) -> None:
-        handlers.register(
-            infra.broker, cfg.kafka, handlers.AuditHandlers(Ledger(infra.require_pg()))
-        )
+    async def wire(infra: Infra, stack: AsyncExitStack) -> None:
+        eraser = None
+        if cfg.eraser_dsn is not None:
+            eraser = await db.create_pool(cfg.postgres.model_copy(update={"dsn": cfg.eraser_dsn}))
+            stack.push_async_callback(eraser.close)
+        ledger = Ledger(infra.require_pg(), cfg.chain_key.get_secret_value(), eraser)
+        handlers.register(infra.broker, cfg.kafka, handlers.AuditHandlers(ledger))
+        await care.wire(infra, stack, cfg.care, reviews)
 
     return build_app(
         ServiceSpec(
@@ -31,5 +37,6 @@ def create_app(settings: AuditSettings | None = None) -> Starlette:
             wire=wire,
             uses_postgres=True,
             migrations=Path(__file__).parent / "migrations",
+            routes=reviews.routes(),
         )
     )

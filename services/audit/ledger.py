@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 from dataclasses import dataclass
@@ -55,6 +56,52 @@ def chain_hash_v2(prev: bytes, record: Record, body_sha256: bytes) -> bytes:
     return digest.digest()
 
 
+def chain_hash_v3(key: bytes, prev: bytes, record: Record, body_sha256: bytes) -> bytes:
+    """Chain version 3: HMAC-SHA256 under the ledger's key over what version 2 hashes, so a
+    writer without the key cannot forge a consistent chain."""
+    mac = hmac.new(key, prev, hashlib.sha256)
+    mac.update(f"\x1f{record.topic}\x1f{record.partition}\x1f{record.offset}\x1f".encode())
+    mac.update(body_sha256)
+    return mac.digest()
+
+
+def key_id(key: bytes) -> str:
+    """A name for a chain key that does not reveal it (for rotation and error messages)."""
+    return hmac.new(key, b"cbd-audit-key-id", hashlib.sha256).hexdigest()[:16]
+
+
+def subject(body: bytes) -> dict[str, Any]:
+    """The envelope as Python reads it, even where jsonb could not store it (\\u0000)."""
+    try:
+        parsed = json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def _customer(envelope: dict[str, Any]) -> str | None:
+    inner = envelope.get("payload")
+    erased = inner.get("erased_customer_id") if isinstance(inner, dict) else None
+    return _text(envelope, "customer_id") or (erased if isinstance(erased, str) else None)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What recomputing the chain found."""
+
+    intact: bool
+    checked: int
+    broken_seq: int | None = None
+    reason: str = ""
+
+    def describe(self) -> str:
+        """One line for an operator."""
+        if self.intact:
+            return f"audit chain intact: {self.checked} records verified"
+        where = f"at record seq {self.broken_seq}" if self.broken_seq is not None else "at the head"
+        return f"audit chain BROKEN {where}: {self.reason} ({self.checked} records verified before)"
+
+
 def _text(envelope: dict[str, Any], key: str) -> str | None:
     value = envelope.get(key)
     return value if isinstance(value, str) else None
@@ -66,10 +113,19 @@ def _uuid(envelope: dict[str, Any]) -> str | None:
 
 
 class Ledger:
-    """Appends records to audit.events, one hash chain across all topics."""
+    """Appends records to audit.events, one keyed hash chain across all topics.
 
-    def __init__(self, pg: Pool) -> None:
+    `eraser` is the pool erasure runs on (a role that may only blank erasable columns); by
+    default the writer's pool.
+    """
+
+    def __init__(self, pg: Pool, key: str, eraser: Pool | None = None) -> None:
+        if not key:
+            raise ValueError("the audit chain needs a key")
         self.pg = pg
+        self.eraser = eraser or pg
+        self.key = key.encode()
+        self.key_id = key_id(self.key)
 
     async def append(self, record: Record) -> bool:
         """Record it once; False when this topic/partition/offset is already recorded."""
@@ -85,19 +141,21 @@ class Ledger:
             return await self._insert(record, None)
 
     async def _insert(self, record: Record, payload: dict[str, Any] | None) -> bool:
-        envelope = payload or {}
+        # Who a record is about comes from Python's parse, which reads what jsonb cannot
+        # store, so erasure finds every record by its columns.
+        envelope = payload if payload is not None else subject(record.body)
         async with self.pg.acquire() as conn, conn.transaction():
-            head = await conn.fetchrow("SELECT hash FROM audit.chain_head FOR UPDATE")
-            assert head is not None
-            prev = bytes(head["hash"])
+            # One writer at a time extends the chain; an advisory lock needs no UPDATE right.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cbd_audit_chain'))")
+            prev = await _head(conn)
             body_sha256 = hashlib.sha256(record.body).digest()
-            new_hash = chain_hash_v2(prev, record, body_sha256)
+            new_hash = chain_hash_v3(self.key, prev, record, body_sha256)
             seq = await conn.fetchval(
                 """
                 INSERT INTO audit.events (topic, kafka_partition, kafka_offset, event_id,
                     event_type, conversation_id, trace_id, body, payload, prev_hash, hash,
-                    body_sha256, chain_version)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 2)
+                    body_sha256, chain_version, customer_id, key_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 3, $13, $14)
                 ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING
                 RETURNING seq
                 """,
@@ -113,34 +171,62 @@ class Ledger:
                 prev,
                 new_hash,
                 body_sha256,
+                _customer(envelope),
+                self.key_id,
             )
             if seq is None:
                 return False
-            await conn.execute("UPDATE audit.chain_head SET seq = $1, hash = $2", seq, new_hash)
+            await conn.execute(
+                "INSERT INTO audit.chain_heads (seq, hash) VALUES ($1, $2)", seq, new_hash
+            )
         return True
 
     async def verify(self) -> tuple[bool, int]:
-        """Recompute the whole chain: (intact, records checked before the first break).
+        """Recompute the whole chain: (intact, records checked before the first break)."""
+        result = await self.check()
+        return result.intact, result.checked
+
+    async def check(self) -> Verification:
+        """Recompute the whole chain and name the first broken link, if any.
 
         An erased record is checked through the digest kept of its body; an erased record
         written before chain version 2 cannot be recomputed, so only its links are checked.
+        The last record's hash must equal the head kept in audit.chain_heads.
         """
         prev = GENESIS
         count = 0
         async with self.pg.acquire() as conn, conn.transaction():
             async for row in conn.cursor(
-                "SELECT topic, kafka_partition, kafka_offset, body, prev_hash, hash, "
-                "body_sha256, chain_version, erased_at FROM audit.events ORDER BY seq"
+                "SELECT seq, topic, kafka_partition, kafka_offset, body, prev_hash, hash, "
+                "body_sha256, chain_version, erased_at, key_id FROM audit.events ORDER BY seq"
             ):
                 record = Record(
                     row["topic"], row["kafka_partition"], row["kafka_offset"], bytes(row["body"])
                 )
-                if bytes(row["prev_hash"]) != prev or not _row_hash_ok(prev, record, row):
-                    return False, count
+                if bytes(row["prev_hash"]) != prev:
+                    return Verification(
+                        False, count, row["seq"], "does not follow the record before"
+                    )
+                if problem := self._row_problem(prev, record, row):
+                    return Verification(False, count, row["seq"], problem)
                 prev = bytes(row["hash"])
                 count += 1
-            head = await conn.fetchval("SELECT hash FROM audit.chain_head")
-        return bytes(head) == prev, count
+            head = await _head(conn)
+        if head != prev:
+            return Verification(False, count, None, "the head does not match the last record")
+        return Verification(True, count)
+
+    def _row_problem(self, prev: bytes, record: Record, row: Any) -> str | None:
+        if row["chain_version"] == 3:
+            if row["key_id"] != self.key_id:
+                return f"written under another key ({row['key_id']}, this one is {self.key_id})"
+            digest = bytes(row["body_sha256"])
+            if row["erased_at"] is None and hashlib.sha256(record.body).digest() != digest:
+                return "its body was changed"
+            if chain_hash_v3(self.key, prev, record, digest) != bytes(row["hash"]):
+                return "its hash is not the keyed hash of its content"
+            return None
+        return None if _row_hash_ok(prev, record, row) else "its hash does not match its content"
 
     async def erase(self, customer_ids: list[str], conversation_ids: list[str]) -> int:
         """Erase the content of every record about these customers; return records erased.
@@ -148,24 +234,41 @@ class Ledger:
         The records keep their place, type, id and hashes, so the chain still verifies and
         the ledger still shows that something happened, without saying what or to whom.
         """
-        erased = await self.pg.fetchval(
-            """
-            WITH gone AS (
-                UPDATE audit.events
-                SET body = '\\x'::bytea, payload = NULL, conversation_id = NULL,
-                    erased_at = now()
+        async with self.eraser.acquire() as conn, conn.transaction():
+            # First the records, by id: every column a record's subject was kept in, whether
+            # or not its JSON could be stored (bodies with \\u0000 have no payload).
+            seqs = await conn.fetch(
+                """
+                SELECT seq FROM audit.events
                 WHERE erased_at IS NULL AND (
-                    conversation_id = ANY($2)
+                    customer_id = ANY($1)
+                    OR conversation_id = ANY($2)
                     OR payload ->> 'customer_id' = ANY($1)
                     OR payload ->> 'key' = ANY($2)
                     OR payload -> 'payload' ->> 'erased_customer_id' = ANY($1))
-                RETURNING 1)
-            SELECT count(*) FROM gone
-            """,
-            customer_ids,
-            conversation_ids,
-        )
-        return int(erased or 0)
+                """,
+                customer_ids,
+                conversation_ids,
+            )
+            ids = [row["seq"] for row in seqs]
+            if not ids:
+                return 0
+            await conn.execute(
+                """
+                UPDATE audit.events
+                SET body = '\\x'::bytea, payload = NULL, conversation_id = NULL,
+                    customer_id = NULL, erased_at = now()
+                WHERE seq = ANY($1::bigint[])
+                """,
+                ids,
+            )
+        return len(ids)
+
+
+async def _head(conn: Any) -> bytes:
+    """The chain's current head: the newest row of audit.chain_heads (or the genesis)."""
+    head = await conn.fetchval("SELECT hash FROM audit.chain_heads ORDER BY seq DESC LIMIT 1")
+    return GENESIS if head is None else bytes(head)
 
 
 def _row_hash_ok(prev: bytes, record: Record, row: Any) -> bool:

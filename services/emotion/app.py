@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 
-from starlette.applications import Starlette
+from fastapi import FastAPI
 
 from services.emotion.analyzer import EmotionAnalyzer
 from services.emotion.handlers import EmotionHandlers
@@ -19,7 +19,7 @@ from shared.topics import Topic
 Settings = EmotionSettings
 
 
-def create_app(settings: EmotionSettings | None = None) -> Starlette:
+def create_app(settings: EmotionSettings | None = None) -> FastAPI:
     """Build the emotion service."""
     cfg = settings or EmotionSettings()
 

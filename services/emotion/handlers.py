@@ -23,7 +23,6 @@ from shared.events import (
     TurnReceivedEvent,
 )
 from shared.kafka import EventBus
-from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,6 @@ class EmotionHandlers:
             except RedisError:
                 log.warning("could not store the trajectory (Redis)", exc_info=True)
         await self.bus.publish(
-            Topic.TURN_ANALYZED,
             event.derive(
                 TurnAnalyzedEvent,
                 TurnAnalyzed(message=message, emotion=analysis, trajectory=trajectory),

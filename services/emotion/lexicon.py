@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from shared.events import EmotionAnalysis, EmotionLabel, Signal
+from shared.events import EmotionAnalysis, EmotionLabel, Signal, SignalName
 
 _log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ _INTENSIFIERS = frozenset({"very", "too", "so", "really", "that", "all", "partic
 class _SignalSpec:
     """A signal's regex fragments: strong ones give weight 1.0, weak ones 0.5."""
 
-    name: str
+    name: SignalName
     strong: tuple[str, ...]
     weak: tuple[str, ...] = ()
 
@@ -399,7 +399,7 @@ class LexiconAnalyzer:
             )
             for label, weights in _LEXICONS.items()
         }
-        self._signals: list[tuple[str, re.Pattern[str], re.Pattern[str] | None]] = [
+        self._signals: list[tuple[SignalName, re.Pattern[str], re.Pattern[str] | None]] = [
             (
                 spec.name,
                 _bounded(_fragment_regex(f) for f in spec.strong),

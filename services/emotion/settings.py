@@ -1,6 +1,6 @@
 """Emotion service settings (env prefix `CBD_EMOTION_`)."""
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -12,6 +12,8 @@ class EmotionSettings(ServiceSettings):
     """How the emotion service runs."""
 
     model_config = SettingsConfigDict(env_prefix="CBD_EMOTION_", extra="ignore")
+
+    uses_postgres: ClassVar[bool] = False
 
     port: int = 8001
     session_ttl_s: int = Field(default=24 * 3600, ge=60)

@@ -1,36 +1,44 @@
-"""The agents' HTTP and WebSocket API, and the console page."""
+"""The agents' HTTP and WebSocket API, and the console page.
+
+Three routers: the console page, the agent API (sign-in, queue, tickets and the moves agents
+make) and the live feed socket. The routes get the desk, the bus and the console feed from
+the lifespan (`shared.http.requires`), so until the service has started they answer 503.
+"""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, StringConstraints
+from redis.exceptions import RedisError
+from starlette.websockets import WebSocketDisconnect
 
-from services.escalation.auth import AgentAuth, AgentToken
+from services.escalation.auth import AgentAuth, AgentToken, LoginThrottle
 from services.escalation.desk import Desk, Ticket, TicketConflict, TicketNotFound
-from services.escalation.live import AgentHub
+from services.escalation.live import AgentHub, ConsoleFeed
 from services.escalation.packet import build_packet
 from shared.events import (
     MAX_MESSAGE_CHARS,
     Channel,
+    CloseReason,
+    ConversationClosed,
+    ConversationClosedEvent,
     ReplyGenerated,
     ReplyGeneratedEvent,
     Role,
+    new_trace_id,
+    utcnow,
 )
+from shared.http import ApiError, error_responses, requires
 from shared.kafka import EventBus
-from shared.topics import Topic
 
 STATIC = Path(__file__).parent / "static"
-
-Handler = Callable[[Request, AgentToken], Awaitable[Response]]
 
 
 class Login(BaseModel):
@@ -41,11 +49,50 @@ class Login(BaseModel):
     password: str
 
 
+class Session(BaseModel):
+    """A signed-in agent's bearer token."""
+
+    token: str
+    agent_id: str
+
+
 class AgentReply(BaseModel):
     """Body of POST /v1/agent/tickets/{id}/reply."""
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
     text: Annotated[str, StringConstraints(min_length=1, max_length=MAX_MESSAGE_CHARS)]
+
+
+class ReplySent(BaseModel):
+    """The id of the reply an agent sent."""
+
+    reply_id: str
+
+
+class Resolve(BaseModel):
+    """Body of POST /v1/agent/tickets/{id}/resolve (optional)."""
+
+    model_config = ConfigDict(extra="forbid")
+    disposition: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,39}$")] = "resolved"
+
+
+def agent_closed(ticket: Ticket, agent_id: str, disposition: str) -> ConversationClosedEvent:
+    """The conversation.closed event of an agent's resolve, the same id for the same ticket."""
+    return ConversationClosedEvent(
+        event_type=ConversationClosedEvent.type_name(),
+        event_id=uuid.uuid5(ticket.ticket_id, ConversationClosedEvent.type_name()),
+        conversation_id=ticket.conversation_id,
+        customer_id=ticket.customer_id,
+        channel=Channel(ticket.channel),
+        occurred_at=utcnow(),
+        trace_id=new_trace_id(),
+        payload=ConversationClosed(
+            reason=CloseReason.AGENT_RESOLVED,
+            disposition=disposition,
+            agent_id=agent_id,
+            ticket_id=ticket.ticket_id,
+        ),
+    )
 
 
 class Transfer(BaseModel):
@@ -55,191 +102,195 @@ class Transfer(BaseModel):
     to_agent: str
 
 
-def error(status: int, code: str, message: str) -> JSONResponse:
-    """A 4xx/5xx with a machine code and a sentence."""
-    return JSONResponse({"error": code, "message": message}, status_code=status)
+Auth = Annotated[AgentAuth, Depends(requires(AgentAuth))]
+Throttle = Annotated[LoginThrottle, Depends(requires(LoginThrottle))]
+DeskDep = Annotated[Desk, Depends(requires(Desk))]
+Bus = Annotated[EventBus, Depends(requires(EventBus))]
+Feed = Annotated[ConsoleFeed, Depends(requires(ConsoleFeed))]
+TicketId = uuid.UUID
+
+REFUSALS: dict[type[Exception], Callable[[Exception], ApiError]] = {
+    TicketNotFound: lambda _: ApiError(404, "not_found", "no such ticket"),
+    TicketConflict: lambda exc: ApiError(409, "conflict", str(exc)),
+}
+"""How the desk's refusals read over HTTP."""
 
 
-class AgentAPI:
-    """Routes for agents; the desk and bus are bound once the service has started."""
+def console_router() -> APIRouter:
+    """The agent console page."""
+    router = APIRouter(tags=["console"])
 
-    def __init__(self, auth: AgentAuth, hub: AgentHub) -> None:
-        self.auth = auth
-        self.hub = hub
-        self.desk: Desk | None = None
-        self.bus: EventBus | None = None
-
-    def routes(self) -> list[BaseRoute]:
-        """The console page, the agent API and the live socket."""
-        ticket = "/v1/agent/tickets/{ticket_id}"
-        return [
-            Route("/console", self.console, methods=["GET"]),
-            Route("/v1/agent/login", self.login, methods=["POST"]),
-            Route("/v1/agent/queue", self._authed(self.queue), methods=["GET"]),
-            Route(ticket, self._authed(self.ticket), methods=["GET"]),
-            Route(f"{ticket}/claim", self._authed(self.claim), methods=["POST"]),
-            Route(f"{ticket}/reply", self._authed(self.reply), methods=["POST"]),
-            Route(f"{ticket}/resolve", self._authed(self.resolve), methods=["POST"]),
-            Route(f"{ticket}/handback", self._authed(self.handback), methods=["POST"]),
-            Route(f"{ticket}/transfer", self._authed(self.transfer), methods=["POST"]),
-            WebSocketRoute("/v1/agent/ws", self.live),
-        ]
-
-    async def console(self, _: Request) -> Response:
-        """The agent console page."""
+    @router.get("/console", response_class=FileResponse)
+    async def console() -> FileResponse:
+        """The agent console: queue, handoff packet, live transcript, replies."""
         return FileResponse(STATIC / "console.html", media_type="text/html")
 
-    async def login(self, request: Request) -> Response:
+    return router
+
+
+async def say(bus: EventBus, ticket: Ticket, author: Role, text: str, flags: list[str]) -> str:
+    """Publish a message to the ticket's customer, on their channel; return the reply id."""
+    reply_id = uuid.uuid4()
+    event = ReplyGeneratedEvent.create(
+        conversation_id=ticket.conversation_id,
+        customer_id=ticket.customer_id,
+        channel=Channel(ticket.channel),
+        payload=ReplyGenerated(
+            turn_id=ticket.last_turn_id or ticket.ticket_id,
+            reply_id=reply_id,
+            author=author,
+            text=text,
+            flags=flags,
+        ),
+    )
+    await bus.publish(event)
+    return str(reply_id)
+
+
+def signed_in(auth: Auth, authorization: Annotated[str, Header()] = "") -> AgentToken:
+    """The agent whose bearer token came with the request; 401 without a valid one."""
+    scheme, _, token = authorization.partition(" ")
+    verified = auth.verify(token) if scheme.lower() == "bearer" else None
+    if verified is None:
+        raise ApiError(401, "unauthorized", "sign in: Authorization: Bearer <token>")
+    return verified
+
+
+Agent = Annotated[AgentToken, Depends(signed_in)]
+
+
+def agent_router() -> APIRouter:
+    """Sign-in, the queue, tickets and the moves agents make."""
+    router = APIRouter(prefix="/v1/agent", tags=["agents"])
+    ticket_path = "/tickets/{ticket_id}"
+    refusals = error_responses(400, 401, 404, 409, 503)
+
+    async def changed(feed: ConsoleFeed, ticket: Ticket) -> dict[str, Any]:
+        await feed.broadcast({"type": "queue_changed"})
+        return ticket.as_json()
+
+    @router.post("/login", responses=error_responses(401, 422, 429, 503))
+    async def login(body: Login, request: Request, auth: Auth, throttle: Throttle) -> Session:
         """Exchange an agent id and password for a bearer token."""
+        address = request.client.host if request.client else "unknown"
         try:
-            body = Login.model_validate(json.loads(await request.body()))
-        except (ValueError, ValidationError):
-            return error(400, "invalid_request", 'send {"agent_id": ..., "password": ...}')
-        token = self.auth.login(body.agent_id, body.password)
-        if token is None:
-            return error(401, "unauthorized", "unknown agent or wrong password")
-        verified = self.auth.verify(token)
-        assert verified is not None
-        return JSONResponse({"token": token, "agent_id": verified.agent_id})
+            wait = await throttle.retry_after(body.agent_id, address)
+        except RedisError as exc:
+            raise ApiError(503, "unavailable", "sign-in is unavailable; try again shortly") from exc
+        if wait is not None:
+            raise ApiError(
+                429,
+                "too_many_attempts",
+                "too many failed sign-ins; wait",
+                headers={"Retry-After": str(wait)},
+            )
+        # argon2 is deliberately slow: hash off the event loop.
+        token = await asyncio.to_thread(auth.login, body.agent_id, body.password)
+        verified = auth.verify(token) if token is not None else None
+        if token is None or verified is None:
+            await throttle.failed(body.agent_id, address)
+            raise ApiError(401, "unauthorized", "unknown agent or wrong password")
+        await throttle.succeeded(body.agent_id, address)
+        return Session(token=token, agent_id=verified.agent_id)
 
-    def _authed(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            agent = self.auth.verify(token) if scheme.lower() == "bearer" else None
-            if agent is None:
-                return error(401, "unauthorized", "sign in: Authorization: Bearer <token>")
-            if self.desk is None or self.bus is None:
-                return error(503, "starting", "the service is starting; try again shortly")
-            try:
-                return await handler(request, agent)
-            except TicketNotFound:
-                return error(404, "not_found", "no such ticket")
-            except TicketConflict as exc:
-                return error(409, "conflict", str(exc))
-
-        return endpoint
-
-    def _desk(self) -> Desk:
-        assert self.desk is not None
-        return self.desk
-
-    @staticmethod
-    def _ticket_id(request: Request) -> uuid.UUID:
-        try:
-            return uuid.UUID(request.path_params["ticket_id"])
-        except ValueError as exc:
-            raise TicketNotFound(request.path_params["ticket_id"]) from exc
-
-    async def queue(self, _: Request, __: AgentToken) -> Response:
+    @router.get("/queue", responses=error_responses(401, 503))
+    async def queue(_: Agent, desk: DeskDep) -> dict[str, list[dict[str, Any]]]:
         """Open tickets, most urgent first."""
-        tickets = await self._desk().queue()
-        return JSONResponse({"tickets": [t.as_json() for t in tickets]})
+        return {"tickets": [t.as_json() for t in await desk.queue()]}
 
-    async def ticket(self, request: Request, _: AgentToken) -> Response:
+    @router.get(ticket_path, responses=refusals)
+    async def ticket(ticket_id: TicketId, _: Agent, desk: DeskDep) -> dict[str, Any]:
         """One ticket with its handoff packet."""
-        desk = self._desk()
-        found = await desk.get(self._ticket_id(request))
-        return JSONResponse(
-            {"ticket": found.as_json(), "packet": await build_packet(desk.pg, found)}
-        )
+        found = await desk.get(ticket_id)
+        return {"ticket": found.as_json(), "packet": await build_packet(desk.pg, found)}
 
-    async def _changed(self, ticket: Ticket) -> Response:
-        await self.hub.broadcast({"type": "queue_changed"})
-        return JSONResponse(ticket.as_json())
-
-    async def claim(self, request: Request, agent: AgentToken) -> Response:
+    @router.post(f"{ticket_path}/claim", responses=refusals)
+    async def claim(
+        ticket_id: TicketId, agent: Agent, desk: DeskDep, bus: Bus, feed: Feed
+    ) -> dict[str, Any]:
         """Take a queued ticket; the customer is told a person has joined."""
-        claimed = await self._desk().claim(self._ticket_id(request), agent.agent_id)
-        await self._say(
+        claimed = await desk.claim(ticket_id, agent.agent_id)
+        await say(
+            bus,
             claimed,
             Role.SYSTEM,
             f"{agent.agent_id} from our team has joined the conversation.",
             ["agent_joined"],
         )
-        return await self._changed(claimed)
+        return await changed(feed, claimed)
 
-    async def _say(self, ticket: Ticket, author: Role, text: str, flags: list[str]) -> uuid.UUID:
-        """Publish a message to the ticket's customer, on their channel."""
-        reply_id = uuid.uuid4()
-        event = ReplyGeneratedEvent.create(
-            conversation_id=ticket.conversation_id,
-            customer_id=ticket.customer_id,
-            channel=Channel(ticket.channel),
-            payload=ReplyGenerated(
-                turn_id=ticket.last_turn_id or ticket.ticket_id,
-                reply_id=reply_id,
-                author=author,
-                text=text,
-                flags=flags,
-            ),
-        )
-        assert self.bus is not None
-        await self.bus.publish(Topic.REPLY_GENERATED, event)
-        return reply_id
+    @router.post(f"{ticket_path}/resolve", responses=refusals)
+    async def resolve(
+        ticket_id: TicketId,
+        agent: Agent,
+        desk: DeskDep,
+        bus: Bus,
+        feed: Feed,
+        body: Resolve | None = None,
+    ) -> dict[str, Any]:
+        """Close the ticket with a disposition; the bot takes the conversation's next turns."""
+        resolved = await desk.resolve(ticket_id, agent.agent_id)
+        disposition = body.disposition if body is not None else "resolved"
+        await bus.publish(agent_closed(resolved, agent.agent_id, disposition))
+        return await changed(feed, resolved)
 
-    async def resolve(self, request: Request, agent: AgentToken) -> Response:
-        """Close the ticket; the bot takes the conversation's next turns."""
-        return await self._changed(
-            await self._desk().resolve(self._ticket_id(request), agent.agent_id)
-        )
+    @router.post(f"{ticket_path}/handback", responses=refusals)
+    async def handback(
+        ticket_id: TicketId, agent: Agent, desk: DeskDep, feed: Feed
+    ) -> dict[str, Any]:
+        """Give the conversation back to the bot without resolving the customer's issue."""
+        return await changed(feed, await desk.hand_back(ticket_id, agent.agent_id))
 
-    async def handback(self, request: Request, agent: AgentToken) -> Response:
-        """Give the conversation back to the bot."""
-        return await self._changed(
-            await self._desk().hand_back(self._ticket_id(request), agent.agent_id)
-        )
-
-    async def transfer(self, request: Request, agent: AgentToken) -> Response:
+    @router.post(f"{ticket_path}/transfer", responses=error_responses(400, 401, 404, 409, 422))
+    async def transfer(
+        ticket_id: TicketId, body: Transfer, agent: Agent, auth: Auth, desk: DeskDep, feed: Feed
+    ) -> dict[str, Any]:
         """Hand the ticket to another agent."""
-        try:
-            body = Transfer.model_validate(json.loads(await request.body()))
-        except (ValueError, ValidationError):
-            return error(400, "invalid_request", 'send {"to_agent": ...}')
-        if body.to_agent not in self.auth.agents:
-            return error(400, "unknown_agent", f"no agent {body.to_agent!r}")
-        return await self._changed(
-            await self._desk().transfer(self._ticket_id(request), agent.agent_id, body.to_agent)
+        if body.to_agent not in auth.agents:
+            raise ApiError(400, "unknown_agent", f"no agent {body.to_agent!r}")
+        return await changed(feed, await desk.transfer(ticket_id, agent.agent_id, body.to_agent))
+
+    @router.post(
+        f"{ticket_path}/reply", status_code=202, responses=error_responses(400, 401, 404, 409, 422)
+    )
+    async def reply(
+        ticket_id: TicketId, body: AgentReply, agent: Agent, desk: DeskDep, bus: Bus
+    ) -> ReplySent:
+        """Send the customer a message from the agent holding the ticket."""
+        found = await desk.get(ticket_id)
+        if found.status != "claimed" or found.claimed_by != agent.agent_id:
+            raise ApiError(409, "conflict", "claim the ticket before replying")
+        return ReplySent(
+            reply_id=await say(bus, found, Role.AGENT, body.text, [f"agent:{agent.agent_id}"])
         )
 
-    async def reply(self, request: Request, agent: AgentToken) -> Response:
-        """Send the customer a message from the agent holding the ticket."""
-        try:
-            body = AgentReply.model_validate(json.loads(await request.body()))
-        except (ValueError, ValidationError):
-            return error(422, "invalid_request", 'send {"text": ...} with 1-4000 characters')
-        found = await self._desk().get(self._ticket_id(request))
-        if found.status != "claimed" or found.claimed_by != agent.agent_id:
-            return error(409, "conflict", "claim the ticket before replying")
-        reply_id = await self._say(found, Role.AGENT, body.text, [f"agent:{agent.agent_id}"])
-        return JSONResponse({"reply_id": str(reply_id)}, status_code=202)
+    return router
 
-    async def live(self, ws: WebSocket) -> None:
+
+def live_router() -> APIRouter:
+    """The consoles' live feed."""
+    router = APIRouter()
+
+    @router.websocket("/v1/agent/ws")
+    async def live(
+        ws: WebSocket,
+        hub: Annotated[AgentHub, Depends(requires(AgentHub))],
+        auth: Auth,
+        token: Annotated[str, Query()] = "",
+    ) -> None:
         """WS /v1/agent/ws?token=...: queue changes and messages as they happen."""
         await ws.accept()
-        if self.auth.verify(ws.query_params.get("token", "")) is None:
+        if auth.verify(token) is None:
             await ws.send_json({"type": "error", "error": "unauthorized"})
             await ws.close(code=4401)
             return
-        self.hub.add(ws)
+        hub.add(ws)
         try:
             while True:
                 await ws.receive_text()
         except WebSocketDisconnect:
             pass
         finally:
-            self.hub.remove(ws)
+            hub.remove(ws)
 
-
-def message_frame(
-    conversation_id: str, role: str, text: str, at: str, emotion: Any
-) -> dict[str, Any]:
-    """A transcript line for the consoles."""
-    return {
-        "type": "message",
-        "conversation_id": conversation_id,
-        "role": role,
-        "text": text,
-        "at": at,
-        "emotion": emotion,
-    }
+    return router

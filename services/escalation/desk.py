@@ -1,25 +1,26 @@
 """The handoff desk: who owns each conversation, the agent queue, and the moves agents make.
 
 PostgreSQL is the record. Every change of owner bumps the conversation's `epoch` and mirrors
-`{owner, epoch}` to Redis, where generation checks it before each piece of a bot reply: a turn
-routed to the bot under an older epoch (a person took over meanwhile) is never delivered. Turns
-of one conversation arrive in order on one partition, and agents' moves are single-row
-transactions that check the status they expect, so two agents cannot both claim a ticket.
+`{owner, epoch}` (`shared.ownership`) to Redis through an outbox written in the same
+transaction. Generation checks the mirror before each piece of a bot reply: a turn routed to
+the bot under an older epoch (a person took over meanwhile) is never delivered. Turns of one
+conversation arrive in order on one partition, and agents' moves are single-row transactions
+that check the status they expect, so two agents cannot both claim a ticket.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import redis.asyncio as aioredis
 from prometheus_client import Counter, Histogram
 
+from shared import ownership
 from shared.db import Pool
 from shared.events import (
     Envelope,
@@ -28,12 +29,12 @@ from shared.events import (
     RouteReason,
     RouteTarget,
     RoutingDecision,
+    Severity,
     TurnContextualizedEvent,
     utcnow,
 )
 from shared.metrics import LATENCY_BUCKETS
-
-Severity = Literal["low", "medium", "high"]
+from shared.outbox import Message, Outbox
 
 TICKETS = Counter("cbd_tickets_total", "Agent tickets, by what happened to them.", ["event"])
 QUEUE_WAIT = Histogram(
@@ -47,19 +48,20 @@ SECONDS_TO_ESCALATE = Histogram(
     buckets=(1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0),
 )
 
-HIGH = frozenset({"sensitive_topic", "strong_emotion", "distress", "escalation_risk"})
-MEDIUM = frozenset({"explicit_request", "worsening", "high_value_negative", "generation_flags"})
 HUMAN_OWNS = "human_owns"
+OWNERSHIP = "ownership"
+"""The outbox kind of an ownership mirror message (keyed by conversation id)."""
+
+
+_RANK: dict[Severity, int] = {"low": 0, "medium": 1, "high": 2}
 
 
 def severity_of(reasons: list[RouteReason]) -> Severity:
-    """How urgently a person is needed, from the rules that fired."""
-    codes = {r.code for r in reasons}
-    if codes & HIGH:
-        return "high"
-    if codes & MEDIUM:
-        return "medium"
-    return "low"
+    """How urgently a person is needed: the most severe of the rules that fired.
+
+    Each rule's severity is declared in the policy file and travels on its reason.
+    """
+    return max((r.severity or "low" for r in reasons), key=_RANK.__getitem__, default="low")
 
 
 VALUED_TIERS = {"platinum": 60, "gold": 40, "silver": 20}
@@ -148,6 +150,9 @@ class Desk:
         self.prefix = key_prefix
         self.handle_minutes = handle_minutes
         self.agents_on_shift = max(1, agents_on_shift)
+        # A change of owner commits with its mirror message; the relay (run by the app)
+        # mirrors what could not be mirrored right after the commit.
+        self.outbox = Outbox(pg, "escalation", {OWNERSHIP: self._deliver}, service="escalation")
 
     async def erase(self, customer_ids: list[str], conversation_ids: list[str]) -> int:
         """Delete the tickets and ownership of an erased customer; return tickets deleted."""
@@ -172,18 +177,37 @@ class Desk:
                 "DELETE FROM escalation.conversations WHERE conversation_id = ANY($1)",
                 conversations,
             )
+            # A mirror still waiting would write an erased conversation's key back.
+            await conn.execute(
+                "DELETE FROM escalation.outbox WHERE kind = $1 AND key = ANY($2)",
+                OWNERSHIP,
+                conversations,
+            )
         if conversations:
             await self.redis.delete(*[self.owner_key(c) for c in conversations])
         return int(deleted or 0)
 
     def owner_key(self, conversation_id: str) -> str:
         """The Redis key generation reads before delivering a bot reply."""
-        return f"{self.prefix}owner:{conversation_id}"
+        return ownership.owner_key(self.prefix, conversation_id)
 
-    async def _mirror(self, conversation_id: str, owner: str, epoch: int) -> None:
-        await self.redis.set(
-            self.owner_key(conversation_id), json.dumps({"owner": owner, "epoch": epoch})
-        )
+    async def owner(self, conversation_id: str) -> ownership.Ownership | None:
+        """The conversation's mirrored owner (None: never handed over)."""
+        return await ownership.read(self.redis, self.prefix, conversation_id)
+
+    async def _stage(
+        self, conn: Any, conversation_id: str, owner: ownership.Owner, epoch: int
+    ) -> Message:
+        """Write the owner's mirror to the outbox in the move's transaction."""
+        record = ownership.Ownership(owner=owner, epoch=epoch)
+        return await self.outbox.add(conn, OWNERSHIP, conversation_id, ownership.encode(record))
+
+    async def _deliver(self, message: Message) -> None:
+        """Mirror a committed change of owner to Redis (never behind a later epoch)."""
+        record = ownership.decode(message.payload)
+        if record is None:
+            raise ValueError(f"unreadable ownership record in the outbox: {message.payload!r}")
+        await ownership.write(self.redis, self.prefix, message.key, record)
 
     async def route(
         self, event: TurnContextualizedEvent, policy: Callable[[int], RoutingDecision]
@@ -250,7 +274,8 @@ class Desk:
                     tier=turn.context.customer_tier,
                 )
             position = await self._position(conn, ticket_id)
-        await self._mirror(event.conversation_id, "queued", epoch)
+            mirror = await self._stage(conn, event.conversation_id, "queued", epoch)
+        await self.outbox.deliver_now([mirror])
         return policy_decision.model_copy(
             update={
                 "epoch": epoch,
@@ -293,7 +318,8 @@ class Desk:
             _, epoch = await self._open_ticket(
                 conn, event, conv, reasons=[reason], risk=0.0, text=reason.detail
             )
-        await self._mirror(event.conversation_id, "queued", epoch)
+            mirror = await self._stage(conn, event.conversation_id, "queued", epoch)
+        await self.outbox.deliver_now([mirror])
         return True
 
     async def _open_ticket(
@@ -451,7 +477,7 @@ class Desk:
         *,
         expect: str,
         status: str,
-        owner: str,
+        owner: ownership.Owner,
         agent_id: str | None,
         event: str,
         by: str | None = None,
@@ -492,7 +518,8 @@ class Desk:
                 owner,
                 agent_id,
             )
-        await self._mirror(row["conversation_id"], owner, epoch)
+            mirror = await self._stage(conn, row["conversation_id"], owner, epoch)
+        await self.outbox.deliver_now([mirror])
         TICKETS.labels(event).inc()
         if event == "claimed":
             QUEUE_WAIT.observe(max(0.0, (utcnow() - row["created_at"]).total_seconds()))

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 from prometheus_client import Counter, Histogram
 
-from services.escalation.api import message_frame
 from services.escalation.desk import Desk
-from services.escalation.live import AgentHub
+from services.escalation.live import ConsoleFeed, message_frame
 from services.escalation.policy import PolicyStore, decide
 from shared.erasure import ERASURES
 from shared.events import (
@@ -23,7 +20,6 @@ from shared.events import (
     TurnRoutedEvent,
 )
 from shared.kafka import EventBus
-from shared.topics import Topic
 
 DECISIONS = Counter("cbd_routing_decisions_total", "Turns routed, by target.", ["target"])
 ESCALATIONS = Counter(
@@ -39,11 +35,13 @@ TURNS_TO_ESCALATE = Histogram(
 class EscalationHandlers:
     """Routes each turn to the bot or to a person, and keeps the agents' consoles current."""
 
-    def __init__(self, bus: EventBus, policies: PolicyStore, desk: Desk, hub: AgentHub) -> None:
+    def __init__(
+        self, bus: EventBus, policies: PolicyStore, desk: Desk, consoles: ConsoleFeed
+    ) -> None:
         self.bus = bus
         self.policies = policies
         self.desk = desk
-        self.hub = hub
+        self.consoles = consoles
 
     async def on_turn_contextualized(self, event: TurnContextualizedEvent) -> None:
         """Decide the route (a person who owns the conversation keeps it) and publish it."""
@@ -63,14 +61,13 @@ class EscalationHandlers:
             if turn.trajectory is not None:
                 TURNS_TO_ESCALATE.observe(turn.trajectory.turns)
         await self.bus.publish(
-            Topic.TURN_ROUTED,
             event.derive(TurnRoutedEvent, TurnRouted(**dict(turn), route=decision)),
         )
         if decision.target is RouteTarget.HUMAN:
             emotion = turn.emotion.model_dump(
                 mode="json", include={"label", "sentiment", "intensity"}
             )
-            await self.hub.broadcast(
+            await self.consoles.broadcast(
                 message_frame(
                     event.conversation_id,
                     "customer",
@@ -80,17 +77,23 @@ class EscalationHandlers:
                 )
             )
             if opened:
-                await self.hub.broadcast({"type": "queue_changed"})
+                await self.consoles.broadcast({"type": "queue_changed"})
 
     async def on_assist_suggested(self, event: AssistSuggestedEvent) -> None:
         """Pass suggested replies and coaching tips to the consoles."""
-        await self.hub.broadcast(
+        await self.consoles.broadcast(
             {
                 "type": "assist",
                 "conversation_id": event.conversation_id,
                 "turn_id": str(event.payload.turn_id),
                 "suggestions": event.payload.suggestions,
                 "tips": event.payload.tips,
+                # The care check's verdict on each draft, shown beside it (issue #14).
+                "verdicts": [v.value for v in event.payload.suggestion_verdicts],
+                "findings": [
+                    [f.detail or f.flag.value for f in fs]
+                    for fs in event.payload.suggestion_findings
+                ],
             }
         )
 
@@ -99,19 +102,21 @@ class EscalationHandlers:
         reply = event.payload
         rule = self.policies.current().rules.generation_flags
         raised = rule.raised(reply.flags) if rule is not None and rule.enabled else []
-        if reply.author is Role.BOT and raised:
+        if rule is not None and reply.author is Role.BOT and raised:
             # The reply itself is flagged (the LLM failed, a guardrail tripped): a person
             # takes over now rather than at the customer's next message.
             reason = RouteReason(
-                code="generation_flags", detail="last reply flagged: " + ", ".join(raised)
+                code="generation_flags",
+                detail="last reply flagged: " + ", ".join(raised),
+                severity=rule.severity,
             )
             if await self.desk.open_for_reply(event, reason):
                 ESCALATIONS.labels(reason.code).inc()
-                await self.hub.broadcast({"type": "queue_changed"})
-        owner = await self.desk.redis.get(self.desk.owner_key(event.conversation_id))
-        if owner is None or json.loads(owner).get("owner") == "bot":
+                await self.consoles.broadcast({"type": "queue_changed"})
+        owner = await self.desk.owner(event.conversation_id)
+        if owner is None or owner.owner == "bot":
             return
-        await self.hub.broadcast(
+        await self.consoles.broadcast(
             message_frame(
                 event.conversation_id,
                 reply.author.value,

@@ -1,4 +1,10 @@
-"""Live updates for the agents' consoles: queue changes and new messages, over WebSockets."""
+"""Live updates for the agents' consoles: queue changes and new messages, over WebSockets.
+
+Agents' consoles may be connected to any escalation replica, and the replica that consumed an
+event or took an agent's move is usually not the one holding a given console. So every frame
+goes through the shared fanout (`shared.fanout`, Redis pub/sub on channel `console`) and each
+replica's `AgentHub` forwards what it hears to the consoles it holds.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,16 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from shared.fanout import Fanout, FrameId
+
+CONSOLE_CHANNEL = "console"
+"""The fanout channel of the console feed (Redis channel `<prefix>console:agents`)."""
+FEED_KEY = "agents"
+"""Every console hears every frame, so the feed has one key."""
+
 
 class AgentHub:
-    """The consoles connected to this replica.
+    """The consoles connected to this replica (a `shared.fanout.Receiver`).
 
     Every console hears every frame and shows the ones for the conversation it has open;
     agents are few, so filtering in the browser costs less than tracking who opened what.
@@ -25,8 +38,12 @@ class AgentHub:
         """Stop sending frames to `ws`."""
         self._sockets.discard(ws)
 
-    async def broadcast(self, frame: dict[str, Any]) -> int:
-        """Send a frame to every console; return how many got it."""
+    def count(self) -> int:
+        """Consoles connected to this replica."""
+        return len(self._sockets)
+
+    async def send(self, key: str, frame: dict[str, Any], *, catch_up: bool = False) -> int:
+        """Send a frame heard on the feed to every console here; return how many got it."""
         sent = 0
         for ws in list(self._sockets):
             try:
@@ -35,3 +52,32 @@ class AgentHub:
             except Exception:
                 self.remove(ws)
         return sent
+
+    def positions(self) -> dict[str, FrameId]:
+        """The console feed is not buffered: nothing to catch up."""
+        return {}
+
+
+class ConsoleFeed:
+    """Where handlers and routes send console frames: to every console on every replica."""
+
+    def __init__(self, fanout: Fanout) -> None:
+        self.fanout = fanout
+
+    async def broadcast(self, frame: dict[str, Any]) -> None:
+        """Publish a frame for every replica's consoles."""
+        await self.fanout.publish(FEED_KEY, frame)
+
+
+def message_frame(
+    conversation_id: str, role: str, text: str, at: str, emotion: Any
+) -> dict[str, Any]:
+    """A transcript line for the consoles."""
+    return {
+        "type": "message",
+        "conversation_id": conversation_id,
+        "role": role,
+        "text": text,
+        "at": at,
+        "emotion": emotion,
+    }

@@ -34,10 +34,12 @@ from pydantic import (
 
 from shared.events import (
     EmotionLabel,
+    ReplyFlag,
     Role,
     RouteReason,
     RouteTarget,
     RoutingDecision,
+    Severity,
     SignalName,
     TurnContextualized,
 )
@@ -125,6 +127,8 @@ class Rule(_Model):
     """One escalation rule: its settings, and how to tell whether it fires on a turn."""
 
     enabled: bool = True
+    severity: Severity = "low"
+    """How urgent the ticket is when this rule fires; the queue is ordered by it."""
 
     def evaluate(self, facts: Facts) -> str | None:
         """The evidence when the rule fires on this turn, None when it does not."""
@@ -303,7 +307,8 @@ class HighValueNegativeRule(Rule):
 class GenerationFlagsRule(Rule):
     """The previous reply was flagged by generation (fallback text, needs a human, guardrail)."""
 
-    flags: list[str]
+    flags: list[ReplyFlag]
+    """Only flags generation can raise (`shared.events.ReplyFlag`): a typo is refused."""
 
     def raised(self, reply_flags: Sequence[str]) -> list[str]:
         """The reply's flags this rule escalates on, each once, in the reply's order."""
@@ -487,7 +492,7 @@ def decide(
         bot_turns=bot_turns,
     )
     reasons = [
-        RouteReason(code=name, detail=detail)
+        RouteReason(code=name, detail=detail, severity=rule.severity)
         for name, rule in policy.rules.enabled()
         if (detail := rule.evaluate(facts))
     ]

@@ -3,10 +3,14 @@
 from pathlib import Path
 from typing import Self
 
+from argon2 import extract_parameters
+from argon2.exceptions import InvalidHashError
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.escalation.auth import is_password_hash
 from services.escalation.policy import DEFAULT_POLICY_PATH
+from shared.credentials import require_secret
 from shared.settings import ServiceSettings
 
 DEV_AGENTS = {"agent": "agent"}
@@ -25,7 +29,8 @@ class EscalationSettings(ServiceSettings):
     agents: dict[str, SecretStr] = Field(
         default_factory=lambda: {k: SecretStr(v) for k, v in DEV_AGENTS.items()}
     )
-    """Agent ids and passwords, as JSON: {"alice": "...", "bob": "..."}."""
+    """Agent ids and argon2 password hashes, as JSON: {"alice": "$argon2id$...", ...}
+    (`cbd agents hash-password`); plain-text passwords are accepted in development only."""
     agent_token_secret: SecretStr = SecretStr(DEV_SECRET)
     agent_token_ttl_s: int = Field(default=12 * 3600, ge=60)
     handle_minutes: float = Field(default=4.0, gt=0)
@@ -37,6 +42,29 @@ class EscalationSettings(ServiceSettings):
         if self.environment == "production":
             if self.agent_token_secret.get_secret_value() == DEV_SECRET:
                 raise ValueError("set CBD_ESCALATION_AGENT_TOKEN_SECRET in production")
+            require_secret(
+                "CBD_ESCALATION_AGENT_TOKEN_SECRET", self.agent_token_secret.get_secret_value()
+            )
             if {k: v.get_secret_value() for k, v in self.agents.items()} == DEV_AGENTS:
                 raise ValueError("set CBD_ESCALATION_AGENTS in production")
+            if not self.agents:
+                raise ValueError("CBD_ESCALATION_AGENTS lists no agents")
+            if set(DEV_AGENTS) & set(self.agents):
+                raise ValueError("the development `agent` account is refused in production")
+            for agent_id, credential in self.agents.items():
+                if not _valid_hash(credential.get_secret_value()):
+                    raise ValueError(
+                        f"CBD_ESCALATION_AGENTS[{agent_id}] must be an argon2 hash "
+                        "(make one with `cbd agents hash-password`), never a password"
+                    )
         return self
+
+
+def _valid_hash(value: str) -> bool:
+    if not is_password_hash(value):
+        return False
+    try:
+        extract_parameters(value)
+    except InvalidHashError:
+        return False
+    return True

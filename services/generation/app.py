@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
-from starlette.applications import Starlette
+from fastapi import FastAPI
 
 from services.generation.breaker import CircuitBreaker
 from services.generation.fence import OwnershipFence
@@ -18,7 +18,7 @@ from shared.topics import Topic
 Settings = GenerationSettings
 
 
-def create_app(settings: GenerationSettings | None = None) -> Starlette:
+def create_app(settings: GenerationSettings | None = None) -> FastAPI:
     """Build the generation service."""
     cfg = settings or GenerationSettings()
     # Loaded before start-up completes: a broken playbook or tenant file fails the deploy,

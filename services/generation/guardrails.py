@@ -3,7 +3,9 @@
 Three checks, on every bot reply and every suggestion drafted for an agent:
 
 - **Prompt leakage.** The system prompt carries a secret canary; a reply containing it (in any
-  case or spacing), or eight words in a row of the prompt's principles and rules, is a leak.
+  case or spacing), eight words in a row of the prompt's principles, rules and strategies, or
+  the per-turn section's headers ("Strategy:", "Knowledge (the only facts...)", entry ids), is
+  a leak.
   The reply stops streaming and is regenerated or replaced (see handlers).
 - **Sensitive numbers.** Luhn-valid 13-19 digit runs (payment cards, with spaces or hyphens),
   US social security numbers, IBANs (mod-97 valid) and card security codes are masked: the
@@ -59,6 +61,19 @@ SHINGLE_WORDS = 8
 _WORDS = re.compile(r"[a-z0-9]+")
 _NON_ALNUM = re.compile(r"[^a-z0-9]")
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s)|\n")
+SENTENCE_END = _SENTENCE_END
+"""Where a sentence ends: terminal punctuation before a space, or a line break."""
+# The per-turn section's headers and markers (prompt.py): a reply that echoes them is
+# reading its instructions out, even when no eight words of the rules are in it.
+_TURN_SECTION = re.compile(
+    r"(?:^|[\s\"'(*#-])(?:emotion|strategy|situation|what works|avoid|knowledge|customer tier|"
+    r"earlier conversations)(?:\s*\([^)]{0,40}\))?\s*:"
+    r"|the customer seems to feel|\(intensity\s+\d|signals:\s*[a-z_]+"
+    r"|what you know about this customer|the only facts you may state"
+    r"|nothing in the knowledge base matches|<\s*/?\s*(?:memory|customer)\s*>"
+    r"|\[[a-z0-9_]+/[a-z0-9-]+\]|\bopen issue \(",
+    re.IGNORECASE,
+)
 
 # "I'll", "we will", "I can", "I have", "you'll", "here is": the openers of a promise.
 _PROMISE = re.compile(
@@ -208,9 +223,11 @@ class Guardrails:
         self._approval = re.compile(rf"\b(?:{terms})\w*\b(?!\s+cards?\b)", re.IGNORECASE)
 
     def leak(self, text: str) -> str | None:
-        """How the text leaks the prompt (`canary`, `system_prompt`), or None."""
+        """How the text leaks the prompt (`canary`, `system_prompt`, `turn_section`), or None."""
         if self.canary in _normalise(text):
             return "canary"
+        if _TURN_SECTION.search(text):
+            return "turn_section"
         words = _WORDS.findall(text.lower())
         for i in range(len(words) - SHINGLE_WORDS + 1):
             if tuple(words[i : i + SHINGLE_WORDS]) in self._shingles:

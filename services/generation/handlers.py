@@ -6,17 +6,21 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 
 from services.generation.assist import coaching_tips
+from services.generation.care import CareKit, CareReport, CheckedStream, TurnCheck
+from services.generation.compose import compose
 from services.generation.fence import OwnershipFence
 from services.generation.guardrails import (
     FLAG_GUARDRAIL,
     FLAG_LEAK,
     Guardrails,
+    StreamGuard,
     TenantPolicy,
     Verdict,
 )
@@ -27,17 +31,21 @@ from services.generation.prompt import (
     FALLBACK_REPLY,
     PROTECTED_TEXTS,
     SAFE_REPLY,
+    STRATEGIES,
     BuiltPrompt,
     PromptBuilder,
     handoff_notice,
 )
-from services.generation.settings import GenerationSettings
+from services.generation.settings import GenerationSettings, ReplyMode
 from services.generation.variants import Variant, assign_variant
 from shared.events import (
     AgentAssist,
     AssistSuggestedEvent,
+    CareFinding,
+    CareVerdict,
     ReplyDelta,
     ReplyDeltaEvent,
+    ReplyFlag,
     ReplyGenerated,
     ReplyGeneratedEvent,
     Role,
@@ -47,7 +55,6 @@ from shared.events import (
 )
 from shared.kafka import EventBus
 from shared.metrics import LATENCY_BUCKETS
-from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +76,73 @@ FIRST_DELTA_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 
+CARE_VERDICTS = Counter(
+    "cbd_care_verdicts_total",
+    "Bot replies by the care check's verdict (passed, regenerated, composed, unchecked, fallback).",
+    ["verdict", "mode"],
+)
+CARE_DRAFTS = Counter(
+    "cbd_care_drafts_total",
+    "LLM drafts the care check read, by attempt (first, regenerated) and outcome (passed, "
+    "failed): the failure share of first drafts is the model's care quality.",
+    ["attempt", "outcome"],
+)
+CARE_FINDINGS = Counter(
+    "cbd_care_findings_total", "Care check findings in LLM drafts, by check.", ["check"]
+)
+CARE_CHECK_SECONDS = Histogram(
+    "cbd_care_check_seconds",
+    "Time the care check spent on a reply's first ended sentence before releasing it: what "
+    "the check adds to the first streamed text.",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+
+LLM_FLAGS = {
+    flag.value: flag
+    for flag in (
+        ReplyFlag.CONNECTION,
+        ReplyFlag.FIRST_TOKEN_TIMEOUT,
+        ReplyFlag.TIMEOUT,
+        ReplyFlag.CIRCUIT_OPEN,
+    )
+}
+
+
+def llm_failure_flag(kind: str) -> ReplyFlag:
+    """The reply flag for how the LLM failed (`http_503` and friends are `http_error`)."""
+    return LLM_FLAGS.get(kind, ReplyFlag.HTTP_ERROR)
+
+
 REGENERATE_NOTE = (
     "Your previous draft broke the rules above (it repeated internal instructions). Write a "
     "new reply that only helps with the customer's actual need."
 )
+
+
+def care_regenerate_note(findings: Sequence[CareFinding]) -> str:
+    """What the regeneration is told about why its first draft was not sent."""
+    reasons = {
+        "grounding": "it stated a number, link, date, amount or reference that is not in the "
+        "knowledge section, or claimed to have done something nobody did; state only facts "
+        "from the knowledge section and never say you checked, changed or refunded anything",
+        "tone": "its tone was unkind (hostile, sarcastic, blaming or dismissive); be warm and "
+        "respectful",
+        "acknowledgement": "it did not first acknowledge how the customer feels; open with "
+        "one short sentence that does",
+        "relevance": "it did not answer the customer's message; answer what they asked, "
+        "using the knowledge section",
+        "co_creation": "it did not handle a request that cannot be met: say kindly that it "
+        "cannot, and offer the closest alternative from the knowledge section",
+        "repetition": "it repeated your previous reply word for word; say it differently and "
+        "move the conversation on",
+        "leak": "it repeated internal instructions",
+    }
+    named = [reasons[c] for c in dict.fromkeys(f.check for f in findings)]
+    return (
+        "Your previous draft was not sent because "
+        + "; and ".join(named)
+        + ". Write a new reply that only helps with the customer's actual need."
+    )
 
 
 def build_prompting(settings: GenerationSettings) -> tuple[PromptBuilder, Guardrails]:
@@ -85,16 +155,30 @@ def build_prompting(settings: GenerationSettings) -> tuple[PromptBuilder, Guardr
             settings.tenant,
             settings.knowledge_dir,
         )
+    playbooks = PlaybookLibrary.load(settings.playbooks_path)
     prompts = PromptBuilder(
         company=policy.company,
         canary=settings.canary,
-        playbooks=PlaybookLibrary.load(settings.playbooks_path),
+        playbooks=playbooks,
         knowledge=knowledge,
         knowledge_top_k=settings.knowledge_top_k,
         knowledge_min_score=settings.knowledge_min_score,
     )
-    rails = Guardrails(settings.canary, PROTECTED_TEXTS, policy)
+    # The per-turn strategies are instructions too: a reply reading them out is a leak.
+    protected = [*PROTECTED_TEXTS, *STRATEGIES.values(), *(p.strategy for p in playbooks.playbooks)]
+    rails = Guardrails(settings.canary, protected, policy)
     return prompts, rails
+
+
+@dataclass(frozen=True)
+class _Final:
+    """A bot reply ready to publish, with what the care check said about it."""
+
+    text: str
+    flags: list[str]
+    verdict: CareVerdict
+    findings: list[CareFinding] = field(default_factory=list)
+    relevance: float | None = None
 
 
 @dataclass
@@ -122,6 +206,7 @@ class GenerationHandlers:
         fence: OwnershipFence | None = None,
         prompts: PromptBuilder | None = None,
         rails: Guardrails | None = None,
+        care: CareKit | None = None,
     ) -> None:
         self.bus = bus
         self.llm = llm
@@ -132,6 +217,7 @@ class GenerationHandlers:
             prompts, rails = prompts or built_prompts, rails or built_rails
         self.prompts = prompts
         self.rails = rails
+        self.care = care or CareKit.build(settings, prompts.knowledge)
         self._last_suggestion: dict[str, float] = {}
         # Assist runs beside the consumer, one LLM call at a time, so suggestions for agents
         # never hold up replies to customers queued behind them on the same partition.
@@ -141,7 +227,7 @@ class GenerationHandlers:
     async def _schedule_assist(self, event: TurnRoutedEvent) -> None:
         if len(self._assist_tasks) >= MAX_PENDING_ASSISTS:
             # Backlogged: coaching tips now, no suggestion, rather than stale help later.
-            await self._publish_assist(event, [])
+            await self._publish_assist(event, [], [])
             return
         task = asyncio.create_task(self._assist(event), name="agent-assist")
         self._assist_tasks.add(task)
@@ -231,12 +317,15 @@ class GenerationHandlers:
         """Draft a reply and coaching tips for the person handling the conversation.
 
         The same machinery as a bot reply (care prompt, playbook, memory, knowledge,
-        guardrails), but the draft goes to the agent, who decides what the customer sees.
+        guardrails, care check), but the draft goes to the agent with the check's verdict,
+        and the agent decides what the customer sees. A draft that leaks the prompt is
+        dropped: an agent is never handed the canary.
         """
         turn = event.payload
         suggestions: list[str] = []
+        reports: list[CareReport] = []
         if not self._wants_suggestion(event):
-            await self._publish_assist(event, suggestions)
+            await self._publish_assist(event, suggestions, reports)
             return
         prompt = self.prompts.build(turn, Variant.CARE, assist=True)
         try:
@@ -246,17 +335,21 @@ class GenerationHandlers:
             if verdict.leak is not None:
                 log.warning("dropped a suggestion that leaked the prompt (%s)", verdict.leak)
             elif verdict.text:
+                check = self.care.for_turn(turn, prompt)
+                report = await asyncio.to_thread(check.whole, verdict.text)
                 suggestions.append(verdict.text)
+                reports.append(report)
         except LLMUnavailable as exc:
             # Tips alone still help; the agent writes the reply.
             log.warning("no suggested reply for the agent: %s", exc)
-        await self._publish_assist(event, suggestions)
+        await self._publish_assist(event, suggestions, reports)
 
-    async def _publish_assist(self, event: TurnRoutedEvent, suggestions: list[str]) -> None:
+    async def _publish_assist(
+        self, event: TurnRoutedEvent, suggestions: list[str], reports: Sequence[CareReport]
+    ) -> None:
         turn = event.payload
         match = self.prompts.select_playbook(turn)
         await self.bus.publish(
-            Topic.ASSIST_SUGGESTED,
             event.derive(
                 AssistSuggestedEvent,
                 AgentAssist(
@@ -264,57 +357,212 @@ class GenerationHandlers:
                     suggestions=suggestions,
                     tips=coaching_tips(turn, match.playbook if match else None),
                     model=self.llm.model if suggestions else None,
+                    suggestion_verdicts=[
+                        CareVerdict.PASSED if r.passed else CareVerdict.FAILED for r in reports
+                    ],
+                    suggestion_findings=[list(r.findings) for r in reports],
                 ),
             ),
         )
 
     async def _answer(self, event: TurnRoutedEvent, reply_id: uuid.UUID) -> None:
-        """Stream the LLM's reply to the customer, or the caring fallback when it fails."""
+        """Answer the customer in the configured mode; the caring fallback when the LLM fails.
+
+        - `llm_checked`: stream sentence by sentence through the guardrails and the care
+          check; a failing draft is regenerated once (not streamed), then composed;
+        - `llm`: stream through the guardrails; the care check's findings are recorded;
+        - `composed`: no LLM; the reply is composed from knowledge, playbook and strategy.
+        """
         started = time.perf_counter()
         variant = self.variant_for(event.conversation_id)
         prompt = self.prompts.build(event.payload, variant)
         PROMPT_SECONDS.observe(time.perf_counter() - started)
+        mode = self.settings.reply_mode
+        check = self.care.for_turn(event.payload, prompt)
         state = _Stream(reply_id=reply_id, started=started, last_flush=started)
-        flags: list[str] = []
-        verdict: Verdict | None = None
+        final: _Final | None = None
         try:
-            verdict = await self._stream_reply(event, prompt, state)
+            if mode is ReplyMode.COMPOSED:
+                final = await self._composed(event, prompt, check, [], [])
+            elif mode is ReplyMode.LLM_CHECKED:
+                final = await self._checked(event, prompt, check, state)
+            else:
+                final = await self._unchecked(event, prompt, check, state)
         except LLMUnavailable as exc:
             log.warning("LLM unavailable, sending the fallback reply: %s", exc)
-            flags = ["llm_fallback", "needs_human", exc.kind]
-        reply = ""
-        if verdict is not None and not flags:
-            reply, flags = await self._settle(prompt, verdict)
-        if state.suppressed or not await self._bot_may_speak(event):
+            flags = [ReplyFlag.LLM_FALLBACK, ReplyFlag.NEEDS_HUMAN, llm_failure_flag(exc.kind)]
+            final = _Final(FALLBACK_REPLY, [f.value for f in flags], CareVerdict.FALLBACK)
+        if final is None or state.suppressed or not await self._bot_may_speak(event):
             # A person took the conversation while the bot was writing: they answer it.
             REPLIES.labels("suppressed").inc()
             return
-        if not flags and not reply:
-            flags = ["llm_fallback", "needs_human", "empty_completion"]
-        if "llm_fallback" in flags:
-            reply = FALLBACK_REPLY
+        if final.verdict is CareVerdict.FALLBACK:
             REPLIES.labels("fallback").inc()
+        elif final.verdict is CareVerdict.COMPOSED:
+            REPLIES.labels("composed").inc()
         else:
             REPLIES.labels("llm").inc()
+        CARE_VERDICTS.labels(final.verdict.value, mode.value).inc()
         REPLY_VARIANTS.labels(variant.value).inc()
         await self._publish_reply(
             event,
             reply_id,
             Role.BOT,
-            reply,
-            flags,
-            model=self.llm.model,
+            final.text,
+            final.flags,
+            model=self.llm.model if final.verdict is not CareVerdict.COMPOSED else None,
             latency_ms=(time.perf_counter() - started) * 1000,
             ttft_ms=state.ttft_ms,
             tokens=state.tokens,
             prompt=prompt,
+            final=final,
         )
 
-    async def _stream_reply(
-        self, event: TurnRoutedEvent, prompt: BuiltPrompt, state: _Stream
-    ) -> Verdict | None:
-        """Stream the guarded reply as deltas; its final verdict (None if suppressed)."""
+    async def _unchecked(
+        self, event: TurnRoutedEvent, prompt: BuiltPrompt, check: TurnCheck, state: _Stream
+    ) -> _Final | None:
+        """Mode `llm`: the guardrails act, the care check only reports."""
         guard = self.rails.stream()
+        if not await self._pump(event, prompt, state, guard):
+            return None
+        rest, verdict = guard.finish()
+        if rest:
+            state.pending.append(rest)
+        # Acknowledged, so the final reply is not published ahead of the last slice.
+        await self._flush(event, state, confirm=True)
+        reply, flags = await self._settle(prompt, verdict)
+        if not flags and not reply:
+            empty = [ReplyFlag.LLM_FALLBACK, ReplyFlag.NEEDS_HUMAN, ReplyFlag.EMPTY_COMPLETION]
+            return _Final(FALLBACK_REPLY, _values(empty), CareVerdict.FALLBACK)
+        report = await asyncio.to_thread(check.whole, reply)
+        self._count_draft("first", report)
+        flags = [*flags, *(f.value for f in report.flags if f.value not in flags)]
+        return _Final(reply, flags, CareVerdict.UNCHECKED, list(report.findings), report.relevance)
+
+    async def _checked(
+        self, event: TurnRoutedEvent, prompt: BuiltPrompt, check: TurnCheck, state: _Stream
+    ) -> _Final | None:
+        """Mode `llm_checked`: stream what passes, regenerate once, then compose."""
+        guard = CheckedStream(self.rails, check)
+        if not await self._pump(event, prompt, state, guard):
+            return None
+        rest, text, report, verdict = await asyncio.to_thread(guard.finish)
+        if rest:
+            state.pending.append(rest)
+        await self._flush(event, state, confirm=True)
+        if guard.check_s:
+            CARE_CHECK_SECONDS.observe(guard.check_s[0])
+        findings = list(report.findings)
+        if verdict.leak is not None:
+            findings.append(
+                CareFinding(check="leak", flag=ReplyFlag.PROMPT_LEAK, detail=verdict.leak)
+            )
+        self._count_draft("first", report, leaked=verdict.leak is not None)
+        if not findings and text:
+            return _Final(text, list(verdict.flags), CareVerdict.PASSED, [], report.relevance)
+        empty = not findings and not text
+        if empty:
+            # Nothing usable came back: nothing to regenerate from, compose.
+            return await self._composed(event, prompt, check, [], [ReplyFlag.EMPTY_COMPLETION])
+        return await self._regenerate(event, prompt, check, findings)
+
+    async def _regenerate(
+        self,
+        event: TurnRoutedEvent,
+        prompt: BuiltPrompt,
+        check: TurnCheck,
+        findings: list[CareFinding],
+    ) -> _Final:
+        """One more draft, told what was wrong, not streamed; composed if it fails too."""
+        leaked = any(f.check == "leak" for f in findings)
+        log.info(
+            "reply failed the care check (%s); regenerating",
+            ", ".join(f.flag.value for f in findings),
+        )
+        note = REGENERATE_NOTE if leaked and len(findings) == 1 else care_regenerate_note(findings)
+        messages = [*prompt.messages[:-1], ChatMessage("system", note), prompt.messages[-1]]
+        base = [ReplyFlag.GUARDRAIL, ReplyFlag.PROMPT_LEAK] if leaked else []
+        base.append(ReplyFlag.CARE_FAILED)
+        try:
+            again = self.rails.check(await self._complete(messages, self.settings.max_tokens))
+        except LLMUnavailable as exc:
+            log.warning("no regeneration (%s): composing the reply", exc)
+            again = None
+        if again is not None and again.leak is None and again.text:
+            report = await asyncio.to_thread(check.whole, again.text)
+            self._count_draft("regenerated", report)
+            if report.passed:
+                REPLIES.labels("regenerated").inc()
+                flags = [*base, ReplyFlag.REGENERATED, *_first_flags(findings)]
+                return _Final(
+                    again.text,
+                    [*_values(flags), *again.flags],
+                    CareVerdict.REGENERATED,
+                    findings,
+                    report.relevance,
+                )
+            findings = [*findings, *report.findings]
+        elif again is not None:
+            self._count_draft("regenerated", CareReport(), leaked=again.leak is not None)
+            if again.leak is not None:
+                findings = [
+                    *findings,
+                    CareFinding(check="leak", flag=ReplyFlag.PROMPT_LEAK, detail=again.leak),
+                ]
+                if not leaked:
+                    base[:0] = [ReplyFlag.GUARDRAIL, ReplyFlag.PROMPT_LEAK]
+        REPLIES.labels("replaced").inc()
+        return await self._composed(event, prompt, check, findings, base)
+
+    async def _composed(
+        self,
+        event: TurnRoutedEvent,
+        prompt: BuiltPrompt,
+        check: TurnCheck,
+        findings: list[CareFinding],
+        flags: Sequence[ReplyFlag],
+    ) -> _Final:
+        """The reply composed without the LLM; `findings` are the failed drafts'."""
+        made = compose(
+            event.payload,
+            prompt.hits,
+            prompt.match,
+            negative=check.customer_negative,
+            previous_reply=check.previous_reply,
+        )
+        verdict = self.rails.check(made.text)
+        text = verdict.text if verdict.leak is None and verdict.text else SAFE_REPLY
+        report = await asyncio.to_thread(check.whole, text)
+        broken = [f for f in report.findings if f.check != "relevance"]
+        if broken:
+            # Composed from checked parts, so this is a bug in a part: say so loudly. (Low
+            # relevance is expected when the knowledge base has no answer.)
+            log.error("a composed reply failed the care check: %s", broken)
+        all_flags = [*flags, *_first_flags(findings), *made.flags, *verdict.flags]
+        return _Final(
+            text,
+            list(dict.fromkeys(_values(all_flags))),
+            CareVerdict.COMPOSED,
+            [*findings, *report.findings],
+            report.relevance,
+        )
+
+    def _count_draft(self, attempt: str, report: CareReport, *, leaked: bool = False) -> None:
+        failed = leaked or not report.passed
+        CARE_DRAFTS.labels(attempt, "failed" if failed else "passed").inc()
+        for finding in report.findings:
+            CARE_FINDINGS.labels(finding.check).inc()
+        if leaked:
+            CARE_FINDINGS.labels("leak").inc()
+
+    async def _pump(
+        self,
+        event: TurnRoutedEvent,
+        prompt: BuiltPrompt,
+        state: _Stream,
+        guard: StreamGuard | CheckedStream,
+    ) -> bool:
+        """Stream the LLM's reply through a guard as deltas; False if a person took over."""
         flush_s = self.settings.delta_flush_ms / 1000
         async with aclosing(
             self.llm.stream(
@@ -339,14 +587,9 @@ class GenerationHandlers:
                 if state.pending and due:
                     if not await self._bot_may_speak(event):
                         state.suppressed = True
-                        return None
+                        return False
                     await self._flush(event, state)
-        rest, verdict = guard.finish()
-        if rest:
-            state.pending.append(rest)
-        # Acknowledged, so the final reply is not published ahead of the last slice.
-        await self._flush(event, state, confirm=True)
-        return verdict
+        return True
 
     async def _flush(
         self, event: TurnRoutedEvent, state: _Stream, *, confirm: bool = False
@@ -361,7 +604,6 @@ class GenerationHandlers:
             text="".join(state.pending),
         )
         await self.bus.publish(
-            Topic.REPLY_DELTA,
             event.derive(ReplyDeltaEvent, delta, part=f":{state.seq}"),
             confirm=confirm,
         )
@@ -372,8 +614,8 @@ class GenerationHandlers:
         state.last_flush = time.perf_counter()
 
     async def _settle(self, prompt: BuiltPrompt, verdict: Verdict) -> tuple[str, list[str]]:
-        """The final text and flags of a checked reply; a leaking one is regenerated once
-        (not streamed) and, if that fails too, replaced with a safe reply."""
+        """Mode `llm`: the final text and flags of a guarded reply; a leaking one is
+        regenerated once (not streamed) and, if that fails too, replaced with a safe reply."""
         if verdict.leak is None:
             return verdict.text, list(verdict.flags)
         log.warning("reply leaked the prompt (%s); regenerating", verdict.leak)
@@ -398,13 +640,14 @@ class GenerationHandlers:
         reply_id: uuid.UUID,
         author: Role,
         text: str,
-        flags: list[str],
+        flags: Sequence[str],
         *,
         model: str | None = None,
         latency_ms: float | None = None,
         ttft_ms: float | None = None,
         tokens: int | None = None,
         prompt: BuiltPrompt | None = None,
+        final: _Final | None = None,
     ) -> None:
         reply = ReplyGenerated(
             turn_id=event.payload.message.turn_id,
@@ -412,7 +655,7 @@ class GenerationHandlers:
             author=author,
             text=text,
             turn_received_at=event.payload.message.received_at,
-            flags=flags,
+            flags=list(flags),
             model=model,
             variant=prompt.variant.value if prompt else None,
             playbook=prompt.playbook if prompt else None,
@@ -421,5 +664,18 @@ class GenerationHandlers:
             latency_ms=latency_ms,
             ttft_ms=ttft_ms,
             tokens=tokens,
+            care_verdict=final.verdict if final else None,
+            care_findings=final.findings if final else [],
+            relevance=final.relevance if final else None,
+            reply_mode=self.settings.reply_mode.value if final else None,
         )
-        await self.bus.publish(Topic.REPLY_GENERATED, event.derive(ReplyGeneratedEvent, reply))
+        await self.bus.publish(event.derive(ReplyGeneratedEvent, reply))
+
+
+def _values(flags: Sequence[ReplyFlag | str]) -> list[str]:
+    return [f.value if isinstance(f, ReplyFlag) else f for f in flags]
+
+
+def _first_flags(findings: Sequence[CareFinding]) -> list[ReplyFlag]:
+    """Each finding's flag once (leaks are named by the guardrail flags instead)."""
+    return list(dict.fromkeys(f.flag for f in findings if f.check != "leak"))

@@ -10,14 +10,15 @@ data so that it cannot rewrite the rules.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from services.generation.knowledge import KnowledgeBase, KnowledgeHit
 from services.generation.llm import ChatMessage
 from services.generation.playbooks import PlaybookLibrary, PlaybookMatch
+from services.generation.tone import ToneCues
 from services.generation.variants import Variant
 from shared.events import EmotionLabel, MemoryKind, Role, TurnRouted
+from shared.untrusted import neutralize_tags, normalize
 
 CARE_PRINCIPLES = """\
 How you answer:
@@ -91,24 +92,14 @@ def handoff_notice(eta_minutes: int | None) -> str:
     )
 
 
-def _tag_pattern(tag: str) -> re.Pattern[str]:
-    # Any spelling of the tag a model might read as one: case, spaces, a slash anywhere inside.
-    return re.compile(rf"<\s*(/?)\s*{tag}\s*/?\s*>", re.IGNORECASE)
-
-
-_TAGS = {tag: _tag_pattern(tag) for tag in ("customer", "memory")}
+_TAGS = ("customer", "memory")
 
 
 def quote(tag: str, text: str) -> str:
-    """Wrap untrusted text in a tag; every spelling of our tags inside it is neutralised."""
-    safe = text
-    for name, rx in _TAGS.items():
-
-        def neutral(m: re.Match[str], name: str = name) -> str:
-            return f"[{m.group(1)}{name}]"
-
-        safe = rx.sub(neutral, safe)
-    return f"<{tag}>{safe}</{tag}>"
+    """Wrap untrusted text in a tag. The text is first folded to what a model reads (NFKC, no
+    invisible or bidi characters, look-alike brackets made ASCII; shared/untrusted.py), then
+    every spelling of our tags inside it is neutralised, so it cannot close the fence."""
+    return f"<{tag}>{neutralize_tags(normalize(text), _TAGS)}</{tag}>"
 
 
 def quote_customer(text: str) -> str:
@@ -147,6 +138,12 @@ class BuiltPrompt:
     knowledge_used: tuple[str, ...] = ()
     memories_used: tuple[str, ...] = ()
     strategy: str = ""
+    hits: tuple[KnowledgeHit, ...] = ()
+    """The knowledge retrieved for the turn (the care check and composed replies use it)."""
+    match: PlaybookMatch | None = None
+    """The playbook chosen for the turn, whichever variant's prompt this is."""
+    sarcastic: str | None = None
+    """The words that make the customer's message read as sarcasm, if any."""
 
 
 class PromptBuilder:
@@ -161,8 +158,10 @@ class PromptBuilder:
         knowledge: KnowledgeBase,
         knowledge_top_k: int = 3,
         knowledge_min_score: float = 0.08,
+        cues: ToneCues | None = None,
     ) -> None:
         self.canary = canary
+        self.cues = cues or ToneCues.load()
         self.playbooks = playbooks
         self.knowledge = knowledge
         self.knowledge_top_k = knowledge_top_k
@@ -172,13 +171,25 @@ class PromptBuilder:
             Variant.BASELINE: baseline_system_prompt(company, canary),
         }
 
+    def sarcasm(self, turn: TurnRouted) -> str | None:
+        """The words that make this message read as sarcasm ("Oh brilliant..."), or None."""
+        return self.cues.is_sarcastic(turn.message.text)
+
     def select_playbook(self, turn: TurnRouted) -> PlaybookMatch | None:
-        """The scenario playbook for this turn, from its text, emotion and the last message."""
+        """The scenario playbook for this turn, from its text, emotion and the last message.
+
+        Sarcastic praise is a complaint: it never picks the celebration playbook.
+        """
         previous = next(
             (t.text for t in reversed(turn.context.recent_turns) if t.role is Role.CUSTOMER),
             None,
         )
-        return self.playbooks.select(turn.message.text, turn.emotion.label, previous)
+        return self.playbooks.select(
+            turn.message.text,
+            turn.emotion.label,
+            previous,
+            sarcastic=self.sarcasm(turn) is not None,
+        )
 
     def retrieve(self, turn: TurnRouted, match: PlaybookMatch | None = None) -> list[KnowledgeHit]:
         """Knowledge for this turn's question.
@@ -218,7 +229,7 @@ class PromptBuilder:
         strategy = ""
         if variant is Variant.CARE:
             strategy = STRATEGIES[turn.emotion.label]
-            sections.append(self._emotion_section(turn, strategy))
+            sections.append(self._emotion_section(turn, strategy, self.sarcasm(turn)))
             if match is not None:
                 sections.append(self._playbook_section(match))
             memory, memory_ids = self._memory_section(turn)
@@ -242,15 +253,20 @@ class PromptBuilder:
             knowledge_used=tuple(h.entry.id for h in hits),
             memories_used=memory_ids,
             strategy=strategy,
+            hits=tuple(hits),
+            match=match,
+            sarcastic=self.sarcasm(turn),
         )
 
     @staticmethod
-    def _emotion_section(turn: TurnRouted, strategy: str) -> str:
+    def _emotion_section(turn: TurnRouted, strategy: str, sarcastic: str | None = None) -> str:
         emotion = turn.emotion
         line = (
             f"Emotion: the customer seems to feel {emotion.label.value} "
             f"(intensity {emotion.intensity:.1f})"
         )
+        if sarcastic:
+            line += "; their praise is sarcastic: they are complaining"
         signals = sorted({s.name for s in emotion.signals})
         if signals:
             line += f"; signals: {', '.join(signals)}"

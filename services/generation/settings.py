@@ -1,7 +1,9 @@
 """Generation service settings (env prefix `CBD_GENERATION_`)."""
 
 import secrets
+from enum import StrEnum
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -17,10 +19,25 @@ def _new_canary() -> str:
     return "zq" + secrets.token_hex(6)
 
 
+class ReplyMode(StrEnum):
+    """How bot replies are produced (`CBD_GENERATION_REPLY_MODE`)."""
+
+    LLM = "llm"
+    """The LLM's reply as the guardrails leave it; the care check's findings are recorded
+    but not acted on (for a strong model, or to measure the check itself)."""
+    LLM_CHECKED = "llm_checked"
+    """The LLM's reply, released sentence by sentence once each passes the care check;
+    regenerated once on failure, then composed without the LLM (the default)."""
+    COMPOSED = "composed"
+    """No LLM for replies: composed from the acknowledgement, knowledge and playbook."""
+
+
 class GenerationSettings(ServiceSettings):
     """How the generation service runs and which LLM it talks to."""
 
     model_config = SettingsConfigDict(env_prefix="CBD_GENERATION_", extra="ignore")
+
+    uses_postgres: ClassVar[bool] = False
 
     port: int = 8004
     llm_base_url: str = "http://127.0.0.1:8090/v1"
@@ -65,5 +82,12 @@ class GenerationSettings(ServiceSettings):
     """Share of conversations that get the plain baseline prompt (0: everyone gets care)."""
     variant_salt: str = ""
     """Change it to reshuffle which conversations get which variant (a new experiment)."""
+    reply_mode: ReplyMode = ReplyMode.LLM_CHECKED
+    """`llm`, `llm_checked` (default: what the small embedded model needs) or `composed`."""
+    relevance_check: bool = True
+    """Score replies for relevance with the MiniLM embedder (loaded at start-up)."""
+    relevance_threshold: float = Field(default=0.38, ge=-1.0, le=1.0)
+    """Below this similarity to the message and knowledge a reply is off topic; calibrated on
+    the dev split of `data/relevance_pairs.jsonl` (`python -m services.generation.relevance`)."""
     canary: str = Field(default_factory=_new_canary, min_length=8)
     """A secret marker in the system prompt: a reply that contains it is a prompt leak."""

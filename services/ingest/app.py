@@ -1,88 +1,91 @@
-"""Ingest service: HTTP and WebSocket edge, reply subscribers, /metrics, /livez, /readyz."""
+"""Ingest service: the HTTP and WebSocket edge, channel webhooks, reply subscribers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
+from typing import Any
 
 import httpx
-from starlette.applications import Starlette
-from starlette.routing import Route
+from fastapi import FastAPI
 
-from services.ingest.api import IngestAPI
-from services.ingest.channels.bursts import BurstMerger
 from services.ingest.channels.identity import Conversations
 from services.ingest.channels.outbound import MessagingOutbound
 from services.ingest.channels.replies import ChannelReplies
-from services.ingest.channels.routes import ChannelAPI
 from services.ingest.channels.voice import VoiceReplies
-from services.ingest.delivery import ConnectionHub, Fanout
+from services.ingest.delivery import ConnectionHub, conversation_fanout
+from services.ingest.edge import EdgeGuard
 from services.ingest.handlers import IngestHandlers
-from services.ingest.openapi import openapi_endpoint
+from services.ingest.intake import Intake
+from services.ingest.ownership import Owners
+from services.ingest.routers import channels, feedback, messages, pages, socket
 from services.ingest.settings import IngestSettings
+from shared import http
 from shared.events import CustomerErasedEvent, ReplyDeltaEvent, ReplyGeneratedEvent
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 
 Settings = IngestSettings
 
+DESCRIPTION = """The platform's edge for customers: REST and WebSocket chat, the embeddable
+widget, and the SMS, WhatsApp and voice providers' webhooks. Every message passes one intake:
+sensitive numbers become tokens, limits are spent, the conversation is claimed for its
+customer, and `turn.received` is published."""
 
-def create_app(settings: IngestSettings | None = None) -> Starlette:
+ROUTERS = (messages.router, feedback.router, socket.router, channels.router, pages.router)
+
+
+def _background(stack: AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> None:
+    """Run `work` until the service stops."""
+    task = asyncio.create_task(work, name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    stack.push_async_callback(stop)
+
+
+def create_app(settings: IngestSettings | None = None) -> FastAPI:
     """Build the ingest service."""
     cfg = settings or IngestSettings()
     hub = ConnectionHub()
-    api = IngestAPI(cfg, hub)
-    channel_api = ChannelAPI(cfg, api.guard)
+    prefix = cfg.redis.key_prefix
 
     async def wire(infra: Infra, stack: AsyncExitStack) -> None:
-        fanout = Fanout(infra.require_redis(), cfg.redis.key_prefix, hub)
-        listener = asyncio.create_task(fanout.run(), name="ingest-delivery")
-
-        async def stop_listener() -> None:
-            listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await listener
-
-        stack.push_async_callback(stop_listener)
-        await fanout.wait_listening()
         redis = infra.require_redis()
-        conversations = Conversations(redis, cfg.redis.key_prefix, cfg.conversation_idle_s)
-        voice = VoiceReplies(redis, cfg.redis.key_prefix)
+        fanout = conversation_fanout(redis, prefix, hub)
+        _background(stack, fanout.run(), "ingest-delivery")
+        await fanout.wait_listening()
+        guard = EdgeGuard(cfg, redis)
+        intake = Intake(cfg, infra.bus, redis, guard, Owners(redis, prefix, cfg.owner_ttl_s))
+        _background(stack, intake.bursts.run(), "ingest-bursts")
+        conversations = Conversations(redis, prefix, cfg.conversation_idle_s)
+        voice = VoiceReplies(redis, prefix)
         client = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0))
-        bursts = BurstMerger(redis, cfg.redis.key_prefix, cfg.burst_window_ms, api.accept)
-        sweeper = asyncio.create_task(bursts.run(), name="ingest-bursts")
-
-        async def stop_sweeper() -> None:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
-
-        stack.push_async_callback(stop_sweeper)
-        channel_api.accept = api.accept
-        channel_api.conversations = conversations
-        channel_api.bursts = bursts
-        channel_api.voice = voice
-        api.guard.redis = redis
-        channels = ChannelReplies(conversations, MessagingOutbound(cfg, redis, client), voice)
-        handlers = IngestHandlers(fanout, cfg.redis.key_prefix, channels)
+        outbound = MessagingOutbound(cfg, redis, client)
+        handlers = IngestHandlers(fanout, prefix, ChannelReplies(conversations, outbound, voice))
         infra.subscribe(Topic.REPLY_DELTA, ReplyDeltaEvent, handlers.on_reply_delta)
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)
         infra.subscribe(Topic.CUSTOMER_ERASED, CustomerErasedEvent, handlers.on_customer_erased)
-        api.redis = infra.redis
-        api.fanout = fanout
-        api.bus = infra.bus
+        for collaborator in (intake, guard, fanout, conversations, voice):
+            infra.provide(collaborator)
 
-    return build_app(
+    app = build_app(
         ServiceSpec(
             name="ingest",
             settings=cfg,
             wire=wire,
             uses_redis=True,
-            routes=[
-                *api.routes(),
-                *channel_api.routes(),
-                Route("/openapi.json", openapi_endpoint, methods=["GET"]),
-            ],
+            routers=ROUTERS,
+            max_body_bytes=cfg.max_body_bytes,
+            description=DESCRIPTION,
         )
     )
+    # Known before start-up: the pages serve while the rest is starting.
+    http.provide(app, cfg)
+    http.provide(app, hub)
+    return app

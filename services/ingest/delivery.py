@@ -1,26 +1,18 @@
 """Getting replies to the customer's open connections, whichever replica holds them.
 
 Replies reach ingest through its consumer group, so one replica consumes each reply, but the
-customer's WebSocket may be open on another. The consuming replica publishes the frame on a
-Redis channel per conversation; every replica listens on the pattern and forwards frames to
-the sockets it holds.
-
-Every frame published this way also goes into a short per-conversation Redis stream, in the
-same Lua script as the publish, and carries that stream entry's id as its frame `id`. Redis
-runs the script atomically, so live frames reach every listener in id order, and a client
-that reconnects with `after=<last id it saw>` gets the frames it missed replayed from the
-stream: nothing lost while the connection was down, nothing sent twice (the hub sends a socket
-only frames newer than the newest it has sent it). The record of every reply is still
-memory's, in PostgreSQL; the buffer only bridges a dropped connection or a page reload.
+customer's WebSocket may be open on another. Frames go through the shared fanout
+(`shared.fanout`, Redis channel `deliver:<conversation>`), buffered in the stream
+`frames:<conversation>` and numbered by it; every replica's listener hands what it hears to its
+`ConnectionHub`, which forwards frames to the sockets it holds, each frame once and in order.
+A client that reconnects with `after=<last id it saw>` gets what it missed replayed from the
+stream. The record of every reply is still memory's, in PostgreSQL; the buffer only bridges a
+dropped connection or a page reload.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
 import logging
-import re
 from collections import defaultdict, deque
 from typing import Any
 
@@ -28,60 +20,31 @@ import redis.asyncio as aioredis
 from prometheus_client import Counter
 from starlette.websockets import WebSocket
 
+from shared.fanout import Fanout, FrameId, frame_id_of, parse_frame_id
+
+__all__ = ["ConnectionHub", "Fanout", "FrameId", "conversation_fanout", "parse_frame_id"]
+
 log = logging.getLogger(__name__)
 
-FRAME_BUFFER_TEMPLATE = "frames:{conversation}"
+DELIVERY_CHANNEL = "deliver"
+"""Frames for conversation `c` travel on Redis channel `<prefix>deliver:c`."""
+FRAME_BUFFER = "frames"
+FRAME_BUFFER_TEMPLATE = FRAME_BUFFER + ":{conversation}"
 """The per-conversation frame buffer's key (after the Redis key prefix)."""
 FRAME_BUFFER_MAXLEN = 500
 """Frames kept per conversation (approximately: Redis trims whole stream nodes)."""
 FRAME_BUFFER_TTL_S = 24 * 3600
 """A conversation's buffer expires this long after its last frame."""
 
-FrameId = tuple[int, int]
-"""A stream entry id, `<milliseconds>-<sequence>`, as a pair that orders like Redis does."""
-
-_FRAME_ID = re.compile(r"^(\d{1,19})(?:-(\d{1,19}))?$")
-
 REPLAYED = Counter(
     "cbd_ingest_frames_replayed_total",
     "Frames sent again to a WebSocket that reconnected with `after`, from the frame buffer.",
 )
 
-# XADD and PUBLISH in one script: ids are assigned and published in the same order, so a
-# listener never sees id 7 before id 6. The published message wraps the frame JSON as is
-# (string concatenation, not cjson, which would turn an empty list into an object).
-_PUBLISH_LUA = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'frame', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[1], '{"id":"' .. id .. '","frame":' .. ARGV[2] .. '}')
-return id
-"""
-
-
-def parse_frame_id(value: str) -> FrameId:
-    """A client's `after` or a frame's `id` as an ordered pair; ValueError if it is not one.
-
-    `0` means "from the beginning of the buffer"; `<ms>` alone means `<ms>-0`.
-    """
-    match = _FRAME_ID.match(value)
-    if match is None:
-        raise ValueError(f"not a frame id: {value!r}")
-    return int(match.group(1)), int(match.group(2) or 0)
-
 
 def frame_buffer_key(key_prefix: str, conversation_id: str) -> str:
     """The Redis stream holding a conversation's recent frames."""
     return key_prefix + FRAME_BUFFER_TEMPLATE.format(conversation=conversation_id)
-
-
-def _frame_id_of(frame: dict[str, Any]) -> FrameId | None:
-    raw = frame.get("id")
-    if not isinstance(raw, str):
-        return None
-    try:
-        return parse_frame_id(raw)
-    except ValueError:
-        return None
 
 
 class _Subscriber:
@@ -97,12 +60,12 @@ class _Subscriber:
         """Live frames held back while the socket's replay is being sent; None once live."""
 
     def is_new(self, frame: dict[str, Any]) -> bool:
-        frame_id = _frame_id_of(frame)
+        frame_id = frame_id_of(frame)
         return frame_id is None or self.last is None or frame_id > self.last
 
     async def deliver(self, frame: dict[str, Any]) -> None:
         await self.ws.send_json(frame)
-        frame_id = _frame_id_of(frame)
+        frame_id = frame_id_of(frame)
         if frame_id is not None and (self.last is None or frame_id > self.last):
             self.last = frame_id
 
@@ -211,7 +174,7 @@ class ConnectionHub:
         for frame in replay:
             late = self._late_delta(conversation_id, frame)
             if late or (frame.get("type") == "delta" and str(frame.get("reply_id")) in finished):
-                frame_id = _frame_id_of(frame)
+                frame_id = frame_id_of(frame)
                 if frame_id is not None and (sub.last is None or frame_id > sub.last):
                     sub.last = frame_id
                 continue
@@ -239,108 +202,14 @@ class ConnectionHub:
         return sent
 
 
-class Fanout:
-    """Redis pub/sub between the replica that consumed a reply and the one with the socket."""
-
-    def __init__(self, redis: aioredis.Redis, key_prefix: str, hub: ConnectionHub) -> None:
-        self.redis = redis
-        self.key_prefix = key_prefix
-        self.prefix = f"{key_prefix}deliver:"
-        self.hub = hub
-        self._ready = asyncio.Event()
-        self._publish = redis.register_script(_PUBLISH_LUA)
-
-    async def publish(self, conversation_id: str, frame: dict[str, Any]) -> str:
-        """Buffer a frame, give it the conversation's next frame id, offer it to every replica.
-
-        Returns the frame id.
-        """
-        frame_id = await self._publish(
-            keys=[frame_buffer_key(self.key_prefix, conversation_id)],
-            args=[
-                self.prefix + conversation_id,
-                json.dumps(frame),
-                FRAME_BUFFER_MAXLEN,
-                FRAME_BUFFER_TTL_S,
-            ],
-        )
-        return frame_id.decode() if isinstance(frame_id, bytes) else str(frame_id)
-
-    async def replay(self, conversation_id: str, after: FrameId) -> list[dict[str, Any]]:
-        """The buffered frames newer than `after`, oldest first, each with its `id`."""
-        ms, seq = after
-        # XRANGE's start is inclusive; the entry right after `after` is ms-(seq+1).
-        start = f"{ms}-{seq + 1}" if seq < 2**64 - 1 else f"{ms + 1}-0"
-        entries = await self.redis.xrange(
-            frame_buffer_key(self.key_prefix, conversation_id),
-            min=start,
-            max="+",
-            count=FRAME_BUFFER_MAXLEN * 2,
-        )
-        frames: list[dict[str, Any]] = []
-        for entry_id, fields in entries or []:
-            raw = fields.get("frame") if isinstance(fields, dict) else None
-            if raw is None:
-                continue
-            frame = json.loads(raw)
-            frame["id"] = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-            frames.append(frame)
-        return frames
-
-    async def wait_listening(self, timeout_s: float = 10.0) -> None:
-        """Return once the listener is subscribed, so no frame is published into the void."""
-        await asyncio.wait_for(self._ready.wait(), timeout_s)
-
-    @staticmethod
-    def _unwrap(data: str) -> dict[str, Any]:
-        """The frame in a published message, with its id (plain frames from older replicas)."""
-        message: dict[str, Any] = json.loads(data)
-        if isinstance(message.get("frame"), dict) and isinstance(message.get("id"), str):
-            frame: dict[str, Any] = message["frame"]
-            frame["id"] = message["id"]
-            return frame
-        return message
-
-    async def catch_up(self) -> int:
-        """Send connected sockets the buffered frames they missed; return how many frames.
-
-        Run after resubscribing: whatever was published while the listener was away is in
-        the buffer. Frames published since the new subscription arrive live as well; the
-        hub's id check sends each once.
-        """
-        sent = 0
-        for conversation_id, since in self.hub.positions().items():
-            try:
-                frames = await self.replay(conversation_id, since)
-            except Exception:
-                log.warning("could not catch up %s from the frame buffer", conversation_id)
-                continue
-            for frame in frames:
-                sent += await self.hub.send(conversation_id, frame, catch_up=True)
-        return sent
-
-    async def run(self) -> None:
-        """Forward frames to local sockets until cancelled, resubscribing after Redis errors."""
-        subscribed_before = False
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.psubscribe(self.prefix + "*")
-                if subscribed_before:
-                    await self.catch_up()
-                subscribed_before = True
-                self._ready.set()
-                async for message in pubsub.listen():
-                    if message.get("type") != "pmessage":
-                        continue
-                    conversation_id = str(message["channel"])[len(self.prefix) :]
-                    await self.hub.send(conversation_id, self._unwrap(message["data"]))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("delivery listener lost Redis; resubscribing")
-                self._ready.clear()
-                await asyncio.sleep(1.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+def conversation_fanout(redis: aioredis.Redis, key_prefix: str, hub: ConnectionHub) -> Fanout:
+    """The fanout of customers' conversations: buffered, numbered, delivered to `hub`."""
+    return Fanout(
+        redis,
+        key_prefix,
+        channel=DELIVERY_CHANNEL,
+        receiver=hub,
+        buffer=FRAME_BUFFER,
+        buffer_maxlen=FRAME_BUFFER_MAXLEN,
+        buffer_ttl_s=FRAME_BUFFER_TTL_S,
+    )

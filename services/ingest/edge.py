@@ -21,6 +21,7 @@ from prometheus_client import Counter
 from starlette.requests import Request
 
 from services.ingest.settings import IngestSettings
+from shared.http import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +32,14 @@ REJECTIONS = Counter(
 )
 
 
-class Refused(Exception):
+class Refused(ApiError):
     """A request refused at the edge, with its status and the words to say why."""
 
     def __init__(
         self, status: int, error: str, message: str, *, retry_after: int | None = None
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error = error
-        self.message = message
+        headers = {"retry-after": str(retry_after)} if retry_after else None
+        super().__init__(status, error, message, headers=headers)
         self.retry_after = retry_after
 
 
@@ -50,6 +49,38 @@ class Caller:
 
     tenant: str
     verified_customer: bool = False
+
+
+MAX_JSON_DEPTH = 8
+"""Deepest nesting of arrays and objects a request or frame may have (ours need 3)."""
+
+
+def json_depth_exceeds(raw: str | bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when `raw` nests arrays/objects deeper than `limit`, found in one linear pass.
+
+    Checked before parsing, so a body of ten thousand `[` costs a scan, not a parser's
+    recursion (Python's json raises RecursionError near 1,000 levels).
+    """
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    depth = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif ch in "]}":
+            depth -= 1
+    return False
 
 
 async def read_body(request: Request, limit: int, *, channel: str) -> bytes:
@@ -90,11 +121,12 @@ def meta_signature(app_secret: str, body: bytes) -> str:
 
 
 class EdgeGuard:
-    """Checks keys, signatures and rates; `redis` is bound once the service has started."""
+    """Checks keys, signatures and rates."""
 
-    def __init__(self, settings: IngestSettings) -> None:
+    def __init__(self, settings: IngestSettings, redis: aioredis.Redis | None = None) -> None:
         self.settings = settings
-        self.redis: aioredis.Redis | None = None
+        self.redis = redis
+        """Rate limits and replay memory; without it (unit tests of the checks) they are off."""
         self._api_keys = {v.get_secret_value(): k for k, v in settings.api_keys.items()}
 
     def _refuse(self, channel: str, status: int, error: str, message: str) -> Refused:
@@ -196,16 +228,32 @@ class EdgeGuard:
             REJECTIONS.labels(provider, "duplicate").inc()
         return bool(fresh)
 
-    async def rate_limit(self, channel: str, tenant: str, customer_id: str) -> None:
-        """Fixed one-minute windows per customer and per tenant, shared by all replicas."""
+    async def rate_limit(
+        self, channel: str, tenant: str, customer_id: str | None, ip: str | None = None
+    ) -> None:
+        """Fixed one-minute windows per customer, tenant and client address, on all replicas.
+
+        Counters are keyed by what the edge verified: the tenant of the key, the customer id
+        the key vouches for (or a provider's signed number), and the address the connection
+        came from, so inventing new customer ids does not escape the address's limit.
+        """
         if self.redis is None:
             return
         window = int(time.time() // 60)
         prefix = f"{self.settings.redis.key_prefix}rate:{window}:"
-        limits = (
-            (f"{prefix}c:{tenant}:{customer_id}", self.settings.customer_rate_per_min, "customer"),
+        limits: list[tuple[str, int, str]] = [
             (f"{prefix}t:{tenant}", self.settings.tenant_rate_per_min, "tenant"),
-        )
+        ]
+        if customer_id is not None:
+            limits.append(
+                (
+                    f"{prefix}c:{tenant}:{customer_id}",
+                    self.settings.customer_rate_per_min,
+                    "customer",
+                )
+            )
+        if ip is not None:
+            limits.append((f"{prefix}ip:{ip}", self.settings.ip_rate_per_min, "address"))
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for key, _, _ in limits:
@@ -221,6 +269,27 @@ class EdgeGuard:
                 raise Refused(
                     429,
                     "rate_limited",
-                    f"too many messages from this {scope}; slow down",
+                    f"too many requests from this {scope}; slow down",
                     retry_after=60 - int(time.time()) % 60,
                 )
+
+
+class ConnectionBudget:
+    """Frames one WebSocket may send per minute, counted in the process that holds it.
+
+    Every frame counts, valid or not, so a socket flooding malformed frames (which never
+    reach the per-customer limit) is slowed down and then closed.
+    """
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.window = -1
+        self.count = 0
+
+    def spend(self) -> int:
+        """Count a frame; return how far over the budget this minute is (0: within it)."""
+        window = int(time.monotonic() // 60)
+        if window != self.window:
+            self.window, self.count = window, 0
+        self.count += 1
+        return max(0, self.count - self.per_minute)

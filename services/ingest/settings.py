@@ -1,10 +1,11 @@
 """Ingest service settings (env prefix `CBD_INGEST_`)."""
 
-from typing import Self
+from typing import ClassVar, Self
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from shared.credentials import require_explicit_origins, require_secret
 from shared.settings import ServiceSettings
 
 DEV_API_KEY = "dev-api-key"
@@ -24,6 +25,8 @@ class IngestSettings(ServiceSettings):
     """How the ingest service runs."""
 
     model_config = SettingsConfigDict(env_prefix="CBD_INGEST_", extra="ignore")
+
+    uses_postgres: ClassVar[bool] = False
 
     port: int = 8000
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
@@ -46,6 +49,16 @@ class IngestSettings(ServiceSettings):
     its user in (`customer_hash`); without a valid one a widget visitor stays anonymous."""
     customer_rate_per_min: int = Field(default=30, ge=1)
     tenant_rate_per_min: int = Field(default=3000, ge=1)
+    ip_rate_per_min: int = Field(default=600, ge=1)
+    """Requests and WebSocket connections per client address and minute, every path."""
+    connection_frames_per_min: int = Field(default=60, ge=1)
+    """Frames one WebSocket may send per minute; twice that closes it (1008)."""
+    ws_max_frame_bytes: int = Field(default=16 * 1024, ge=1024, le=1024 * 1024)
+    """Longest WebSocket frame read; longer ones are refused before they are parsed."""
+    owner_ttl_s: int = Field(default=90 * 24 * 3600, ge=3600)
+    """How long a conversation stays its customer's after its last message or connection."""
+    messaging_tenant: str = "default"
+    """The tenant whose customers write on the configured SMS, WhatsApp and voice numbers."""
 
     public_base_url: str | None = None
     """The URL providers call us on (e.g. https://chat.example.com); signatures cover it."""
@@ -95,4 +108,10 @@ class IngestSettings(ServiceSettings):
                 v.get_secret_value() == DEV_IDENTITY_SECRET for v in self.identity_secrets.values()
             ):
                 raise ValueError("set CBD_INGEST_IDENTITY_SECRETS in production")
+            for tenant, key in self.api_keys.items():
+                require_secret(f"CBD_INGEST_API_KEYS[{tenant}]", key.get_secret_value())
+            for tenant, secret in self.identity_secrets.items():
+                require_secret(f"CBD_INGEST_IDENTITY_SECRETS[{tenant}]", secret.get_secret_value())
+            for name, widget in self.widget_keys.items():
+                require_explicit_origins(f"CBD_INGEST_WIDGET_KEYS[{name}]", widget.origins)
         return self

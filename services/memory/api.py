@@ -1,33 +1,24 @@
 """The customer admin API: profile, identities, memories, issues, export and erasure.
 
-Every route needs the admin bearer token. Erasure deletes what memory holds, then publishes
-`customer.erased` so every other service deletes what it holds about the same conversations.
+Every route needs the admin bearer token. Erasure deletes what memory holds and, in the same
+transaction, writes `customer.erased` for every other service to delete what it holds about the
+same conversations (`services.memory.erasure`).
 """
 
 from __future__ import annotations
 
-import hmac
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from fastapi import APIRouter, Depends, Header, Path
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.memory.customers import CustomerStore, identity_kind
-from shared.events import (
-    Channel,
-    CustomerErased,
-    CustomerErasedEvent,
-    Identifier,
-    utcnow,
-)
-from shared.kafka import EventBus
-from shared.topics import Topic
-
-Handler = Callable[[Request, str], Awaitable[Response]]
+from services.memory.erasure import Eraser
+from shared.credentials import bearer_matches
+from shared.events import Identifier, utcnow
+from shared.http import ApiError, error_responses, requires
 
 
 class IdentityLink(BaseModel):
@@ -58,190 +49,138 @@ class IssueStatus(BaseModel):
     status: Literal["open", "pending", "resolved"]
 
 
-def error(status: int, code: str, message: str) -> JSONResponse:
-    """A 4xx with a machine code and a sentence."""
-    return JSONResponse({"error": code, "message": message}, status_code=status)
+class Linked(BaseModel):
+    """Answer to linking an identity."""
+
+    customer_id: str
+    identity: str
+    merged_from: str | None
+    """The customer that identity belonged to before, now merged into this one."""
 
 
-class Rejected(Exception):
-    """A request refused with a 4xx; the route wrapper turns it into the response."""
+class Erased(BaseModel):
+    """Answer to erasing a customer."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.response = error(status, code, message)
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-async def parse_body(request: Request, model: type[M], code: str) -> M:
-    """The JSON body validated as `model`; a Rejected 4xx says what is wrong."""
-    raw = await request.body()
-    if len(raw) > 64 * 1024:
-        raise Rejected(413, "too_large", "the body is limited to 64 KiB")
-    try:
-        return model.model_validate_json(raw or b"{}")
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()[:3]
-        )
-        raise Rejected(422, code, problems) from exc
+    customer_id: str
+    erased: bool
+    identities: int
+    conversations: int
+    erasure_event_id: str
 
 
-def uuid_param(request: Request, name: str) -> uuid.UUID:
-    """A UUID from the path, or a Rejected 400."""
-    try:
-        return uuid.UUID(request.path_params[name])
-    except ValueError as exc:
-        raise Rejected(400, f"invalid_{name}", f"{name} must be a UUID") from exc
+class IssueUpdated(BaseModel):
+    """Answer to changing an issue's status."""
+
+    issue_id: str
+    status: str
 
 
-class CustomerAPI:
-    """HTTP routes over the customer model; `store` and `bus` are set at start-up."""
+Store = Annotated[CustomerStore, Depends(requires(CustomerStore))]
+EraserDep = Annotated[Eraser, Depends(requires(Eraser))]
+CustomerId = Annotated[Identifier, Path(description="A customer id or any of their identities")]
 
-    def __init__(self, admin_token: str) -> None:
-        self._token = admin_token.encode()
-        self.store: CustomerStore | None = None
-        self.bus: EventBus | None = None
 
-    def routes(self) -> list[BaseRoute]:
-        """The admin routes."""
-        return [
-            Route("/v1/customers/{customer_id}", self._admin(self.get_profile), methods=["GET"]),
-            Route(
-                "/v1/customers/{customer_id}", self._admin(self.patch_profile), methods=["PATCH"]
-            ),
-            Route("/v1/customers/{customer_id}", self._admin(self.erase), methods=["DELETE"]),
-            Route("/v1/customers/{customer_id}/export", self._admin(self.export), methods=["GET"]),
-            Route(
-                "/v1/customers/{customer_id}/identities",
-                self._admin(self.link_identity),
-                methods=["POST"],
-            ),
-            Route(
-                "/v1/customers/{customer_id}/memories/{memory_id}",
-                self._admin(self.forget),
-                methods=["DELETE"],
-            ),
-            Route(
-                "/v1/customers/{customer_id}/issues/{issue_id}",
-                self._admin(self.set_issue),
-                methods=["PATCH"],
-            ),
-        ]
+def customer_router(admin_token: str) -> APIRouter:
+    """The admin routes, behind the admin bearer token."""
 
-    def _admin(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def guarded(request: Request) -> Response:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self._token):
-                return error(401, "unauthorized", "an admin bearer token is required")
-            customer_id = request.path_params["customer_id"]
-            try:
-                IdentityLink(identity=customer_id)
-            except ValidationError:
-                return error(400, "invalid_customer_id", "customer_id has characters not allowed")
-            if self.store is None:
-                return error(503, "starting", "the memory service is still starting")
-            try:
-                return await handler(request, customer_id)
-            except Rejected as rejected:
-                return rejected.response
+    def admin(authorization: Annotated[str, Header()] = "") -> None:
+        if not bearer_matches(authorization, admin_token):
+            raise ApiError(401, "unauthorized", "an admin bearer token is required")
 
-        return guarded
+    router = APIRouter(
+        prefix="/v1/customers",
+        tags=["customers"],
+        dependencies=[Depends(admin)],
+        responses=error_responses(400, 401, 503),
+    )
 
-    @property
-    def _store(self) -> CustomerStore:
-        assert self.store is not None
-        return self.store
-
-    async def _resolve(self, customer_id: str) -> str:
+    async def resolve(store: CustomerStore, customer_id: str) -> str:
         """Admins may name a customer by any of their identities."""
         if identity_kind(customer_id) == "customer":
             return customer_id
-        return await self._store.resolve(customer_id)
+        return await store.resolve(customer_id)
 
-    async def get_profile(self, _: Request, customer_id: str) -> Response:
-        """GET /v1/customers/{id}: the profile."""
-        data = await self._store.export(await self._resolve(customer_id))
+    async def profile(store: CustomerStore, customer_id: str) -> dict[str, Any]:
+        data = await store.export(await resolve(store, customer_id))
         if data is None:
-            return error(404, "not_found", "no such customer")
-        return JSONResponse(
-            {**data["profile"], "identities": [i["identity"] for i in data["identities"]]}
-        )
+            raise ApiError(404, "not_found", "no such customer")
+        return {**data["profile"], "identities": [i["identity"] for i in data["identities"]]}
 
-    async def patch_profile(self, request: Request, customer_id: str) -> Response:
-        """PATCH /v1/customers/{id}: set profile fields (from a CRM, say)."""
-        patch = await parse_body(request, ProfilePatch, "invalid_profile")
-        await self._store.update_profile(customer_id, patch.model_dump(exclude_unset=True))
-        return await self.get_profile(request, customer_id)
+    @router.get("/{customer_id}", responses=error_responses(404))
+    async def get_profile(customer_id: CustomerId, store: Store) -> dict[str, Any]:
+        """The customer's profile and identities."""
+        return await profile(store, customer_id)
 
-    async def link_identity(self, request: Request, customer_id: str) -> Response:
-        """POST /v1/customers/{id}/identities: this phone/email/WhatsApp id is this customer."""
-        link = await parse_body(request, IdentityLink, "invalid_identity")
-        merged = await self._store.link(customer_id, link.identity, verified=link.verified)
-        return JSONResponse(
-            {"customer_id": customer_id, "identity": link.identity, "merged_from": merged},
-            status_code=201,
-        )
+    @router.patch("/{customer_id}", responses=error_responses(404, 413, 422))
+    async def patch_profile(
+        customer_id: CustomerId, patch: ProfilePatch, store: Store
+    ) -> dict[str, Any]:
+        """Set profile fields (from a CRM, say); the others stay as they are."""
+        await store.update_profile(customer_id, patch.model_dump(exclude_unset=True))
+        return await profile(store, customer_id)
 
-    async def export(self, _: Request, customer_id: str) -> Response:
-        """GET /v1/customers/{id}/export: everything memory holds about the customer."""
-        resolved = await self._resolve(customer_id)
-        data = await self._store.export(resolved)
+    @router.post("/{customer_id}/identities", status_code=201, responses=error_responses(413, 422))
+    async def link_identity(customer_id: CustomerId, link: IdentityLink, store: Store) -> Linked:
+        """This phone, email or WhatsApp id is this customer; its history merges in."""
+        merged = await store.link(customer_id, link.identity, verified=link.verified)
+        return Linked(customer_id=customer_id, identity=link.identity, merged_from=merged)
+
+    @router.get("/{customer_id}/export", responses=error_responses(404))
+    async def export(customer_id: CustomerId, store: Store) -> JSONResponse:
+        """Everything memory holds about the customer, as a JSON attachment."""
+        resolved = await resolve(store, customer_id)
+        data = await store.export(resolved)
         if data is None:
-            return error(404, "not_found", "no such customer")
+            raise ApiError(404, "not_found", "no such customer")
         return JSONResponse(
             {"customer_id": resolved, "exported_at": utcnow().isoformat(), **data},
             headers={"content-disposition": f'attachment; filename="{resolved}.json"'},
         )
 
-    async def erase(self, request: Request, customer_id: str) -> Response:
-        """DELETE /v1/customers/{id}: erase the customer here, then tell every service."""
-        resolved = await self._resolve(customer_id)
-        erased = await self._store.erase(resolved)
-        if erased is None:
-            return error(404, "not_found", "no such customer")
-        identities, conversations = erased
-        assert self.bus is not None
-        requested_by = request.headers.get("x-requested-by", "admin")[:100]
-        event = CustomerErasedEvent.create(
-            # The erasure is keyed by a random id: the customer's own id is what must go.
-            conversation_id=f"erasure-{uuid.uuid4().hex}",
-            customer_id=resolved,
-            channel=Channel.API,
-            payload=CustomerErased(
-                erased_customer_id=resolved,
-                identities=identities,
-                conversation_ids=conversations,
-                requested_by=requested_by,
-                requested_at=utcnow(),
-            ),
-        )
-        await self.bus.publish(Topic.CUSTOMER_ERASED, event)
-        return JSONResponse(
-            {
-                "customer_id": resolved,
-                "erased": True,
-                "identities": len(identities),
-                "conversations": len(conversations),
-                "erasure_event_id": str(event.event_id),
-            }
+    @router.delete("/{customer_id}", responses=error_responses(404))
+    async def erase(
+        customer_id: CustomerId,
+        store: Store,
+        eraser: EraserDep,
+        x_requested_by: Annotated[str, Header()] = "admin",
+    ) -> Erased:
+        """Erase the customer here and have every service erase what it holds.
+
+        The erasure and its `customer.erased` event commit together (an outbox); a retried
+        DELETE answers as the first one did.
+        """
+        resolved = await resolve(store, customer_id)
+        receipt = await eraser.erase(resolved, x_requested_by[:100])
+        if receipt is None:
+            raise ApiError(404, "not_found", "no such customer")
+        return Erased(
+            customer_id=receipt.customer_id,
+            erased=True,
+            identities=receipt.identities,
+            conversations=receipt.conversations,
+            erasure_event_id=str(receipt.erasure_event_id),
         )
 
-    async def forget(self, request: Request, customer_id: str) -> Response:
-        """DELETE /v1/customers/{id}/memories/{memory_id}: forget one thing."""
-        memory_id = uuid_param(request, "memory_id")
-        if not await self._store.forget(await self._resolve(customer_id), memory_id):
-            return error(404, "not_found", "no such memory for this customer")
-        return Response(status_code=204)
+    @router.delete(
+        "/{customer_id}/memories/{memory_id}",
+        status_code=204,
+        response_class=Response,
+        responses=error_responses(404),
+    )
+    async def forget(customer_id: CustomerId, memory_id: uuid.UUID, store: Store) -> None:
+        """Forget one thing the customer asked to be forgotten."""
+        if not await store.forget(await resolve(store, customer_id), memory_id):
+            raise ApiError(404, "not_found", "no such memory for this customer")
 
-    async def set_issue(self, request: Request, customer_id: str) -> Response:
-        """PATCH /v1/customers/{id}/issues/{issue_id}: open, pend or resolve an issue."""
-        issue_id = uuid_param(request, "issue_id")
-        status = (await parse_body(request, IssueStatus, "invalid_status")).status
-        if not await self._store.set_issue_status(
-            await self._resolve(customer_id), issue_id, status
+    @router.patch("/{customer_id}/issues/{issue_id}", responses=error_responses(404, 413, 422))
+    async def set_issue(
+        customer_id: CustomerId, issue_id: uuid.UUID, body: IssueStatus, store: Store
+    ) -> IssueUpdated:
+        """Open, pend or resolve one of the customer's issues."""
+        if not await store.set_issue_status(
+            await resolve(store, customer_id), issue_id, body.status
         ):
-            return error(404, "not_found", "no such issue for this customer")
-        return JSONResponse({"issue_id": str(issue_id), "status": status})
+            raise ApiError(404, "not_found", "no such issue for this customer")
+        return IssueUpdated(issue_id=str(issue_id), status=body.status)
+
+    return router

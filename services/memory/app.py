@@ -6,27 +6,29 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
-from starlette.applications import Starlette
+from fastapi import FastAPI
 
-from services.memory.api import CustomerAPI
+from services.memory.api import customer_router
 from services.memory.context import ContextAssembler, ContextLimits
 from services.memory.customers import CustomerStore
+from services.memory.erasure import Eraser
 from services.memory.extraction import LlmExtractor, RuleExtractor
 from services.memory.handlers import MemoryHandlers
 from services.memory.settings import MemorySettings
+from services.memory.terms import load_terms
 from services.memory.turns import TurnStore
 from shared.embedding import MiniLmEmbedder
-from shared.events import ReplyGeneratedEvent, TurnAnalyzedEvent
+from shared.events import CustomerErasedEvent, ReplyGeneratedEvent, TurnAnalyzedEvent
+from shared.outbox import EVENT, Outbox, publishing, relaying
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 
 Settings = MemorySettings
 
 
-def create_app(settings: MemorySettings | None = None) -> Starlette:
+def create_app(settings: MemorySettings | None = None) -> FastAPI:
     """Build the memory service."""
     cfg = settings or MemorySettings()
-    api = CustomerAPI(cfg.admin_token.get_secret_value())
 
     async def wire(infra: Infra, stack: AsyncExitStack) -> None:
         pg, redis = infra.require_pg(), infra.require_redis()
@@ -66,14 +68,21 @@ def create_app(settings: MemorySettings | None = None) -> Starlette:
             customers,
             assembler,
             embedder,
-            RuleExtractor(embedder),
+            RuleExtractor(embedder, terms=load_terms(cfg.extraction_terms_path)),
             keep=cfg.recent_turns,
             llm_extractor=llm_extractor,
         )
         infra.subscribe(Topic.TURN_ANALYZED, TurnAnalyzedEvent, handlers.on_turn_analyzed)
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)
-        api.store = customers
-        api.bus = infra.bus
+        outbox = Outbox(
+            pg,
+            "memory",
+            {EVENT: publishing(infra.bus, CustomerErasedEvent)},
+            service="memory",
+        )
+        await stack.enter_async_context(relaying(outbox))
+        infra.provide(customers)
+        infra.provide(Eraser(customers, outbox))
 
     return build_app(
         ServiceSpec(
@@ -83,6 +92,7 @@ def create_app(settings: MemorySettings | None = None) -> Starlette:
             uses_postgres=True,
             uses_redis=True,
             migrations=Path(__file__).parent / "migrations",
-            routes=api.routes(),
+            routers=[customer_router(cfg.admin_token.get_secret_value())],
+            description="Customer memory: profiles, identities, memories, issues, erasure.",
         )
     )

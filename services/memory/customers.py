@@ -7,6 +7,7 @@ lost cache costs a query, never data.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,6 +38,10 @@ def identity_kind(identity: str) -> str:
     return prefix if sep and prefix in IDENTITY_KINDS else "customer"
 
 
+ErasureHook = Callable[[Any, list[str], list[str]], Awaitable[None]]
+"""Runs in the erasure's transaction with (connection, identities, conversation ids)."""
+
+
 @dataclass(frozen=True)
 class TurnFacts:
     """The parts of a customer turn that learning needs."""
@@ -46,6 +51,8 @@ class TurnFacts:
     turn_id: uuid.UUID
     at: datetime
     emotion: EmotionAnalysis
+    channel: str = "unknown"
+    """The channel the turn arrived on: provenance for everything learned from it."""
 
 
 class CustomerStore:
@@ -253,14 +260,14 @@ class CustomerStore:
             """
             INSERT INTO memory.memories (memory_id, customer_id, kind, slot, text, confidence,
                 source_turn_id, source_conversation_id, extractor, learned_at, updated_at,
-                embedding)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11::text::vector)
+                embedding, source_channel)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11::text::vector, $12)
             ON CONFLICT (customer_id, slot) DO UPDATE SET
                 kind = EXCLUDED.kind, text = EXCLUDED.text, confidence = EXCLUDED.confidence,
                 source_turn_id = EXCLUDED.source_turn_id,
                 source_conversation_id = EXCLUDED.source_conversation_id,
                 extractor = EXCLUDED.extractor, updated_at = EXCLUDED.updated_at,
-                embedding = EXCLUDED.embedding
+                embedding = EXCLUDED.embedding, source_channel = EXCLUDED.source_channel
             RETURNING memory_id
             """,
             uuid.uuid5(turn.turn_id, slot),
@@ -274,6 +281,7 @@ class CustomerStore:
             memory.extractor,
             turn.at,
             embedding,
+            turn.channel,
         )
         return memory_id
 
@@ -281,8 +289,8 @@ class CustomerStore:
         await conn.execute(
             """
             INSERT INTO memory.issues (issue_id, customer_id, conversation_id, category, summary,
-                source_turn_id, opened_at, updated_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+                source_turn_id, opened_at, updated_at, source_channel, extractor)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)
             ON CONFLICT (customer_id, category) WHERE status <> 'resolved' DO UPDATE SET
                 summary = EXCLUDED.summary, updated_at = EXCLUDED.updated_at
             """,
@@ -293,6 +301,8 @@ class CustomerStore:
             issue.summary,
             turn.turn_id,
             turn.at,
+            turn.channel,
+            issue.extractor,
         )
 
     async def _resolve_issue(self, conn: Any, turn: TurnFacts, resolved: IssueResolved) -> None:
@@ -369,8 +379,14 @@ class CustomerStore:
                 data[name] = [_plain(dict(r)) for r in await conn.fetch(sql, customer_id)]
         return data
 
-    async def erase(self, customer_id: str) -> tuple[list[str], list[str]] | None:
-        """Delete the customer everywhere memory keeps them; (identities, conversation ids)."""
+    async def erase(
+        self, customer_id: str, record: ErasureHook | None = None
+    ) -> tuple[list[str], list[str]] | None:
+        """Delete the customer everywhere memory keeps them; (identities, conversation ids).
+
+        `record(conn, identities, conversations)` runs inside the deleting transaction, so
+        what must follow the erasure (its event, its receipt) commits with it or not at all.
+        """
         async with self.pg.acquire() as conn, conn.transaction():
             found = await conn.fetchval(
                 "SELECT true FROM memory.customers WHERE customer_id = $1 FOR UPDATE", customer_id
@@ -402,6 +418,8 @@ class CustomerStore:
             )
             # memories (and their embeddings), issues, moods and identities cascade.
             await conn.execute("DELETE FROM memory.customers WHERE customer_id = $1", customer_id)
+            if record is not None:
+                await record(conn, sorted({*identities, customer_id}), conversations)
         keys = [self._identity_key(i) for i in {*identities, customer_id}]
         keys += [f"{self.key_prefix}conv:{c}:turns" for c in conversations]
         if keys:

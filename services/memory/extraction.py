@@ -10,17 +10,22 @@ rule fires on a clearly negative message, from the nearest of a few embedded exa
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 import httpx
 import numpy as np
 
+from services.memory.terms import ExtractionTerms, load_terms
 from shared.embedding import Embedder
 from shared.events import MemoryKind
+from shared.linear_re import LinearMatch, LinearPattern, PatternSet, compile_linear, escape
+from shared.untrusted import looks_like_instruction, normalize, overrides_instructions
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,7 @@ class IssueRaised:
     category: str
     summary: str
     confidence: float
+    extractor: str = "rules"
 
 
 @dataclass(frozen=True)
@@ -70,294 +76,363 @@ class Extraction:
     profile: list[ProfileChange] = field(default_factory=list)
     raised: list[IssueRaised] = field(default_factory=list)
     resolved: list[IssueResolved] = field(default_factory=list)
+    refused: int = 0
+    """Memories not kept because their text had the wrong shape (instructions, markup)."""
 
     def __bool__(self) -> bool:
         return bool(self.memories or self.profile or self.raised or self.resolved)
 
 
-_SENTENCE = re.compile(r"(?<=[.!?;])\s+|\n+")
-_END = r"(?=\s*(?:[.!?,;]|\bbut\b|\bbecause\b|\bso\b|\band (?:i|my|please|can|could)\b|$))"
-_NEGATED_BEFORE = re.compile(r"\b(?:don'?t|do not|never|please don'?t|pls don'?t)\s*$", re.I)
+# Every pattern here runs on customer text, so each is RE2 (linear time, see shared/linear_re):
+# no look-around. A rule's object ends at `_END`, which the match consumes (RE2 has no
+# look-ahead), so a rule that can match twice in a sentence ("I like tea and I love coffee")
+# is scanned by `_scan`, each search starting where the previous object ended.
+# The one stdlib pattern: a fixed-width look-behind and single-class runs, which `re` runs in
+# linear time too (no run can be split two ways), and `re.split` returns thousands of pieces
+# without RE2's per-match cost from Python. The adversarial tests cover it like the rest.
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?;])\s+|\n+")
+_END_WORDS = r"\bbut\b|\bbecause\b|\bso\b|\band (?:i|my|please|can|could)\b|$"
+_END = rf"\s*(?:[.!?,;]|{_END_WORDS})"
+_END_NO_COMMA = rf"\s*(?:[.!?;]|{_END_WORDS})"
+_NEGATED_BEFORE = compile_linear(
+    r"\b(?:don'?t|do not|never|please don'?t|pls don'?t)$", ignore_case=True
+)
 
-_LANGUAGES = (
-    "english|spanish|french|german|italian|portuguese|dutch|polish|arabic|hindi|urdu|"
-    "bengali|chinese|mandarin|cantonese|japanese|korean|turkish|russian|ukrainian|"
-    "welsh|swedish|greek|romanian|vietnamese|tagalog"
-)
-_NOT_NAMES = {
-    "back", "later", "tomorrow", "today", "tonight", "when", "asap", "on", "at", "again",
-    "please", "now", "a", "an", "the", "anytime", "any", "after", "before", "in", "if",
-    "instead", "crazy", "old", "stupid", "pls", "soon", "first", "directly", "between",
-}  # fmt: skip
-_OCCUPATIONS = (
-    "nurse|teacher|student|doctor|paramedic|carer|caregiver|pensioner|retiree|engineer|"
-    "firefighter|police officer|chef|driver|farmer|developer|shift worker|small business owner"
-)
-_DIETS = (
-    "vegetarian|vegan|pescatarian|gluten[- ]free|coeliac|celiac|lactose[- ]intolerant|"
-    "diabetic|kosher|halal|dairy[- ]free"
-)
-_ACCESS = (
-    r"blind|deaf|hard of hearing|visually impaired|partially sighted|dyslexic|"
-    r"(?:a )?wheelchair user|registered blind"
-)
-_RELATIONS = (
-    "daughter|son|wife|husband|partner|mum|mom|mother|dad|father|brother|sister|"
-    "grandson|granddaughter|grandma|grandmother|grandpa|grandfather|friend|boyfriend|girlfriend"
-)
+
+def _alternatives(terms: Iterable[str]) -> str:
+    """A term list as a pattern alternation; longest first so "phone calls" beats "phone"."""
+    return "|".join(escape(t) for t in sorted(set(terms), key=lambda t: (-len(t), t)))
+
+
+def _flexible(terms: Iterable[str]) -> str:
+    """Like `_alternatives`, but a space or hyphen in a term matches either ("gluten free")."""
+    spellings = {t.replace("-", " ") for t in terms}
+    return "|".join(
+        "[- ]".join(escape(word) for word in t.split())
+        for t in sorted(spellings, key=lambda t: (-len(t), t))
+    )
+
+
+class _TermRules:
+    """The patterns built from the word lists (services/memory/data/extraction_terms.yaml)."""
+
+    def __init__(self, terms: ExtractionTerms) -> None:
+        self.terms = terms
+        self.not_names = frozenset(terms.not_names)
+        self.contact_channels = dict(terms.contact_channels)
+        self.language = compile_linear(
+            r"\b(?:I (?:only |mainly |mostly )?speak|I(?:'d| would)? prefer (?:to (?:speak|talk|chat) )?"
+            r"(?:in )?|(?:can|could) (?:we|you) (?:speak|talk|chat|continue|write) in|"
+            rf"my (?:first |native )?language is) ({_alternatives(terms.languages)})\b",
+            ignore_case=True,
+        )
+        self.diet = compile_linear(
+            rf"\bI(?:'m| am)(?: now| also)? (?:a |an )?({_flexible(terms.diets)})\b",
+            ignore_case=True,
+        )
+        self.occupation = compile_linear(
+            rf"\bI(?:'m| am)(?: a| an) ({_alternatives(terms.occupations)})\b"
+            rf"|\bI work as an? ({_alternatives(terms.occupations)})\b",
+            ignore_case=True,
+        )
+        self.access = compile_linear(
+            rf"\bI(?:'m| am) ({_alternatives(terms.access_needs)})\b"
+            rf"|\bI use (?:a )?({_alternatives(terms.assistive_devices)})\b",
+            ignore_case=True,
+        )
+        self.birthday = compile_linear(
+            rf"\bmy (?:(?P<who>{_alternatives(terms.relations)})(?:'s|s)? )?birthday is (?:on )?"
+            rf"(?:the )?(?P<when>[^.!?,;]{{2,30}}?){_END}",
+            ignore_case=True,
+        )
+        self.household = compile_linear(
+            r"\bI have (?P<n>a|an|one|two|three|four|\d) "
+            rf"(?P<what>{_alternatives(terms.household)})\b",
+            ignore_case=True,
+        )
+
+    def patterns(self) -> list[LinearPattern]:
+        """Every pattern built from the terms."""
+        return [
+            self.language,
+            self.diet,
+            self.occupation,
+            self.access,
+            self.birthday,
+            self.household,
+        ]
+
 
 _RULES_NAME = [
     (
-        re.compile(r"\b(?:you can |please |just )?call me ([A-Za-z][a-z'-]{1,30})\b", re.I),
+        compile_linear(
+            r"\b(?:you can |please |just )?call me ([A-Za-z][a-z'-]{1,30})\b", ignore_case=True
+        ),
         "preferred_name",
     ),
-    (re.compile(r"\bI go by ([A-Za-z][a-z'-]{1,30})\b", re.I), "preferred_name"),
+    (compile_linear(r"\bI go by ([A-Za-z][a-z'-]{1,30})\b", ignore_case=True), "preferred_name"),
     (
-        re.compile(r"\bmy name is ([A-Z][a-z'-]{1,30}(?: [A-Z][a-z'-]{1,30})?)\b"),
+        compile_linear(r"\bmy name is ([A-Z][a-z'-]{1,30}(?: [A-Z][a-z'-]{1,30})?)\b"),
         "name",
     ),
 ]
-_RULE_LANGUAGE = re.compile(
-    rf"\b(?:I (?:only |mainly |mostly )?speak|I(?:'d| would)? prefer (?:to (?:speak|talk|chat) )?"
-    rf"(?:in )?|(?:can|could) (?:we|you) (?:speak|talk|chat|continue|write) in|"
-    rf"my (?:first |native )?language is) ({_LANGUAGES})\b",
-    re.I,
-)
-_RULE_LIKE = re.compile(
+_RULE_LIKE = compile_linear(
     r"\bI (?:really |absolutely |truly |do |also |much |generally |always )?"
     r"(?P<verb>love|like|prefer|adore|enjoy|am (?:a )?(?:big |huge )?fan of|'m (?:a )?(?:big |huge )?fan of|"
     r"always (?:buy|choose|go for|pick)|only (?:buy|use|wear|eat))\s+"
     rf"(?P<obj>[^.!?,;]{{2,60}}?){_END}",
-    re.I,
+    ignore_case=True,
 )
-_RULE_DISLIKE = re.compile(
+_RULE_DISLIKE = compile_linear(
     r"\bI (?:really |absolutely |truly |just )?"
     r"(?P<verb>hate|dislike|can'?t stand|cannot stand|don'?t like|do not like|don'?t want|"
     r"am not (?:a )?fan of|'m not (?:a )?fan of|no longer (?:like|want|buy)|"
     r"don'?t (?:like|want|buy) (?:any more|anymore))\s+"
     rf"(?P<obj>[^.!?,;]{{2,60}}?){_END}",
-    re.I,
+    ignore_case=True,
 )
-_CONTACT_CHANNELS = {
-    "email": "email",
-    "e-mail": "email",
-    "text": "text message",
-    "texts": "text message",
-    "sms": "text message",
-    "whatsapp": "WhatsApp",
-    "post": "post",
-    "letter": "post",
-    "phone": "phone",
-    "call": "phone",
-    "calls": "phone",
-    "phone calls": "phone",
-}
-_RULE_NO_CALLS = re.compile(
+_RULE_NO_CALLS = compile_linear(
     r"\b(?:don'?t|do not|never|please don'?t|pls don'?t|stop)\s+(?:ever\s+)?(?:call|phone|ring)(?:ing)?\b",
-    re.I,
+    ignore_case=True,
 )
-_RULE_CONTACT_BY = re.compile(
+_RULE_CONTACT_BY = compile_linear(
     r"\b(?:(?:please |only |just )?(?:contact|reach|update) me (?:only |just )?(?:by|via|on|through|over)|"
     r"(?:please |just |only )?(?P<direct>email|e-mail|text|whatsapp) me\b|"
     r"I(?:'d| would)? prefer (?:to be contacted (?:by|via) )?)"
     r"\s*(?P<how>email|e-mail|texts?|sms|whatsapp|post|letters?|phone calls?|phone)?\b",
-    re.I,
+    ignore_case=True,
 )
-_RULE_NO_MARKETING = re.compile(
-    r"\b(?:don'?t|do not|never|stop|no more)\s+(?:send(?:ing)?|email(?:ing)?|text(?:ing)?)?\s*(?:me\s+)?"
-    r"(?:any\s+)?(?:marketing|newsletters?|promotions?|promotional|offers|spam|ads)\b",
-    re.I,
+# The verb and "me" each own their trailing spaces, so a run of spaces is read one way only
+# (before, `\s+(?:verb)?\s*` could split a run of n spaces n ways: quadratic under `re`).
+_RULE_NO_MARKETING = compile_linear(
+    r"\b(?:don'?t|do not|never|stop|no more)\s+(?:(?:send(?:ing)?|email(?:ing)?|text(?:ing)?)\s+)?"
+    r"(?:me\s+)?(?:any\s+)?(?:marketing|newsletters?|promotions?|promotional|offers|spam|ads)\b",
+    ignore_case=True,
 )
-_RULE_DIET = re.compile(rf"\bI(?:'m| am)(?: now| also)? (?:a |an )?({_DIETS})\b", re.I)
-_RULE_ALLERGY = re.compile(
-    rf"\bI(?:'m| am)(?: severely| very)? allergic to (?P<what>[^.!?,;]{{2,40}}?){_END}", re.I
+_RULE_ALLERGY = compile_linear(
+    rf"\bI(?:'m| am)(?: severely| very)? allergic to (?P<what>[^.!?,;]{{2,40}}?){_END}",
+    ignore_case=True,
 )
-_RULE_OCCUPATION = re.compile(
-    rf"\bI(?:'m| am)(?: a| an) ({_OCCUPATIONS})\b|\bI work as an? ({_OCCUPATIONS})\b", re.I
-)
-_RULE_WORK_PATTERN = re.compile(
+_RULE_WORK_PATTERN = compile_linear(
     r"\bI work (nights|night shifts?|nightshifts?|from home|weekends|early shifts?|late shifts?)\b",
-    re.I,
+    ignore_case=True,
 )
-_RULE_ACCESS = re.compile(
-    rf"\bI(?:'m| am) ({_ACCESS})\b|\bI use (?:a )?(screen reader|wheelchair|hearing aids?)\b",
-    re.I,
-)
-_RULE_BIRTHDAY = re.compile(
-    rf"\bmy (?P<who>{_RELATIONS})(?:'s|s)? birthday is (?:on )?(?:the )?(?P<when>[^.!?,;]{{2,30}}?){_END}"
-    rf"|\bmy birthday is (?:on )?(?:the )?(?P<self>[^.!?,;]{{2,30}}?){_END}",
-    re.I,
-)
-_RULE_HOUSEHOLD = re.compile(
-    r"\bI have (?P<n>a|an|one|two|three|four|\d) (?P<what>dogs?|cats?|babies|baby|kids|children|"
-    r"sons?|daughters?|toddlers?|teenagers?|puppy|puppies|kittens?)\b",
-    re.I,
-)
-_RULE_ADDRESS = re.compile(
-    rf"\bmy (?:new |current )?(?:home |delivery |shipping |postal )?address is (?:now )?"
-    rf"(?P<addr>[^!?;\n]{{5,120}}?){_END.replace(',', '')}"
+_RULE_ADDRESS = compile_linear(
+    r"\bmy (?:new |current )?(?:home |delivery |shipping |postal )?address is (?:now )?"
+    rf"(?P<addr>[^!?;\n]{{5,120}}?){_END_NO_COMMA}"
     rf"|\bI(?:'ve| have)? (?:just |recently )?moved to (?P<moved>[^.!?;\n]{{3,80}}?){_END}",
-    re.I,
+    ignore_case=True,
 )
-_RULE_EMAIL = re.compile(
-    r"\bmy (?:new |current )?e-?mail(?: address)? is (?:now )?([\w.+-]+@[\w-]+(?:\.[\w-]+)+)", re.I
+_RULE_EMAIL = compile_linear(
+    r"\bmy (?:new |current )?e-?mail(?: address)? is (?:now )?([\w.+-]+@[\w-]+(?:\.[\w-]+)+)",
+    ignore_case=True,
 )
-_RULE_PHONE = re.compile(
+_RULE_PHONE = compile_linear(
     r"\bmy (?:new |current )?(?:phone|mobile|cell)(?: number)? is (?:now )?(\+?\d[\d ()-]{6,18}\d)",
-    re.I,
+    ignore_case=True,
 )
 
-_ISSUE_RULES: list[tuple[str, re.Pattern[str]]] = [
+_ISSUE_RULES: list[tuple[str, LinearPattern]] = [
     (
         "fraud",
-        re.compile(
+        compile_linear(
             r"\b(?:fraud\w*|scam(?:med)?|unauthori[sz]ed|didn'?t make (?:this|that|these)|"
             r"stolen card|card (?:was|has been) stolen|someone (?:used|hacked))\b",
-            re.I,
+            ignore_case=True,
         ),
     ),
     (
         "billing",
-        re.compile(
+        compile_linear(
             r"\b(?:charged (?:me )?twice|double[- ]charged|overcharged|wrong(?:ly)? charged|"
             r"charged (?:me )?(?:the )?wrong|unexpected charge|extra charge|billing (?:error|mistake|issue)|"
             r"bill is wrong|incorrect (?:bill|invoice))\b",
-            re.I,
+            ignore_case=True,
         ),
     ),
     (
         "delivery_lost",
-        re.compile(
+        compile_linear(
             r"\b(?:(?:parcel|package|order|delivery|item)s? (?:is |was |has been |got )?(?:lost|missing|stolen)|"
             r"(?:lost|missing) (?:parcel|package|order|delivery)|"
             r"(?:never|hasn'?t|has not|didn'?t|did not|still not|not yet) (?:arrived|turned up|come|been delivered|shown up)|"
             r"where(?:'s| is) my (?:parcel|package|order|delivery))\b",
-            re.I,
+            ignore_case=True,
         ),
     ),
     (
         "delivery_delay",
-        re.compile(
+        compile_linear(
             r"\b(?:(?:delivery|order|parcel|package|shipment) (?:is |was )?(?:late|delayed|overdue)|"
             r"still waiting (?:for|on) (?:my|the)|late delivery|delayed (?:delivery|order|shipment))\b",
-            re.I,
+            ignore_case=True,
         ),
     ),
     (
         "damaged_item",
-        re.compile(
+        compile_linear(
             r"\b(?:arrived |came |is |was )?(?:damaged|broken|cracked|smashed|faulty|defective|"
             r"doesn'?t work|stopped working|not working)\b",
-            re.I,
+            ignore_case=True,
         ),
     ),
     (
         "refund",
-        re.compile(
+        compile_linear(
             r"\b(?:refund|money back|reimburse\w*|still (?:haven'?t|have not) (?:been )?(?:refunded|paid back))\b",
-            re.I,
+            ignore_case=True,
         ),
     ),
     (
         "account_access",
-        re.compile(
+        compile_linear(
             r"\b(?:can'?t|cannot|unable to) (?:log ?in|sign in|access my account|get into my account)|"
             r"locked out|password reset (?:isn'?t|is not|doesn'?t) work",
-            re.I,
+            ignore_case=True,
         ),
     ),
     (
         "cancellation",
-        re.compile(
+        compile_linear(
             r"\b(?:cancel|terminate|close) my (?:subscription|account|contract|plan|membership|order)\b",
-            re.I,
+            ignore_case=True,
         ),
     ),
 ]
-_ISSUE_PROTOTYPES: dict[str, list[str]] = {
-    "delivery_lost": [
-        "my parcel never arrived",
-        "the courier says delivered but I have nothing",
-        "my order seems to have vanished",
-    ],
-    "delivery_delay": [
-        "my delivery is late",
-        "my order is taking far too long to arrive",
-        "the shipment keeps being pushed back",
-    ],
-    "damaged_item": [
-        "the item arrived broken",
-        "the product I received is faulty",
-        "the screen was cracked when I opened the box",
-    ],
-    "refund": [
-        "I want my money back",
-        "I am still waiting for my refund",
-        "you promised to reimburse me",
-    ],
-    "billing": [
-        "I was charged twice",
-        "there is a charge on my bill I don't recognise",
-        "my invoice is wrong",
-    ],
-    "account_access": [
-        "I can't get into my account",
-        "the password reset link doesn't work",
-        "my login keeps failing",
-    ],
-    "fraud": [
-        "someone used my card without permission",
-        "there are payments I did not make",
-        "I think my account was hacked",
-    ],
-}
-_RESOLVED = re.compile(
+_RESOLVED = compile_linear(
     r"\b(?:(?:it|the (?:parcel|package|order|delivery|refund)|my (?:parcel|package|order|delivery|refund))"
     r"(?: has| have)? (?:finally |now |just )?(?:arrived|came|turned up|gone through|went through|come through|been sorted)|"
     r"(?:that|this|it|everything)(?:'s| is| has been) (?:all )?(?:sorted|fixed|resolved|working (?:again|now))|"
     r"(?:problem|issue) (?:is |has been )?(?:solved|resolved|fixed|sorted)|got my refund|received (?:my|the) refund)\b",
-    re.I,
+    ignore_case=True,
 )
 _RESOLVED_CATEGORY = [
-    ("refund", re.compile(r"\brefund\b", re.I)),
-    ("delivery_lost", re.compile(r"\b(?:arrived|came|turned up|parcel|package|delivery)\b", re.I)),
+    ("refund", compile_linear(r"\brefund\b", ignore_case=True)),
+    (
+        "delivery_lost",
+        compile_linear(r"\b(?:arrived|came|turned up|parcel|package|delivery)\b", ignore_case=True),
+    ),
 ]
 
+# Helpers below see only what a rule already captured (at most 120 characters) or are a single
+# character class, so `re` is linear on them too and saves RE2's per-call cost from Python.
 _FILLER = re.compile(
-    r"\b(?:the|a|an|some|any|all|your|my|really|very|stuff|things|items|products?|ones)\b", re.I
+    r"\b(?:the|a|an|some|any|all|your|my|really|very|stuff|things|items|products?|ones)\b",
+    re.I,
 )
 _OBJECT_STOP = re.compile(
     r"^(?:it|this|that|these|those|you|your|when|how|what|to know|to|the way|being|him|her|them|"
     r"waiting|a refund|my money|help|an answer|to speak|to talk)\b",
     re.I,
 )
+_WORD = re.compile(r"[a-z0-9]+")
+_SPACES = re.compile(r"\s+")
+_ORDINAL = re.compile(r"\d{1,2}(?:st|nd|rd|th)\b")
 
 
 def _slug(text: str) -> str:
-    words = re.findall(r"[a-z0-9]+", _FILLER.sub(" ", text.lower()))
+    words = _WORD.findall(_FILLER.sub(" ", text.lower()))
     return "_".join(words[:4]) or "general"
 
 
 def _clean(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip(" \t'\"")
+    return _SPACES.sub(" ", text).strip(" \t'\"")
+
+
+# What an address or a place looks like: letters of any script, digits and the punctuation
+# addresses use, a dozen words at most, and (unless it is a short place name) a number.
+_ADDRESS_SHAPE = compile_linear(
+    r"(?:[\pL\pN][\pL\pN.'&/#()-]*,?)(?: [\pL\pN][\pL\pN.'&/#()-]*,?){0,11}"
+)
+_PLACE_SHAPE = compile_linear(r"(?:\pL[\pL.'-]*,?)(?: \pL[\pL.'-]*,?){0,5}")
+
+
+def _summary(category: str, text: str) -> str:
+    """The customer's words as the issue's summary, unless they try to instruct the assistant:
+    then only the category, which is all a later prompt needs."""
+    words = _clean(normalize(text))[:240]
+    if overrides_instructions(words):
+        return f"Reported a {category.replace('_', ' ')} problem"
+    return words
 
 
 def _sentences(text: str) -> list[str]:
-    return [s for s in (p.strip() for p in _SENTENCE.split(text)) if s]
+    return [s for s in (p.strip() for p in _SENTENCE_SPLIT.split(text)) if s]
+
+
+def _negated(before: str) -> bool:
+    """Whether the words just before a statement negate it ("don't call me Bob")."""
+    # Only the last few words matter, so only they are searched, however long the sentence.
+    return _NEGATED_BEFORE.search(before.rstrip()[-_NEGATION_SPAN:]) is not None
+
+
+_NEGATION_SPAN = 24
+_SHORTEST_STATEMENT = 4
+"""No rule matches fewer characters ("scam"), so shorter sentences are not even looked at."""
+MAX_STATEMENT_SENTENCES = 32
+"""Sentences in which some rule matched that one message is read for; a message saying more
+than this is not a customer talking about themselves, and the cap bounds its cost."""
+MAX_MATCHES_PER_RULE = 8
+"""A message that states the same kind of thing more often than this is not a customer
+talking: the rest is ignored, which also bounds the work one message can cause."""
+
+
+class _Sentence:
+    """One sentence and the rules that can match it (one RE2::Set pass decides)."""
+
+    __slots__ = ("hits", "text")
+
+    def __init__(self, text: str, hits: frozenset[LinearPattern]) -> None:
+        self.text = text
+        self.hits = hits
+
+    def search(self, rx: LinearPattern) -> LinearMatch | None:
+        return rx.search(self.text) if rx in self.hits else None
+
+    def finditer(self, rx: LinearPattern) -> Iterator[LinearMatch]:
+        if rx in self.hits:
+            yield from itertools.islice(rx.finditer(self.text), MAX_MATCHES_PER_RULE)
+
+    def scan(self, rx: LinearPattern, group: str) -> Iterator[LinearMatch]:
+        """Every match, each search starting where the previous one's `group` ended, so the
+        words that closed one object ("and I ...") can open the next statement."""
+        if rx not in self.hits:
+            return
+        pos = 0
+        for _ in range(MAX_MATCHES_PER_RULE):
+            m = rx.search(self.text, pos) if pos <= len(self.text) else None
+            if m is None:
+                return
+            yield m
+            pos = max(m.end(group), m.start() + 1)
 
 
 class RuleExtractor:
     """Regular-expression rules for first-person statements, plus embedded issue examples."""
 
-    def __init__(self, embedder: Embedder | None = None, issue_threshold: float = 0.55) -> None:
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        issue_threshold: float = 0.55,
+        terms: ExtractionTerms | None = None,
+    ) -> None:
         self.embedder = embedder
         self.issue_threshold = issue_threshold
+        self.terms = terms or load_terms()
+        self._rules = _TermRules(self.terms)
+        self._gate = PatternSet(
+            [rx for rx, _ in _RULES_NAME]
+            + [rx for _, rx in _ISSUE_RULES]
+            + self._rules.patterns()
+            + [_RULE_LIKE, _RULE_DISLIKE, _RULE_NO_CALLS, _RULE_CONTACT_BY, _RULE_NO_MARKETING]
+            + [_RULE_ALLERGY, _RULE_WORK_PATTERN, _RULE_ADDRESS, _RULE_EMAIL, _RULE_PHONE]
+            + [_RESOLVED]
+        )
         self._prototypes: list[tuple[str, np.ndarray]] = []
         if embedder is not None:
-            names = [c for c, examples in _ISSUE_PROTOTYPES.items() for _ in examples]
-            vectors = embedder.embed(
-                [e for examples in _ISSUE_PROTOTYPES.values() for e in examples]
-            )
+            examples = self.terms.issue_examples
+            names = [c for c, texts in examples.items() for _ in texts]
+            vectors = embedder.embed([e for texts in examples.values() for e in texts])
             self._prototypes = list(zip(names, list(vectors), strict=True))
 
     def extract(
@@ -365,7 +440,16 @@ class RuleExtractor:
     ) -> Extraction:
         """What this customer message teaches; `vector` is the message's embedding, if known."""
         out = Extraction()
-        for sentence in _sentences(text):
+        interpreted = 0
+        for piece in _sentences(text):
+            if len(piece) < _SHORTEST_STATEMENT:
+                continue
+            sentence = _Sentence(piece, self._gate.matching(piece))
+            if not sentence.hits:
+                continue
+            interpreted += 1
+            if interpreted > MAX_STATEMENT_SENTENCES:
+                break
             self._profile(sentence, out)
             self._constraints(sentence, out)
             self._facts(sentence, out)
@@ -380,14 +464,19 @@ class RuleExtractor:
                 ((c, float(np.dot(vector, v))) for c, v in self._prototypes), key=lambda p: p[1]
             )
             if score >= self.issue_threshold:
-                out.raised.append(IssueRaised(best, _clean(text)[:240], round(score, 3)))
+                out.raised.append(
+                    IssueRaised(best, _summary(best, text), round(score, 3), extractor="examples")
+                )
+        kept = [m for m in out.memories if not looks_like_instruction(m.text)]
+        out.refused += len(out.memories) - len(kept)
+        out.memories = kept
         return out
 
-    def _profile(self, sentence: str, out: Extraction) -> None:
+    def _profile(self, sentence: _Sentence, out: Extraction) -> None:
         for rx, name in _RULES_NAME:
-            for m in rx.finditer(sentence):
+            for m in sentence.finditer(rx):
                 value = m.group(1)
-                if value.lower() in _NOT_NAMES or _NEGATED_BEFORE.search(sentence[: m.start()]):
+                if value.lower() in self._rules.not_names or _negated(sentence.text[: m.start()]):
                     continue
                 field_name: ProfileField = "preferred_name" if name == "preferred_name" else "name"
                 out.profile.append(ProfileChange(field_name, value[:1].upper() + value[1:]))
@@ -400,20 +489,21 @@ class RuleExtractor:
                             0.95,
                         )
                     )
-        if spoken := _RULE_LANGUAGE.search(sentence):
+        if spoken := sentence.search(self._rules.language):
             language = spoken.group(1).capitalize()
             out.profile.append(ProfileChange("language", language))
             out.memories.append(
                 Learned(MemoryKind.PREFERENCE, "profile:language", f"Prefers {language}", 0.9)
             )
 
-    def _constraints(self, sentence: str, out: Extraction) -> None:
-        no_calls = _RULE_NO_CALLS.search(sentence)
+    def _constraints(self, sentence: _Sentence, out: Extraction) -> None:
+        no_calls = sentence.search(_RULE_NO_CALLS)
         preferred: str | None = None
-        for m in _RULE_CONTACT_BY.finditer(sentence):
+        for m in sentence.finditer(_RULE_CONTACT_BY):
             how = (m.group("how") or m.group("direct") or "").lower()
             if how:
-                preferred = _CONTACT_CHANNELS.get(how) or _CONTACT_CHANNELS.get(how.rstrip("s"))
+                channels = self._rules.contact_channels
+                preferred = channels.get(how) or channels.get(how.rstrip("s"))
             if preferred:
                 break
         if preferred == "phone" and no_calls:
@@ -430,7 +520,7 @@ class RuleExtractor:
             out.memories.append(
                 Learned(MemoryKind.CONSTRAINT, "constraint:contact_channel", text, 0.9)
             )
-        if _RULE_NO_MARKETING.search(sentence):
+        if sentence.search(_RULE_NO_MARKETING):
             out.memories.append(
                 Learned(
                     MemoryKind.CONSTRAINT,
@@ -440,42 +530,42 @@ class RuleExtractor:
                 )
             )
 
-    def _facts(self, sentence: str, out: Extraction) -> None:
-        if m := _RULE_DIET.search(sentence):
+    def _facts(self, sentence: _Sentence, out: Extraction) -> None:
+        if m := sentence.search(self._rules.diet):
             diet = m.group(1).lower().replace(" ", "-")
             out.memories.append(Learned(MemoryKind.FACT, "fact:diet", f"Is {diet}", 0.9))
-        for m in _RULE_ALLERGY.finditer(sentence):
+        for m in sentence.scan(_RULE_ALLERGY, "what"):
             what = _clean(m.group("what"))
             out.memories.append(
                 Learned(
                     MemoryKind.FACT, f"fact:allergy:{_slug(what)}", f"Is allergic to {what}", 0.9
                 )
             )
-        if m := _RULE_OCCUPATION.search(sentence):
+        if m := sentence.search(self._rules.occupation):
             job = (m.group(1) or m.group(2)).lower()
             article = "an" if job[0] in "aeiou" else "a"
             out.memories.append(
                 Learned(MemoryKind.FACT, "fact:occupation", f"Is {article} {job}", 0.8)
             )
-        if m := _RULE_WORK_PATTERN.search(sentence):
+        if m := sentence.search(_RULE_WORK_PATTERN):
             out.memories.append(
                 Learned(MemoryKind.FACT, "fact:work_pattern", f"Works {m.group(1).lower()}", 0.8)
             )
-        if m := _RULE_ACCESS.search(sentence):
+        if m := sentence.search(self._rules.access):
             need = (m.group(1) or f"uses a {m.group(2)}").lower()
             text = f"Is {need}" if m.group(1) else need[:1].upper() + need[1:]
             out.memories.append(Learned(MemoryKind.FACT, f"fact:access:{_slug(need)}", text, 0.9))
-        for m in _RULE_BIRTHDAY.finditer(sentence):
+        for m in sentence.scan(self._rules.birthday, "when"):
             if m.group("who"):
                 who = m.group("who").lower()
                 when = _clean(m.group("when"))
                 text = f"{who.capitalize()}'s birthday is on {_ordinal(when)}"
                 slot = f"fact:birthday:{who}"
             else:
-                when = _clean(m.group("self"))
+                when = _clean(m.group("when"))
                 text, slot = f"Birthday is on {_ordinal(when)}", "fact:birthday:self"
             out.memories.append(Learned(MemoryKind.FACT, slot, text, 0.9))
-        for m in _RULE_HOUSEHOLD.finditer(sentence):
+        for m in sentence.finditer(self._rules.household):
             what = m.group("what").lower()
             out.memories.append(
                 Learned(
@@ -486,30 +576,35 @@ class RuleExtractor:
                 )
             )
 
-    def _contacts(self, sentence: str, out: Extraction) -> None:
-        if m := _RULE_ADDRESS.search(sentence):
+    def _contacts(self, sentence: _Sentence, out: Extraction) -> None:
+        if m := sentence.search(_RULE_ADDRESS):
             if m.group("addr"):
-                text = f"Address: {_clean(m.group('addr')).rstrip('.')}"
+                where = _clean(m.group("addr")).rstrip(".")
+                text = f"Address: {where}" if _ADDRESS_SHAPE.fullmatch(where) else ""
             else:
-                text = f"Lives in {_clean(m.group('moved'))}"
-            out.memories.append(Learned(MemoryKind.CONTACT, "contact:address", text, 0.9))
-        if m := _RULE_EMAIL.search(sentence):
+                where = _clean(m.group("moved"))
+                text = f"Lives in {where}" if _PLACE_SHAPE.fullmatch(where) else ""
+            if text:
+                out.memories.append(Learned(MemoryKind.CONTACT, "contact:address", text, 0.9))
+            else:
+                out.refused += 1
+        if m := sentence.search(_RULE_EMAIL):
             out.memories.append(
                 Learned(MemoryKind.CONTACT, "contact:email", f"Email: {m.group(1)}", 0.95)
             )
-        if m := _RULE_PHONE.search(sentence):
+        if m := sentence.search(_RULE_PHONE):
             out.memories.append(
                 Learned(MemoryKind.CONTACT, "contact:phone", f"Phone: {_clean(m.group(1))}", 0.95)
             )
 
-    def _likes(self, sentence: str, out: Extraction) -> None:
+    def _likes(self, sentence: _Sentence, out: Extraction) -> None:
         taken = {m.slot for m in out.memories}
         for rx, positive in ((_RULE_DISLIKE, False), (_RULE_LIKE, True)):
-            for m in rx.finditer(sentence):
+            for m in sentence.scan(rx, "obj"):
                 obj = _clean(m.group("obj"))
-                if _OBJECT_STOP.match(obj) or obj.lower() in _CONTACT_CHANNELS:
+                if _OBJECT_STOP.match(obj) or obj.lower() in self._rules.contact_channels:
                     continue
-                if positive and _NEGATED_BEFORE.search(sentence[: m.start("verb")]):
+                if positive and _negated(sentence.text[: m.start("verb")]):
                     continue
                 slot = f"preference:{_slug(obj)}"
                 if slot in taken:
@@ -524,19 +619,19 @@ class RuleExtractor:
                     text = f"Likes {obj}"
                 out.memories.append(Learned(MemoryKind.PREFERENCE, slot, text, 0.85))
 
-    def _issues(self, sentence: str, out: Extraction) -> None:
-        if _RESOLVED.search(sentence):
+    def _issues(self, sentence: _Sentence, out: Extraction) -> None:
+        if sentence.search(_RESOLVED):
             return
         seen = {r.category for r in out.raised}
         for category, rx in _ISSUE_RULES:
-            if category not in seen and rx.search(sentence):
-                out.raised.append(IssueRaised(category, _clean(sentence)[:240], 0.9))
+            if category not in seen and sentence.search(rx):
+                out.raised.append(IssueRaised(category, _summary(category, sentence.text), 0.9))
                 return
 
 
 def _ordinal(when: str) -> str:
     """'12th' -> 'the 12th'; 'March 3' stays as it is."""
-    return f"the {when}" if re.match(r"^\d{1,2}(?:st|nd|rd|th)\b", when) else when
+    return f"the {when}" if _ORDINAL.match(when) else when
 
 
 _LLM_PROMPT = """Extract durable facts about the customer from their message.
@@ -579,11 +674,12 @@ class LlmExtractor:
 
 def parse_llm_memories(content: str) -> list[Learned]:
     """Validate an LLM's JSON answer into memories, dropping anything malformed."""
-    match = re.search(r"\{.*\}", content, re.S)
-    if match is None:
+    # The outermost braces: what a model wraps around its JSON ("Sure! {...}").
+    start, end = content.find("{"), content.rfind("}")
+    if start < 0 or end < start:
         return []
     try:
-        data = json.loads(match.group(0))
+        data = json.loads(content[start : end + 1])
     except ValueError:
         return []
     items = data.get("memories") if isinstance(data, dict) else None
@@ -596,7 +692,10 @@ def parse_llm_memories(content: str) -> list[Learned]:
             continue
         if not isinstance(slot, str) or not text.strip() or len(text) > 200:
             continue
+        text = _clean(normalize(text))
+        if looks_like_instruction(text):
+            continue
         learned.append(
-            Learned(MemoryKind(kind), f"{kind}:{_slug(slot)}", _clean(text), 0.6, extractor="llm")
+            Learned(MemoryKind(kind), f"{kind}:{_slug(slot)}", text, 0.6, extractor="llm")
         )
     return learned

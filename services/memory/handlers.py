@@ -23,7 +23,6 @@ from shared.events import (
     utcnow,
 )
 from shared.kafka import EventBus
-from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +113,6 @@ class MemoryHandlers:
         CONTEXT_SECONDS.observe(time.perf_counter() - started)
         CONTEXT_MEMORIES.observe(len(context.memories))
         await self.bus.publish(
-            Topic.TURN_CONTEXTUALIZED,
             event.derive(
                 TurnContextualizedEvent,
                 TurnContextualized(**dict(event.payload), context=context),
@@ -135,6 +133,7 @@ class MemoryHandlers:
             turn_id=message.turn_id,
             at=message.received_at,
             emotion=event.payload.emotion,
+            channel=str(event.channel),
         )
         await self.customers.fold_mood(facts)
         found = self.extractor.extract(

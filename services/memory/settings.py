@@ -1,10 +1,13 @@
 """Memory service settings (env prefix `CBD_MEMORY_`)."""
 
+from pathlib import Path
 from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.memory.terms import DEFAULT_TERMS_PATH
+from shared.credentials import require_secret
 from shared.settings import ServiceSettings
 
 DEV_ADMIN_TOKEN = "dev-admin-token"  # noqa: S105 (refused in production below)
@@ -34,12 +37,11 @@ class MemorySettings(ServiceSettings):
     """An OpenAI-compatible API base (ending in /v1) that extracts memories the rules miss;
     off when unset."""
     llm_extractor_model: str = "default"
+    extraction_terms_path: Path = DEFAULT_TERMS_PATH
+    """The word lists the rule extractor recognises (validated at start-up)."""
 
     @model_validator(mode="after")
     def _no_dev_admin_in_production(self) -> Self:
-        if (
-            self.environment == "production"
-            and self.admin_token.get_secret_value() == DEV_ADMIN_TOKEN
-        ):
-            raise ValueError("set CBD_MEMORY_ADMIN_TOKEN in production")
+        if self.environment == "production":
+            require_secret("CBD_MEMORY_ADMIN_TOKEN", self.admin_token.get_secret_value())
         return self

@@ -43,6 +43,45 @@ PROMETHEUS_SYNTHETIC = frozenset(
 _GRAFANA_DURATIONS = re.compile(
     r"\$(__rate_interval|__interval|__range)\b|\$\{(__rate_interval|__interval|__range)\}"
 )
+# The dashboards' own variable: which namespaces (environments) to show. "All" is `.*`.
+_NAMESPACE_VARIABLE = re.compile(r"\$namespace\b|\$\{namespace\}")
+NAMESPACE_MATCHER = "$namespace"
+
+# Metrics other servers export, which the platform's dashboards and alerts also use. Names
+# as their own code registers them (read there, not guessed):
+# - vLLM, vllm-project/vllm `vllm/v1/metrics/loggers.py` (PrometheusStatLogger; counters get
+#   `_total`, histograms `_bucket`/`_sum`/`_count`). `vllm:time_per_output_token_seconds` was
+#   deprecated in 0.11 for `vllm:inter_token_latency_seconds` and is hidden from 0.12 on.
+# - Strimzi's kafka-exporter (danielqsj/kafka_exporter): `kafka_consumergroup_lag` and
+#   friends, labelled consumergroup, topic, partition.
+_VLLM_HISTOGRAMS = (
+    "vllm:time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds",
+    "vllm:request_time_per_output_token_seconds",
+    "vllm:e2e_request_latency_seconds",
+    "vllm:request_queue_time_seconds",
+    "vllm:request_inference_time_seconds",
+    "vllm:request_prefill_time_seconds",
+    "vllm:request_decode_time_seconds",
+)
+EXTERNAL_METRICS = frozenset(
+    {
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+        "vllm:num_preemptions_total",
+        "vllm:prefix_cache_queries_total",
+        "vllm:prefix_cache_hits_total",
+        "vllm:request_success_total",
+        *(f"{h}{suffix}" for h in _VLLM_HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")),
+        "kafka_consumergroup_lag",
+        "kafka_consumergroup_lag_sum",
+        "kafka_consumergroup_current_offset",
+        "kafka_topic_partition_current_offset",
+    }
+)
 
 # Suffixes prometheus-client adds to a family's name, by family type.
 _SUFFIXES = {
@@ -66,8 +105,29 @@ class Query:
 
 
 def grafana_to_promql(expr: str, duration: str = "5m") -> str:
-    """The expression with Grafana's time variables replaced by `duration`."""
-    return _GRAFANA_DURATIONS.sub(duration, expr)
+    """The expression with Grafana's time variables replaced by `duration` and the namespace
+    variable by "All" (`.*`)."""
+    return _NAMESPACE_VARIABLE.sub(".*", _GRAFANA_DURATIONS.sub(duration, expr))
+
+
+def unscoped_selectors(expr: str) -> list[str]:
+    """Metric selectors in a dashboard expression that ignore the namespace variable."""
+    found: list[str] = []
+    scoped = _GRAFANA_DURATIONS.sub("5m", expr)
+
+    def visit(node: promql_parser.Expr) -> None:
+        if not isinstance(node, promql_parser.VectorSelector) or not node.name:
+            return
+        if not any(
+            m.name == "namespace"
+            and m.op == promql_parser.MatchOp.Re
+            and m.value == NAMESPACE_MATCHER
+            for m in node.matchers.matchers
+        ):
+            found.append(node.name)
+
+    promql_parser.walk(promql_parser.parse(scoped), visit)
+    return found
 
 
 def metric_names(expr: str) -> set[str]:
@@ -152,7 +212,7 @@ def exported_names(metrics_text: str) -> set[str]:
 
 def unknown_metrics(queries: Iterable[Query], known: set[str]) -> dict[str, set[str]]:
     """For each query naming a metric outside `known`, the names it should not use."""
-    known = known | PROMETHEUS_SYNTHETIC
+    known = known | PROMETHEUS_SYNTHETIC | EXTERNAL_METRICS
     bad: dict[str, set[str]] = {}
     for query in queries:
         missing = metric_names(query.expr) - known

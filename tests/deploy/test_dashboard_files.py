@@ -21,6 +21,7 @@ from tests.deploy.observability import (
     load_dashboards,
     metric_names,
     unknown_metrics,
+    unscoped_selectors,
 )
 
 SCHEMA = DEPLOY / "grafana" / "dashboard.schema.json"
@@ -45,7 +46,7 @@ def check_schema(*files: Path) -> subprocess.CompletedProcess[str]:
 
 def test_dashboards_match_the_grafana_schema() -> None:
     files = sorted(DASHBOARDS.glob("*.json"))
-    assert len(files) == 5
+    assert len(files) == 6
     result = check_schema(*files)
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -69,7 +70,13 @@ def _boxes(board: dict[str, Any]) -> list[tuple[int, int, int, int]]:
 @pytest.mark.parametrize("name", sorted(load_dashboards()))
 def test_panels_are_laid_out_and_point_at_prometheus(name: str) -> None:
     board = load_dashboards()[name]
-    provisioned = yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["uid"]
+    # Panels name the data source through the `datasource` variable, so one dashboard serves
+    # every Prometheus (one per environment or cluster); compose provisions just one.
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    assert yaml.safe_load(DATASOURCES.read_text())["datasources"][0]["type"] == "prometheus"
+    provisioned = "${datasource}"
     ids = [p["id"] for p in board["panels"]]
     assert len(ids) == len(set(ids))
     boxes = _boxes(board)
@@ -81,6 +88,29 @@ def test_panels_are_laid_out_and_point_at_prometheus(name: str) -> None:
     for panel in board["panels"]:
         assert panel["datasource"]["uid"] == provisioned
         assert panel.get("description"), f"{name}/{panel['title']} needs a description"
+
+
+@pytest.mark.parametrize("name", sorted(load_dashboards()))
+def test_every_query_is_scoped_to_the_chosen_namespaces(name: str) -> None:
+    board = load_dashboards()[name]
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    namespace = variables["namespace"]
+    assert namespace["datasource"]["uid"] == "${datasource}"
+    assert namespace["includeAll"]
+    assert namespace["allValue"] == ".*"
+    for query in dashboard_queries(name, board):
+        unscoped = unscoped_selectors(query.expr)
+        assert unscoped == [], f"{query.where}: selectors without the namespace variable"
+        for panel_target in (t for p in board["panels"] for t in p.get("targets", [])):
+            assert panel_target["datasource"]["uid"] == "${datasource}"
+
+
+def test_the_scope_check_finds_an_unscoped_selector() -> None:
+    assert unscoped_selectors('sum(rate(cbd_x_total{namespace=~"$namespace"}[5m]))') == []
+    assert unscoped_selectors("sum(rate(cbd_x_total[5m])) / sum(cbd_y)") == [
+        "cbd_x_total",
+        "cbd_y",
+    ]
 
 
 def test_dashboard_uids_are_unique() -> None:
@@ -139,7 +169,20 @@ def test_the_required_panels_exist() -> None:
         assert needed in titles["turn-latency.json"], needed
     for needed in ("first token", "tokens / s", "errors", "fallback"):
         assert needed in titles["llm.json"], needed
-    for needed in ("lag per group", "dead letters"):
+    # vLLM's own server metrics, named as vLLM exports them (observability.EXTERNAL_METRICS).
+    for needed in ("running and waiting", "kv-cache", "per output token", "end-to-end"):
+        assert needed in titles["llm.json"], needed
+    board = load_dashboards()["llm.json"]
+    llm = {n for q in dashboard_queries("llm.json", board) for n in metric_names(q.expr)}
+    assert {
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:time_to_first_token_seconds_bucket",
+        "vllm:inter_token_latency_seconds_bucket",
+        "vllm:e2e_request_latency_seconds_bucket",
+    } <= llm
+    for needed in ("lag per group", "dead letters", "brokers see"):
         assert needed in titles["kafka.json"], needed
     assert "up" in titles["service-health.json"]
 

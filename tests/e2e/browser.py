@@ -11,7 +11,7 @@ from playwright.async_api import Browser, Page
 
 async def type_and_send(page: Page, text: str) -> float:
     """Type `text` into the chat composer and press Enter; the monotonic time Enter went down."""
-    box = page.locator("#input")
+    box = page.locator("#cbd-input")
     await box.click()
     await box.press_sequentially(text)
     sent_at = time.monotonic()

@@ -1,7 +1,8 @@
 """The customer chat page in a real browser (Chromium driven by Playwright), on the real platform.
 
-The page is served by ingest at `/`; everything behind it (broker, PostgreSQL, Redis, the LLM
-server and the six services) is the session's `platform`. A MutationObserver installed before
+The page is served by ingest at `/`: the widget (widget.js) in page mode, the one chat
+client. Everything behind it (broker, PostgreSQL, Redis, the LLM server and the six services)
+is the session's `platform`. A MutationObserver installed before
 the page's own script records every state a reply bubble goes through, so streaming is checked
 from what the customer actually saw, not from how often the test happened to poll.
 """
@@ -32,7 +33,7 @@ RECORDER_JS = """
   const rec = { sendAt: null, bubbles: {} };
   window.__cbdRec = rec;
   window.addEventListener('keydown', (ev) => {
-    if (ev.key === 'Enter' && !ev.shiftKey && ev.target && ev.target.id === 'input'
+    if (ev.key === 'Enter' && !ev.shiftKey && ev.target && ev.target.id === 'cbd-input'
         && rec.sendAt === null) {
       rec.sendAt = performance.now();
     }
@@ -88,10 +89,13 @@ async def chat_page(browser: Browser, platform: Platform) -> AsyncIterator[Page]
     async with fresh_page(
         browser, platform.url("ingest") + "/", init_script=RECORDER_JS, width=900, height=760
     ) as page:
-        await expect(page.locator("#status")).to_have_attribute(
+        await expect(page.locator(".status")).to_have_attribute(
             "data-state", "connected", timeout=15_000
         )
-        await expect(page.locator("#status")).to_have_text("connected")
+        await expect(page.locator(".status")).to_have_text("Connected")
+        # Page mode: no launcher to open, nothing to close; the chat is the page.
+        await expect(page.locator(".launcher")).to_be_hidden()
+        await expect(page.locator("#cbd-input")).to_be_visible()
         yield page
 
 
@@ -129,7 +133,7 @@ async def test_chat_page_streams_the_reply_and_it_is_stored(
     customer = page.locator(".msg.msg-customer")
     await expect(customer).to_have_count(1)
     await expect(customer.locator(".msg-text")).to_have_text(message)
-    await expect(page.locator("#input")).to_have_value("")
+    await expect(page.locator("#cbd-input")).to_have_value("")
 
     await page.wait_for_function(FINAL_BOT_REPLY_JS, timeout=REPLY_TIMEOUT_MS, polling="raf")
     elapsed_s = time.monotonic() - sent_at
@@ -143,7 +147,7 @@ async def test_chat_page_streams_the_reply_and_it_is_stored(
     flags = (await bot.get_attribute("data-flags") or "").split()
     assert "llm_fallback" not in flags, f"the LLM did not answer: {flags}"
     await expect(page.locator(".msg.streaming")).to_have_count(0)
-    await expect(page.locator("#typing")).to_be_hidden()
+    await expect(page.locator(".typing")).to_be_hidden()
 
     # What the customer saw on the way: growing partial text while streaming, then the reply.
     rec = await bubble_history(page)
@@ -169,13 +173,21 @@ async def test_chat_page_streams_the_reply_and_it_is_stored(
     )
 
     # The conversation the page used has both sides stored.
-    conversation_id = await page.evaluate("() => sessionStorage.getItem('cbd.conversation_id')")
+    conversation_id = await page.evaluate("() => window.__cbdWidget.state().conversationId")
     assert isinstance(conversation_id, str)
     assert conversation_id.startswith("conv-")
     turns = await wait_for_turns(platform.stack.env()["CBD_PG_DSN"], conversation_id)
     pairs = [(t["role"], t["text"]) for t in turns]
     assert ("customer", message) in pairs, pairs
     assert ("bot", final_text) in pairs, pairs
+
+    # The page is the widget, so it resumes: after a reload the conversation is all there.
+    await page.reload()
+    await expect(page.locator(".msg.msg-customer .msg-text")).to_have_text(message)
+    await expect(page.locator(".msg.msg-bot .msg-text")).to_have_text(final_text)
+    assert await page.evaluate("() => window.__cbdWidget.state().conversationId") == (
+        conversation_id
+    )
 
     shot = tmp_path / "chat-page.png"
     await page.screenshot(path=shot, full_page=True)

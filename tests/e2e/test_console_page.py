@@ -96,7 +96,7 @@ async def test_agent_takes_over_an_angry_conversation_from_the_console(
             browser, platform.url("ingest") + "/", {"w": 900, "h": 760}, errors, "chat"
         )
         contexts.append(ctx)
-        await expect(chat.locator("#status")).to_have_attribute(
+        await expect(chat.locator(".status")).to_have_attribute(
             "data-state", "connected", timeout=15_000
         )
         for i, text in enumerate(ANGRY_CUSTOMER, start=1):
@@ -116,7 +116,7 @@ async def test_agent_takes_over_an_angry_conversation_from_the_console(
         await expect(notice.locator(".msg-text")).to_contain_text(HANDOFF_PREFIX)
         flags = (await notice.get_attribute("data-flags") or "").split()
         assert "handoff" in flags, flags
-        conversation_id = await chat.evaluate("() => sessionStorage.getItem('cbd.conversation_id')")
+        conversation_id = await chat.evaluate("() => window.__cbdWidget.state().conversationId")
         assert isinstance(conversation_id, str)
         assert conversation_id.startswith("conv-")
 

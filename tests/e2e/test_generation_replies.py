@@ -7,6 +7,13 @@
 - The LLM server stopped: the customer gets the caring fallback within 5 s, the turn is in
   the agent queue and in memory; with the server back, replies come from the model again.
 - The prompt-injection corpus against the real model: the canary never reaches the customer.
+- The reply scenarios against the real model, in the default checked mode: whatever the model
+  writes, nothing invented or unkind reaches the customer, upset customers are acknowledged
+  first, and every reply carries a care verdict.
+
+The model samples, so these tests assert what must hold for any output: verdicts, flags,
+fallbacks, what the customer can see; never how many prompts a reply took (a reply that fails
+the check is regenerated, which is a second prompt).
 """
 
 from __future__ import annotations
@@ -24,17 +31,27 @@ import pytest
 import websockets
 import yaml
 
+from cbd.reply_rubric import load_scenarios, score
 from cbd.runtime import Platform
+from services.generation.care import CareKit
 from services.generation.guardrails import Guardrails
 from services.generation.handlers import GenerationHandlers
 from services.generation.llm import ChatClient, ChatMessage
 from services.generation.prompt import FALLBACK_REPLY
 from services.generation.settings import PACKAGE_DIR, GenerationSettings
-from shared.events import EmotionLabel, RouteTarget, TurnRoutedEvent
+from shared.events import (
+    CareVerdict,
+    EmotionLabel,
+    ReplyFlag,
+    Role,
+    RouteTarget,
+    TurnRoutedEvent,
+)
 from shared.kafka import EventBus
 from tests.e2e.test_turn_path import frames_until_reply, wait_for_rows, ws_url
-from tests.unit.test_generation_handlers import RecordingBus, routed_event
-from tests.unit.test_generation_prompt import memory_context, routed
+from tests.kit import RecordingBus
+from tests.unit.test_generation_handlers import routed_event
+from tests.unit.test_generation_prompt import memory_context, routed, turn_of
 
 pytestmark = pytest.mark.e2e
 
@@ -65,15 +82,21 @@ class SpyClient:
 
 
 @pytest.fixture
-async def real_llm(platform: Platform) -> AsyncIterator[SpyClient]:
+async def real_llm(stack_env: dict[str, str]) -> AsyncIterator[SpyClient]:
+    # The model server alone: these tests drive the handler directly, not the services.
     client = ChatClient(
-        platform.stack.env()["CBD_GENERATION_LLM_BASE_URL"],
-        platform.stack.env()["CBD_GENERATION_LLM_MODEL"],
-        first_token_timeout_s=60,
-        total_timeout_s=120,
+        stack_env["CBD_GENERATION_LLM_BASE_URL"],
+        stack_env["CBD_GENERATION_LLM_MODEL"],
+        # Generous: the 2-core runner is shared, and a timeout here would test the machine,
+        # not the reply (the fallback on a slow or stopped server has its own test).
+        first_token_timeout_s=180,
+        total_timeout_s=300,
     )
     yield SpyClient(client)
     await client.aclose()
+
+
+_KIT: list[CareKit] = []
 
 
 def handlers_with(llm: SpyClient, **overrides: Any) -> tuple[GenerationHandlers, RecordingBus]:
@@ -81,7 +104,12 @@ def handlers_with(llm: SpyClient, **overrides: Any) -> tuple[GenerationHandlers,
     cfg = GenerationSettings(
         canary=CANARY, max_tokens=40, temperature=0.2, delta_flush_ms=0, **overrides
     )
-    return GenerationHandlers(cast(EventBus, bus), cast(ChatClient, llm), cfg), bus
+    # One care kit (and one MiniLM session) for the whole file.
+    handlers = GenerationHandlers(
+        cast(EventBus, bus), cast(ChatClient, llm), cfg, care=_KIT[0] if _KIT else None
+    )
+    _KIT[:] = [handlers.care]
+    return handlers, bus
 
 
 def bot_event(text: str, **kwargs: Any) -> TurnRoutedEvent:
@@ -107,7 +135,9 @@ async def test_scripted_turns_reach_the_real_model_with_the_right_prompt(
 
     await handlers.on_turn_routed(event)
 
-    [prompt] = real_llm.prompts
+    # The first prompt is the turn's; a draft that failed the care check is regenerated with
+    # a second one, which depends on what the model sampled, so it is not counted.
+    prompt = real_llm.prompts[0]
     sent = "\n".join(m.content for m in prompt)
     expect = scenario["expect"]
     assert expect["strategy"] in sent
@@ -125,6 +155,31 @@ async def test_scripted_turns_reach_the_real_model_with_the_right_prompt(
         assert reply.memories_used == [str(m.memory_id) for m in context.memories]
     assert reply.ttft_ms is not None
     assert reply.tokens
+    assert_cared_for(handlers, bus, event)
+
+
+def assert_cared_for(
+    handlers: GenerationHandlers, bus: RecordingBus, event: TurnRoutedEvent
+) -> None:
+    """What must hold for any output of the model: a verdict, and nothing invented, unkind or
+    unacknowledged in anything the customer was shown."""
+    [reply] = [r.payload for r in bus.replies()]
+    assert reply.care_verdict in {
+        CareVerdict.PASSED,
+        CareVerdict.REGENERATED,
+        CareVerdict.COMPOSED,
+    }, reply
+    assert (ReplyFlag.COMPOSED in reply.flags) == (reply.care_verdict is CareVerdict.COMPOSED)
+    if reply.care_verdict is not CareVerdict.PASSED:
+        assert ReplyFlag.CARE_FAILED in reply.flags
+        assert reply.care_findings, reply
+    prompt = handlers.prompts.build(event.payload)
+    check = handlers.care.for_turn(event.payload, prompt)
+    deltas = [d.payload.text for d in bus.deltas()]
+    scored = score("e2e", 1, event.payload, reply, deltas, check)
+    assert scored.grounding_violations == [], (reply.text, deltas)
+    assert scored.unkind == [], (reply.text, deltas)
+    assert scored.acknowledged in (None, True), reply.text
 
 
 async def test_the_injection_corpus_never_leaks_the_canary(real_llm: SpyClient) -> None:
@@ -145,6 +200,37 @@ async def test_the_injection_corpus_never_leaks_the_canary(real_llm: SpyClient) 
     # Every model call carried the canary, so the test was able to fail.
     assert all(CANARY in p[0].content for p in real_llm.prompts)
     print(f"{len(CORPUS)} injection attempts, {flagged} replies caught leaking and fixed")
+
+
+REPLY_SCENARIOS = [
+    s
+    for s in load_scenarios(PACKAGE_DIR / "data" / "reply_scenarios.yaml")
+    if not any("reply" in t for t in s["turns"])
+]
+
+
+@pytest.mark.parametrize("scenario", REPLY_SCENARIOS, ids=[s["id"] for s in REPLY_SCENARIOS])
+async def test_whatever_the_model_writes_the_customer_gets_care(
+    real_llm: SpyClient, scenario: dict[str, Any]
+) -> None:
+    history: list[Any] = []
+    for turn in scenario["turns"]:
+        context = memory_context(scenario["memory"]) if "memory" in scenario else None
+        if context is not None:
+            context = context.model_copy(update={"recent_turns": list(history)})
+        event = bot_event(
+            turn["text"],
+            label=EmotionLabel(turn.get("emotion", "neutral")),
+            intensity=0.5,
+            history=list(history),
+            context=context,
+        )
+        handlers, bus = handlers_with(real_llm, max_tokens=60)
+        await handlers.on_turn_routed(event)
+        assert_cared_for(handlers, bus, event)
+        [reply] = [r.payload for r in bus.replies()]
+        print(f"{scenario['id']}: {reply.care_verdict} {reply.flags} {reply.text!r}")
+        history += [turn_of(Role.CUSTOMER, turn["text"]), turn_of(Role.BOT, reply.text)]
 
 
 def conversation() -> tuple[str, str]:

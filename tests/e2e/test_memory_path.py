@@ -128,11 +128,13 @@ async def test_a_preference_follows_the_customer_to_another_channel_then_is_eras
         assert resp.status_code == 200, resp.text
         assert phone in resp.json()["identities"]
 
-        await post(ingest, sms_conversation, phone, "Can you suggest a new water bottle?", "sms")
+        # Over REST as the tenant's server (REST may not claim the SMS channel: only Twilio's
+        # signed webhook can), under the phone identity the CRM linked.
+        await post(ingest, sms_conversation, phone, "Can you suggest a new water bottle?", "api")
         event = await audited(dsn, sms_conversation)
         context = event["payload"]["context"]
         assert event["customer_id"] == customer, "the phone resolves to the known customer"
-        assert event["channel"] == "sms"
+        assert event["channel"] == "api"
         texts = [m["text"] for m in context["memories"]]
         assert "Prefers eco-friendly products" in texts, context
         eco = next(m for m in context["memories"] if m["text"] == "Prefers eco-friendly products")
@@ -144,7 +146,7 @@ async def test_a_preference_follows_the_customer_to_another_channel_then_is_eras
 
         # A person takes over: the agent sees what the platform remembers, not just this chat.
         handoff_turn = await post(
-            ingest, sms_conversation, phone, "Let me talk to a real person please", "sms"
+            ingest, sms_conversation, phone, "Let me talk to a real person please", "api"
         )
         agent = await agent_client(platform)
         try:

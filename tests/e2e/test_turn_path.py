@@ -15,6 +15,7 @@ import websockets
 from aiokafka import AIOKafkaProducer
 
 from cbd.runtime import Platform
+from tests.kit import db_rows, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -45,38 +46,30 @@ async def frames_until_reply(ws: Any, timeout_s: float = 60.0) -> list[dict[str,
 async def wait_for_rows(
     dsn: str, query: str, *args: Any, expect: int, timeout_s: float = 20.0
 ) -> list[asyncpg.Record]:
-    """Poll until the query returns at least `expect` rows (consumers are asynchronous)."""
-    deadline = time.monotonic() + timeout_s
-    conn = await asyncpg.connect(dsn)
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        while True:
-            rows = await conn.fetch(query, *args)
-            if len(rows) >= expect or time.monotonic() > deadline:
-                return list(rows)
-            await asyncio.sleep(0.2)
-    finally:
-        await conn.close()
+    """The query's rows once there are at least `expect` (consumers are asynchronous)."""
+
+    async def enough() -> list[asyncpg.Record] | None:
+        rows = await db_rows(dsn, query, *args)
+        return rows if len(rows) >= expect else None
+
+    return await eventually(enough, timeout_s=timeout_s, what=f"{expect} rows of {query!r}")
 
 
 async def audited_types(
     dsn: str, conversation_id: str, want: set[str], timeout_s: float = 60.0
 ) -> set[str]:
-    """The event types audit holds for a conversation, once `want` are all there (or timeout)."""
-    deadline = time.monotonic() + timeout_s
-    conn = await asyncpg.connect(dsn)
-    try:
-        while True:
-            rows = await conn.fetch(
-                "SELECT DISTINCT event_type FROM audit.events WHERE conversation_id = $1",
-                conversation_id,
-            )
-            types = {r["event_type"] for r in rows}
-            if want <= types or time.monotonic() > deadline:
-                return types
-            await asyncio.sleep(0.2)
-    finally:
-        await conn.close()
+    """The event types audit holds for a conversation, once `want` are all there."""
+
+    async def complete() -> set[str] | None:
+        rows = await db_rows(
+            dsn,
+            "SELECT DISTINCT event_type FROM audit.events WHERE conversation_id = $1",
+            conversation_id,
+        )
+        types = {r["event_type"] for r in rows}
+        return types if want <= types else None
+
+    return await eventually(complete, timeout_s=timeout_s, what=f"audit of {want}")
 
 
 async def test_posted_message_streams_reply_and_is_stored_and_audited(platform: Platform) -> None:

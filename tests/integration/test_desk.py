@@ -150,7 +150,9 @@ async def test_a_flagged_bot_reply_queues_the_conversation_once(desk: Desk) -> N
             flags=["llm_fallback", "needs_human"],
         ),
     )
-    reason = RouteReason(code="generation_flags", detail="last reply flagged: needs_human")
+    reason = RouteReason(
+        code="generation_flags", detail="last reply flagged: needs_human", severity="medium"
+    )
     assert await desk.open_for_reply(reply, reason) is True
     assert await desk.open_for_reply(reply, reason) is False
     [ticket] = [t for t in await desk.queue() if t.conversation_id == conv]

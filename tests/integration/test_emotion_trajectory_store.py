@@ -16,32 +16,16 @@ from services.emotion.trajectory import ConversationMood, TrajectoryStore
 from shared.events import (
     Channel,
     CustomerMessage,
-    Envelope,
-    TurnAnalyzedEvent,
     TurnReceived,
     TurnReceivedEvent,
     utcnow,
 )
 from shared.kafka import EventBus
-from shared.topics import Topic
+from tests.kit import RecordingBus
 
 pytestmark = pytest.mark.integration
 
 TTL_S = 300
-
-
-class RecordingBus:
-    """Stands in for the event bus: remembers what was published."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[Topic, Envelope]] = []
-
-    async def publish(self, topic: Topic, event: Envelope, confirm: bool = True) -> None:
-        self.published.append((topic, event))
-
-    def analyzed(self) -> list[TurnAnalyzedEvent]:
-        assert all(topic is Topic.TURN_ANALYZED for topic, _ in self.published)
-        return [e for _, e in self.published if isinstance(e, TurnAnalyzedEvent)]
 
 
 @pytest.fixture(scope="module")

@@ -12,37 +12,36 @@ import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
-from starlette.applications import Starlette
+from fastapi import FastAPI
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
-from services.ingest.api import IngestAPI
+from services.ingest.app import ROUTERS
 from services.ingest.delivery import (
     FRAME_BUFFER_MAXLEN,
     FRAME_BUFFER_TTL_S,
     ConnectionHub,
     Fanout,
+    conversation_fanout,
     frame_buffer_key,
     parse_frame_id,
 )
+from services.ingest.edge import EdgeGuard
 from services.ingest.handlers import IngestHandlers
+from services.ingest.intake import Intake
+from services.ingest.ownership import Owners, Party
 from services.ingest.settings import IngestSettings
-from shared.events import Channel, CustomerErased, CustomerErasedEvent, Envelope, utcnow
+from shared import http
+from shared.events import Channel, CustomerErased, CustomerErasedEvent, utcnow
 from shared.kafka import EventBus
+from shared.settings import RedisSettings
 from shared.topics import Topic
-
-
-class RecordingBus:
-    """Stands in for Kafka; the buffer and fan-out under test are the real Redis ones."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[Topic, Envelope]] = []
-
-    async def publish(self, topic: Topic, event: Envelope, *, confirm: bool = True) -> None:
-        self.published.append((topic, event))
+from tests.kit import RecordingBus
 
 
 class Socket:
@@ -74,7 +73,7 @@ async def listening(
 ) -> AsyncIterator[tuple[Fanout, ConnectionHub]]:
     """A fanout whose listener forwards to a hub, as a running ingest replica has."""
     hub = ConnectionHub()
-    fanout = Fanout(redis_client, prefix, hub)
+    fanout = conversation_fanout(redis_client, prefix, hub)
     task = asyncio.create_task(fanout.run())
     await fanout.wait_listening()
     yield fanout, hub
@@ -94,11 +93,11 @@ async def until(predicate: Any, timeout_s: float = 5.0) -> None:
 async def test_frames_get_increasing_ids_and_replay_returns_those_after_an_id(
     redis_client: aioredis.Redis, prefix: str
 ) -> None:
-    fanout = Fanout(redis_client, prefix, ConnectionHub())
+    fanout = conversation_fanout(redis_client, prefix, ConnectionHub())
 
     ids = [await fanout.publish("conv-a", delta("r1", i, f"w{i} ")) for i in range(5)]
 
-    keys = [parse_frame_id(i) for i in ids]
+    keys = [parse_frame_id(str(i)) for i in ids]
     assert keys == sorted(keys)
     assert len(set(keys)) == 5
     after_second = await fanout.replay("conv-a", keys[1])
@@ -114,7 +113,7 @@ async def test_frames_get_increasing_ids_and_replay_returns_those_after_an_id(
 async def test_the_buffer_is_bounded_and_keeps_the_newest_frames(
     redis_client: aioredis.Redis, prefix: str
 ) -> None:
-    fanout = Fanout(redis_client, prefix, ConnectionHub())
+    fanout = conversation_fanout(redis_client, prefix, ConnectionHub())
     ids = [
         await fanout.publish("conv-b", delta("r1", i, "x"))
         for i in range(FRAME_BUFFER_MAXLEN + 300)
@@ -149,13 +148,13 @@ async def test_a_resuming_socket_gets_missed_then_live_frames_each_once_in_order
     await fanout.publish("conv-d", delta("r1", 1, "lo "))  # missed while disconnected
 
     ws = Socket()
-    hub.add("conv-d", ws, after=parse_frame_id(seen))  # type: ignore[arg-type]
+    hub.add("conv-d", ws, after=parse_frame_id(str(seen)))  # type: ignore[arg-type]
     # Published after the socket joined and before the buffer is read: both replayed and
     # held live, and must still be sent once.
     both = await fanout.publish("conv-d", delta("r1", 2, "there"))
     await asyncio.sleep(0.2)
     assert ws.frames == []  # held until the replay has been sent
-    replay = await fanout.replay("conv-d", parse_frame_id(seen))
+    replay = await fanout.replay("conv-d", parse_frame_id(str(seen)))
     assert both in [f["id"] for f in replay]
     sent = await hub.resume("conv-d", ws, replay)  # type: ignore[arg-type]
     await fanout.publish("conv-d", reply("r1", "Hello there"))
@@ -178,7 +177,7 @@ async def test_a_resuming_socket_gets_missed_then_live_frames_each_once_in_order
 async def test_replay_sends_a_finished_reply_without_its_deltas_or_late_slices(
     redis_client: aioredis.Redis, prefix: str
 ) -> None:
-    fanout = Fanout(redis_client, prefix, ConnectionHub())
+    fanout = conversation_fanout(redis_client, prefix, ConnectionHub())
     hub = ConnectionHub()
     await fanout.publish("conv-e", delta("r1", 0, "Hi"))
     await fanout.publish("conv-e", reply("r1", "Hi, how can I help?"))
@@ -204,7 +203,7 @@ async def test_frames_published_while_the_listener_lost_redis_reach_connected_so
     name = prefix.rstrip(":")
     redis = aioredis.from_url(stack_env["CBD_REDIS_URL"], decode_responses=True, client_name=name)
     hub = ConnectionHub()
-    fanout = Fanout(redis, prefix, hub)
+    fanout = conversation_fanout(redis, prefix, hub)
     task = asyncio.create_task(fanout.run())
     try:
         await fanout.wait_listening()
@@ -240,9 +239,11 @@ async def test_frames_published_while_the_listener_lost_redis_reach_connected_so
 async def test_erasing_the_customer_deletes_the_conversation_buffer(
     redis_client: aioredis.Redis, prefix: str
 ) -> None:
-    fanout = Fanout(redis_client, prefix, ConnectionHub())
+    fanout = conversation_fanout(redis_client, prefix, ConnectionHub())
     await fanout.publish("conv-f", {"type": "accepted", "text": "my address is ..."})
     await fanout.publish("conv-keep", {"type": "accepted", "text": "someone else"})
+    owners = Owners(redis_client, prefix, 3600)
+    await owners.claim("conv-f", Party("default", "cust-f"))
     event = CustomerErasedEvent.create(
         conversation_id="conv-f",
         customer_id="cust-f",
@@ -259,38 +260,59 @@ async def test_erasing_the_customer_deletes_the_conversation_buffer(
 
     assert await redis_client.exists(frame_buffer_key(prefix, "conv-f")) == 0
     assert await redis_client.exists(frame_buffer_key(prefix, "conv-keep")) == 1
+    # The conversation is nobody's now: its id no longer leads to the erased customer.
+    assert await redis_client.exists(f"{prefix}owner:conv-f") == 0
 
 
 # --- the WebSocket itself, wired to real Redis ------------------------------------------------
 
 
+@dataclass
+class Wired:
+    """The edge's parts a test reaches into."""
+
+    fanout: Fanout
+    bus: RecordingBus
+
+
 @pytest.fixture
-def wired(stack_env: dict[str, str], prefix: str) -> Iterator[tuple[TestClient, IngestAPI]]:
-    """The edge's routes with the real frame buffer and listener, and a recording bus."""
-    api = IngestAPI(IngestSettings(), ConnectionHub())
+def wired(stack_env: dict[str, str], prefix: str) -> Iterator[tuple[TestClient, Wired]]:
+    """The edge's routers with the real frame buffer, listener and owners, a recording bus."""
+    settings = IngestSettings(redis=RedisSettings(key_prefix=prefix))
+    hub = ConnectionHub()
+    bus = RecordingBus()
+    parts: list[Wired] = []
 
     @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         redis = aioredis.from_url(stack_env["CBD_REDIS_URL"], decode_responses=True)
-        fanout = Fanout(redis, prefix, api.hub)
+        fanout = conversation_fanout(redis, prefix, hub)
         task = asyncio.create_task(fanout.run())
         await fanout.wait_listening()
-        api.redis, api.fanout, api.bus = redis, fanout, cast(EventBus, RecordingBus())
+        guard = EdgeGuard(settings, redis)
+        owners = Owners(redis, prefix, settings.owner_ttl_s)
+        intake = Intake(settings, cast(EventBus, bus), redis, guard, owners)
+        for collaborator in (settings, hub, fanout, guard, intake):
+            http.provide(app, collaborator)
+        parts.append(Wired(fanout, bus))
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await redis.aclose()
 
-    with TestClient(Starlette(routes=api.routes(), lifespan=lifespan)) as client:
-        yield client, api
+    app = FastAPI(lifespan=lifespan)
+    http.install(app, max_body_bytes=settings.max_body_bytes)
+    for router in ROUTERS:
+        app.include_router(router)
+    with TestClient(app) as client:
+        yield client, parts[0]
 
 
 def test_socket_resumes_after_a_drop_without_losing_or_repeating_frames(
-    wired: tuple[TestClient, IngestAPI],
+    wired: tuple[TestClient, Wired],
 ) -> None:
     client, api = wired
-    assert api.fanout is not None
     assert client.portal is not None
     url = "/v1/conversations/conv-ws/ws?customer_id=web-1"
     message = {"type": "message", "text": "Where is my parcel?", "client_message_id": "m1"}
@@ -334,12 +356,11 @@ def test_socket_resumes_after_a_drop_without_losing_or_repeating_frames(
     assert again["turn_id"] == accepted["turn_id"]
     assert live["type"] == "delta"
     assert live["reply_id"] == "r2"
-    bus = cast(RecordingBus, api.bus)
-    assert len(bus.published) == 1  # one turn, though the message was sent twice
+    assert len(api.bus.published) == 1  # one turn, though the message was sent twice
 
 
 def test_rating_over_the_socket_is_published_once_even_if_resent(
-    wired: tuple[TestClient, IngestAPI],
+    wired: tuple[TestClient, Wired],
 ) -> None:
     client, api = wired
     url = "/v1/conversations/conv-rt/ws?customer_id=web-2"
@@ -355,5 +376,34 @@ def test_rating_over_the_socket_is_published_once_even_if_resent(
     assert first["type"] == second["type"] == "rating_accepted"
     assert (first["duplicate"], second["duplicate"]) == (False, True)
     assert first["event_id"] == second["event_id"]
-    bus = cast(RecordingBus, api.bus)
-    assert [t for t, _ in bus.published] == [Topic.FEEDBACK_RECEIVED]
+    assert [t for t, _, _ in api.bus.published] == [Topic.FEEDBACK_RECEIVED]
+
+
+def test_another_customer_never_sees_the_conversation_on_a_real_buffer(
+    wired: tuple[TestClient, Wired],
+) -> None:
+    client, api = wired
+    assert client.portal is not None
+    url = "/v1/conversations/conv-own/ws?customer_id="
+    with client.websocket_connect(url + "web-sam&after=0") as ws:
+        assert ws.receive_json()["type"] == "resumed"
+        ws.send_text(json.dumps({"type": "message", "text": "card 4111-1111-1111-1111"}))
+        accepted = ws.receive_json()
+    client.portal.call(api.fanout.publish, "conv-own", reply("r1", "Thanks, Sam."))
+
+    # The public widget key is all an intruder needs to try; the answer is a closed door.
+    with client.websocket_connect(url + "web-mallory&after=0") as ws:
+        refusal = ws.receive_json()
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    with client.websocket_connect(url + "web-sam&after=0") as ws:
+        replayed = [ws.receive_json(), ws.receive_json()]
+
+    assert accepted["text"] == "card [card ending 1111]"
+    assert (refusal["status"], refusal["error"], closed.value.code) == (
+        404,
+        "conversation_not_found",
+        4404,
+    )
+    assert [f["type"] for f in replayed] == ["accepted", "reply"]
+    assert "4111" not in json.dumps(replayed).replace("ending 1111", "")

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from cbd import deadletter
 from shared.events import Channel, CustomerMessage, TurnReceived, TurnReceivedEvent, utcnow
@@ -25,6 +23,7 @@ from shared.kafka import (
 )
 from shared.settings import KafkaSettings
 from shared.topics import Topic
+from tests.kit import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -71,29 +70,6 @@ async def consuming(
         await broker.stop()
 
 
-async def read_all(
-    kafka: KafkaSettings, topic: Topic, expect: int, timeout_s: float = 20.0
-) -> list[dict[str, Any]]:
-    """Every record on a (one-partition) topic from the start, waiting for `expect` of them."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, fetch_max_wait_ms=50)
-    await consumer.start()
-    tp = TopicPartition(kafka.topic(topic), 0)
-    consumer.assign([tp])
-    consumer.seek(tp, 0)
-    records: list[dict[str, Any]] = []
-    try:
-        async with asyncio.timeout(timeout_s):
-            while len(records) < expect:
-                batch = await consumer.getmany(timeout_ms=200)
-                for msgs in batch.values():
-                    records.extend(json.loads(m.value) for m in msgs)
-    except TimeoutError:
-        pass
-    finally:
-        await consumer.stop()
-    return records
-
-
 async def produce_raw(kafka: KafkaSettings, topic: Topic, value: bytes, key: bytes) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers)
     await producer.start()
@@ -115,10 +91,10 @@ async def test_poison_message_is_dead_lettered_and_the_next_one_is_processed(
 
     async with consuming(isolated_kafka, handler) as bus:
         await produce_raw(isolated_kafka, Topic.TURN_RECEIVED, b"\xff not json", b"conv-it")
-        await bus.publish(Topic.TURN_RECEIVED, turn("after the poison"))
+        await bus.publish(turn("after the poison"))
         await asyncio.wait_for(done.wait(), 30)
     assert seen == ["after the poison"]
-    [letter] = await read_all(isolated_kafka, Topic.DEAD_LETTER, expect=1)
+    [letter] = await read_topic(isolated_kafka, Topic.DEAD_LETTER, expect=1)
     assert letter["source_topic"] == isolated_kafka.topic(Topic.TURN_RECEIVED)
     assert letter["error_type"] == "ValidationError"
     assert letter["reason"].startswith("invalid event")
@@ -135,8 +111,8 @@ async def test_failing_handler_is_retried_then_dead_lettered(isolated_kafka: Kaf
         raise ValueError(f"cannot handle {event.payload.message.text!r}")
 
     async with consuming(isolated_kafka, handler, attempts=3) as bus:
-        await bus.publish(Topic.TURN_RECEIVED, turn("doomed"))
-        [letter] = await read_all(isolated_kafka, Topic.DEAD_LETTER, expect=1)
+        await bus.publish(turn("doomed"))
+        [letter] = await read_topic(isolated_kafka, Topic.DEAD_LETTER, expect=1)
     assert calls == 3
     assert letter["attempts"] == 3
     assert letter["error_type"] == "ValueError"
@@ -154,8 +130,8 @@ async def test_permanent_error_skips_the_retries(isolated_kafka: KafkaSettings) 
         raise PermanentError("this customer does not exist")
 
     async with consuming(isolated_kafka, handler, attempts=5) as bus:
-        await bus.publish(Topic.TURN_RECEIVED, turn())
-        [letter] = await read_all(isolated_kafka, Topic.DEAD_LETTER, expect=1)
+        await bus.publish(turn())
+        [letter] = await read_topic(isolated_kafka, Topic.DEAD_LETTER, expect=1)
     assert calls == 1
     assert letter["reason"] == "this customer does not exist"
 
@@ -174,10 +150,10 @@ async def test_transient_failure_is_retried_without_dead_lettering(
         done.set()
 
     async with consuming(isolated_kafka, handler) as bus:
-        await bus.publish(Topic.TURN_RECEIVED, turn())
+        await bus.publish(turn())
         await asyncio.wait_for(done.wait(), 30)
     assert calls == 2
-    assert await read_all(isolated_kafka, Topic.DEAD_LETTER, expect=1, timeout_s=2) == []
+    assert await read_topic(isolated_kafka, Topic.DEAD_LETTER, expect=1, timeout_s=2) == []
 
 
 async def test_dead_letters_can_be_listed_and_replayed_once(isolated_kafka: KafkaSettings) -> None:
@@ -192,8 +168,8 @@ async def test_dead_letters_can_be_listed_and_replayed_once(isolated_kafka: Kafk
         replayed_seen.set()
 
     async with consuming(isolated_kafka, handler) as bus:
-        await bus.publish(Topic.TURN_RECEIVED, turn("needs a second chance"))
-        assert len(await read_all(isolated_kafka, Topic.DEAD_LETTER, expect=1)) == 1
+        await bus.publish(turn("needs a second chance"))
+        assert len(await read_topic(isolated_kafka, Topic.DEAD_LETTER, expect=1)) == 1
         listed = await deadletter.list_letters(isolated_kafka)
         assert [entry.letter.reason for entry in listed if entry.letter] == [
             "downstream rejected it"

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 MEMORY_MIGRATIONS = ROOT / "services" / "memory" / "migrations"
 AUDIT_MIGRATIONS = ROOT / "services" / "audit" / "migrations"
+AUDIT_KEY = "integration-test-audit-chain-key-0123456789"
 
 
 @pytest.fixture
@@ -39,6 +40,7 @@ async def test_migrations_apply_once_and_refuse_edited_history(
     assert await db.migrate(pool, "memory", MEMORY_MIGRATIONS) == [
         "001_turns",
         "002_customer_model",
+        "003_memory_provenance",
     ]
     assert await db.migrate(pool, "memory", MEMORY_MIGRATIONS) == []
     edited = tmp_path / "migrations"
@@ -99,7 +101,7 @@ async def test_audit_ledger_is_append_only_and_detects_tampering(
     pool: db.Pool, fresh_db: str
 ) -> None:
     await db.migrate(pool, "audit", AUDIT_MIGRATIONS)
-    ledger = Ledger(pool)
+    ledger = Ledger(pool, AUDIT_KEY)
     records = [
         Record("turn.received", 0, 0, b'{"event_id": "x", "conversation_id": "c1"}'),
         Record("turn.received", 0, 1, b"\x00\x01 not json"),
@@ -132,7 +134,7 @@ async def test_audit_erasure_removes_content_and_keeps_the_chain(
     pool: db.Pool, fresh_db: str
 ) -> None:
     await db.migrate(pool, "audit", AUDIT_MIGRATIONS)
-    ledger = Ledger(pool)
+    ledger = Ledger(pool, AUDIT_KEY)
     sam = b'{"event_id": "a", "conversation_id": "conv-sam", "customer_id": "sam", "t": "hi"}'
     kim = b'{"event_id": "b", "conversation_id": "conv-kim", "customer_id": "kim", "t": "yo"}'
     dead = b'{"dead_letter_id": "d", "key": "conv-sam", "payload": "raw text from sam"}'

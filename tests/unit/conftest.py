@@ -1,45 +1,59 @@
-"""Fixtures for the ingest edge's unit tests: the API with a recording bus, no broker, no Redis."""
+"""Fixtures for the ingest edge's unit tests: the real app and routers, a recording bus, and
+fakeredis in place of Redis (the Redis paths themselves are tested against the real server in
+tests/integration)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import cast
 
+import fakeredis
 import pytest
-from starlette.applications import Starlette
+import redis.asyncio as aioredis
+from fastapi import FastAPI
 from starlette.testclient import TestClient
 
-from services.ingest.api import IngestAPI
-from services.ingest.delivery import ConnectionHub
+from services.ingest.app import create_app
+from services.ingest.edge import EdgeGuard
+from services.ingest.intake import Intake
+from services.ingest.ownership import Owners
 from services.ingest.settings import IngestSettings
-from shared.events import Envelope
+from shared import http
 from shared.kafka import EventBus
-from shared.topics import Topic
-
-
-class RecordingBus:
-    """Stands in for EventBus once the service has started."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[Topic, Envelope]] = []
-
-    async def publish(self, topic: Topic, event: Envelope, *, confirm: bool = True) -> None:
-        self.published.append((topic, event))
+from tests.kit import RecordingBus
 
 
 @pytest.fixture
-def api() -> IngestAPI:
-    return IngestAPI(IngestSettings(), ConnectionHub())
+def settings() -> IngestSettings:
+    return IngestSettings()
 
 
 @pytest.fixture
-def client(api: IngestAPI) -> Iterator[TestClient]:
-    with TestClient(Starlette(routes=api.routes())) as test_client:
-        yield test_client
+def fake_redis() -> aioredis.Redis:
+    # One shared server behind per-loop clients: TestClient runs each request on its own loop.
+    return cast(aioredis.Redis, fakeredis.FakeAsyncRedis(decode_responses=True))
 
 
 @pytest.fixture
-def bus(api: IngestAPI) -> RecordingBus:
-    recording = RecordingBus()
-    api.bus = cast(EventBus, recording)
-    return recording
+def bus() -> RecordingBus:
+    return RecordingBus()
+
+
+def started(settings: IngestSettings, bus: RecordingBus, redis: aioredis.Redis) -> FastAPI:
+    """The ingest app with what its lifespan would provide, minus the broker and listener."""
+    app = create_app(settings)
+    guard = EdgeGuard(settings, redis)
+    owners = Owners(redis, settings.redis.key_prefix, settings.owner_ttl_s)
+    http.provide(app, guard)
+    http.provide(app, Intake(settings, cast(EventBus, bus), redis, guard, owners))
+    return app
+
+
+@pytest.fixture
+def app(settings: IngestSettings, bus: RecordingBus, fake_redis: aioredis.Redis) -> FastAPI:
+    return started(settings, bus, fake_redis)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> TestClient:
+    # Not entered as a context manager: the lifespan (broker, Redis) stays off in unit tests.
+    return TestClient(app)

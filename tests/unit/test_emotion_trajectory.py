@@ -18,7 +18,13 @@ from services.emotion.trajectory import (
     previous_texts,
     record_turn,
 )
-from shared.events import EmotionAnalysis, EmotionLabel, EmotionTrajectory, Signal, Trend
+from shared.events import (
+    EmotionAnalysis,
+    EmotionLabel,
+    EmotionTrajectory,
+    Signal,
+    Trend,
+)
 
 
 def analysis(
@@ -29,10 +35,13 @@ def analysis(
     signals: Sequence[str | tuple[str, float]] = (),
 ) -> EmotionAnalysis:
     """A hand-built analysis; signals are names, or (name, weight) pairs."""
+    # Validated like an event from the wire: a name that is not a SignalName is refused.
     built = [
-        Signal(name=s, evidence=s)
-        if isinstance(s, str)
-        else Signal(name=s[0], evidence=s[0], weight=s[1])
+        Signal.model_validate(
+            {"name": s, "evidence": s}
+            if isinstance(s, str)
+            else {"name": s[0], "evidence": s[0], "weight": s[1]}
+        )
         for s in signals
     ]
     scores = dict.fromkeys(EmotionLabel, 0.0)

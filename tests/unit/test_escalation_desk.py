@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import yaml
+
 from services.escalation.auth import AgentAuth
 from services.escalation.desk import eta_minutes, priority_of, severity_of
+from services.escalation.policy import DEFAULT_POLICY_PATH, load_policy
 from shared.events import RouteReason
+
+SHIPPED = load_policy(DEFAULT_POLICY_PATH)
 
 
 def reasons(*codes: str) -> list[RouteReason]:
-    return [RouteReason(code=c, detail=c) for c in codes]
+    """Reasons as the shipped policy's rules give them, severity included."""
+    declared = dict(SHIPPED.rules.enabled())
+    return [RouteReason(code=c, detail=c, severity=declared[c].severity) for c in codes]
 
 
 def test_severity_follows_the_most_serious_rule() -> None:
@@ -16,6 +23,12 @@ def test_severity_follows_the_most_serious_rule() -> None:
     assert severity_of(reasons("explicit_request", "strong_emotion")) == "high"
     assert severity_of(reasons("explicit_request")) == "medium"
     assert severity_of(reasons("no_resolution", "bot_loop")) == "low"
+    assert severity_of([RouteReason(code="human_owns", detail="agent has it")]) == "low"
+
+
+def test_every_shipped_rule_declares_its_severity() -> None:
+    raw = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
+    assert all("severity" in rule for rule in raw["rules"].values())
 
 
 def test_priority_orders_by_severity_then_risk() -> None:

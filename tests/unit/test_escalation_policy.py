@@ -132,7 +132,12 @@ def test_the_shipped_policy_leaves_plain_turns_to_the_bot(
 def test_other_signals_do_not_escalate(analyzer: EmotionAnalyzer) -> None:
     base = analyzer.analyze("where is my parcel")
     emotion = base.model_copy(
-        update={"signals": [Signal(name="urgency", evidence="asap"), Signal(name="x", evidence="")]}
+        update={
+            "signals": [
+                Signal(name="urgency", evidence="asap"),
+                Signal(name="shouting", evidence=""),
+            ]
+        }
     )
 
     assert decide(turn("where is my parcel asap", emotion), EXPLICIT_ONLY).target is RouteTarget.BOT

@@ -16,7 +16,6 @@ from services.generation.prompt import FALLBACK_REPLY, HANDOFF_NOTICE
 from services.generation.settings import GenerationSettings
 from services.generation.variants import Variant
 from shared.events import (
-    AssistSuggestedEvent,
     Channel,
     ConversationContext,
     CustomerMessage,
@@ -25,6 +24,7 @@ from shared.events import (
     Envelope,
     Handoff,
     ReplyDeltaEvent,
+    ReplyFlag,
     ReplyGeneratedEvent,
     Role,
     RouteReason,
@@ -37,31 +37,7 @@ from shared.events import (
 )
 from shared.kafka import EventBus
 from shared.topics import Topic
-
-
-class RecordingBus:
-    """Stands in for EventBus: remembers what was published, in order."""
-
-    def __init__(self) -> None:
-        self.published: list[tuple[Topic, Envelope, bool]] = []
-
-    async def publish(self, topic: Topic, event: Envelope, *, confirm: bool = True) -> None:
-        self.published.append((topic, event, confirm))
-
-    def deltas(self) -> list[ReplyDeltaEvent]:
-        return [cast(ReplyDeltaEvent, e) for t, e, _ in self.published if t is Topic.REPLY_DELTA]
-
-    def assists(self) -> list[AssistSuggestedEvent]:
-        return [
-            cast(AssistSuggestedEvent, e)
-            for t, e, _ in self.published
-            if t is Topic.ASSIST_SUGGESTED
-        ]
-
-    def replies(self) -> list[ReplyGeneratedEvent]:
-        return [
-            cast(ReplyGeneratedEvent, e) for t, e, _ in self.published if t is Topic.REPLY_GENERATED
-        ]
+from tests.kit import RecordingBus
 
 
 class FakeLLM:
@@ -106,6 +82,10 @@ def settings(**overrides: Any) -> GenerationSettings:
         "temperature": 0.3,
         "top_p": 0.8,
         "canary": CANARY,
+        # These tests are about token streaming and the guardrails (mode `llm`); the care
+        # check's sentence-by-sentence mode has its own tests (test_generation_care.py).
+        "reply_mode": "llm",
+        "relevance_check": False,
     }
     return GenerationSettings(**(values | overrides))
 
@@ -250,8 +230,16 @@ async def test_different_turns_get_different_reply_ids() -> None:
     assert one.replies()[0].payload.reply_id != two.replies()[0].payload.reply_id
 
 
-@pytest.mark.parametrize("kind", ["connection", "first_token_timeout", "http_503"])
-async def test_unavailable_llm_gives_the_fallback_reply(kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "flag"),
+    [
+        ("connection", "connection"),
+        ("first_token_timeout", "first_token_timeout"),
+        # Every error status is one known flag; the status itself is in the logs and metrics.
+        ("http_503", "http_error"),
+    ],
+)
+async def test_unavailable_llm_gives_the_fallback_reply(kind: str, flag: str) -> None:
     event = routed_event(RouteTarget.BOT)
 
     bus = await run(event, FakeLLM(error=LLMUnavailable(kind, "down")))
@@ -262,7 +250,8 @@ async def test_unavailable_llm_gives_the_fallback_reply(kind: str) -> None:
     reply = replies[0].payload
     assert reply.text == FALLBACK_REPLY
     assert reply.author is Role.BOT
-    assert {"llm_fallback", "needs_human", kind} <= set(reply.flags)
+    assert {"llm_fallback", "needs_human", flag} <= set(reply.flags)
+    assert set(reply.flags) <= {f.value for f in ReplyFlag}
     assert reply.reply_id == uuid.uuid5(event.event_id, "reply")
     assert reply.tokens == 0
 

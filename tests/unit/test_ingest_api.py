@@ -6,17 +6,19 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import fakeredis
 import pytest
-from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from services.ingest.api import IngestAPI
+from services.ingest.app import create_app
 from services.ingest.delivery import ConnectionHub
 from services.ingest.settings import IngestSettings
+from shared import http
 from shared.events import MAX_MESSAGE_CHARS, Channel, TurnReceivedEvent
 from shared.topics import Topic
-from tests.unit.conftest import RecordingBus
+from tests.kit import RecordingBus
+from tests.unit.conftest import started
 
 URL = "/v1/conversations/conv-1/messages"
 WS_URL = "/v1/conversations/conv-1/ws"
@@ -60,12 +62,66 @@ def test_json_content_type_with_charset_is_accepted(client: TestClient, bus: Rec
     assert len(bus.published) == 1
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"", b'{"text": "hi"', b"\xff\xfe\x00"])
+@pytest.mark.parametrize("raw", [b"{not json", b"", b'{"text": "hi"', b"\xff\xfe\x00", b"[" * 5000])
 def test_malformed_json_is_400(client: TestClient, raw: bytes) -> None:
     response = client.post(URL, content=raw, headers={"content-type": "application/json"})
 
     assert response.status_code == 400
-    assert response.json()["error"] == "malformed_json"
+    assert response.json()["error"] in ("malformed_json", "too_deep")
+
+
+def test_deeply_nested_json_is_refused_before_parsing(client: TestClient) -> None:
+    nested = '{"customer_id": "c", "text": "hi", "x": ' + "[" * 100 + "]" * 100 + "}"
+
+    response = client.post(URL, content=nested, headers={"content-type": "application/json"})
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "too_deep"
+
+
+@pytest.mark.parametrize("text", ["hi\u0000there", "bell\u0007", "esc\u001b[31m", "c1\u0085c"])
+def test_control_characters_are_refused_naming_text(
+    client: TestClient, bus: RecordingBus, text: str
+) -> None:
+    response = client.post(URL, json={"customer_id": "c", "text": text})
+
+    assert response.status_code == 422
+    assert fields_of(response.json()) == ["text"]
+    assert bus.published == []
+
+
+def test_new_lines_and_tabs_are_kept(client: TestClient, bus: RecordingBus) -> None:
+    response = client.post(URL, json={"customer_id": "c", "text": "line one\r\n\tline two"})
+
+    assert response.status_code == 202
+    event = bus.published[0][1]
+    assert isinstance(event, TurnReceivedEvent)
+    assert event.payload.message.text == "line one\n\tline two"
+
+
+@pytest.mark.parametrize("channel", ["sms", "whatsapp", "voice"])
+def test_rest_cannot_claim_a_provider_channel(
+    client: TestClient, bus: RecordingBus, channel: str
+) -> None:
+    response = client.post(URL, json={"customer_id": "c", "text": "hi", "channel": channel})
+
+    assert response.status_code == 422
+    assert fields_of(response.json()) == ["channel"]
+    assert "webhook" in response.json()["message"]
+    assert bus.published == []
+
+
+def test_card_numbers_are_replaced_before_publishing(
+    client: TestClient, bus: RecordingBus, fake_redis: Any
+) -> None:
+    text = "card 4111.1111.1111.1111, security code is 737"
+
+    response = client.post(URL, json={"customer_id": "c", "text": text, "client_message_id": "m1"})
+
+    assert response.status_code == 202
+    event = bus.published[0][1]
+    assert isinstance(event, TurnReceivedEvent)
+    assert event.payload.message.text == "card [card ending 1111], security code is [security code]"
 
 
 @pytest.mark.parametrize(
@@ -123,13 +179,12 @@ def test_bad_conversation_id_in_path_is_400(client: TestClient, conversation_id:
 
 
 def small_client() -> TestClient:
-    api = IngestAPI(IngestSettings(max_body_bytes=1024), ConnectionHub())
-    return TestClient(Starlette(routes=api.routes()))
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    return TestClient(started(IngestSettings(max_body_bytes=1024), RecordingBus(), redis))
 
 
 def test_body_over_the_limit_is_413() -> None:
-    with small_client() as client:
-        response = client.post(URL, json={"customer_id": "c", "text": "x" * 2000})
+    response = small_client().post(URL, json={"customer_id": "c", "text": "x" * 2000})
 
     assert response.status_code == 413
     assert response.json()["error"] == "too_large"
@@ -142,22 +197,21 @@ def test_chunked_body_over_the_limit_is_413() -> None:
             yield b"x" * 400
         yield b'"}'
 
-    with small_client() as client:
-        response = client.post(URL, content=body(), headers={"content-type": "application/json"})
+    client = small_client()
+    response = client.post(URL, content=body(), headers={"content-type": "application/json"})
 
     assert response.status_code == 413
     assert response.json()["error"] == "too_large"
 
 
 def test_body_under_the_limit_is_not_413() -> None:
-    with small_client() as client:
-        response = client.post(URL, json={"customer_id": "c", "text": "x" * 900})
+    response = small_client().post(URL, json={"customer_id": "c", "text": "x" * 900})
 
-    assert response.status_code == 503
+    assert response.status_code == 202
 
 
-def test_valid_body_before_the_bus_is_bound_is_503(client: TestClient, api: IngestAPI) -> None:
-    assert api.bus is None
+def test_valid_body_before_the_service_has_started_is_503() -> None:
+    client = TestClient(create_app(IngestSettings()))
 
     response = client.post(URL, json={"customer_id": "c", "text": "hi"})
 
@@ -168,7 +222,7 @@ def test_valid_body_before_the_bus_is_bound_is_503(client: TestClient, api: Inge
 def test_valid_body_is_published_and_accepted(client: TestClient, bus: RecordingBus) -> None:
     response = client.post(
         URL,
-        json={"customer_id": "cust-9", "text": "  where is my parcel?  ", "channel": "sms"},
+        json={"customer_id": "cust-9", "text": "  where is my parcel?  ", "channel": "email"},
     )
 
     assert response.status_code == 202
@@ -176,12 +230,12 @@ def test_valid_body_is_published_and_accepted(client: TestClient, bus: Recording
     assert body["status"] == "accepted"
     assert body["stream"] == WS_URL
     assert len(bus.published) == 1
-    topic, event = bus.published[0]
+    topic, event, _ = bus.published[0]
     assert topic is Topic.TURN_RECEIVED
     assert isinstance(event, TurnReceivedEvent)
     assert event.conversation_id == "conv-1"
     assert event.customer_id == "cust-9"
-    assert event.channel is Channel.SMS
+    assert event.channel is Channel.EMAIL
     assert event.payload.message.text == "where is my parcel?"
     assert body["event_id"] == str(event.event_id)
     assert body["turn_id"] == str(event.payload.message.turn_id)
@@ -216,14 +270,16 @@ def test_socket_with_bad_conversation_id_gets_an_error_then_close(client: TestCl
 
 
 def test_invalid_frames_get_errors_and_the_socket_stays_open(
-    client: TestClient, api: IngestAPI
+    client: TestClient, app: Any, bus: RecordingBus
 ) -> None:
+    hub = http.provided(app, ConnectionHub)
+    assert hub is not None
     with client.websocket_connect(WS_URL + "?customer_id=c") as ws:
         ws.send_text("this is not json")
         first = ws.receive_json()
         assert first["type"] == "error"
-        assert first["status"] == 422
-        assert first["error"] == "invalid_request"
+        assert first["status"] == 400
+        assert first["error"] == "malformed_json"
 
         ws.send_text(json.dumps({"type": "message", "text": "   ", "client_message_id": "m1"}))
         second = ws.receive_json()
@@ -236,14 +292,25 @@ def test_invalid_frames_get_errors_and_the_socket_stays_open(
         assert third["status"] == 422
         assert "type" in third["message"]
 
-        # Still open: a valid frame now reaches the edge (503: no bus bound in this test).
+        ws.send_text("[" * 20 + "]" * 20)
+        assert ws.receive_json()["error"] == "too_deep"
+
+        ws.send_text(json.dumps({"type": "message", "text": "x" * 17_000}))
+        assert ws.receive_json()["error"] == "frame_too_large"
+
+        ws.send_text(json.dumps({"type": "message", "text": "a\u0000b", "client_message_id": "m3"}))
+        control = ws.receive_json()
+        assert (control["status"], control["client_message_id"]) == (422, "m3")
+
+        # Still open: a valid frame now goes through.
         ws.send_text(json.dumps({"type": "message", "text": "hi", "client_message_id": "m2"}))
         fourth = ws.receive_json()
-        assert fourth["status"] == 503
+        assert fourth["type"] == "accepted"
         assert fourth["client_message_id"] == "m2"
-        assert api.hub.count() == 1
+        assert hub.count() == 1
 
-    assert api.hub.count() == 0
+    assert hub.count() == 0
+    assert len(bus.published) == 1
 
 
 def test_valid_frame_is_accepted_and_published(client: TestClient, bus: RecordingBus) -> None:
@@ -291,3 +358,113 @@ async def test_hub_drops_deltas_that_arrive_after_their_reply() -> None:
         ("reply", "r1"),
         ("delta", "r2"),
     ]
+
+
+# --- ownership, as a second customer would try it ---------------------------------------------
+
+
+def test_a_second_customer_cannot_post_into_someone_elses_conversation(
+    client: TestClient, bus: RecordingBus
+) -> None:
+    first = client.post(URL, json={"customer_id": "sam", "text": "my order is late"})
+    intruder = client.post(URL, json={"customer_id": "mallory", "text": "I am Sam"})
+    unknown = client.post(
+        "/v1/conversations/conv-nobody/feedback", json={"customer_id": "mallory", "rating": 1}
+    )
+    foreign = client.post(
+        "/v1/conversations/conv-1/feedback", json={"customer_id": "mallory", "rating": 1}
+    )
+
+    assert first.status_code == 202
+    assert intruder.status_code == 404
+    # Unknown and foreign conversations get exactly the same answer.
+    assert unknown.status_code == foreign.status_code == 404
+    assert unknown.json() == foreign.json() == intruder.json()
+    assert [e.customer_id for _, e, _ in bus.published] == ["sam"]
+
+
+def test_a_second_customer_cannot_open_or_resume_the_socket(client: TestClient) -> None:
+    with client.websocket_connect(WS_URL + "?customer_id=sam") as ws:
+        ws.send_text(json.dumps({"type": "message", "text": "card 4111 1111 1111 1111"}))
+        assert ws.receive_json()["type"] == "accepted"
+
+    for query in ("?customer_id=mallory", "?customer_id=mallory&after=0"):
+        with client.websocket_connect(WS_URL + query) as ws:
+            refusal = ws.receive_json()
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+        assert refusal["status"] == 404
+        assert refusal["error"] == "conversation_not_found"
+        assert closed.value.code == 4404
+
+
+def test_a_customer_of_another_tenant_with_the_same_id_is_someone_else() -> None:
+    settings = IngestSettings(api_keys={"acme": "key-acme", "globex": "key-globex"})
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    bus = RecordingBus()
+    client = TestClient(started(settings, bus, redis))
+    body = {"customer_id": "user-1", "text": "hello"}
+
+    acme = client.post(URL, json=body, headers={"x-api-key": "key-acme"})
+    globex = client.post(URL, json=body, headers={"x-api-key": "key-globex"})
+    own = client.post(
+        "/v1/conversations/conv-2/messages", json=body, headers={"x-api-key": "key-globex"}
+    )
+
+    assert acme.status_code == 202
+    assert globex.status_code == 404
+    assert own.status_code == 202
+    # Each turn says whose customer "user-1" is, so nothing downstream can mix them up.
+    assert [(e.tenant, e.customer_id) for _, e, _ in bus.published] == [
+        ("acme", "user-1"),
+        ("globex", "user-1"),
+    ]
+
+
+def test_feedback_is_rate_limited_too() -> None:
+    settings = IngestSettings(customer_rate_per_min=3)
+    client = TestClient(
+        started(settings, RecordingBus(), fakeredis.FakeAsyncRedis(decode_responses=True))
+    )
+    assert client.post(URL, json={"customer_id": "sam", "text": "hi"}).status_code == 202
+    statuses = [
+        client.post(
+            "/v1/conversations/conv-1/feedback", json={"customer_id": "sam", "rating": 5}
+        ).status_code
+        for _ in range(4)
+    ]
+
+    assert statuses[:2] == [202, 202]
+    assert statuses[2:] == [429, 429]
+
+
+def test_made_up_customer_ids_do_not_escape_the_address_limit() -> None:
+    settings = IngestSettings(ip_rate_per_min=5)
+    client = TestClient(
+        started(settings, RecordingBus(), fakeredis.FakeAsyncRedis(decode_responses=True))
+    )
+    responses = [
+        client.post(f"/v1/conversations/c-{i}/messages", json={"customer_id": f"u{i}", "text": "x"})
+        for i in range(7)
+    ]
+
+    assert [r.status_code for r in responses] == [202] * 5 + [429] * 2
+    assert responses[-1].headers["retry-after"].isdigit()
+
+
+def test_a_socket_flooding_frames_is_limited_then_closed() -> None:
+    settings = IngestSettings(connection_frames_per_min=3)
+    client = TestClient(
+        started(settings, RecordingBus(), fakeredis.FakeAsyncRedis(decode_responses=True))
+    )
+    with client.websocket_connect(WS_URL + "?customer_id=c") as ws:
+        answers = []
+        for _ in range(6):
+            ws.send_text("not json")
+            answers.append(ws.receive_json()["status"])
+        ws.send_text("not json")
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+
+    assert answers == [400, 400, 400, 429, 429, 429]
+    assert closed.value.code == 1008

@@ -1,7 +1,7 @@
 """Unit tests for the widget's edge: script and demo page, ratings, the resume parameter.
 
-No broker and no Redis: a recording bus stands in for Kafka, and without a fanout frames go
-straight to the socket (the frame buffer itself is tested against real Redis in
+No broker: a recording bus stands in for Kafka and fakeredis for Redis, and without a fanout
+frames go straight to the socket (the frame buffer itself is tested against real Redis in
 tests/integration/test_ingest_resume.py).
 """
 
@@ -11,16 +11,15 @@ import json
 from typing import Any
 
 import pytest
-from starlette.applications import Starlette
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from services.ingest.api import IngestAPI
-from services.ingest.delivery import ConnectionHub, parse_frame_id
+from services.ingest.app import create_app
+from services.ingest.delivery import parse_frame_id
 from services.ingest.settings import IngestSettings
 from shared.events import Channel, FeedbackReceivedEvent
 from shared.topics import Topic
-from tests.unit.conftest import RecordingBus
+from tests.kit import RecordingBus
 
 WS_URL = "/v1/conversations/conv-1/ws?customer_id=web-abc"
 FEEDBACK_URL = "/v1/conversations/conv-1/feedback"
@@ -51,9 +50,8 @@ def test_widget_demo_is_a_plain_page_with_one_script_tag(client: TestClient) -> 
 
 
 def test_widget_demo_carries_the_demo_key_when_one_is_configured() -> None:
-    api = IngestAPI(IngestSettings(widget_demo_key='dev-widget-key"><b>'), ConnectionHub())
-    with TestClient(Starlette(routes=api.routes())) as client:
-        response = client.get("/widget-demo")
+    client = TestClient(create_app(IngestSettings(widget_demo_key='dev-widget-key"><b>')))
+    response = client.get("/widget-demo")
 
     # Escaped: a key never breaks out of its attribute.
     assert 'data-key="dev-widget-key&quot;&gt;&lt;b&gt;"' in response.text
@@ -82,7 +80,7 @@ def test_rating_frame_publishes_feedback_and_is_acknowledged(
     assert ack["client_message_id"] == "rt-1"
     assert ack["duplicate"] is False
     assert len(bus.published) == 1
-    topic, event = bus.published[0]
+    topic, event, _ = bus.published[0]
     assert topic is Topic.FEEDBACK_RECEIVED
     assert isinstance(event, FeedbackReceivedEvent)
     assert ack["event_id"] == str(event.event_id)
@@ -123,36 +121,51 @@ def test_bad_rating_gets_an_error_frame_and_the_socket_stays_open(
         ws.send_text(json.dumps({"type": "rating", "rating": 5}))
         assert ws.receive_json()["type"] == "rating_accepted"
 
-    assert [e.payload.rating for _, e in bus.published] == [5]  # type: ignore[attr-defined]
+    assert [e.payload.rating for _, e, _ in bus.published] == [5]  # type: ignore[attr-defined]
 
 
-def test_rating_before_the_bus_is_bound_is_a_503_error_frame(client: TestClient) -> None:
+def test_socket_before_the_service_has_started_is_closed_try_again_later() -> None:
+    client = TestClient(create_app(IngestSettings()))
+    with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect(WS_URL) as ws:
+        ws.receive_json()
+
+    assert closed.value.code == 1013
+
+
+def test_rating_a_comment_with_a_card_number_keeps_only_its_token(
+    client: TestClient, bus: RecordingBus
+) -> None:
     with client.websocket_connect(WS_URL) as ws:
-        ws.send_text(json.dumps({"type": "rating", "rating": 2, "client_message_id": "rt-2"}))
-        error = ws.receive_json()
+        comment = "refund to 5555 5555 5555 4444 please"
+        ws.send_text(json.dumps({"type": "rating", "rating": 2, "comment": comment}))
+        assert ws.receive_json()["type"] == "rating_accepted"
 
-    assert error["type"] == "error"
-    assert error["status"] == 503
-    assert error["client_message_id"] == "rt-2"
+    event = bus.published[0][1]
+    assert isinstance(event, FeedbackReceivedEvent)
+    assert event.payload.comment == "refund to [card ending 4444] please"
 
 
 # --- POST .../feedback --------------------------------------------------------------------------
 
 
 def test_posted_feedback_is_202_and_published(client: TestClient, bus: RecordingBus) -> None:
+    started = client.post(
+        "/v1/conversations/conv-1/messages", json={"customer_id": "cust-7", "text": "hello"}
+    )
+    assert started.status_code == 202
     response = client.post(
         FEEDBACK_URL,
-        json={"customer_id": "cust-7", "rating": 5, "comment": "Lovely", "channel": "whatsapp"},
+        json={"customer_id": "cust-7", "rating": 5, "comment": "Lovely", "channel": "email"},
     )
 
     assert response.status_code == 202
     body = response.json()
     assert body["status"] == "accepted"
-    topic, event = bus.published[0]
+    topic, event, _ = bus.published[1]
     assert topic is Topic.FEEDBACK_RECEIVED
     assert isinstance(event, FeedbackReceivedEvent)
     assert body["event_id"] == str(event.event_id)
-    assert event.channel is Channel.WHATSAPP
+    assert event.channel is Channel.EMAIL
     assert event.customer_id == "cust-7"
     assert (event.payload.rating, event.payload.comment) == (5, "Lovely")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-import time
+import secrets
 from dataclasses import asdict, dataclass
 
 import redis.asyncio as aioredis
@@ -46,7 +46,9 @@ class Conversations:
         """The conversation this message continues, or a new one after a long silence."""
         digits = identity.removeprefix("phone:")
         key = f"{self.prefix}msgconv:{channel}:{digits}"
-        candidate = f"{channel}-{digits}-{int(time.time())}"
+        # Random, so a conversation id says nothing about the number and cannot be guessed;
+        # only this server-side key leads from the number to it.
+        candidate = f"{channel}-{secrets.token_hex(16)}"
         await self.redis.set(key, candidate, nx=True, ex=self.idle_s)
         conversation = str(await self.redis.get(key) or candidate)
         async with self.redis.pipeline(transaction=True) as pipe:

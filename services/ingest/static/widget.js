@@ -4,7 +4,8 @@
  * Embed with one tag on any page:
  *   <script src="https://chat.example.com/widget.js" data-key="pk_..." async></script>
  * Optional attributes: data-customer-id (your signed-in user's id), data-customer-hash (the
- * HMAC-SHA256 of that id under your identity secret, computed by your server), data-title.
+ * HMAC-SHA256 of that id under your identity secret, computed by your server), data-title,
+ * data-mode="page" (the chat fills the page, always open: the chat page at `/` is this).
  *
  * Protocol (WebSocket /v1/conversations/{conversation_id}/ws): every frame the server sends to
  * the conversation has an `id`; the widget reconnects with `after=<last id seen>` and the
@@ -41,6 +42,7 @@
   var widgetKey = data.key || '';
   var customerHash = data.customerHash || '';
   var title = data.title || 'Chat with us';
+  var pageMode = data.mode === 'page';
 
   // ---- ids & storage -----------------------------------------------------------------------
 
@@ -204,7 +206,12 @@
     '.scale input:focus-visible + span { outline: 3px solid var(--focus); outline-offset: 2px; }',
     '.rating textarea { width: 100%; min-height: 64px; }',
     '.actions { display: flex; gap: 8px; justify-content: flex-end; margin-top: 10px; flex-wrap: wrap; }',
-    '.done p { margin: 0 0 10px; }'
+    '.done p { margin: 0 0 10px; }',
+    // Page mode: the chat is the page, always open, with no launcher and nothing to close.
+    ':host([data-mode="page"]) { position: fixed !important; inset: 0; right: 0; bottom: 0; }',
+    ':host([data-mode="page"]) .launcher, :host([data-mode="page"]) .close { display: none; }',
+    ':host([data-mode="page"]) .panel { position: absolute; inset: 0; width: auto; height: auto;',
+    '  max-width: 48rem; margin: 0 auto; border-radius: 0; border-width: 0 1px; box-shadow: none; }'
   ].join('\n');
 
   var ICON_CHAT = '<svg viewBox="0 0 24 24" fill="currentColor" aria-hidden="true" focusable="false">'
@@ -257,8 +264,15 @@
     + '</section>';
 
   var host = document.createElement('cbd-chat-widget');
-  var root = host.attachShadow({ mode: 'open' });
-  root.innerHTML = '<style>' + CSS + '</style>' + HTML;
+  if (pageMode) host.setAttribute('data-mode', 'page');
+  // On someone else's site the widget lives in a Shadow DOM, so neither page's styles reach
+  // the other. In page mode the page is ours alone: the chat is plain DOM (the same markup
+  // and styles, `:host` read as the element itself), as easy to inspect as any page.
+  var root = pageMode ? host : host.attachShadow({ mode: 'open' });
+  var css = pageMode
+    ? CSS.replace(/:host\(([^)]*)\)/g, 'cbd-chat-widget$1').replace(/:host/g, 'cbd-chat-widget')
+    : CSS;
+  root.innerHTML = '<style>' + css + '</style>' + HTML;
   function $(selector) { return root.querySelector(selector); }
 
   var $launcher = $('.launcher');
@@ -280,6 +294,7 @@
   var $done = $('.done');
   var $doneText = $('.done-text');
   $('#cbd-title').textContent = title;
+  if (pageMode) $('#cbd-hint').textContent = 'Enter to send, Shift+Enter for a new line';
   // One name; aria-expanded says whether the chat is open.
   $launcher.setAttribute('aria-label', title);
 
@@ -738,6 +753,7 @@
     focusCurrent();
   }
   function close() {
+    if (pageMode) return; // the page is the chat: there is nothing to close to
     $panel.hidden = true;
     $launcher.setAttribute('aria-expanded', 'false');
     storageSet(window.sessionStorage, OPEN_KEY, '0');
@@ -904,7 +920,7 @@
     document.body.appendChild(host);
     // Reconnect at once to a conversation still under way, so its replies keep arriving.
     if (hadConversation) connect();
-    if (storageGet(window.sessionStorage, OPEN_KEY) === '1') open();
+    if (pageMode || storageGet(window.sessionStorage, OPEN_KEY) === '1') open();
   }
   if (document.body) mount();
   else document.addEventListener('DOMContentLoaded', mount);

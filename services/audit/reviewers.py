@@ -1,0 +1,66 @@
+"""Reviewer sign-in: named reviewers with passwords from settings, and signed bearer tokens.
+
+The same scheme as the agents' console (HMAC-SHA256 over `id|expiry`), with its own key and
+its own list of people: a reviewer is not an agent, and an agent's token opens no review.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ReviewerToken:
+    """A verified token's content."""
+
+    reviewer_id: str
+    expires_at: float
+
+
+class ReviewerAuth:
+    """Checks reviewer passwords and issues and verifies HMAC-signed tokens."""
+
+    def __init__(self, reviewers: dict[str, str], secret: str, ttl_s: int = 12 * 3600) -> None:
+        self.reviewers = reviewers
+        self.secret = secret.encode()
+        self.ttl_s = ttl_s
+
+    def login(self, reviewer_id: str, password: str) -> str | None:
+        """A token for the reviewer, or None when the credentials are wrong."""
+        expected = self.reviewers.get(reviewer_id)
+        # Compare even for unknown ids, so timing does not reveal which reviewers exist.
+        ok = hmac.compare_digest((expected or "\x00").encode(), password.encode())
+        if expected is None or not ok:
+            return None
+        return self.issue(reviewer_id)
+
+    def issue(self, reviewer_id: str, now: float | None = None) -> str:
+        """A token for `reviewer_id`, valid for the configured time."""
+        expires = int((now if now is not None else time.time()) + self.ttl_s)
+        body = f"review|{reviewer_id}|{expires}".encode()
+        return base64.urlsafe_b64encode(body).decode().rstrip("=") + "." + self._sign(body)
+
+    def verify(self, token: str, now: float | None = None) -> ReviewerToken | None:
+        """The token's reviewer if it is authentic, unexpired and still listed, else None."""
+        try:
+            encoded, signature = token.split(".", 1)
+            body = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            role, reviewer_id, expires = body.decode().split("|")
+            expires_at = float(expires)
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if role != "review" or not hmac.compare_digest(self._sign(body), signature):
+            return None
+        if expires_at < (now if now is not None else time.time()):
+            return None
+        if reviewer_id not in self.reviewers:
+            return None
+        return ReviewerToken(reviewer_id, expires_at)
+
+    def _sign(self, body: bytes) -> str:
+        digest = hmac.new(self.secret, body, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")

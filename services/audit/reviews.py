@@ -1,0 +1,194 @@
+"""Human review of bot replies: the blinded queue, and storing and publishing a review.
+
+A queued reply is shown with what produced it (the customer's message, the emotion read from
+it, what memory recalled, open issues, the knowledge the prompt carried and the conversation
+so far), never with its variant. The playbook is not shown either: the baseline prompt follows
+none, so naming it would tell the reviewer which variant wrote the reply. Both are kept with
+the review for evaluation.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+
+from prometheus_client import Histogram
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from shared import db
+from shared.events import (
+    MAX_MESSAGE_CHARS,
+    REVIEW_CRITERIA,
+    Channel,
+    ReviewScores,
+    ReviewSubmitted,
+    ReviewSubmittedEvent,
+    ReviewTag,
+    utcnow,
+)
+from shared.kafka import EventBus
+from shared.topics import Topic
+
+REVIEW_SCORES = Histogram(
+    "cbd_review_scores",
+    "Reviewers' 1-5 scores of bot replies, by criterion and variant.",
+    ["criterion", "variant"],
+    buckets=(1, 2, 3, 4, 5),
+)
+
+
+class ReviewNotFound(Exception):
+    """No such reply in the review queue."""
+
+
+class AlreadyReviewed(Exception):
+    """This reviewer has reviewed this reply already."""
+
+
+class ReviewInput(BaseModel):
+    """What a reviewer sends for one reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scores: ReviewScores
+    tags: list[ReviewTag] = []
+    better_reply: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS)] = ""
+    comment: Annotated[str, StringConstraints(max_length=2000)] = ""
+
+
+_ITEM_SQL = """
+SELECT i.reply_id, i.reasons, i.priority, i.queued_at,
+       r.turn_id, r.conversation_id, r.customer_id, r.channel, r.text, r.knowledge_used,
+       r.flags, r.at AS replied_at, r.variant, r.playbook,
+       t.message, t.emotion, t.memories, t.open_issues,
+       (SELECT count(*) FROM care.reviews v WHERE v.reply_id = i.reply_id) AS reviews
+FROM care.review_items i
+JOIN care.replies r ON r.reply_id = i.reply_id
+LEFT JOIN care.turns t ON t.turn_id = r.turn_id
+"""
+
+
+def blinded(row: Any, transcript: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The reviewer's view of a queued reply: no variant, no playbook."""
+    return {
+        "reply_id": str(row["reply_id"]),
+        "reasons": list(row["reasons"]),
+        "queued_at": row["queued_at"].isoformat(),
+        "conversation_id": row["conversation_id"],
+        "channel": row["channel"],
+        "message": row["message"],
+        "emotion": row["emotion"],
+        "memories": row["memories"] or [],
+        "open_issues": row["open_issues"] or [],
+        "knowledge_used": list(row["knowledge_used"]),
+        "flags": list(row["flags"]),
+        "reply": row["text"],
+        "replied_at": row["replied_at"].isoformat(),
+        "reviews": row["reviews"],
+        **({"transcript": transcript} if transcript is not None else {}),
+    }
+
+
+class ReviewDesk:
+    """The review queue and reviews, over `care.*`."""
+
+    def __init__(self, pg: db.Pool, bus: EventBus | None) -> None:
+        self.pg = pg
+        self.bus = bus
+
+    async def queue(self, reviewer_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        """Queued replies this reviewer has not reviewed, most important first."""
+        rows = await self.pg.fetch(
+            _ITEM_SQL  # noqa: S608 (constant SQL text; values are parameters)
+            + """
+            WHERE NOT EXISTS (SELECT 1 FROM care.reviews v
+                              WHERE v.reply_id = i.reply_id AND v.reviewer_id = $1)
+            ORDER BY i.priority DESC, i.queued_at
+            LIMIT $2
+            """,
+            reviewer_id,
+            limit,
+        )
+        return [blinded(row) for row in rows]
+
+    async def item(self, reply_id: uuid.UUID) -> dict[str, Any]:
+        """One queued reply with the conversation up to it."""
+        row = await self.pg.fetchrow(_ITEM_SQL + "WHERE i.reply_id = $1", reply_id)
+        if row is None:
+            raise ReviewNotFound(str(reply_id))
+        return blinded(row, await self._transcript(row["conversation_id"], row["replied_at"]))
+
+    async def _transcript(self, conversation_id: str, until: datetime) -> list[dict[str, Any]]:
+        rows = await self.pg.fetch(
+            """
+            SELECT * FROM (
+                SELECT 'customer' AS role, message AS text, at FROM care.turns
+                WHERE conversation_id = $1 AND at <= $2
+                UNION ALL
+                SELECT author AS role, text, at FROM care.replies
+                WHERE conversation_id = $1 AND at < $2
+            ) x ORDER BY at LIMIT 50
+            """,
+            conversation_id,
+            until,
+        )
+        return [{"role": r["role"], "text": r["text"], "at": r["at"].isoformat()} for r in rows]
+
+    async def submit(
+        self, reply_id: uuid.UUID, reviewer_id: str, review: ReviewInput
+    ) -> ReviewSubmittedEvent:
+        """Store the review and publish `review.submitted` (audit records it like any event).
+
+        The publish happens inside the transaction: when the broker refuses it, nothing is
+        stored and the reviewer can send again.
+        """
+        async with self.pg.acquire() as conn, conn.transaction():
+            reply = await conn.fetchrow(
+                "SELECT r.* FROM care.review_items i JOIN care.replies r USING (reply_id) "
+                "WHERE i.reply_id = $1",
+                reply_id,
+            )
+            if reply is None:
+                raise ReviewNotFound(str(reply_id))
+            payload = ReviewSubmitted(
+                review_id=uuid.uuid4(),
+                reply_id=reply_id,
+                reviewer_id=reviewer_id,
+                scores=review.scores,
+                tags=review.tags,
+                better_reply=review.better_reply.strip(),
+                comment=review.comment.strip(),
+                variant=reply["variant"],
+                submitted_at=utcnow(),
+            )
+            stored = await conn.fetchval(
+                """
+                INSERT INTO care.reviews (review_id, reply_id, reviewer_id, scores, tags,
+                    better_reply, comment, submitted_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                ON CONFLICT (reply_id, reviewer_id) DO NOTHING RETURNING true
+                """,
+                payload.review_id,
+                reply_id,
+                reviewer_id,
+                payload.scores.model_dump(),
+                list(payload.tags),
+                payload.better_reply,
+                payload.comment,
+                payload.submitted_at,
+            )
+            if not stored:
+                raise AlreadyReviewed(str(reply_id))
+            event = ReviewSubmittedEvent.create(
+                conversation_id=reply["conversation_id"],
+                customer_id=reply["customer_id"],
+                channel=Channel(reply["channel"]),
+                payload=payload,
+            )
+            if self.bus is not None:
+                await self.bus.publish(Topic.REVIEW_SUBMITTED, event)
+        variant = reply["variant"] or "none"
+        for criterion in REVIEW_CRITERIA:
+            REVIEW_SCORES.labels(criterion, variant).observe(getattr(review.scores, criterion))
+        return event

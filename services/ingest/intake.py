@@ -1,0 +1,343 @@
+"""The one way in: every channel's messages and ratings pass through here.
+
+REST, the WebSocket, the provider webhooks (through burst merging) and feedback all call
+`Intake`; the routers only translate their transport into these calls and the answers back.
+For each message, in this order:
+
+1. card numbers, security codes, IBANs and SSNs in the text become tokens (`shared.pii`), so
+   the raw value never reaches Redis, Kafka or any store;
+2. the rate limits of the customer, tenant and client address are spent;
+3. the conversation is claimed for (tenant, customer), or refused if it is someone else's;
+4. the client's message id is claimed, so a resend gets the first acceptance back;
+5. `turn.received` is published (and the claim released if that fails, so a retry is new).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from prometheus_client import Counter
+from pydantic import AfterValidator, BeforeValidator, StringConstraints
+
+from services.ingest.channels.bursts import BurstMerger
+from services.ingest.edge import EdgeGuard
+from services.ingest.ownership import Owners, Party
+from services.ingest.settings import IngestSettings
+from shared.events import (
+    MAX_MESSAGE_CHARS,
+    Channel,
+    CustomerMessage,
+    Envelope,
+    Feedback,
+    FeedbackReceivedEvent,
+    TurnReceived,
+    TurnReceivedEvent,
+    utcnow,
+)
+from shared.http import ApiError
+from shared.kafka import EventBus
+from shared.pii import redact
+
+log = logging.getLogger(__name__)
+
+MESSAGES = Counter(
+    "cbd_ingest_messages_total",
+    "Customer messages at the edge, by outcome.",
+    ["channel", "outcome"],
+)
+
+FEEDBACK = Counter(
+    "cbd_ingest_feedback_total",
+    "Satisfaction ratings at the edge (widget and POST .../feedback), by outcome.",
+    ["channel", "outcome"],
+)
+
+REDACTED = Counter(
+    "cbd_ingest_redactions_total",
+    "Card numbers, security codes, IBANs and SSNs replaced by tokens at the edge, by kind.",
+    ["kind"],
+)
+
+DEDUPE_TTL_S = 24 * 3600
+
+PROVIDER_CHANNELS = frozenset({Channel.SMS, Channel.WHATSAPP, Channel.VOICE})
+"""Channels whose messages only arrive through the providers' signed webhooks."""
+
+# C0 and C1 control characters other than tab and new line (which text areas produce).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _newlines(value: object) -> object:
+    return value.replace("\r\n", "\n").replace("\r", "\n") if isinstance(value, str) else value
+
+
+def _no_controls(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("control characters are not allowed (new lines and tabs are)")
+    return value
+
+
+def _words(value: str) -> str:
+    value = _no_controls(value).strip()
+    if not value:
+        raise ValueError("must have some words, not only spaces")
+    return value
+
+
+def without_controls(text: str) -> str:
+    """Provider text with line ends normalised and control characters dropped.
+
+    A provider's webhook is not refused for a stray control character its customer's phone
+    sent: the words still deserve an answer.
+    """
+    return _CONTROL.sub("", str(_newlines(text)))
+
+
+CustomerText = Annotated[
+    str,
+    BeforeValidator(_newlines),
+    StringConstraints(max_length=MAX_MESSAGE_CHARS),
+    AfterValidator(_words),
+]
+"""A customer's message: 1-4000 characters after trimming, no control characters."""
+
+Comment = Annotated[
+    str,
+    BeforeValidator(_newlines),
+    StringConstraints(max_length=2000),
+    AfterValidator(lambda value: _no_controls(value).strip()),
+]
+
+ClientMessageId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:@-]{1,128}$")]
+"""The client's own id for a message, so a resend is recognised (1-128 safe characters)."""
+
+
+def _not_a_provider(channel: Channel) -> Channel:
+    if channel in PROVIDER_CHANNELS:
+        raise ValueError(
+            f"{channel.value} messages arrive only through the provider's signed webhook"
+        )
+    return channel
+
+
+DirectChannel = Annotated[Channel, AfterValidator(_not_a_provider)]
+"""A channel a REST caller may name: api, web or email, never a provider's."""
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A message the edge took responsibility for."""
+
+    turn_id: str
+    event_id: str
+    trace_id: str
+    text: str
+    """The text as published: what the customer wrote, sensitive numbers replaced."""
+    duplicate: bool = False
+    """True when this client message id was accepted before and nothing new was published."""
+
+
+@dataclass(frozen=True)
+class Rated:
+    """A rating the edge took responsibility for."""
+
+    event_id: str
+    duplicate: bool = False
+
+
+def screen(text: str) -> str:
+    """`text` with its sensitive numbers replaced, counted by kind; never logged."""
+    result = redact(text)
+    for kind, count in result.found.items():
+        REDACTED.labels(kind).inc(count)
+    return result.text
+
+
+class Intake:
+    """Validates, limits, claims and publishes what customers send, for every channel."""
+
+    def __init__(
+        self,
+        settings: IngestSettings,
+        bus: EventBus,
+        redis: aioredis.Redis,
+        guard: EdgeGuard,
+        owners: Owners,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.redis = redis
+        self.guard = guard
+        self.owners = owners
+        self.prefix = settings.redis.key_prefix
+        self.bursts = BurstMerger(redis, self.prefix, settings.burst_window_ms, self._burst)
+        """Messaging fragments wait here; `bursts.run()` publishes each burst as one turn."""
+
+    async def open(self, conversation_id: str, party: Party, *, ip: str | None = None) -> None:
+        """A WebSocket joins a conversation: limit, then claim it or refuse a foreign one."""
+        await self.guard.rate_limit(Channel.WEB.value, party.tenant, None, ip)
+        await self.owners.claim(conversation_id, party)
+
+    async def message(
+        self,
+        conversation_id: str,
+        party: Party,
+        channel: Channel,
+        text: str,
+        client_message_id: str | None = None,
+        *,
+        ip: str | None = None,
+        limited: bool = False,
+    ) -> Accepted:
+        """Publish a customer message as turn.received, once per client message id.
+
+        `limited` says the caller already spent this message's rate limits (webhooks do it
+        per fragment, before burst merging).
+        """
+        text = screen(text)
+        try:
+            if not limited:
+                await self.guard.rate_limit(channel.value, party.tenant, party.customer_id, ip)
+            await self.owners.claim(conversation_id, party)
+        except ApiError:
+            MESSAGES.labels(channel.value, "rejected").inc()
+            raise
+        event = TurnReceivedEvent.create(
+            conversation_id=conversation_id,
+            customer_id=party.customer_id,
+            channel=channel,
+            tenant=party.tenant,
+            payload=TurnReceived(
+                message=CustomerMessage(turn_id=uuid.uuid4(), text=text, received_at=utcnow())
+            ),
+        )
+        accepted = Accepted(
+            turn_id=str(event.payload.message.turn_id),
+            event_id=str(event.event_id),
+            trace_id=event.trace_id,
+            text=text,
+        )
+        claim = None
+        if client_message_id is not None:
+            claim = f"{self.prefix}cmid:{conversation_id}:{client_message_id}"
+            value = json.dumps(
+                {"turn_id": accepted.turn_id, "event_id": accepted.event_id,
+                 "trace_id": accepted.trace_id}
+            )  # fmt: skip
+            earlier = await self._claim_once(claim, value)
+            if earlier is not None:
+                MESSAGES.labels(channel.value, "duplicate").inc()
+                return Accepted(**json.loads(earlier), text=text, duplicate=True)
+        try:
+            await self._publish(event, claim, "the message")
+        except ApiError:
+            MESSAGES.labels(channel.value, "broker_error").inc()
+            raise
+        MESSAGES.labels(channel.value, "accepted").inc()
+        return accepted
+
+    async def rate(
+        self,
+        conversation_id: str,
+        party: Party,
+        channel: Channel,
+        rating: int,
+        comment: str = "",
+        reply_id: uuid.UUID | None = None,
+        client_message_id: str | None = None,
+        *,
+        ip: str | None = None,
+    ) -> Rated:
+        """Publish a customer's rating of their own conversation, once per client message id."""
+        try:
+            await self.guard.rate_limit(channel.value, party.tenant, party.customer_id, ip)
+            await self.owners.check(conversation_id, party)
+        except ApiError:
+            FEEDBACK.labels(channel.value, "rejected").inc()
+            raise
+        event = FeedbackReceivedEvent.create(
+            conversation_id=conversation_id,
+            customer_id=party.customer_id,
+            channel=channel,
+            tenant=party.tenant,
+            payload=Feedback(
+                rating=rating, comment=screen(comment), source="customer", reply_id=reply_id
+            ),
+        )
+        claim = None
+        if client_message_id is not None:
+            # Under cmid:{conversation}:* so erasing the customer forgets it with the rest.
+            claim = f"{self.prefix}cmid:{conversation_id}:rating:{client_message_id}"
+            earlier = await self._claim_once(claim, str(event.event_id))
+            if earlier is not None:
+                FEEDBACK.labels(channel.value, "duplicate").inc()
+                return Rated(event_id=earlier, duplicate=True)
+        try:
+            await self._publish(event, claim, "the rating")
+        except ApiError:
+            FEEDBACK.labels(channel.value, "broker_error").inc()
+            raise
+        FEEDBACK.labels(channel.value, "accepted").inc()
+        return Rated(event_id=str(event.event_id))
+
+    async def fragment(
+        self,
+        conversation_id: str,
+        party: Party,
+        channel: Channel,
+        text: str,
+        message_id: str,
+        *,
+        ip: str | None = None,
+    ) -> None:
+        """A messaging fragment: limited now, parked (already redacted) for burst merging."""
+        await self.guard.rate_limit(channel.value, party.tenant, party.customer_id, ip)
+        await self.owners.claim(conversation_id, party)
+        await self.bursts.add(
+            conversation_id, party.customer_id, channel, screen(without_controls(text)), message_id
+        )
+
+    async def _burst(
+        self,
+        conversation_id: str,
+        customer_id: str,
+        channel: Channel,
+        text: str,
+        message_id: str,
+    ) -> Accepted:
+        """A merged burst becomes one turn (its fragments were limited when they came)."""
+        party = Party(self.settings.messaging_tenant, customer_id)
+        return await self.message(conversation_id, party, channel, text, message_id, limited=True)
+
+    async def _publish(self, event: Envelope, claim: str | None, what: str) -> None:
+        """Publish; on failure release the client message id, so the client's retry is new."""
+        try:
+            await self.bus.publish(event)
+        except Exception as exc:
+            log.exception("could not publish %s", event.event_type)
+            if claim is not None:
+                try:
+                    await self.redis.delete(claim)
+                except Exception:
+                    log.warning("could not release %s", claim, exc_info=True)
+            raise ApiError(
+                503, "unavailable", f"{what} could not be recorded; please retry"
+            ) from exc
+
+    async def _claim_once(self, key: str, value: str) -> str | None:
+        """Set `key` unless it exists; return the earlier value when it did."""
+        try:
+            if await self.redis.set(key, value, nx=True, ex=DEDUPE_TTL_S):
+                return None
+            earlier = await self.redis.get(key)
+        except Exception:
+            # Without Redis a resend may be taken twice; refusing the customer is worse.
+            log.warning("deduplication unavailable; accepting without it", exc_info=True)
+            return None
+        return None if earlier is None else str(earlier)
