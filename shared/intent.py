@@ -25,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from shared.embedding import Embedder
+from shared.events import TurnIntent
 
 INTENTS_FILE = Path(__file__).parent / "data" / "intents.yaml"
 MODEL_FILE = Path(__file__).parent / "data" / "intents" / "model.npz"
@@ -80,6 +81,29 @@ class IntentReading:
     confidence: float
     evidence: str
     entities: dict[str, str] = field(default_factory=dict)
+
+    def contract(self) -> TurnIntent:
+        """As the turn carries it."""
+        return TurnIntent(
+            intent=self.intent.value,
+            skill=self.skill,
+            urgency=self.urgency,
+            confidence=min(self.confidence, 1.0),
+            evidence=self.evidence,
+            entities=dict(self.entities),
+        )
+
+    @classmethod
+    def of(cls, carried: TurnIntent) -> IntentReading:
+        """Back from the turn."""
+        return cls(
+            intent=Intent(carried.intent),
+            skill=carried.skill,
+            urgency=carried.urgency,
+            confidence=carried.confidence,
+            evidence=carried.evidence,
+            entities=dict(carried.entities),
+        )
 
 
 _ORDER_ID = re.compile(
@@ -137,15 +161,18 @@ class IntentReader:
         """The queue a person with this skill serves."""
         return self._config.intents[intent].skill
 
-    def read(self, text: str) -> IntentReading:
-        """The turn's intent; `general` when nothing says otherwise."""
+    def read(self, text: str, vector: npt.NDArray[np.float32] | None = None) -> IntentReading:
+        """The turn's intent; `general` when nothing says otherwise.
+
+        `vector`: the text's MiniLM embedding when the caller has it already (memory does).
+        """
         sample = text[:4000]
         matched = {i: m.group(0) for i, rx in self._cues.items() if (m := rx.search(sample))}
         entities = entities_of(sample)
         decisive = [i for i in self._config.priority if i in matched and i in OVERRIDING]
         if decisive:
             return self._reading(decisive[0], 0.95, f"cue: {matched[decisive[0]]}", entities)
-        scores = self._probabilities(sample)
+        scores = self._probabilities(sample, vector)
         for intent in matched:
             scores[intent] = scores.get(intent, 0.0) + CUE_BONUS
         if scores:
@@ -160,11 +187,15 @@ class IntentReader:
             best, evidence = Intent.ORDER_STATUS, f"{evidence}; order {entities['order_id']}"
         return self._reading(best, confidence, evidence, entities)
 
-    def _probabilities(self, text: str) -> dict[Intent, float]:
+    def _probabilities(
+        self, text: str, vector: npt.NDArray[np.float32] | None
+    ) -> dict[Intent, float]:
         if self._model is None or self._embedder is None:
             return {}
         coef, intercept, classes = self._model
-        logits = self._embedder.embed([text])[0] @ coef.T + intercept
+        if vector is None:
+            vector = self._embedder.embed([text])[0]
+        logits = vector @ coef.T + intercept
         exp = np.exp(logits - logits.max())
         probabilities = exp / exp.sum()
         return {c: float(p) for c, p in zip(classes, probabilities, strict=True)}

@@ -13,9 +13,19 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import Counter
 
 from shared.connectors import ActionResult, ConnectorClient
-from shared.intent import Intent, IntentReading
+from shared.events import TurnRouted
+from shared.intent import Intent, IntentReader, IntentReading
+
+ACTIONS = Counter(
+    "cbd_generation_actions_total",
+    "Actions run on the tenant's systems, by action and outcome (ok, not found, or the error).",
+    ["action", "outcome"],
+)
 
 PLANS: Mapping[Intent, tuple[str, ...]] = {
     Intent.ORDER_STATUS: ("order_status", "tracking"),
@@ -73,3 +83,57 @@ def action_facts(results: Sequence[ActionResult]) -> list[str]:
 def needs_colleague(results: Sequence[ActionResult]) -> bool:
     """Whether an action failed, so a person must follow up instead of the bot guessing."""
     return any(not r.ok and r.error != "not found" for r in results)
+
+
+@dataclass(frozen=True)
+class TurnActions:
+    """What the tenant's systems said for one turn."""
+
+    intent: IntentReading | None = None
+    results: tuple[ActionResult, ...] = ()
+
+    @property
+    def facts(self) -> list[str]:
+        """Sentences for the prompt."""
+        return action_facts(self.results)
+
+    @property
+    def backing(self) -> list[str]:
+        """What the care check may accept as done or checked: one line per successful action."""
+        return [
+            f"checked {r.action.replace('_', ' ')}: {r.summary}" + (f"; {r.done}" if r.done else "")
+            for r in self.results
+            if r.ok
+        ]
+
+    @property
+    def used(self) -> list[str]:
+        """`actions_used` on the reply: each action run, with `:failed` when it did not answer."""
+        return [r.action if r.ok else f"{r.action}:failed" for r in self.results]
+
+    @property
+    def needs_colleague(self) -> bool:
+        """Whether a person must follow up because a system did not answer."""
+        return needs_colleague(self.results)
+
+
+class ActionDesk:
+    """Reads the turn's intent and runs the actions it needs; built in the service's lifespan."""
+
+    def __init__(self, intents: IntentReader, client: ConnectorClient | None) -> None:
+        self.intents = intents
+        self.client = client
+
+    async def for_turn(self, turn: TurnRouted, customer_id: str) -> TurnActions:
+        """The turn's intent and what its actions returned (none without a connector).
+
+        Memory puts the intent on the turn; a turn from before that is read here.
+        """
+        text = turn.message.text
+        reading = IntentReading.of(turn.intent) if turn.intent else self.intents.read(text)
+        if self.client is None:
+            return TurnActions(reading)
+        results = await run_actions(self.client, plan(reading, text, customer_id))
+        for result in results:
+            ACTIONS.labels(result.action, "ok" if result.ok else result.error or "failed").inc()
+        return TurnActions(reading, tuple(results))
