@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -31,6 +32,15 @@ def _rows(name: str) -> list[dict[str, str]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
+def embed_all(embedder: MiniLmEmbedder, texts: list[str]) -> np.ndarray:
+    """Embeddings in slices: one batch of thousands pads every text to the longest (gigabytes)."""
+    parts = []
+    for start in range(0, len(texts), 256):
+        parts.append(embedder.embed(texts[start : start + 256]))
+        print(f"embedded {start + len(parts[-1])}/{len(texts)}", file=sys.stderr, flush=True)
+    return np.concatenate(parts)
+
+
 def train(out: Path = MODEL_FILE) -> None:
     """Fit, pick C on dev, save the coefficients."""
     rows = _rows("banking77_train.jsonl")
@@ -42,8 +52,7 @@ def train(out: Path = MODEL_FILE) -> None:
     cut = int(len(rows) * 0.85)
     embedder = MiniLmEmbedder()
     texts = [r["text"] for r in rows]
-    # In slices: one batch of thousands pads every text to the longest and needs gigabytes.
-    x = np.concatenate([embedder.embed(texts[i : i + 64]) for i in range(0, len(texts), 64)])
+    x = embed_all(embedder, texts)
     y = np.array([r["intent"] for r in rows])
     best: tuple[float, float] = (-1.0, 1.0)
     for c in (0.3, 1.0, 3.0, 10.0, 30.0):
