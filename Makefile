@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # llama.cpp is compiled once for a portable CPU target; pip's wheel cache keeps the result.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: help install run test test-unit test-integration lint format bench chaos clean images deploy-check
+.PHONY: help install run test test-unit test-integration lint format bench chaos clean images deploy-check intent-model
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,9 @@ bench: install ## Measure turn latency, emotion, memory context and LLM overhead
 
 chaos: install ## Kill services and the broker (kill -9) under open-loop load; fails on any lost or duplicated reply
 	$(PY) -m cbd.chaos $(CHAOS_ARGS)
+
+intent-model: install ## Retrain the intent model from its public data (shared/data/intents/, deterministic)
+	$(PY) -m cbd.intent_model
 
 SERVICES := ingest emotion memory escalation generation audit
 TAG ?= latest

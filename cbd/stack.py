@@ -116,6 +116,8 @@ class StackPorts:
     postgres: int = 5432
     redis: int = 6379
     llm: int = 8090
+    crm: int = 8095
+    """The stand-in CRM (`cbd/crm_standin.py`), the tenant systems the bot acts on."""
     seaweedfs: SeaweedPorts = field(default_factory=SeaweedPorts)
 
     @classmethod
@@ -126,6 +128,7 @@ class StackPorts:
             postgres=free_port(),
             redis=free_port(),
             llm=free_port(),
+            crm=free_port(),
             seaweedfs=SeaweedPorts.random(),
         )
 
@@ -136,6 +139,7 @@ class StackPorts:
             postgres=self.postgres + offset,
             redis=self.redis + offset,
             llm=self.llm + offset,
+            crm=self.crm + offset,
             seaweedfs=self.seaweedfs.shifted(offset),
         )
 
@@ -187,6 +191,7 @@ class EmbeddedStack:
             "CBD_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{self.ports.kafka}",
             "CBD_PG_DSN": f"postgresql://postgres@127.0.0.1:{self.ports.postgres}/postgres",
             "CBD_REDIS_URL": f"redis://127.0.0.1:{self.ports.redis}/0",
+            "CBD_GENERATION_CONNECTOR_URL": f"http://127.0.0.1:{self.ports.crm}",
         }
         if self.with_llm:
             env["CBD_GENERATION_LLM_BASE_URL"] = f"http://127.0.0.1:{self.ports.llm}/v1"
@@ -200,6 +205,7 @@ class EmbeddedStack:
             "kafka": self.ports.kafka,
             "postgres": self.ports.postgres,
             "redis": self.ports.redis,
+            "crm": self.ports.crm,
         }
         if self.with_llm:
             ports["llm"] = self.ports.llm
@@ -255,6 +261,7 @@ class EmbeddedStack:
             (self._kafka, 15.0),
             (self._postgres, 60.0),
             (self._redis, 15.0),
+            (self._crm, 30.0),
         ]
         if self.with_llm:
             plan.append((self._llm, 120.0))
@@ -403,6 +410,14 @@ class EmbeddedStack:
             ],
             log_path=self.logs / "redis.log",
             ready=lambda: tcp_open(self.ports.redis),
+        )
+
+    def _crm(self) -> ManagedProcess:
+        return ManagedProcess(
+            name="crm (stand-in tenant systems)",
+            argv=[sys.executable, "-m", "cbd.crm_standin", "--port", str(self.ports.crm)],
+            log_path=self.logs / "crm.log",
+            ready=lambda: http_ok(f"http://127.0.0.1:{self.ports.crm}/requests"),
         )
 
     def _llm(self) -> ManagedProcess:

@@ -288,10 +288,24 @@ class TurnAnalyzed(TurnReceived):
     trajectory: EmotionTrajectory | None = None
 
 
+class TurnIntent(_Model):
+    """What the turn is about, the skill queue that serves it and what it names
+    (`shared/intent.py`); memory reads it from the embedding it makes anyway."""
+
+    intent: str
+    skill: str
+    urgency: Annotated[float, Field(ge=0.0, le=1.0)]
+    confidence: Annotated[float, Field(ge=0.0, le=1.0)]
+    evidence: str = ""
+    entities: dict[str, str] = {}
+
+
 class TurnContextualized(TurnAnalyzed):
     """Payload of turn.contextualized: the analyzed turn plus what memory recalls."""
 
     context: ConversationContext
+    intent: TurnIntent | None = None
+    """Absent from events of before intents; readers then read it themselves."""
 
 
 class TurnRouted(TurnContextualized):
@@ -338,6 +352,8 @@ class ReplyFlag(StrEnum):
     """The LLM's reply failed the care check (the finding flags say which part)."""
     COMPOSED = "composed"
     """The text was composed without the LLM from knowledge, playbook and strategy."""
+    ACTION_FAILED = "action_failed"
+    """A tenant system (orders, accounts, refunds) did not answer; a colleague will check."""
     UNGROUNDED = "ungrounded"
     """A number, address, link, amount, date or reference that no source backs."""
     UNBACKED_ACTION = "unbacked_action"
@@ -412,6 +428,9 @@ class ReplyGenerated(_Model):
     relevance: float | None = None
     """Embedding similarity of the sent text to the message and retrieved knowledge."""
     reply_mode: str | None = None
+    actions_used: list[str] = []
+    """Actions run on the tenant's systems for this reply (`order_status`, `tracking`...), a
+    failed one as `<action>:failed`."""
     """The generation mode that produced it: `llm`, `llm_checked` or `composed`."""
 
 

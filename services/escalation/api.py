@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
 
 from services.escalation.auth import AgentAuth, AgentToken, LoginThrottle
-from services.escalation.desk import Desk, Ticket, TicketConflict, TicketNotFound
+from services.escalation.desk import AgentSkills, Desk, Ticket, TicketConflict, TicketNotFound
 from services.escalation.live import AgentHub, ConsoleFeed
 from services.escalation.packet import build_packet
 from shared.events import (
@@ -194,9 +194,17 @@ def agent_router() -> APIRouter:
         return Session(token=token, agent_id=verified.agent_id)
 
     @router.get("/queue", responses=error_responses(401, 503))
-    async def queue(_: Agent, desk: DeskDep) -> dict[str, list[dict[str, Any]]]:
-        """Open tickets, most urgent first."""
-        return {"tickets": [t.as_json() for t in await desk.queue()]}
+    async def queue(
+        agent: Agent,
+        desk: DeskDep,
+        skills: Annotated[AgentSkills, Depends(requires(AgentSkills))],
+        skill: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI copies defaults
+        mine: bool = False,
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Open tickets, most urgent first: every queue, the `skill` queues named, or with
+        `mine=true` the queues the agent serves (settings: `agent_skills`)."""
+        wanted = skills.of(agent.agent_id) if mine else skill
+        return {"tickets": [t.as_json() for t in await desk.queue(skills=wanted)]}
 
     @router.get(ticket_path, responses=refusals)
     async def ticket(ticket_id: TicketId, _: Agent, desk: DeskDep) -> dict[str, Any]:

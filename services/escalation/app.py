@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from services.escalation.api import REFUSALS, agent_router, console_router, live_router
 from services.escalation.auth import AgentAuth, LoginThrottle
-from services.escalation.desk import Desk
+from services.escalation.desk import AgentSkills, Desk
 from services.escalation.handlers import EscalationHandlers
 from services.escalation.live import CONSOLE_CHANNEL, AgentHub, ConsoleFeed
 from services.escalation.policy import PolicyStore
@@ -64,6 +64,7 @@ def create_app(settings: EscalationSettings | None = None) -> FastAPI:
         await auth.sync_versions(infra.require_pg())
         infra.provide(auth)
         infra.provide(desk)
+        infra.provide(AgentSkills(cfg.agent_skills))
         infra.provide(hub)
         infra.provide(feed)
         infra.provide(LoginThrottle(infra.require_redis(), cfg.redis.key_prefix))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,6 +31,7 @@ from shared.events import (
     RoutingDecision,
     Severity,
     TurnContextualizedEvent,
+    TurnIntent,
     utcnow,
 )
 from shared.metrics import LATENCY_BUCKETS
@@ -79,6 +80,17 @@ def eta_minutes(position: int, handle_minutes: float, agents_on_shift: int) -> i
     return max(1, math.ceil(position * handle_minutes / max(1, agents_on_shift)))
 
 
+@dataclass(frozen=True)
+class AgentSkills:
+    """Which skill queues each agent serves (settings); unlisted agents serve them all."""
+
+    skills: dict[str, list[str]]
+
+    def of(self, agent_id: str) -> list[str]:
+        """The agent's queues; empty means every queue."""
+        return list(self.skills.get(agent_id, []))
+
+
 class TicketConflict(Exception):
     """The ticket is not in the state the move needs (e.g. someone else claimed it)."""
 
@@ -104,6 +116,8 @@ class Ticket:
     claimed_by: str | None
     claimed_at: datetime | None
     last_turn_id: uuid.UUID | None = None
+    intent: str = "general"
+    skill: str = "general"
 
     def as_json(self) -> dict[str, Any]:
         """The API form."""
@@ -120,12 +134,15 @@ class Ticket:
             "created_at": self.created_at.isoformat(),
             "waiting_seconds": round((utcnow() - self.created_at).total_seconds(), 1),
             "claimed_by": self.claimed_by,
+            "intent": self.intent,
+            "skill": self.skill,
         }
 
 
 _TICKET_COLUMNS = """
     t.ticket_id, t.conversation_id, t.customer_id, t.channel, t.status, t.priority, t.severity,
-    t.reasons, t.summary, t.created_at, t.claimed_by, t.claimed_at, c.last_turn_id
+    t.reasons, t.summary, t.created_at, t.claimed_by, t.claimed_at, c.last_turn_id,
+    t.intent, t.skill
 """
 
 
@@ -272,6 +289,7 @@ class Desk:
                     risk=turn.trajectory.escalation_risk if turn.trajectory else 0.0,
                     text=turn.message.text,
                     tier=turn.context.customer_tier,
+                    intent=turn.intent,
                 )
             position = await self._position(conn, ticket_id)
             mirror = await self._stage(conn, event.conversation_id, "queued", epoch)
@@ -332,25 +350,33 @@ class Desk:
         risk: float,
         text: str,
         tier: str | None = None,
+        intent: TurnIntent | None = None,
     ) -> tuple[uuid.UUID, int]:
-        """Insert a ticket and hand the conversation to the queue; (ticket id, new epoch)."""
+        """Insert a ticket and hand the conversation to the queue; (ticket id, new epoch).
+
+        The turn's intent names the skill queue; its urgency (fraud, bereavement...) counts
+        towards the queue order like the conversation's escalation risk.
+        """
         ticket_id = uuid.uuid5(event.event_id, "ticket")
         severity = severity_of(reasons)
+        urgency = intent.urgency if intent is not None else 0.0
         await conn.execute(
             """
             INSERT INTO escalation.tickets (ticket_id, conversation_id, customer_id,
-                channel, priority, severity, reasons, summary, opened_by_event)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                channel, priority, severity, reasons, summary, opened_by_event, intent, skill)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
             """,
             ticket_id,
             event.conversation_id,
             event.customer_id,
             event.channel.value,
-            priority_of(severity, risk, tier),
+            priority_of(severity, max(risk, urgency), tier),
             severity,
             [r.model_dump() for r in reasons],
             _summary(text, reasons),
             event.event_id,
+            intent.intent if intent is not None else "general",
+            intent.skill if intent is not None else "general",
         )
         epoch: int = await conn.fetchval(
             "UPDATE escalation.conversations SET owner = 'queued', agent_id = NULL, "
@@ -399,17 +425,22 @@ class Desk:
             eta_minutes=self.eta_minutes(position) if position else 0,
         )
 
-    async def queue(self, limit: int = 100) -> list[Ticket]:
-        """Open tickets, most urgent and longest waiting first; claimed ones after."""
+    async def queue(self, limit: int = 100, skills: Sequence[str] = ()) -> list[Ticket]:
+        """Open tickets, most urgent and longest waiting first; claimed ones after.
+
+        `skills`: only these skill queues (none: every queue).
+        """
         rows = await self.pg.fetch(
             f"""
             SELECT {_TICKET_COLUMNS} FROM escalation.tickets t
             JOIN escalation.conversations c USING (conversation_id)
             WHERE t.status IN ('queued', 'claimed')
+              AND (cardinality($2::text[]) = 0 OR t.skill = ANY($2::text[]))
             ORDER BY (t.status = 'claimed'), t.priority DESC, t.created_at
             LIMIT $1
             """,  # noqa: S608 (a fixed column list, no input)
             limit,
+            list(skills),
         )
         return [_ticket(r) for r in rows]
 

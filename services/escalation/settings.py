@@ -33,6 +33,9 @@ class EscalationSettings(ServiceSettings):
     (`cbd agents hash-password`); plain-text passwords are accepted in development only."""
     agent_token_secret: SecretStr = SecretStr(DEV_SECRET)
     agent_token_ttl_s: int = Field(default=12 * 3600, ge=60)
+    agent_skills: dict[str, list[str]] = Field(default_factory=dict)
+    """Which skill queues each agent serves, as JSON: {"alice": ["billing", "fraud"]}; an
+    agent not listed serves every queue. Skills are those of `shared/data/intents.yaml`."""
     handle_minutes: float = Field(default=4.0, gt=0)
     """Typical minutes an agent spends per conversation, for the wait the customer is told."""
     agents_on_shift: int = Field(default=2, ge=1)

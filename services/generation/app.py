@@ -6,12 +6,17 @@ from contextlib import AsyncExitStack
 
 from fastapi import FastAPI
 
+from services.generation.actions import ActionDesk
 from services.generation.breaker import CircuitBreaker
+from services.generation.care import CareKit
 from services.generation.fence import OwnershipFence
 from services.generation.handlers import GenerationHandlers, build_prompting
 from services.generation.llm import ChatClient
 from services.generation.settings import GenerationSettings
+from shared.connectors import ConnectorClient, load_connectors
+from shared.embedding import MiniLmEmbedder
 from shared.events import TurnRoutedEvent
+from shared.intent import IntentReader
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 
@@ -39,7 +44,20 @@ def create_app(settings: GenerationSettings | None = None) -> FastAPI:
         )
         stack.push_async_callback(llm.aclose)
         fence = OwnershipFence(infra.require_redis(), cfg.redis.key_prefix)
-        handlers = GenerationHandlers(infra.bus, llm, cfg, fence, prompts, rails)
+        # One MiniLM encoder for the care check's relevance and the turn's intent.
+        embedder = MiniLmEmbedder()
+        care = CareKit.build(cfg, prompts.knowledge, embedder=embedder)
+        client = None
+        if cfg.connector_url:
+            token = cfg.connector_token.get_secret_value() if cfg.connector_token else ""
+            client = ConnectorClient(
+                load_connectors(cfg.connectors_path), base_url=cfg.connector_url, token=token
+            )
+            stack.push_async_callback(client.aclose)
+        actions = ActionDesk(IntentReader(embedder), client)
+        handlers = GenerationHandlers(
+            infra.bus, llm, cfg, fence, prompts, rails, care=care, actions=actions
+        )
         stack.push_async_callback(handlers.aclose)
         infra.subscribe(Topic.TURN_ROUTED, TurnRoutedEvent, handlers.on_turn_routed)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 
+from services.generation.actions import COLLEAGUE_CHECK, ActionDesk, TurnActions
 from services.generation.assist import coaching_tips
 from services.generation.care import CareKit, CareReport, CheckedStream, TurnCheck
 from services.generation.compose import compose
@@ -207,6 +208,7 @@ class GenerationHandlers:
         prompts: PromptBuilder | None = None,
         rails: Guardrails | None = None,
         care: CareKit | None = None,
+        actions: ActionDesk | None = None,
     ) -> None:
         self.bus = bus
         self.llm = llm
@@ -218,6 +220,7 @@ class GenerationHandlers:
         self.prompts = prompts
         self.rails = rails
         self.care = care or CareKit.build(settings, prompts.knowledge)
+        self.actions = actions
         self._last_suggestion: dict[str, float] = {}
         # Assist runs beside the consumer, one LLM call at a time, so suggestions for agents
         # never hold up replies to customers queued behind them on the same partition.
@@ -375,14 +378,21 @@ class GenerationHandlers:
         """
         started = time.perf_counter()
         variant = self.variant_for(event.conversation_id)
-        prompt = self.prompts.build(event.payload, variant)
+        acted = TurnActions()
+        if self.actions is not None:
+            acted = await self.actions.for_turn(event.payload, event.customer_id)
+        prompt = self.prompts.build(event.payload, variant, facts=acted.facts)
         PROMPT_SECONDS.observe(time.perf_counter() - started)
         mode = self.settings.reply_mode
-        check = self.care.for_turn(event.payload, prompt)
+        check = self.care.for_turn(event.payload, prompt, acted.backing)
         state = _Stream(reply_id=reply_id, started=started, last_flush=started)
         final: _Final | None = None
         try:
-            if mode is ReplyMode.COMPOSED:
+            if acted.needs_colleague:
+                # A system did not answer: say so and bring in a person, never guess.
+                flags = [ReplyFlag.NEEDS_HUMAN.value, ReplyFlag.ACTION_FAILED.value]
+                final = _Final(COLLEAGUE_CHECK, flags, CareVerdict.COMPOSED)
+            elif mode is ReplyMode.COMPOSED:
                 final = await self._composed(event, prompt, check, [], [])
             elif mode is ReplyMode.LLM_CHECKED:
                 final = await self._checked(event, prompt, check, state)
@@ -416,6 +426,7 @@ class GenerationHandlers:
             tokens=state.tokens,
             prompt=prompt,
             final=final,
+            actions_used=acted.used,
         )
 
     async def _unchecked(
@@ -648,6 +659,7 @@ class GenerationHandlers:
         tokens: int | None = None,
         prompt: BuiltPrompt | None = None,
         final: _Final | None = None,
+        actions_used: Sequence[str] = (),
     ) -> None:
         reply = ReplyGenerated(
             turn_id=event.payload.message.turn_id,
@@ -668,6 +680,7 @@ class GenerationHandlers:
             care_findings=final.findings if final else [],
             relevance=final.relevance if final else None,
             reply_mode=self.settings.reply_mode.value if final else None,
+            actions_used=list(actions_used),
         )
         await self.bus.publish(event.derive(ReplyGeneratedEvent, reply))
 

@@ -116,7 +116,9 @@ class PlaybookLibrary:
         # Customer text meets every cue: one linear RE2 pass finds all that occur.
         self._cues = PatternSet(rx for _, cues in self._matchers for _, rx in cues)
         self._unmet = {
-            p.id: [(cue, compile_linear(cue_pattern(cue), ignore_case=True)) for cue in p.unmet.when]
+            p.id: [
+                (cue, compile_linear(cue_pattern(cue), ignore_case=True)) for cue in p.unmet.when
+            ]
             for p in playbooks
             if p.unmet is not None
         }

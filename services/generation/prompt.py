@@ -10,6 +10,7 @@ data so that it cannot rewrite the rules.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.generation.knowledge import KnowledgeBase, KnowledgeHit
@@ -92,7 +93,7 @@ def handoff_notice(eta_minutes: int | None) -> str:
     )
 
 
-_TAGS = ("customer", "memory")
+_TAGS = ("customer", "memory", "facts")
 
 
 def quote(tag: str, text: str) -> str:
@@ -211,9 +212,18 @@ class PromptBuilder:
         return hits
 
     def build(
-        self, turn: TurnRouted, variant: Variant = Variant.CARE, *, assist: bool = False
+        self,
+        turn: TurnRouted,
+        variant: Variant = Variant.CARE,
+        *,
+        assist: bool = False,
+        facts: Sequence[str] = (),
     ) -> BuiltPrompt:
-        """The chat messages for this turn, stable system prompt first."""
+        """The chat messages for this turn, stable system prompt first.
+
+        `facts`: what the tenant's systems answered for this turn (order status, tracking...);
+        both variants get them, since they are the answer, not the care.
+        """
         messages = [ChatMessage("system", self.system_prompts[variant])]
         for past in turn.context.recent_turns[-HISTORY_TURNS:]:
             if past.role is Role.CUSTOMER:
@@ -241,6 +251,11 @@ class PromptBuilder:
             sections.append(
                 "Knowledge: nothing in the knowledge base matches this question. Do not guess "
                 "facts; offer to check or to bring in a colleague."
+            )
+        if facts:
+            lines = "\n".join(f"- {quote('facts', f)}" for f in facts)
+            sections.append(
+                "Facts from our systems for this question (state these, nothing more):\n" + lines
             )
         if assist:
             sections.append(ASSIST_INSTRUCTION)

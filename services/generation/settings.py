@@ -8,6 +8,7 @@ from typing import ClassVar
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from shared.connectors import DEMO_CONNECTORS
 from shared.settings import ServiceSettings
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -89,5 +90,12 @@ class GenerationSettings(ServiceSettings):
     relevance_threshold: float = Field(default=0.38, ge=-1.0, le=1.0)
     """Below this similarity to the message and knowledge a reply is off topic; calibrated on
     the dev split of `data/relevance_pairs.jsonl` (`python -m services.generation.relevance`)."""
+    connector_url: str = ""
+    """Base URL of the tenant's business systems (orders, accounts, refunds); empty: the bot
+    runs no actions and says a colleague will check. `make run` points it at the stand-in CRM."""
+    connector_token: SecretStr | None = None
+    """Bearer token for the tenant's systems, if they need one."""
+    connectors_path: Path = DEMO_CONNECTORS
+    """What the tenant's systems offer (YAML, validated at start-up: `shared/connectors.py`)."""
     canary: str = Field(default_factory=_new_canary, min_length=8)
     """A secret marker in the system prompt: a reply that contains it is a prompt leak."""

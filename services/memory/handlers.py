@@ -22,6 +22,7 @@ from shared.events import (
     TurnContextualizedEvent,
     utcnow,
 )
+from shared.intent import IntentReader
 from shared.kafka import EventBus
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class MemoryHandlers:
         *,
         keep: int,
         llm_extractor: LlmExtractor | None = None,
+        intents: IntentReader | None = None,
     ) -> None:
         self.bus = bus
         self.turns = turns
@@ -67,6 +69,7 @@ class MemoryHandlers:
         self.extractor = extractor
         self.llm_extractor = llm_extractor
         self.keep = keep
+        self.intents = intents or IntentReader(embedder)
 
     async def on_turn_analyzed(self, event: TurnAnalyzedEvent) -> None:
         """Resolve the customer, store and learn from the turn, publish it with its context."""
@@ -115,7 +118,11 @@ class MemoryHandlers:
         await self.bus.publish(
             event.derive(
                 TurnContextualizedEvent,
-                TurnContextualized(**dict(event.payload), context=context),
+                TurnContextualized(
+                    **dict(event.payload),
+                    context=context,
+                    intent=self.intents.read(message.text, vector).contract(),
+                ),
             ),
         )
 
