@@ -8,8 +8,8 @@ import secrets
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
 from pydantic import ValidationError
-from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from services.escalation import settings as escalation_settings
@@ -18,7 +18,7 @@ from services.escalation.settings import EscalationSettings
 from services.ingest import settings as ingest_settings
 from services.ingest.settings import IngestSettings
 from services.memory import settings as memory_settings
-from services.memory.api import CustomerAPI
+from services.memory.api import customer_router
 from services.memory.settings import MemorySettings
 from shared.credentials import (
     DEV_SECRET_VALUES,
@@ -26,6 +26,7 @@ from shared.credentials import (
     require_explicit_origins,
     secret_problem,
 )
+from shared.http import install
 
 STRONG = secrets.token_urlsafe(32)
 HASHED = hash_password("correct horse")
@@ -103,7 +104,10 @@ def test_an_empty_expected_token_matches_nothing() -> None:
 
 
 def test_memory_admin_api_refuses_an_empty_bearer_even_with_an_empty_token() -> None:
-    http = TestClient(Starlette(routes=CustomerAPI("").routes()))
+    app = FastAPI()
+    install(app, max_body_bytes=64 * 1024)
+    app.include_router(customer_router(""))
+    http = TestClient(app)
     for header in ("Bearer", "Bearer ", "bearer"):
         assert (
             http.get("/v1/customers/sam/export", headers={"authorization": header}).status_code
