@@ -8,6 +8,7 @@ variant, every item ends as seven 1-5 scores or a named failure, and the report 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from pathlib import Path
@@ -73,7 +74,9 @@ async def test_scenarios_are_answered_by_both_variants_and_judged_blind(
     # The same through the command line, judge and report in one go (one item: it is slow).
     scenarios.write_pairs(replies[1:], pairs)
     out = tmp_path / "report"
-    code = main(
+    # The command runs its own event loop: off this test's loop, as from a shell.
+    code = await asyncio.to_thread(
+        main,
         [
             "evaluate",
             "report",
@@ -89,7 +92,7 @@ async def test_scenarios_are_answered_by_both_variants_and_judged_blind(
             "200",
             "--judge-timeout",
             "600",
-        ]
+        ],
     )
     assert code == 0
     assert json.loads((out / "report.json").read_text())["pairing"] == "scenario"
