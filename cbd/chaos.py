@@ -231,6 +231,10 @@ class Chaos:
                 break
         for task in tasks:
             task.cancel()
+        for kill in self.kills:
+            # A kill near the end recovers while the backlog drains.
+            if kill.recovered_s is None:
+                kill.recovered_s = self._recovered_after(kill.at)
         # The topic reader sees a reply after the socket does only by a few milliseconds.
         await asyncio.sleep(2.0)
         reader.cancel()
