@@ -250,7 +250,8 @@ async def test_service_killed_and_restarted_loses_no_message(
                     await asyncio.wait_for(ws.recv(), 2)
             # What `make run`'s supervisor does when a service dies.
             assert platform.restart_exited() == [service]
-            platform.services[service].wait_ready(60)
+            # In a thread: blocking here would stall this socket's keepalive pings.
+            await asyncio.to_thread(platform.services[service].wait_ready, 60)
             frames = await frames_until_reply(ws, timeout_s=90)
     finally:
         if not platform.services[service].running():
