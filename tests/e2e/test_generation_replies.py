@@ -100,9 +100,13 @@ _KIT: list[CareKit] = []
 
 def handlers_with(llm: SpyClient, **overrides: Any) -> tuple[GenerationHandlers, RecordingBus]:
     bus = RecordingBus()
-    cfg = GenerationSettings(
-        canary=CANARY, max_tokens=40, temperature=0.2, delta_flush_ms=0, **overrides
-    )
+    values: dict[str, Any] = {
+        "canary": CANARY,
+        "max_tokens": 40,
+        "temperature": 0.2,
+        "delta_flush_ms": 0,
+    }
+    cfg = GenerationSettings(**(values | overrides))
     # One care kit (and one MiniLM session) for the whole file.
     handlers = GenerationHandlers(
         cast(EventBus, bus), cast(ChatClient, llm), cfg, care=_KIT[0] if _KIT else None
