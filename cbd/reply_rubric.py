@@ -66,8 +66,8 @@ class _Collector:
     def __init__(self) -> None:
         self.events: list[tuple[Topic, Envelope]] = []
 
-    async def publish(self, topic: Topic, event: Envelope, *, confirm: bool = True) -> None:
-        self.events.append((topic, event))
+    async def publish(self, event: Envelope, /, *, confirm: bool = True) -> None:
+        self.events.append((Topic.for_event(event), event))
 
 
 class _Scripted:

@@ -13,8 +13,7 @@ from tests.e2e.test_turn_path import wait_for_rows
 pytestmark = pytest.mark.e2e
 
 REPLY_ROWS = (
-    "SELECT payload FROM audit.events WHERE conversation_id = $1 "
-    "AND event_type = 'reply.generated'"
+    "SELECT payload FROM audit.events WHERE conversation_id = $1 AND event_type = 'reply.generated'"
 )
 
 
