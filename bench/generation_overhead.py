@@ -75,8 +75,9 @@ class TimingBus:
         self.final: float | None = None
         self.tokens = 0
 
-    async def publish(self, topic: Topic, event: Envelope, *, confirm: bool = True) -> None:
+    async def publish(self, event: Envelope, /, *, confirm: bool = True) -> None:
         now = time.perf_counter()
+        topic = Topic.for_event(event)
         if topic is Topic.REPLY_DELTA:
             self.deltas.append(now)
         elif topic is Topic.REPLY_GENERATED:
