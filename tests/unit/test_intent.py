@@ -30,7 +30,7 @@ def cues_only() -> IntentReader:
         ("Where is my parcel?", "delivery", "delivery"),
         ("What's the status of order A1001?", "order_status", "delivery"),
         ("The technician never came to repair the washing machine", "technical", "technical"),
-        ("I need to change my address before the next order ships", "delivery", "delivery"),
+        ("I need to change my address before the next order ships", "account", "account"),
         ("Please cancel my subscription", "account", "account"),
         ("I want to make a formal complaint about your driver", "complaint", "complaints"),
         ("Tell me when the green kettle is back in stock", "availability", "sales"),
