@@ -107,7 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("corpus", choices=["goemotions", "airline"])
     parser.add_argument("source", type=Path)
     args = parser.parse_args(argv)
-    rows = read_goemotions(args.source) if args.corpus == "goemotions" else read_airline(args.source)
+    rows = (
+        read_goemotions(args.source) if args.corpus == "goemotions" else read_airline(args.source)
+    )
     counts = write(args.corpus, rows)
     for (split, label), n in sorted(counts.items()):
         print(f"{split}\t{label}\t{n}")

@@ -390,8 +390,8 @@ class GenerationHandlers:
         try:
             if acted.needs_colleague:
                 # A system did not answer: say so and bring in a person, never guess.
-                flags = [ReplyFlag.NEEDS_HUMAN.value, ReplyFlag.ACTION_FAILED.value]
-                final = _Final(COLLEAGUE_CHECK, flags, CareVerdict.COMPOSED)
+                colleague = [ReplyFlag.NEEDS_HUMAN.value, ReplyFlag.ACTION_FAILED.value]
+                final = _Final(COLLEAGUE_CHECK, colleague, CareVerdict.COMPOSED)
             elif mode is ReplyMode.COMPOSED:
                 final = await self._composed(event, prompt, check, [], [])
             elif mode is ReplyMode.LLM_CHECKED:

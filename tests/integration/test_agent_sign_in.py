@@ -11,13 +11,13 @@ from pathlib import Path
 import httpx
 import pytest
 import redis.asyncio as aioredis
+from fastapi import FastAPI
 from pydantic import SecretStr
-from starlette.applications import Starlette
 
-from services.escalation.api import AgentAPI
+from services.escalation.api import agent_router
 from services.escalation.auth import AgentAuth, LoginThrottle
-from services.escalation.live import AgentHub
 from shared import db
+from shared.http import install, provide
 from shared.settings import PostgresSettings
 
 pytestmark = pytest.mark.integration
@@ -57,9 +57,12 @@ async def test_failed_sign_ins_are_throttled_per_account_and_address(
 
 
 async def test_the_login_route_answers_429_with_retry_after(redis_client: aioredis.Redis) -> None:
-    api = AgentAPI(AgentAuth({"alice": "right"}, SECRET), AgentHub())
-    api.throttle = LoginThrottle(redis_client, f"it-{uuid.uuid4().hex[:6]}:", per_account=2)
-    transport = httpx.ASGITransport(app=Starlette(routes=api.routes()))
+    app = FastAPI()
+    install(app, max_body_bytes=64 * 1024)
+    app.include_router(agent_router())
+    provide(app, AgentAuth({"alice": "right"}, SECRET))
+    provide(app, LoginThrottle(redis_client, f"it-{uuid.uuid4().hex[:6]}:", per_account=2))
+    transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://console") as http:
         for _ in range(2):
             bad = await http.post(

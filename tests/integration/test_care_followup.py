@@ -120,7 +120,7 @@ async def test_a_resolve_waits_for_a_follow_up_being_sent_so_none_comes_after_it
         async def slow_publish(*args: object, **kwargs: object) -> None:
             publishing.set()
             await release.wait()
-            await real_publish(*args, **kwargs)  # type: ignore[arg-type]
+            await real_publish(*args, **kwargs)  # type: ignore[call-overload]
 
         bus.publish = slow_publish  # type: ignore[method-assign]
         run = asyncio.create_task(FollowUps(pool, bus, SETTINGS).run(T0 + timedelta(days=2)))

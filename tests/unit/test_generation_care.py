@@ -34,7 +34,8 @@ from shared.events import (
     RouteTarget,
 )
 from shared.kafka import EventBus
-from tests.unit.test_generation_handlers import CANARY, RecordingBus, routed_event
+from tests.kit import RecordingBus
+from tests.unit.test_generation_handlers import CANARY, routed_event
 from tests.unit.test_generation_prompt import NOW, routed
 
 ROOT = Path(__file__).resolve().parents[2]

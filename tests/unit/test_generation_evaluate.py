@@ -45,9 +45,9 @@ def test_checked_and_composed_replies_carry_care(
     full = json.loads(out.read_text())
     assert {r["verdict"] for r in full["replies"]} <= {"passed", "regenerated", "composed"}
     _, composed = run(capsys, "--mode", "composed")
-    summary = composed["summary"]
-    assert isinstance(summary, dict)
-    assert summary["replies"] == 17
-    assert summary["with_grounding_violations"] == 0
-    assert summary["unkind"] == 0
-    assert summary["acknowledged_share"] == 1.0
+    composed_summary = composed["summary"]
+    assert isinstance(composed_summary, dict)
+    assert composed_summary["replies"] == 17
+    assert composed_summary["with_grounding_violations"] == 0
+    assert composed_summary["unkind"] == 0
+    assert composed_summary["acknowledged_share"] == 1.0
