@@ -1,4 +1,5 @@
-"""Audit service: FastStream subscriber plus /metrics, /livez and /readyz."""
+"""Audit service: the ledger and the care loop on FastStream, the Review page and API, /metrics,
+/livez and /readyz."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import FastAPI
 
 from services.audit import care, handlers
 from services.audit.ledger import Ledger
+from services.audit.review_api import REFUSALS, page_router, review_router
 from services.audit.settings import AuditSettings
 from shared import db
 from shared.service import Infra, ServiceSpec, build_app
@@ -19,7 +21,6 @@ Settings = AuditSettings
 def create_app(settings: AuditSettings | None = None) -> FastAPI:
     """Build the audit service."""
     cfg = settings or AuditSettings()
-    reviews = care.review_api(cfg.care)
 
     async def wire(infra: Infra, stack: AsyncExitStack) -> None:
         eraser = None
@@ -28,7 +29,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
             stack.push_async_callback(eraser.close)
         ledger = Ledger(infra.require_pg(), cfg.chain_key.get_secret_value(), eraser)
         handlers.register(infra.broker, cfg.kafka, handlers.AuditHandlers(ledger))
-        await care.wire(infra, stack, cfg.care, reviews)
+        await care.wire(infra, stack, cfg.care)
 
     return build_app(
         ServiceSpec(
@@ -37,6 +38,7 @@ def create_app(settings: AuditSettings | None = None) -> FastAPI:
             wire=wire,
             uses_postgres=True,
             migrations=Path(__file__).parent / "migrations",
-            routes=reviews.routes(),
+            routers=[page_router(), review_router()],
+            refusals=REFUSALS,
         )
     )

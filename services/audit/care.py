@@ -1,4 +1,4 @@
-"""Wires the care loop into the audit service: subscribers, the sweeper and the review API."""
+"""Wires the care loop into the audit service: subscribers, the sweeper and the review desk."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from contextlib import AsyncExitStack
 from services.audit.care_settings import CareSettings
 from services.audit.followup import FollowUps
 from services.audit.outcomes import Outcomes
-from services.audit.review_api import ReviewAPI
 from services.audit.reviewers import ReviewerAuth
 from services.audit.reviews import ReviewDesk
 from shared.events import (
@@ -27,19 +26,18 @@ from shared.topics import Topic
 log = logging.getLogger(__name__)
 
 
-def review_api(settings: CareSettings) -> ReviewAPI:
-    """The reviewers' routes, unbound until `wire` runs."""
-    return ReviewAPI(
-        ReviewerAuth(
-            {k: v.get_secret_value() for k, v in settings.reviewers.items()},
-            settings.reviewer_token_secret.get_secret_value(),
-            settings.reviewer_token_ttl_s,
-        )
+def reviewer_auth(settings: CareSettings) -> ReviewerAuth:
+    """Reviewer sign-in from the care settings."""
+    return ReviewerAuth(
+        {k: v.get_secret_value() for k, v in settings.reviewers.items()},
+        settings.reviewer_token_secret.get_secret_value(),
+        settings.reviewer_token_ttl_s,
     )
 
 
-async def wire(infra: Infra, stack: AsyncExitStack, settings: CareSettings, api: ReviewAPI) -> None:
-    """Subscribe the care loop's handlers, start its sweeper and bind the review API."""
+async def wire(infra: Infra, stack: AsyncExitStack, settings: CareSettings) -> None:
+    """Subscribe the care loop's handlers, start its sweeper and hand the review routes their
+    sign-in and desk (`services.audit.review_api`)."""
     pg = infra.require_pg()
     outcomes = Outcomes(pg, infra.bus, settings)
     infra.subscribe(Topic.TURN_ROUTED, TurnRoutedEvent, outcomes.on_turn_routed)
@@ -49,7 +47,8 @@ async def wire(infra: Infra, stack: AsyncExitStack, settings: CareSettings, api:
         Topic.CONVERSATION_CLOSED, ConversationClosedEvent, outcomes.on_conversation_closed
     )
     infra.subscribe(Topic.CUSTOMER_ERASED, CustomerErasedEvent, outcomes.on_customer_erased)
-    api.desk = ReviewDesk(pg, infra.bus)
+    infra.provide(reviewer_auth(settings))
+    infra.provide(ReviewDesk(pg, infra.bus))
     followups = FollowUps(pg, infra.bus, settings)
 
     async def sweeper() -> None:

@@ -7,30 +7,32 @@
     POST /v1/review/items/{reply_id}      {"scores": {seven criteria 1-5}, "tags", "better_reply",
                                           "comment"} -> 201 {"review_id", "event_id"}
 
-Every error is `{"error": code, "message": ...}` with a 4xx; a second review of the same reply
-by the same reviewer is 409.
+Two routers: the page and the API. The routes get the reviewer sign-in and the review desk
+from the lifespan (`shared.http.requires`), so until the service has started they answer 503.
+The reviewer's token is checked before anything about a reply is looked at (401 first). Every
+refusal has the shared shape `{"error", "message", "details"?}` (`shared.http`): an invalid
+review is 422 `invalid_request` naming each field; an unknown reply is 404 and a second review
+of the same reply by the same reviewer is 409 (`REFUSALS`).
 """
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict
 
 from services.audit.reviewers import ReviewerAuth, ReviewerToken
 from services.audit.reviews import AlreadyReviewed, ReviewDesk, ReviewInput, ReviewNotFound
 from shared.events import REVIEW_CRITERIA
+from shared.http import ApiError, error_responses, requires
 
 STATIC = Path(__file__).parent / "static"
-MAX_BODY_BYTES = 64 * 1024
-
-Handler = Callable[[Request, ReviewerToken], Awaitable[Response]]
 
 
 class Login(BaseModel):
@@ -41,117 +43,112 @@ class Login(BaseModel):
     password: str
 
 
-def error(status: int, code: str, message: str) -> JSONResponse:
-    """A 4xx/5xx with a machine code and a sentence."""
-    return JSONResponse({"error": code, "message": message}, status_code=status)
+class Session(BaseModel):
+    """A signed-in reviewer's bearer token."""
+
+    token: str
+    reviewer_id: str
 
 
-class ReviewAPI:
-    """Routes for reviewers; the desk is bound once the service has started."""
+class ReviewQueue(BaseModel):
+    """Replies waiting for the reviewer, most important first, and the criteria to score."""
 
-    def __init__(self, auth: ReviewerAuth) -> None:
-        self.auth = auth
-        self.desk: ReviewDesk | None = None
+    items: list[dict[str, Any]]
+    criteria: list[str]
 
-    def routes(self) -> list[BaseRoute]:
-        """The Review page and the reviewers' API."""
-        item = "/v1/review/items/{reply_id}"
-        return [
-            Route("/review", self.page, methods=["GET"]),
-            Route("/v1/review/login", self.login, methods=["POST"]),
-            Route("/v1/review/queue", self._authed(self.queue), methods=["GET"]),
-            Route(item, self._authed(self.item), methods=["GET"]),
-            Route(item, self._authed(self.submit), methods=["POST"]),
-        ]
 
-    async def page(self, _: Request) -> Response:
-        """The Review page."""
+class ReviewStored(BaseModel):
+    """The stored review and the `review.submitted` event that published it."""
+
+    review_id: str
+    event_id: str
+
+
+Auth = Annotated[ReviewerAuth, Depends(requires(ReviewerAuth))]
+Desk = Annotated[ReviewDesk, Depends(requires(ReviewDesk))]
+
+REFUSALS: dict[type[Exception], Callable[[Exception], ApiError]] = {
+    ReviewNotFound: lambda _: ApiError(404, "not_found", "no such reply in the review queue"),
+    AlreadyReviewed: lambda _: ApiError(
+        409, "already_reviewed", "you have reviewed this reply already"
+    ),
+}
+"""How the review desk's refusals read over HTTP."""
+
+
+def signed_in(auth: Auth, authorization: Annotated[str, Header()] = "") -> ReviewerToken:
+    """The reviewer whose bearer token came with the request; 401 without a valid one."""
+    scheme, _, token = authorization.partition(" ")
+    verified = auth.verify(token) if scheme.lower() == "bearer" else None
+    if verified is None:
+        raise ApiError(401, "unauthorized", "sign in: Authorization: Bearer <token>")
+    return verified
+
+
+Reviewer = Annotated[ReviewerToken, Depends(signed_in)]
+
+
+def reply_id_of(
+    reply_id: Annotated[str, PathParam(description="The reply's id (a UUID)")],
+) -> uuid.UUID:
+    """The reply named in the path; an id that is no UUID names no queued reply (404)."""
+    try:
+        return uuid.UUID(reply_id)
+    except ValueError as exc:
+        raise ReviewNotFound(reply_id) from exc
+
+
+ReplyId = Annotated[uuid.UUID, Depends(reply_id_of)]
+
+
+def page_router() -> APIRouter:
+    """The Review page."""
+    router = APIRouter(tags=["review"])
+
+    @router.get("/review", response_class=FileResponse)
+    async def page() -> FileResponse:
+        """The Review page: sign in, the blinded queue, scoring a reply."""
         return FileResponse(STATIC / "review.html", media_type="text/html")
 
-    async def login(self, request: Request) -> Response:
+    return router
+
+
+def review_router() -> APIRouter:
+    """Sign-in, the queue, one reply and submitting a review."""
+    router = APIRouter(prefix="/v1/review", tags=["review"])
+    item_path = "/items/{reply_id}"
+
+    @router.post("/login", responses=error_responses(401, 413, 422, 503))
+    async def login(body: Login, auth: Auth) -> Session:
         """Exchange a reviewer id and password for a bearer token."""
-        try:
-            body = Login.model_validate(json.loads(await _body(request)))
-        except (ValueError, ValidationError):
-            return error(400, "invalid_request", 'send {"reviewer_id": ..., "password": ...}')
-        token = self.auth.login(body.reviewer_id, body.password)
+        token = auth.login(body.reviewer_id, body.password)
         if token is None:
-            return error(401, "unauthorized", "unknown reviewer or wrong password")
-        return JSONResponse({"token": token, "reviewer_id": body.reviewer_id})
+            raise ApiError(401, "unauthorized", "unknown reviewer or wrong password")
+        return Session(token=token, reviewer_id=body.reviewer_id)
 
-    def _authed(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            scheme, _, token = request.headers.get("authorization", "").partition(" ")
-            reviewer = self.auth.verify(token) if scheme.lower() == "bearer" else None
-            if reviewer is None:
-                return error(401, "unauthorized", "sign in: Authorization: Bearer <token>")
-            if self.desk is None:
-                return error(503, "starting", "the service is starting; try again shortly")
-            try:
-                return await handler(request, reviewer)
-            except ReviewNotFound:
-                return error(404, "not_found", "no such reply in the review queue")
-            except AlreadyReviewed:
-                return error(409, "already_reviewed", "you have reviewed this reply already")
+    @router.get("/queue", responses=error_responses(400, 401, 503))
+    async def queue(
+        reviewer: Reviewer,
+        desk: Desk,
+        limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    ) -> ReviewQueue:
+        """Replies waiting for this reviewer, most important first (blinded: no variant)."""
+        items = await desk.queue(reviewer.reviewer_id, limit)
+        return ReviewQueue(items=items, criteria=list(REVIEW_CRITERIA))
 
-        return endpoint
+    @router.get(item_path, responses=error_responses(401, 404, 503))
+    async def item(_: Reviewer, reply_id: ReplyId, desk: Desk) -> dict[str, Any]:
+        """One reply with what produced it and the conversation up to it."""
+        return await desk.item(reply_id)
 
-    def _desk(self) -> ReviewDesk:
-        assert self.desk is not None
-        return self.desk
+    @router.post(
+        item_path, status_code=201, responses=error_responses(401, 404, 409, 413, 422, 503)
+    )
+    async def submit(
+        reviewer: Reviewer, reply_id: ReplyId, body: ReviewInput, desk: Desk
+    ) -> ReviewStored:
+        """Score the reply on the seven criteria, store the review and publish it."""
+        event = await desk.submit(reply_id, reviewer.reviewer_id, body)
+        return ReviewStored(review_id=str(event.payload.review_id), event_id=str(event.event_id))
 
-    @staticmethod
-    def _reply_id(request: Request) -> uuid.UUID:
-        try:
-            return uuid.UUID(request.path_params["reply_id"])
-        except ValueError as exc:
-            raise ReviewNotFound(request.path_params["reply_id"]) from exc
-
-    async def queue(self, request: Request, reviewer: ReviewerToken) -> Response:
-        """Replies waiting for this reviewer, most important first."""
-        try:
-            limit = int(request.query_params.get("limit", "20"))
-        except ValueError:
-            return error(400, "invalid_limit", "limit must be a whole number from 1 to 100")
-        if not 1 <= limit <= 100:
-            return error(400, "invalid_limit", "limit must be a whole number from 1 to 100")
-        items = await self._desk().queue(reviewer.reviewer_id, limit)
-        return JSONResponse({"items": items, "criteria": list(REVIEW_CRITERIA)})
-
-    async def item(self, request: Request, _: ReviewerToken) -> Response:
-        """One reply with the conversation up to it."""
-        return JSONResponse(await self._desk().item(self._reply_id(request)))
-
-    async def submit(self, request: Request, reviewer: ReviewerToken) -> Response:
-        """Store a review of the reply and publish it."""
-        reply_id = self._reply_id(request)
-        try:
-            body = ReviewInput.model_validate(json.loads(await _body(request)))
-        except ValidationError as exc:
-            details = [
-                {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-                for e in exc.errors()[:10]
-            ]
-            return JSONResponse(
-                {
-                    "error": "invalid_review",
-                    "message": "score each of the seven criteria 1-5; tags from the list",
-                    "details": details,
-                },
-                status_code=422,
-            )
-        except ValueError:
-            return error(400, "invalid_request", "the body must be a JSON object")
-        event = await self._desk().submit(reply_id, reviewer.reviewer_id, body)
-        return JSONResponse(
-            {"review_id": str(event.payload.review_id), "event_id": str(event.event_id)},
-            status_code=201,
-        )
-
-
-async def _body(request: Request) -> bytes:
-    """The request body, refused past a size no review needs."""
-    body = await request.body()
-    if len(body) > MAX_BODY_BYTES:
-        raise ValueError("body too large")
-    return body
+    return router

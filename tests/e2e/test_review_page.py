@@ -138,7 +138,9 @@ async def test_an_agent_resolve_with_a_disposition_closes_the_conversation(
         bad = await agent.post(
             f"/v1/agent/tickets/{ticket}/resolve", json={"disposition": "Not A Code"}
         )
-        assert bad.status_code == 400
+        # Escalation's routes are FastAPI now: an invalid body is 422 naming the field.
+        assert (bad.status_code, bad.json()["error"]) == (422, "invalid_request"), bad.text
+        assert [d["field"] for d in bad.json()["details"]] == ["disposition"]
         done = await agent.post(
             f"/v1/agent/tickets/{ticket}/resolve", json={"disposition": "resolved"}
         )

@@ -9,13 +9,15 @@ from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
-from starlette.applications import Starlette
+from fastapi import FastAPI
 
-from services.audit.care import review_api
+from services.audit.care import reviewer_auth
 from services.audit.care_settings import CareSettings
 from services.audit.outcomes import Outcomes
+from services.audit.review_api import REFUSALS, page_router, review_router
 from services.audit.reviews import ReviewDesk
 from shared import db
+from shared import http as shared_http
 from shared.events import REVIEW_CRITERIA, Channel, Feedback, FeedbackReceivedEvent
 from shared.settings import KafkaSettings
 from shared.topics import Topic
@@ -64,9 +66,13 @@ async def queue_a_low_rated_reply(pool: db.Pool, variant: str) -> uuid.UUID:
 @pytest.fixture
 async def client(pool: db.Pool, isolated_kafka: KafkaSettings) -> AsyncIterator[httpx.AsyncClient]:
     async with real_bus(isolated_kafka) as bus:
-        api = review_api(SETTINGS)
-        api.desk = ReviewDesk(pool, bus)
-        app = Starlette(routes=api.routes())
+        # The audit service's routers and error handling, given what its lifespan provides.
+        app = FastAPI()
+        shared_http.install(app, max_body_bytes=64 * 1024, refusals=REFUSALS)
+        app.include_router(page_router())
+        app.include_router(review_router())
+        shared_http.provide(app, reviewer_auth(SETTINGS))
+        shared_http.provide(app, ReviewDesk(pool, bus))
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://review") as http:
             yield http
@@ -130,12 +136,13 @@ async def test_refusals_are_clear_4xx_answers(pool: db.Pool, client: httpx.Async
         "/v1/review/login", json={"reviewer_id": "reviewer", "password": "nope"}
     )
     assert bad_login.status_code == 401
-    assert (await client.post("/v1/review/login", content=b"{")).status_code == 400
+    not_json = await client.post("/v1/review/login", content=b"{")
+    assert (not_json.status_code, not_json.json()["error"]) == (422, "invalid_request")
     headers = await sign_in(client)
     url = f"/v1/review/items/{reply_id}"
     missing = {k: v for k, v in GOOD.items() if k != "satisfaction"}
     resp = await client.post(url, json={"scores": missing}, headers=headers)
-    assert resp.status_code == 422
+    assert (resp.status_code, resp.json()["error"]) == (422, "invalid_request")
     assert resp.json()["details"][0]["field"] == "scores.satisfaction"
     assert (
         await client.post(url, json={"scores": {**GOOD, "satisfaction": 6}}, headers=headers)
@@ -143,13 +150,15 @@ async def test_refusals_are_clear_4xx_answers(pool: db.Pool, client: httpx.Async
     assert (
         await client.post(url, json={"scores": GOOD, "tags": ["rude"]}, headers=headers)
     ).status_code == 422
-    assert (await client.post(url, content=b"not json", headers=headers)).status_code == 400
-    assert (await client.post(url, content=b"x" * 70_000, headers=headers)).status_code == 400
+    assert (await client.post(url, content=b"not json", headers=headers)).status_code == 422
+    too_large = await client.post(url, content=b"x" * 70_000, headers=headers)
+    assert (too_large.status_code, too_large.json()["error"]) == (413, "too_large")
     assert (
         await client.get(f"/v1/review/items/{uuid.uuid4()}", headers=headers)
     ).status_code == 404
     assert (await client.get("/v1/review/items/not-a-uuid", headers=headers)).status_code == 404
-    assert (await client.get("/v1/review/queue?limit=0", headers=headers)).status_code == 400
+    limit = await client.get("/v1/review/queue?limit=0", headers=headers)
+    assert (limit.status_code, limit.json()["error"]) == (400, "invalid_limit")
     # Nothing was stored by any of these.
     assert await pool.fetchval("SELECT count(*) FROM care.reviews") == 0
     # And the valid review after them is accepted.
