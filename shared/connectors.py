@@ -188,7 +188,7 @@ class ConnectorClient:
             )
         facts = {name: v for name, path_ in spec.facts.items() if (v := _field(document, path_))}
         try:
-            summary = spec.says.format(**values, **facts)
+            summary = spec.says.format(**{**values, **facts})
         except KeyError:
             # A fact the sentence needs is missing from the answer: state the facts alone.
             summary = "; ".join(f"{k}: {v}" for k, v in facts.items())

@@ -55,7 +55,8 @@ async def customer_with_issue(
     issue_id = uuid.uuid4()
     await pool.execute(
         """INSERT INTO memory.issues (issue_id, customer_id, conversation_id, category, summary,
-               opened_at, updated_at) VALUES ($1, $2, $3, $4, 'my parcel is lost', $5, $5)""",
+               opened_at, updated_at, source_turn_id, source_channel)
+           VALUES ($1, $2, $3, $4, 'my parcel is lost', $5, $5, gen_random_uuid(), 'web')""",
         issue_id,
         customer,
         conv,

@@ -41,6 +41,7 @@ async def test_migrations_apply_once_and_refuse_edited_history(
         "001_turns",
         "002_customer_model",
         "003_memory_provenance",
+        "003_outbox",
     ]
     assert await db.migrate(pool, "memory", MEMORY_MIGRATIONS) == []
     edited = tmp_path / "migrations"
