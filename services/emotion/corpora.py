@@ -1,14 +1,17 @@
 """Import public corpora into the compact mapped JSON Lines the emotion model trains on.
 
-Run once per corpus from a checkout of its public repository (see `data/DATASHEET.md`):
+Run from a checkout of GoEmotions' public repository (see `data/DATASHEET.md`):
 
     python -m services.emotion.corpora goemotions PATH/TO/GoEmotions-pytorch/data/original
-    python -m services.emotion.corpora airline PATH/TO/Tweets.csv
 
-Each writes `data/public/<corpus>.jsonl.gz` with one object per item: `text`, `split`
-(train / dev / test), and `label` (one of our seven) or `sentiment` (positive / negative /
-neutral). Test splits are written so `cbd emotion evaluate` can report them; training and
-model selection never read them.
+It writes `data/public/goemotions.jsonl.gz` with one object per item: `text`, `split`
+(train / dev / test) and `label` (one of our seven). Test splits are written so
+`cbd emotion evaluate` can report them; training and model selection never read them.
+
+`read_airline` reads a user's own copy of Twitter US Airline Sentiment (`Tweets.csv`) for
+local evaluation only (`cbd emotion evaluate --airline-csv PATH`): that corpus is
+CC BY-NC-SA 4.0, which an Apache-2.0 project run commercially cannot ship or train on, so
+nothing of it is committed.
 """
 
 from __future__ import annotations
@@ -78,7 +81,10 @@ def hash_split(text: str) -> str:
 
 
 def read_airline(path: Path) -> Iterator[dict[str, Any]]:
-    """Twitter US Airline Sentiment (`Tweets.csv`): tweets to six US airlines, 3 classes."""
+    """Twitter US Airline Sentiment from a user's local `Tweets.csv`, for evaluation only.
+
+    Tweets to six US airlines, three sentiment classes, split 70/10/20 by `hash_split`.
+    """
     seen: set[str] = set()
     with path.open(encoding="utf-8", newline="") as f:
         for row in csv.DictReader(f):
@@ -104,13 +110,10 @@ def write(corpus: str, rows: Iterable[dict[str, Any]]) -> Counter[tuple[str, str
 def main(argv: list[str] | None = None) -> int:
     """Import one corpus and print its counts per split and label."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("corpus", choices=["goemotions", "airline"])
+    parser.add_argument("corpus", choices=["goemotions"])
     parser.add_argument("source", type=Path)
     args = parser.parse_args(argv)
-    rows = (
-        read_goemotions(args.source) if args.corpus == "goemotions" else read_airline(args.source)
-    )
-    counts = write(args.corpus, rows)
+    counts = write(args.corpus, read_goemotions(args.source))
     for (split, label), n in sorted(counts.items()):
         print(f"{split}\t{label}\t{n}")
     return 0
