@@ -27,6 +27,7 @@ from typing import Any, cast
 
 import yaml
 
+from cbd.scenarios import scenario_context
 from services.generation.care import CareKit, customer_is_negative
 from services.generation.handlers import GenerationHandlers
 from services.generation.llm import ChatClient, ChatMessage
@@ -35,14 +36,10 @@ from shared.events import (
     Channel,
     ConversationContext,
     CustomerMessage,
-    CustomerProfile,
     EmotionAnalysis,
     EmotionLabel,
     Envelope,
     HistoryTurn,
-    MemoryItem,
-    MemoryKind,
-    OpenIssue,
     ReplyDeltaEvent,
     ReplyGenerated,
     ReplyGeneratedEvent,
@@ -105,44 +102,6 @@ class TurnScore:
     acknowledged: bool | None = None
     relevance: float | None = None
     draft_findings: list[str] = field(default_factory=list)
-
-
-def _context(spec: dict[str, Any], history: list[HistoryTurn]) -> ConversationContext:
-    memory = spec.get("memory") or {}
-    profile = None
-    if memory.get("name"):
-        profile = CustomerProfile(
-            customer_id="eval",
-            preferred_name=memory["name"],
-            conversations=int(memory.get("conversations", 1)),
-        )
-    return ConversationContext(
-        recent_turns=list(history),
-        profile=profile,
-        memories=[
-            MemoryItem(
-                memory_id=uuid.uuid5(uuid.NAMESPACE_URL, item["slot"]),
-                kind=MemoryKind(item["kind"]),
-                slot=item["slot"],
-                text=item["text"],
-                confidence=0.9,
-                learned_at=NOW,
-            )
-            for item in memory.get("items", [])
-        ],
-        open_issues=[
-            OpenIssue(
-                issue_id=uuid.uuid5(uuid.NAMESPACE_URL, issue["summary"]),
-                category=issue["category"],
-                summary=issue["summary"],
-                conversation_id="eval",
-                opened_at=NOW,
-                updated_at=NOW,
-            )
-            for issue in memory.get("open_issues", [])
-        ],
-        emotional_history=memory.get("emotional_history", ""),
-    )
 
 
 def _event(
@@ -212,7 +171,8 @@ async def evaluate(
                 cast(EventBus, bus), cast(ChatClient, client), settings, care=kit_shared
             )
             kit_shared = handlers.care
-            event = _event(f"eval-{scenario['id']}", turn, _context(scenario, history))
+            context = scenario_context(scenario.get("memory") or {}, history, who="eval")
+            event = _event(f"eval-{scenario['id']}", turn, context)
             await handlers.on_turn_routed(event)
             deltas = [
                 cast(ReplyDeltaEvent, e).payload.text

@@ -27,6 +27,7 @@ from shared.events import (
     CustomerProfile,
     EmotionAnalysis,
     EmotionLabel,
+    HistoryTurn,
     MemoryItem,
     MemoryKind,
     OpenIssue,
@@ -61,20 +62,24 @@ def load_scenarios(path: Path) -> list[dict[str, Any]]:
     return scenarios
 
 
-def scenario_turn(spec: dict[str, Any]) -> TurnRouted:
-    """The routed turn a scenario describes, as the pipeline would hand it to generation."""
-    label = EmotionLabel(spec.get("emotion", "neutral"))
-    scores = dict.fromkeys(EmotionLabel, 0.0)
-    scores[label] = 1.0
-    memory = spec.get("memory") or {}
-    context = ConversationContext(
-        profile=CustomerProfile(
-            customer_id="scenario",
-            preferred_name=memory.get("name"),
-            conversations=memory.get("conversations", 0),
+def scenario_context(
+    memory: dict[str, Any], history: list[HistoryTurn], *, who: str
+) -> ConversationContext:
+    """The memory context a scenario file describes (name, memories, open issues, mood).
+
+    Shared by the scenario mode here and `cbd evaluate replies` (cbd/reply_rubric.py), so both
+    read a scenario's `memory:` block the same way; `who` names the made-up customer.
+    """
+    profile = None
+    if memory.get("name"):
+        profile = CustomerProfile(
+            customer_id=who,
+            preferred_name=memory["name"],
+            conversations=int(memory.get("conversations", 1)),
         )
-        if memory
-        else None,
+    return ConversationContext(
+        recent_turns=list(history),
+        profile=profile,
         memories=[
             MemoryItem(
                 memory_id=uuid.uuid5(uuid.NAMESPACE_URL, item["slot"]),
@@ -88,10 +93,10 @@ def scenario_turn(spec: dict[str, Any]) -> TurnRouted:
         ],
         open_issues=[
             OpenIssue(
-                issue_id=uuid.uuid5(uuid.NAMESPACE_URL, issue["category"]),
+                issue_id=uuid.uuid5(uuid.NAMESPACE_URL, issue["summary"]),
                 category=issue["category"],
                 summary=issue["summary"],
-                conversation_id="scenario-0",
+                conversation_id=who,
                 opened_at=NOW,
                 updated_at=NOW,
             )
@@ -99,6 +104,14 @@ def scenario_turn(spec: dict[str, Any]) -> TurnRouted:
         ],
         emotional_history=memory.get("emotional_history", ""),
     )
+
+
+def scenario_turn(spec: dict[str, Any]) -> TurnRouted:
+    """The routed turn a scenario describes, as the pipeline would hand it to generation."""
+    label = EmotionLabel(spec.get("emotion", "neutral"))
+    scores = dict.fromkeys(EmotionLabel, 0.0)
+    scores[label] = 1.0
+    context = scenario_context(spec.get("memory") or {}, [], who="scenario")
     return TurnRouted(
         message=CustomerMessage(turn_id=uuid.uuid4(), text=spec["text"], received_at=NOW),
         emotion=EmotionAnalysis(
