@@ -87,17 +87,20 @@ async def test_posted_message_streams_reply_and_is_stored_and_audited(platform: 
 
     deltas = [f for f in frames if f["type"] == "delta"]
     reply = frames[-1]
-    assert deltas, f"the reply was not streamed: {frames}"
-    assert {d["turn_id"] for d in deltas} == {accepted["turn_id"]}
+    assert {d["turn_id"] for d in deltas} <= {accepted["turn_id"]}
     assert reply["turn_id"] == accepted["turn_id"]
     assert reply["author"] == "bot"
     assert "llm_fallback" not in reply["flags"], reply
     assert reply["text"].strip()
-    # What streamed is the beginning of the reply the customer finally sees (a slice that
-    # loses the race with the final reply is dropped by ingest, never shown after it).
-    streamed = "".join(d["text"] for d in sorted(deltas, key=lambda d: d["seq"]))
-    assert streamed.strip()
-    assert reply["text"].startswith(streamed.strip())
+    # The care check releases sentences that pass; a draft that fails is regenerated or
+    # composed and its reply replaces what streamed. Otherwise what streamed is the beginning
+    # of the reply the customer finally sees (a slice that loses the race with the final reply
+    # is dropped by ingest, never shown after it). Which happens depends on the model's words.
+    if not {"regenerated", "composed", "replaced", "care_failed"} & set(reply["flags"]):
+        assert deltas, f"the reply was not streamed: {frames}"
+        streamed = "".join(d["text"] for d in sorted(deltas, key=lambda d: d["seq"]))
+        assert streamed.strip()
+        assert reply["text"].startswith(streamed.strip())
 
     turns = await wait_for_rows(
         dsn,
@@ -110,8 +113,9 @@ async def test_posted_message_streams_reply_and_is_stored_and_audited(platform: 
         ("bot", reply["text"]),
     ]
 
-    types = await audited_types(dsn, conversation_id, {*STAGES, "reply.delta"})
-    assert {*STAGES, "reply.delta"} <= types
+    expected = {*STAGES, "reply.delta"} if deltas else set(STAGES)
+    types = await audited_types(dsn, conversation_id, expected)
+    assert expected <= types
 
 
 async def test_second_turn_carries_the_conversation_so_far(platform: Platform) -> None:
