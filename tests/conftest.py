@@ -50,6 +50,10 @@ def _platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             # A cold LLM on a busy 2-core runner can be slow to start; the fallback reply (and
             # the ticket it opens) is tested on its own, not left to chance here.
             "CBD_GENERATION_FIRST_TOKEN_TIMEOUT_S": "60",
+            # The shared platform streams unchecked replies, so the channel, widget and resume
+            # tests see one LLM call per turn; the checked mode (regeneration, composed replies)
+            # is tested against the real model in tests/e2e/test_generation_replies.py.
+            "CBD_GENERATION_REPLY_MODE": "llm",
             "CBD_LOG_LEVEL": "INFO",
             # The 50-message handoff test is one customer; the limit itself is tested apart.
             "CBD_INGEST_CUSTOMER_RATE_PER_MIN": "1000",
