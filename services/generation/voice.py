@@ -30,20 +30,21 @@ from py3langid import langid
 
 from shared.events import CareFinding, ReplyFlag
 
-# "The customer is asking...", "the user's order": a reply that talks about the person it
-# should be talking to. Service words after it ("customer service", "user guide") are fine.
+# "The customer is asking...", "the user's order", "ask your customer": a reply that talks
+# about the person it should be talking to (or to an agent about them). Service words after
+# it ("customer service", "user guide", "your customer number") are fine.
 _ABOUT_CUSTOMER = re.compile(
-    r"\b(?:the|this|that)\s+(?:customer|user|client|caller|consumer|shopper|buyer)"
+    r"\b(?:the|this|that|your)\s+(?:customer|user|client|caller|consumer|shopper|buyer)"
     r"(?:'s|\u2019s)?\b"
     r"(?!\s*(?:service|support|care|team|centre|center|portal|agreement|number|id\b|"
     r"reference|experience|satisfaction|relations|advisor|adviser|guide|manual|interface|"
-    r"settings|profile|area|hub|helpline|line|charter|code|name))",
+    r"settings|profile|area|hub|helpline|line|charter|code|name|account|record|details))",
     re.IGNORECASE,
 )
 # "She is asking", "He wants": the customer as a third person (a sentence about a parcel
 # starts "It" or "They", which are left alone).
 _PRONOUN_NARRATION = re.compile(
-    r"(?:^|[.!?]\s+|,\s*)(?:he|she)\s+(?:is|was|has|had|wants?|needs?|seems?|feels?|asks?|"
+    r"(?:^|[.!?]\s+)(?:he|she)\s+(?:is|was|has|had|wants?|needs?|seems?|feels?|asks?|"
     r"asked|would\s+like|mentions?|mentioned|says|said|thinks|expects?|wishes|wonders)\b",
     re.IGNORECASE,
 )
@@ -60,13 +61,27 @@ _META = re.compile(
     r"(?:large\s+)?language\s+model|llm|chatbot|artificial\s+intelligence)\b"
     # The frame of a reply instead of the reply.
     r"|\bhere(?:'s|\u2019s|\s+is|\s+are)\s+(?:a|an|my|the|one|some|your)\s+(?:\w+\s+){0,3}?"
-    r"(?:response|reply|replies|responses|draft|version|example|suggestion)s?\b"
+    r"(?:response|reply|replies|responses|draft)s?\b"
     r"|\b(?:this|my|the\s+above|the\s+following|the\s+(?:revised|improved|suggested))\s+"
     r"(?:response|reply|draft|message)\s+(?:acknowledges|addresses|shows|aims|demonstrates|"
     r"provides|uses|is\s+(?:designed|written|intended|empathetic|caring)|was\s+written|"
     r"would|will\s+(?:help|show|acknowledge)|follows|keeps|avoids)\b"
     r"|\b(?:possible|suggested|sample|example|draft)\s+(?:response|reply)\s*:"
     r"|\bi\s+hope\s+this\s+(?:response|reply|draft)\b"
+    r"|\bhere(?:'s|\u2019s|\s+is)\s+(?:a|an|the|my)\s+(?:\w+\s+){0,3}?(?:version|rewrite|"
+    r"rephrasing)\s+of\b"
+    r"|\bthis\s+is\s+an?\s+(?:\w+\s+){0,2}?example\s+of\b"
+    r"|\byou\s+(?:can|could|should|might|may)\s+(?:respond|reply|say)\s*(?:with|like|as\s+follows)?\s*:"
+    r"|\bi\s+(?:would|will|could|'ll|can)\s+(?:have\s+to\s+)?(?:rephrase|rewrite|reword)\b"
+    # A label line before the reply ("Acknowledging the charge:", "Response 1:").
+    r"|^\W*(?:acknowledg\w*|response|reply|answer|draft|option|version|solution|output|"
+    r"apology|greeting|closing|opening|empathy)\b[^.!?\n]{0,40}:\s*$"
+    # A label, a colon, then the reply in quotes on the next line: a frame around a reply.
+    r"|:[ \t]*\n\s*[\"\u201c]"
+    # Markup and knowledge-entry ids ("[orders/delivery-times]") are the prompt's, not a reply's.
+    r"|</?\s*(?:code|textarea|p|div|span|br|html|body|description|script|pre|response|reply|"
+    r"answer|assistant|user)\b[^>\n]{0,40}>"
+    r"|\[[a-z0-9_-]+/[a-z0-9_/-]+\]"
     r"|\bi\s+would\s+(?:respond|reply|say)\s+(?:with|something\s+like|as\s+follows)\b"
     # Chat-template and instruction-format tokens.
     r"|<\|?\s*/?\s*(?:im_start|im_end|assistant|user|system|endoftext|eot_id)\s*\|?>"
@@ -87,9 +102,9 @@ _ROLE_LABEL = re.compile(
 )
 # Its instructions, paraphrased (eight words in a row are the guardrails' leak check).
 _INSTRUCTIONS = re.compile(
-    r"\byou\s+are\s+(?:an?\s+|the\s+)?(?:\w+\s+){0,4}?(?:assistant|agent|chatbot|bot|ai|"
-    r"representative)\b"
-    r"|\b(?:my|the\s+system|these|the\s+given)\s+(?:instructions|guidelines|prompt)\b"
+    r"\byou\s+are\s+(?:an?|the)\s+(?:\w+\s+){0,3}?(?:assistant|agent|chatbot|bot|ai|"
+    r"representative)\b|\byou\s+are\s+care\b"
+    r"|\b(?:my|the\s+system|the\s+given)\s+(?:instructions|guidelines|prompt)\b"
     r"|\bsystem\s+prompt\b"
     r"|\baccording\s+to\s+(?:my|the)\s+(?:instructions|guidelines|rules|prompt)\b"
     r"|\bi\s+(?:was|am|have\s+been|'ve\s+been)\s+(?:told|instructed|programmed|prompted)\s+to\b"
@@ -103,8 +118,11 @@ _INSTRUCTIONS = re.compile(
 MIN_LANGUAGE_LETTERS = 24
 """Fewer letters than this and the language is not judged: too short to identify."""
 MIN_LANGUAGE_WORDS = 4
-MIN_LANGUAGE_CONFIDENCE = 0.9
-"""py3langid's normalised probability a text must reach before its language counts."""
+MIN_LANGUAGE_CONFIDENCE = 0.6
+"""py3langid's normalised probability a text must reach before its language counts. At 0.6
+(and at 0.5) none of Banking77's English test messages long enough to judge is taken for
+another language, while an English prompt header leaked into a Portuguese reply (0.68) is
+caught; the probabilities are tempered by text length, so 0.9 missed it."""
 _LETTERS = re.compile(r"[^\W\d_]")
 
 
