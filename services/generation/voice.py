@@ -78,10 +78,11 @@ _META = re.compile(
     r"apology|greeting|closing|opening|empathy)\b[^.!?\n]{0,40}:\s*$"
     # A label, a colon, then the reply in quotes on the next line: a frame around a reply.
     r"|:[ \t]*\n\s*[\"\u201c]"
-    # Markup and knowledge-entry ids ("[orders/delivery-times]") are the prompt's, not a reply's.
+    # Markup and knowledge-entry ids ("[orders/delivery-times]", "<billing/...>") are the
+    # prompt's, not a reply's.
     r"|</?\s*(?:code|textarea|p|div|span|br|html|body|description|script|pre|response|reply|"
     r"answer|assistant|user)\b[^>\n]{0,40}>"
-    r"|\[[a-z0-9_-]+/[a-z0-9_/-]+\]"
+    r"|[\[<][a-z0-9_-]+/[a-z0-9_/-]+[\]>]"
     r"|\bi\s+would\s+(?:respond|reply|say)\s+(?:with|something\s+like|as\s+follows)\b"
     # Chat-template and instruction-format tokens.
     r"|<\|?\s*/?\s*(?:im_start|im_end|assistant|user|system|endoftext|eot_id)\s*\|?>"

