@@ -11,16 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
 import websockets
 
+from cbd.chaos import chaos_platform
 from cbd.runtime import Platform
 from cbd.serve import SERVICES
 from tests.e2e.test_turn_path import frames_until_reply, new_ids, ws_url
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    """A platform of its own (no LLM: handoff turns only), so the broker it kills is not the
+    one the other end-to-end tests share: after a restart an in-memory broker has lost every
+    group's offsets, and consumers rebalance for a while."""
+    plat = chaos_platform(tmp_path_factory.mktemp("broker-restart"))
+    plat.start()
+    try:
+        yield plat
+    finally:
+        plat.stop()
+
 
 HANDOFF = "Please let me talk to a real person."
 

@@ -124,7 +124,7 @@ async def received_turns(dsn: str, identity: str, settle_s: float = 0.0) -> list
     return [json.loads(bytes(r["body"])) for r in rows]
 
 
-async def wait_turns(dsn: str, identity: str, count: int, timeout_s: float = 30) -> list[Any]:
+async def wait_turns(dsn: str, identity: str, count: int, timeout_s: float = 90) -> list[Any]:
     deadline = time.monotonic() + timeout_s
     while True:
         turns = await received_turns(dsn, identity)
@@ -154,6 +154,9 @@ async def test_three_quick_texts_are_one_turn_with_one_plain_reply(
     assert replies[0].sender == CHANNEL_ENV["CBD_INGEST_TWILIO_SMS_FROM"]
     assert replies[0].body.strip()
     assert "**" not in replies[0].body
+    # The audit trail lags the reply by its own consumer; once it has the turn, a moment
+    # more shows whether a second turn followed.
+    await wait_turns(dsn, identity, 1)
     turns = await received_turns(dsn, identity, settle_s=3.0)
     assert len(turns) == 1, [t["payload"]["message"]["text"] for t in turns]
     assert turns[0]["payload"]["message"]["text"] == "hi\nI ordered a lamp\nit never came"
