@@ -24,6 +24,7 @@ from services.escalation.policy import DEFAULT_POLICY_PATH, decide, load_policy,
 from services.generation.playbooks import PlaybookLibrary
 from services.generation.prompt import quote, quote_customer
 from services.generation.settings import GenerationSettings
+from services.ingest.channels.formatting import SMS_LIMIT, plain_text, speakable, split_message
 from services.memory.extraction import RuleExtractor
 from shared.events import (
     ConversationContext,
@@ -72,6 +73,10 @@ TRIGGERS = [
     "refund",
     "charged twice",
     "and I",
+    # Markdown a reply can carry (the channel formatter's emphasis rule was quadratic).
+    "*a",
+    "**a",
+    "_a",
 ]
 FILLERS = [" ", "\t", "\n", "  \n", "\u3000", "\u200b", ",", ", ", "a", "a ", ". ", "!", "-", "'"]
 
@@ -123,6 +128,10 @@ PATHS: dict[str, Callable[[str], object]] = {
     "playbook cues": lambda text: _playbooks.select(text, EmotionLabel.ANGER, previous=text),
     "escalation policy": lambda text: decide(_turn(text), _policy),
     "escalation loop similarity": lambda text: similarity(text, text[::-1]),
+    "channel formatting (SMS, voice)": lambda text: (
+        split_message(plain_text(text), SMS_LIMIT),
+        speakable(text, 320),
+    ),
 }
 
 
