@@ -7,6 +7,7 @@ is what generation would receive: the context published for the other tenant's "
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -14,6 +15,9 @@ import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from services.escalation.api import say as agent_says
+from services.escalation.desk import Desk
+from services.escalation.packet import build_packet
 from services.memory.api import customer_router
 from services.memory.context import ContextAssembler
 from services.memory.customers import CustomerStore
@@ -27,6 +31,11 @@ from shared.events import (
     CustomerMessage,
     EmotionAnalysis,
     EmotionLabel,
+    ReplyGeneratedEvent,
+    Role,
+    RouteReason,
+    RouteTarget,
+    RoutingDecision,
     TurnAnalyzed,
     TurnAnalyzedEvent,
     TurnContextualizedEvent,
@@ -36,6 +45,8 @@ from shared.http import install, provide
 from shared.kafka import EventBus
 
 pytestmark = pytest.mark.integration
+
+ESCALATION_MIGRATIONS = Path(__file__).resolve().parents[2] / "services/escalation/migrations"
 
 ADMIN = "admin-token-for-tenant-tests"
 CUSTOMER = "user-1"
@@ -66,6 +77,16 @@ def store(
     )
 
 
+def _emotion() -> EmotionAnalysis:
+    return EmotionAnalysis(
+        label=EmotionLabel.FRUSTRATION,
+        scores={EmotionLabel.FRUSTRATION: 1.0},
+        sentiment=-0.6,
+        intensity=0.6,
+        model="test",
+    )
+
+
 def handlers_for(store: CustomerStore, embedder: MiniLmEmbedder, bus: Published) -> MemoryHandlers:
     turns = TurnStore(store.pg, store.redis, key_prefix=store.key_prefix, keep=6, ttl_s=60)
     return MemoryHandlers(
@@ -90,13 +111,7 @@ async def say(
         tenant=tenant,
         payload=TurnAnalyzed(
             message=CustomerMessage(turn_id=uuid.uuid4(), text=text, received_at=utcnow()),
-            emotion=EmotionAnalysis(
-                label=EmotionLabel.FRUSTRATION,
-                scores={EmotionLabel.FRUSTRATION: 1.0},
-                sentiment=-0.6,
-                intensity=0.6,
-                model="test",
-            ),
+            emotion=_emotion(),
         ),
     )
     await handlers.on_turn_analyzed(event)
@@ -196,3 +211,45 @@ async def test_the_admin_api_answers_within_the_tenant_it_is_asked_for(
     profile = await store.export(CUSTOMER, tenant="acme")
     assert profile is not None
     assert profile["profile"]["tier"] == "gold"
+
+
+async def test_an_agent_sees_only_the_ticket_tenants_customer(
+    store: CustomerStore, embedder: MiniLmEmbedder
+) -> None:
+    pool = store.pg
+    await db.migrate(pool, "escalation", ESCALATION_MIGRATIONS)
+    bus = Published()
+    handlers = handlers_for(store, embedder, bus)
+    suffix = uuid.uuid4().hex[:6]
+    await store.update_profile(CUSTOMER, {"name": "Acme Sam"}, tenant="acme")
+    await say(handlers, bus, "acme", f"acme-{suffix}", "I prefer eco-friendly products.")
+    await store.update_profile(CUSTOMER, {"name": "Globex Kim"}, tenant="globex")
+    turn = await say(handlers, bus, "globex", f"globex-{suffix}", "I want to talk to a person.")
+
+    desk = Desk(pool, store.redis, key_prefix=store.key_prefix, handle_minutes=4, agents_on_shift=2)
+    opened = await desk.route(
+        turn,
+        lambda _: RoutingDecision(
+            target=RouteTarget.HUMAN,
+            reasons=[RouteReason(code="explicit_request", detail="test")],
+            policy="test",
+        ),
+    )
+    assert opened.handoff is not None
+    ticket = await desk.get(opened.handoff.ticket_id)
+    assert ticket.tenant == "globex"
+
+    packet = await build_packet(pool, ticket)
+    assert packet["customer"]["profile"]["Name"] == "Globex Kim"
+    assert "Prefers eco-friendly products" not in str(packet)
+    assert [t["text"] for t in packet["transcript"]] == ["I want to talk to a person."]
+
+    # The agent's reply goes out in the customer's tenant (ingest delivers only to owners).
+    await agent_says(cast(EventBus, bus), ticket, Role.AGENT, "Hi Kim, I'm here.", [])
+    reply = bus.events[-1]
+    assert isinstance(reply, ReplyGeneratedEvent)
+    assert reply.tenant == "globex"
+
+    # Erasing acme's user-1 leaves globex's ticket alone.
+    assert await desk.erase([CUSTOMER], [], tenant="acme") == 0
+    assert (await desk.get(ticket.ticket_id)).tenant == "globex"
