@@ -36,10 +36,10 @@ from dataclasses import dataclass, field
 
 from services.generation.guardrails import (
     FLAG_NEEDS_APPROVAL,
-    SENTENCE_END,
     Guardrails,
     Verdict,
     mask_sensitive,
+    sentence_ends,
     split_sentences,
 )
 from services.generation.knowledge import KnowledgeBase
@@ -476,8 +476,8 @@ class CheckedStream:
 
     def _sentence_end(self) -> int:
         last = self.checked
-        for m in SENTENCE_END.finditer(self.raw, self.checked):
-            last = m.end()
+        for end in sentence_ends(self.raw, self.checked):
+            last = end
         return last
 
     def _check_sentence(self, sentence: str) -> list[CareFinding]:

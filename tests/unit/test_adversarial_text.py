@@ -21,6 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.escalation.policy import DEFAULT_POLICY_PATH, decide, load_policy, similarity
+from services.generation.guardrails import StreamGuard
+from services.generation.handlers import build_prompting
 from services.generation.playbooks import PlaybookLibrary
 from services.generation.prompt import quote, quote_customer
 from services.generation.settings import GenerationSettings
@@ -33,6 +35,7 @@ from shared.events import (
     EmotionLabel,
     TurnContextualized,
 )
+from shared.survey import parse_survey_answer
 from shared.untrusted import normalize
 
 LENGTH = 4000
@@ -95,6 +98,11 @@ def _cases() -> list[str]:
         cases.append(_stretch(f"{trigger} "))
         cases.append(_stretch(f"{trigger} ab. "))
         cases.append(_stretch(f"{trigger} x and i "))
+    # Runs that a pattern anchored at the end re-read from every start inside them: a long
+    # word then a space, number-like groups then a letter, dashes then a letter.
+    cases.append("a" * (LENGTH - 1) + " ")
+    for unit in ("1 ", "A1 ", "- ", "1-"):
+        cases.append(_stretch(unit)[: LENGTH - 1] + "x")
     return cases
 
 
@@ -103,6 +111,14 @@ CASES = _cases()
 _extractor = RuleExtractor()
 _playbooks = PlaybookLibrary.load(GenerationSettings().playbooks_path)
 _policy = load_policy(DEFAULT_POLICY_PATH)
+_, _rails = build_prompting(GenerationSettings(canary="zq5e1ec7ab1e99"))
+
+
+def _stream(text: str) -> str:
+    # The whole reply as one streamed piece, then the end of the stream: each call reads
+    # the text once (a reply streamed token by token pays this per token).
+    guard = StreamGuard(_rails)
+    return guard.feed(text) + guard.finish()[0]
 
 
 def _turn(text: str) -> TurnContextualized:
@@ -128,6 +144,8 @@ PATHS: dict[str, Callable[[str], object]] = {
     "playbook cues": lambda text: _playbooks.select(text, EmotionLabel.ANGER, previous=text),
     "escalation policy": lambda text: decide(_turn(text), _policy),
     "escalation loop similarity": lambda text: similarity(text, text[::-1]),
+    "reply guardrails (streamed)": _stream,
+    "survey answer": lambda text: parse_survey_answer(text, "csat"),
     "channel formatting (SMS, voice)": lambda text: (
         split_message(plain_text(text), SMS_LIMIT),
         speakable(text, 320),

@@ -14,7 +14,7 @@ WHATSAPP_LIMIT = 4096
 # look-around and no back-references, hence one alternative per delimiter and sentence ends
 # matched with their punctuation. `_WS` is the whitespace Python's `\s` knows (RE2's `\s` is
 # ASCII only).
-_WS = r"\s\p{Z}\x{1c}-\x{1f}\x{85}"
+_WS = r"\s\p{Z}\x{0b}\x{1c}-\x{1f}\x{85}"
 _LINK = compile_linear(r"\[([^\]]+)\]\((https?://[^)" + _WS + r"]+)\)")
 _URL = compile_linear(r"https?://([^/" + _WS + r")]+)(?:[^" + _WS + r")]*[^" + _WS + r").,!?;:])?")
 # Emphasis: the delimiter, text that starts and ends with a non-space and holds neither the
