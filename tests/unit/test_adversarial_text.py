@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.escalation.policy import DEFAULT_POLICY_PATH, decide, load_policy, similarity
+from services.generation.care import Sources, grounding_findings
 from services.generation.guardrails import StreamGuard
 from services.generation.handlers import build_prompting
 from services.generation.playbooks import PlaybookLibrary
@@ -145,6 +146,8 @@ PATHS: dict[str, Callable[[str], object]] = {
     "escalation policy": lambda text: decide(_turn(text), _policy),
     "escalation loop similarity": lambda text: similarity(text, text[::-1]),
     "reply guardrails (streamed)": _stream,
+    # The reply's facts against sources that hold the customer's words.
+    "care grounding": lambda text: grounding_findings(text, Sources.of([text])),
     "survey answer": lambda text: parse_survey_answer(text, "csat"),
     "channel formatting (SMS, voice)": lambda text: (
         split_message(plain_text(text), SMS_LIMIT),
