@@ -86,11 +86,14 @@ _DATE = re.compile(
     r"|\bthe\s+\d{1,2}(?:st|nd|rd|th)\b",
     re.IGNORECASE,
 )
-_AMOUNT = re.compile(
-    r"(?:[£$€¥]|\b(?:usd|gbp|eur)\s?)\s?\d[\d,]*(?:\.\d+)?"
-    r"|\b\d[\d,]*(?:\.\d+)?\s?(?:%|percent\b|pounds?\b|dollars?\b|euros?\b|pence\b|p\b|"
-    r"usd\b|gbp\b|eur\b)",
-    re.IGNORECASE,
+# RE2: under `re` every word start in "1,1,1,...x" re-read the rest of the run looking for a
+# unit (1.3 s at 4,000 characters). `\p{Nd}` and `_SPACE` are `re`'s Unicode `\d` and `\s`.
+_SPACE = r"[\s\p{Z}\x{0b}\x{1c}-\x{1f}\x{85}]"
+_AMOUNT = compile_linear(
+    rf"(?:[£$€¥]|\b(?:usd|gbp|eur){_SPACE}?){_SPACE}?\p{{Nd}}[\p{{Nd}},]*(?:\.\p{{Nd}}+)?"
+    rf"|\b\p{{Nd}}[\p{{Nd}},]*(?:\.\p{{Nd}}+)?{_SPACE}?(?:%|percent\b|pounds?\b|dollars?\b|"
+    r"euros?\b|pence\b|p\b|usd\b|gbp\b|eur\b)",
+    ignore_case=True,
 )
 _REFERENCE = re.compile(
     r"#\s?[a-z0-9-]*\d[a-z0-9-]*"
@@ -274,11 +277,11 @@ def _fact_findings(sentence: str, sources: Sources) -> list[CareFinding]:  # noq
             take(m)
             if not sources.has_digits(digits):
                 miss("phone number", m.group(0))
-    for m in _AMOUNT.finditer(sentence):
-        if free(m):
-            take(m)
-            if not sources.has_number(m.group(0)):
-                miss("amount", m.group(0))
+    for amount in _AMOUNT.finditer(sentence):
+        if free(amount):
+            take(amount)
+            if not sources.has_number(amount.group(0)):
+                miss("amount", amount.group(0))
     for m in _REFERENCE.finditer(sentence):
         if free(m) and any(ch.isdigit() for ch in m.group(0)):
             take(m)
