@@ -44,7 +44,7 @@ import yaml
 from bench.turn_latency import pct
 from cbd.stack import EmbeddedStack, StackPorts
 from services.generation.care import CheckedStream
-from services.generation.guardrails import SENTENCE_END
+from services.generation.guardrails import sentence_ends
 from services.generation.handlers import GenerationHandlers
 from services.generation.llm import ChatClient
 from services.generation.settings import PACKAGE_DIR, GenerationSettings, ReplyMode
@@ -154,7 +154,7 @@ def first_sentence_s(pieces: list[str]) -> float | None:
     text = ""
     for piece, stamp in zip(pieces, STAMPS, strict=True):
         text += piece
-        if SENTENCE_END.search(text):
+        if next(sentence_ends(text), None) is not None:
             return stamp - STAMPS[0]
     return None
 

@@ -38,7 +38,7 @@ from services.memory.evaluation import load_cases
 from services.memory.turns import TurnStore
 from shared import db
 from shared.embedding import DIMENSIONS, MiniLmEmbedder, to_pgvector
-from shared.events import HistoryTurn, Role, utcnow
+from shared.events import DEFAULT_TENANT, HistoryTurn, Role, utcnow
 from shared.settings import PostgresSettings
 
 MIGRATIONS = Path(__file__).resolve().parents[1] / "services" / "memory" / "migrations"
@@ -143,7 +143,7 @@ async def load_probes(pool: db.Pool, turns: TurnStore, embedder: MiniLmEmbedder)
             )
     now = utcnow()
     for case in load_cases():
-        key = turns._key(f"probe-conv-{case.case_id}")
+        key = turns._key(DEFAULT_TENANT, f"probe-conv-{case.case_id}")
         history = [
             HistoryTurn(role=Role.CUSTOMER if i % 2 else Role.BOT, text=f"turn {i} " * 12, at=now)
             for i in range(12)

@@ -100,7 +100,7 @@ def message_for(category: str, name: str | None) -> str:
 _DUE = """
 SELECT i.issue_id, i.customer_id, i.category, c.preferred_name, c.name
 FROM memory.issues i
-JOIN memory.customers c ON c.customer_id = i.customer_id
+JOIN memory.customers c ON c.tenant = i.tenant AND c.customer_id = i.customer_id
 WHERE i.status <> 'resolved' AND i.updated_at < $1
   AND COALESCE((c.consent ->> $2)::boolean, false)
   AND NOT EXISTS (SELECT 1 FROM care.followups f WHERE f.issue_id = i.issue_id)

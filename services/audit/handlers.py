@@ -77,7 +77,9 @@ class AuditHandlers:
             return
         erased = event.payload
         count = await self.ledger.erase(
-            [erased.erased_customer_id, *erased.identities], erased.conversation_ids
+            [erased.erased_customer_id, *erased.identities],
+            erased.conversation_ids,
+            tenant=event.tenant,
         )
         ERASURES.inc()
         log.info("erased %d audit records for one customer", count)

@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 
 from shared.db import Pool
+from shared.events import DEFAULT_TENANT
 
 log = logging.getLogger(__name__)
 
@@ -228,11 +229,20 @@ class Ledger:
             return None
         return None if _row_hash_ok(prev, record, row) else "its hash does not match its content"
 
-    async def erase(self, customer_ids: list[str], conversation_ids: list[str]) -> int:
+    async def erase(
+        self,
+        customer_ids: list[str],
+        conversation_ids: list[str],
+        *,
+        tenant: str = DEFAULT_TENANT,
+    ) -> int:
         """Erase the content of every record about these customers; return records erased.
 
         The records keep their place, type, id and hashes, so the chain still verifies and
         the ledger still shows that something happened, without saying what or to whom.
+        Customer ids count within `tenant` (records from before tenants are the default
+        tenant's): another tenant's customer with the same id keeps their records. A record
+        whose body jsonb could not hold names no tenant, and is erased when its ids match.
         """
         async with self.eraser.acquire() as conn, conn.transaction():
             # First the records, by id: every column a record's subject was kept in, whether
@@ -241,14 +251,17 @@ class Ledger:
                 """
                 SELECT seq FROM audit.events
                 WHERE erased_at IS NULL AND (
-                    customer_id = ANY($1)
-                    OR conversation_id = ANY($2)
-                    OR payload ->> 'customer_id' = ANY($1)
+                    conversation_id = ANY($2)
                     OR payload ->> 'key' = ANY($2)
-                    OR payload -> 'payload' ->> 'erased_customer_id' = ANY($1))
+                    OR ((payload IS NULL OR COALESCE(payload ->> 'tenant', $4) = $3)
+                        AND (customer_id = ANY($1)
+                             OR payload ->> 'customer_id' = ANY($1)
+                             OR payload -> 'payload' ->> 'erased_customer_id' = ANY($1))))
                 """,
                 customer_ids,
                 conversation_ids,
+                tenant,
+                DEFAULT_TENANT,
             )
             ids = [row["seq"] for row in seqs]
             if not ids:

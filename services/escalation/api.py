@@ -135,6 +135,8 @@ async def say(bus: EventBus, ticket: Ticket, author: Role, text: str, flags: lis
         conversation_id=ticket.conversation_id,
         customer_id=ticket.customer_id,
         channel=Channel(ticket.channel),
+        # The customer's tenant: ingest delivers only to its owners, memory files it there.
+        tenant=ticket.tenant,
         payload=ReplyGenerated(
             turn_id=ticket.last_turn_id or ticket.ticket_id,
             reply_id=reply_id,

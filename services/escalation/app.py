@@ -62,6 +62,9 @@ def create_app(settings: EscalationSettings | None = None) -> FastAPI:
         infra.subscribe(Topic.ASSIST_SUGGESTED, AssistSuggestedEvent, handlers.on_assist_suggested)
         infra.subscribe(Topic.CUSTOMER_ERASED, CustomerErasedEvent, handlers.on_customer_erased)
         await auth.sync_versions(infra.require_pg())
+        await stack.enter_async_context(
+            auth.watching_versions(infra.require_pg(), cfg.token_version_refresh_s)
+        )
         infra.provide(auth)
         infra.provide(desk)
         infra.provide(AgentSkills(cfg.agent_skills))

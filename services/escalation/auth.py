@@ -6,18 +6,24 @@
   text is hashed at start-up with a cheap profile.
 - Each agent has a token version in PostgreSQL (`escalation.agent_credentials`). When an agent's
   configured credential changes, start-up bumps the version, so every token issued under the
-  old password stops working at once, on every replica.
+  old password stops working at once, on every replica. A revocation on one replica reaches
+  the others through `watching_versions`: each replica reads the versions again every few
+  seconds (one indexed query), so a revoked token stops working everywhere within that period
+  without a restart, and `verify` stays a pure in-memory check on the request path.
 - Failed sign-ins are counted in Redis per account and per client address (fixed windows);
   over either limit, sign-in answers 429 with Retry-After until the window ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,6 +125,41 @@ class AgentAuth:
             raise KeyError(agent_id)
         self.versions[agent_id] = int(version)
         return int(version)
+
+    async def refresh_versions(self, pg: Any) -> None:
+        """Read every agent's current token version (revocations made by other replicas).
+
+        An agent missing from the table keeps its version; the table only ever counts up, so a
+        refresh never brings a revoked token back.
+        """
+        rows = await pg.fetch(
+            "SELECT agent_id, token_version FROM escalation.agent_credentials "
+            "WHERE agent_id = ANY($1::text[])",
+            list(self.agents),
+        )
+        for row in rows:
+            agent_id, version = row["agent_id"], int(row["token_version"])
+            self.versions[agent_id] = max(version, self.versions.get(agent_id, 0))
+
+    @contextlib.asynccontextmanager
+    async def watching_versions(self, pg: Any, interval_s: float) -> AsyncIterator[None]:
+        """Refresh the versions every `interval_s` while the context is open (the lifespan)."""
+
+        async def watch() -> None:
+            while True:
+                await asyncio.sleep(interval_s)
+                try:
+                    await self.refresh_versions(pg)
+                except Exception:  # a database blip must not end the watch
+                    log.warning("could not refresh agent token versions", exc_info=True)
+
+        task = asyncio.create_task(watch(), name="agent-token-versions")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     def _sign(self, body: bytes) -> str:
         digest = hmac.new(self.secret, body, hashlib.sha256).digest()

@@ -23,6 +23,7 @@ from prometheus_client import Counter, Histogram
 from shared import ownership
 from shared.db import Pool
 from shared.events import (
+    DEFAULT_TENANT,
     Envelope,
     Handoff,
     ReplyGeneratedEvent,
@@ -118,6 +119,8 @@ class Ticket:
     last_turn_id: uuid.UUID | None = None
     intent: str = "general"
     skill: str = "general"
+    tenant: str = DEFAULT_TENANT
+    """The tenant the customer belongs to (the event envelope's)."""
 
     def as_json(self) -> dict[str, Any]:
         """The API form."""
@@ -136,13 +139,14 @@ class Ticket:
             "claimed_by": self.claimed_by,
             "intent": self.intent,
             "skill": self.skill,
+            "tenant": self.tenant,
         }
 
 
 _TICKET_COLUMNS = """
     t.ticket_id, t.conversation_id, t.customer_id, t.channel, t.status, t.priority, t.severity,
     t.reasons, t.summary, t.created_at, t.claimed_by, t.claimed_at, c.last_turn_id,
-    t.intent, t.skill
+    t.intent, t.skill, t.tenant
 """
 
 
@@ -171,24 +175,36 @@ class Desk:
         # mirrors what could not be mirrored right after the commit.
         self.outbox = Outbox(pg, "escalation", {OWNERSHIP: self._deliver}, service="escalation")
 
-    async def erase(self, customer_ids: list[str], conversation_ids: list[str]) -> int:
-        """Delete the tickets and ownership of an erased customer; return tickets deleted."""
+    async def erase(
+        self,
+        customer_ids: list[str],
+        conversation_ids: list[str],
+        *,
+        tenant: str = DEFAULT_TENANT,
+    ) -> int:
+        """Delete the tickets and ownership of an erased customer; return tickets deleted.
+
+        Customer ids count within the erased customer's tenant only: another tenant's
+        customer with the same id keeps their tickets.
+        """
         async with self.pg.acquire() as conn, conn.transaction():
             conversations = [
                 r["conversation_id"]
                 for r in await conn.fetch(
                     "SELECT conversation_id FROM escalation.conversations "
-                    "WHERE customer_id = ANY($1) OR conversation_id = ANY($2)",
+                    "WHERE (tenant = $3 AND customer_id = ANY($1)) OR conversation_id = ANY($2)",
                     customer_ids,
                     conversation_ids,
+                    tenant,
                 )
             ]
             deleted = await conn.fetchval(
                 "WITH gone AS (DELETE FROM escalation.tickets "
-                "WHERE customer_id = ANY($1) OR conversation_id = ANY($2) RETURNING 1) "
-                "SELECT count(*) FROM gone",
+                "WHERE (tenant = $3 AND customer_id = ANY($1)) OR conversation_id = ANY($2) "
+                "RETURNING 1) SELECT count(*) FROM gone",
                 customer_ids,
                 conversations,
+                tenant,
             )
             await conn.execute(
                 "DELETE FROM escalation.conversations WHERE conversation_id = ANY($1)",
@@ -239,12 +255,13 @@ class Desk:
         async with self.pg.acquire() as conn, conn.transaction():
             await conn.execute(
                 """
-                INSERT INTO escalation.conversations (conversation_id, customer_id, channel)
-                VALUES ($1, $2, $3) ON CONFLICT (conversation_id) DO NOTHING
+                INSERT INTO escalation.conversations (conversation_id, customer_id, channel, tenant)
+                VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id) DO NOTHING
                 """,
                 event.conversation_id,
                 event.customer_id,
                 event.channel.value,
+                event.tenant,
             )
             conv = await conn.fetchrow(
                 "SELECT * FROM escalation.conversations WHERE conversation_id = $1 FOR UPDATE",
@@ -315,12 +332,13 @@ class Desk:
         async with self.pg.acquire() as conn, conn.transaction():
             await conn.execute(
                 """
-                INSERT INTO escalation.conversations (conversation_id, customer_id, channel)
-                VALUES ($1, $2, $3) ON CONFLICT (conversation_id) DO NOTHING
+                INSERT INTO escalation.conversations (conversation_id, customer_id, channel, tenant)
+                VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id) DO NOTHING
                 """,
                 event.conversation_id,
                 event.customer_id,
                 event.channel.value,
+                event.tenant,
             )
             conv = await conn.fetchrow(
                 "SELECT * FROM escalation.conversations WHERE conversation_id = $1 FOR UPDATE",
@@ -363,8 +381,9 @@ class Desk:
         await conn.execute(
             """
             INSERT INTO escalation.tickets (ticket_id, conversation_id, customer_id,
-                channel, priority, severity, reasons, summary, opened_by_event, intent, skill)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                channel, priority, severity, reasons, summary, opened_by_event, intent, skill,
+                tenant)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
             """,
             ticket_id,
             event.conversation_id,
@@ -377,6 +396,7 @@ class Desk:
             event.event_id,
             intent.intent if intent is not None else "general",
             intent.skill if intent is not None else "general",
+            event.tenant,
         )
         epoch: int = await conn.fetchval(
             "UPDATE escalation.conversations SET owner = 'queued', agent_id = NULL, "

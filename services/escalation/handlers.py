@@ -130,6 +130,8 @@ class EscalationHandlers:
         """Delete the erased customer's tickets and conversation ownership."""
         erased = event.payload
         await self.desk.erase(
-            [erased.erased_customer_id, *erased.identities], erased.conversation_ids
+            [erased.erased_customer_id, *erased.identities],
+            erased.conversation_ids,
+            tenant=event.tenant,
         )
         ERASURES.inc()

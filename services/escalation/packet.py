@@ -21,10 +21,11 @@ async def build_packet(pg: Pool, ticket: Ticket) -> dict[str, Any]:
     rows = await pg.fetch(
         """
         SELECT role, text, occurred_at, emotion FROM memory.turns
-        WHERE conversation_id = $1 ORDER BY occurred_at LIMIT $2
+        WHERE tenant = $3 AND conversation_id = $1 ORDER BY occurred_at LIMIT $2
         """,
         ticket.conversation_id,
         MAX_TURNS,
+        ticket.tenant,
     )
     transcript = [
         {
@@ -62,36 +63,45 @@ async def build_packet(pg: Pool, ticket: Ticket) -> dict[str, Any]:
         "reasons": ticket.reasons,
         "emotion_timeline": timeline,
         "tried": tried,
-        "customer": await _customer(pg, ticket.customer_id),
+        "customer": await _customer(pg, ticket.tenant, ticket.customer_id),
         "transcript": transcript,
     }
 
 
-async def _customer(pg: Pool, customer_id: str) -> dict[str, Any]:
-    """Who the customer is and what the platform remembers, from memory's record."""
+async def _customer(pg: Pool, tenant: str, customer_id: str) -> dict[str, Any]:
+    """Who the customer is and what the platform remembers, from memory's record.
+
+    Read within the ticket's tenant: another tenant's customer with the same id is someone
+    else, and an agent must never see them.
+    """
     try:
         profile = await pg.fetchrow(
             """
             SELECT c.name, c.preferred_name, c.language, c.tier,
                    (SELECT string_agg(identity, ', ' ORDER BY identity)
-                    FROM memory.identities WHERE customer_id = c.customer_id) AS channels,
+                    FROM memory.identities
+                    WHERE tenant = c.tenant AND customer_id = c.customer_id) AS channels,
                    (SELECT count(*) FROM memory.conversations
-                    WHERE customer_id = c.customer_id) AS conversations
-            FROM memory.customers c WHERE c.customer_id = $1
+                    WHERE tenant = c.tenant AND customer_id = c.customer_id) AS conversations
+            FROM memory.customers c WHERE c.tenant = $2 AND c.customer_id = $1
             """,
             customer_id,
+            tenant,
         )
         memories = await pg.fetch(
-            "SELECT text FROM memory.memories WHERE customer_id = $1 "
+            "SELECT text FROM memory.memories WHERE tenant = $2 AND customer_id = $1 "
             "ORDER BY kind = 'constraint' DESC, confidence DESC, updated_at DESC LIMIT 20",
             customer_id,
+            tenant,
         )
         issues = await pg.fetch(
             "SELECT category, summary, status, opened_at FROM memory.issues "
-            "WHERE customer_id = $1 AND status <> 'resolved' ORDER BY updated_at DESC LIMIT 5",
+            "WHERE tenant = $2 AND customer_id = $1 AND status <> 'resolved' "
+            "ORDER BY updated_at DESC LIMIT 5",
             customer_id,
+            tenant,
         )
-    except asyncpg.UndefinedTableError:
+    except (asyncpg.UndefinedTableError, asyncpg.UndefinedColumnError):
         profile, memories, issues = None, [], []
     labels = {
         "name": "Name",

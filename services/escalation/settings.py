@@ -31,6 +31,9 @@ class EscalationSettings(ServiceSettings):
     (`cbd agents hash-password`); plain-text passwords are accepted in development only."""
     agent_token_secret: SecretStr = SecretStr(DEV_SECRET)
     agent_token_ttl_s: int = Field(default=12 * 3600, ge=60)
+    token_version_refresh_s: float = Field(default=2.0, gt=0)
+    """How often each replica re-reads agents' token versions: the longest a token revoked on
+    another replica (sign-out everywhere, a password change) still works here."""
     agent_skills: dict[str, list[str]] = Field(default_factory=dict)
     """Which skill queues each agent serves, as JSON: {"alice": ["billing", "fraud"]}; an
     agent not listed serves every queue. Skills are those of `shared/data/intents.yaml`."""

@@ -31,13 +31,15 @@ carries the corrected text.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prometheus_client import Counter
+
+from shared.linear_re import compile_linear
 
 GUARDRAIL_HITS = Counter(
     "cbd_generation_guardrail_hits_total", "Guardrail findings in replies, by kind.", ["kind"]
@@ -60,25 +62,43 @@ SHINGLE_WORDS = 8
 
 _WORDS = re.compile(r"[a-z0-9]+")
 _NON_ALNUM = re.compile(r"[^a-z0-9]")
-_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(?=\s)|\n")
-SENTENCE_END = _SENTENCE_END
-"""Where a sentence ends: terminal punctuation before a space, or a line break."""
+# A sentence ends after its punctuation (and closing quotes or brackets) when whitespace
+# follows, and at a line break. The form without the look-behind and possessive quantifiers
+# re-read a run of "!" from every start inside it ("!!!...x" of 4,000 characters took ~1 s,
+# at every streamed piece). Now a match can only start where a run of punctuation starts and
+# never gives characters back, so each character is read a bounded number of times. This
+# stays on `re` (3.11's possessive quantifiers) rather than RE2: a reply of thousands of
+# line breaks has a sentence end per character, and RE2's Python wrapper costs microseconds
+# per match where `re` costs a fraction of one.
+_SENTENCE_END = re.compile(r"(?<![.!?])[.!?]++[\"')\]]*+(?=\s)|\n")
+
+
+def sentence_ends(text: str, pos: int = 0) -> Iterator[int]:
+    """Where each sentence of `text[pos:]` ends, as offsets into `text`."""
+    for m in _SENTENCE_END.finditer(text, pos):
+        yield m.end()
+
+
 # The per-turn section's headers and markers (prompt.py): a reply that echoes them is
 # reading its instructions out, even when no eight words of the rules are in it.
+# The spaces around the tag's slash are one run when there is no slash (`\s*(?:/\s*)?`, not
+# `\s*/?\s*`, which split a run of spaces every possible way: quadratic).
 _TURN_SECTION = re.compile(
     r"(?:^|[\s\"'(*#-])(?:emotion|strategy|situation|what works|avoid|knowledge|customer tier|"
     r"earlier conversations)(?:\s*\([^)]{0,40}\))?\s*:"
     r"|the customer seems to feel|\(intensity\s+\d|signals:\s*[a-z_]+"
     r"|what you know about this customer|the only facts you may state"
-    r"|nothing in the knowledge base matches|<\s*/?\s*(?:memory|customer)\s*>"
+    r"|nothing in the knowledge base matches|<\s*(?:/\s*)?(?:memory|customer)\s*>"
     r"|\[[a-z0-9_]+/[a-z0-9-]+\]|\bopen issue \(",
     re.IGNORECASE,
 )
 
 # "I'll", "we will", "I can", "I have", "you'll", "here is": the openers of a promise.
+# The space after "I"/"we" is read by one quantifier per alternative: `\s*(?:\s+will|...)`
+# split a run of spaces every possible way ("refund I" + 4,000 spaces took 0.9 s).
 _PROMISE = re.compile(
-    r"\b(?:i|we)\s*(?:'ll|\u2019ll|'ve|\u2019ve|\s+will|\s+shall|\s+can|\s+have|"
-    r"\s+am\s+going\s+to|\s+are\s+going\s+to|\s+would\s+like\s+to)\b"
+    r"\b(?:i|we)(?:\s*(?:'ll|\u2019ll|'ve|\u2019ve)|\s+(?:will|shall|can|have|"
+    r"am\s+going\s+to|are\s+going\s+to|would\s+like\s+to))\b"
     r"|\byou(?:'ll|\u2019ll|\s+will)\b|\bhere(?:'s|\u2019s|\s+is)\b"
     r"|\b(?:has|have)\s+been\s+(?:approved|processed|issued|added|applied|sent)\b",
     re.IGNORECASE,
@@ -97,7 +117,10 @@ _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b
 _CVV = re.compile(r"\b(cvv|cvc|cv2|security code)(\W{0,6})(\d{3,4})\b", re.IGNORECASE)
 # Text at the end of the stream that may be a number still arriving: digits, with spaces,
 # hyphens and upper-case letters (IBAN groups) between them. Only held when it has a digit.
-_TRAILING_NUMBER = re.compile(r"[\dA-Z][\dA-Z -]*$")
+# RE2 (linear): under Python's `re` every start inside a long run of such characters that
+# does not reach the end re-read the run ("A A A ... x" of 4,000 characters took 52 ms, and
+# this runs at every streamed piece). `\p{Nd}` is the Unicode digit `re`'s `\d` was.
+_TRAILING_NUMBER = compile_linear(r"[\p{Nd}A-Z][\p{Nd}A-Z -]*$")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -296,12 +319,23 @@ def split_sentences(text: str) -> list[str]:
     """Sentences with their leading whitespace and ending punctuation; joined they are text."""
     parts: list[str] = []
     start = 0
-    for m in _SENTENCE_END.finditer(text):
-        parts.append(text[start : m.end()])
-        start = m.end()
+    for end in sentence_ends(text):
+        parts.append(text[start:end])
+        start = end
     if start < len(text):
         parts.append(text[start:])
     return parts
+
+
+def _last_word_start(text: str) -> int | None:
+    """Where the word at the end of `text` begins, as `re.search(r"\\S+$", text)` finds it
+    (a single final newline may follow it), read backwards from the end: the pattern was
+    quadratic on a long word followed by a space, and this runs at every streamed piece."""
+    end = len(text) - 1 if text.endswith("\n") else len(text)
+    start = end
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    return start if start < end else None
 
 
 @dataclass
@@ -319,8 +353,8 @@ class StreamGuard:
 
     def _sentence_start(self) -> int:
         last = 0
-        for m in _SENTENCE_END.finditer(self.raw):
-            last = m.end()
+        for end in sentence_ends(self.raw):
+            last = end
         return last
 
     def _hold_from(self) -> int:
@@ -337,9 +371,9 @@ class StreamGuard:
         if number is not None and any(ch.isdigit() for ch in number.group(0)):
             end = min(end, number.start())
         # A last word still arriving (no space after it yet) may be the canary's beginning.
-        word = re.search(r"\S+$", raw)
-        if word is not None and self.rails.may_become_held(word.group(0)):
-            end = min(end, word.start())
+        word = _last_word_start(raw)
+        if word is not None and self.rails.may_become_held(raw[word:].rstrip("\n")):
+            end = min(end, word)
         return max(end, self.released)
 
     def feed(self, piece: str) -> str:

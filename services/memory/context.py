@@ -21,6 +21,7 @@ from services.memory.turns import ContextSource
 from shared.db import Pool
 from shared.embedding import to_pgvector
 from shared.events import (
+    DEFAULT_TENANT,
     ConversationContext,
     CustomerProfile,
     HistoryTurn,
@@ -29,27 +30,30 @@ from shared.events import (
     OpenIssue,
 )
 
+# Every part is read within the customer's tenant ($6): another tenant's customer with the
+# same id is someone else.
 _CONTEXT_SQL = """
 SELECT
-    (SELECT to_jsonb(c) - 'first_seen_at' - 'last_seen_at' - 'updated_at'
-     FROM memory.customers c WHERE c.customer_id = $1) AS profile,
+    (SELECT to_jsonb(c) - 'first_seen_at' - 'last_seen_at' - 'updated_at' - 'tenant'
+     FROM memory.customers c WHERE c.tenant = $6 AND c.customer_id = $1) AS profile,
     (SELECT COALESCE(array_agg(identity ORDER BY identity), '{}')
-     FROM memory.identities WHERE customer_id = $1) AS channels,
-    (SELECT count(*) FROM memory.conversations WHERE customer_id = $1) AS conversations,
+     FROM memory.identities WHERE tenant = $6 AND customer_id = $1) AS channels,
+    (SELECT count(*) FROM memory.conversations
+     WHERE tenant = $6 AND customer_id = $1) AS conversations,
     (SELECT COALESCE(jsonb_agg(m ORDER BY m.distance), '[]'::jsonb) FROM (
         SELECT memory_id, kind, slot, text, confidence, source_turn_id, learned_at,
                embedding <=> $2::text::vector AS distance
-        FROM memory.memories WHERE customer_id = $1 AND $5
+        FROM memory.memories WHERE tenant = $6 AND customer_id = $1 AND $5
         ORDER BY distance LIMIT $3) m) AS memories,
     (SELECT COALESCE(jsonb_agg(i ORDER BY i.updated_at DESC), '[]'::jsonb) FROM (
         SELECT issue_id, category, summary, status, conversation_id, opened_at, updated_at
-        FROM memory.issues WHERE customer_id = $1 AND status <> 'resolved'
+        FROM memory.issues WHERE tenant = $6 AND customer_id = $1 AND status <> 'resolved'
         ORDER BY updated_at DESC LIMIT 5) i) AS issues,
     (SELECT COALESCE(jsonb_agg(h ORDER BY h.updated_at DESC), '[]'::jsonb) FROM (
         SELECT conversation_id, turns, sentiment_sum, min_sentiment, last_sentiment,
                last_label, labels, started_at, updated_at
         FROM memory.conversation_moods
-        WHERE customer_id = $1 AND conversation_id <> $4
+        WHERE tenant = $6 AND customer_id = $1 AND conversation_id <> $4
         ORDER BY updated_at DESC LIMIT 5) h) AS moods
 """
 
@@ -85,8 +89,9 @@ class ContextAssembler:
         vector: npt.NDArray[np.float32],
         *,
         recall: bool = True,
+        tenant: str = DEFAULT_TENANT,
     ) -> dict[str, Any]:
-        """The raw rows for the context, in one query."""
+        """The raw rows for the context, in one query, within the customer's tenant."""
         row = await self.pg.fetchrow(
             _CONTEXT_SQL,
             customer_id,
@@ -94,6 +99,7 @@ class ContextAssembler:
             self.limits.recall_k + self.limits.extra_k,
             conversation_id,
             recall,
+            tenant,
         )
         assert row is not None
         return dict(row)

@@ -2,6 +2,10 @@
 
 PostgreSQL is the record for everything here; Redis only caches identity resolution, so a
 lost cache costs a query, never data.
+
+Every customer belongs to a tenant, and every key and query here includes it: two tenants
+that both have a customer "user-1" (or both know the same phone number) have two customers
+who share nothing. Callers that know no tenant get `DEFAULT_TENANT`, the single-tenant set-up.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import numpy.typing as npt
 import redis.asyncio as aioredis
 
 from services.memory.extraction import Extraction, IssueRaised, IssueResolved, Learned
+from services.memory.turns import conversation_key
 from shared.db import Pool
 from shared.embedding import Embedder, to_pgvector
-from shared.events import EmotionAnalysis
+from shared.events import DEFAULT_TENANT, EmotionAnalysis
 
 IDENTITY_KINDS = ("phone", "whatsapp", "email", "web", "sms", "voice")
 """Prefixes of channel identities (`phone:447700900123`); anything else is the tenant's own id."""
@@ -53,6 +58,8 @@ class TurnFacts:
     emotion: EmotionAnalysis
     channel: str = "unknown"
     """The channel the turn arrived on: provenance for everything learned from it."""
+    tenant: str = DEFAULT_TENANT
+    """The tenant the customer belongs to (the event envelope's, as the edge verified it)."""
 
 
 class CustomerStore:
@@ -73,38 +80,55 @@ class CustomerStore:
         self.key_prefix = key_prefix
         self.identity_ttl_s = identity_ttl_s
 
-    def _identity_key(self, identity: str) -> str:
-        return f"{self.key_prefix}mem:identity:{identity}"
+    def _identity_key(self, tenant: str, identity: str) -> str:
+        # Tenant ids and identities never hold "/" (the envelope's Identifier), so the key is
+        # unambiguous; the default tenant keeps the key it had before tenants.
+        scope = "" if tenant == DEFAULT_TENANT else f"{tenant}/"
+        return f"{self.key_prefix}mem:identity:{scope}{identity}"
 
-    async def resolve(self, identity: str) -> str:
-        """The customer this channel identity belongs to, creating them on first contact."""
-        cached = await self.redis.get(self._identity_key(identity))
+    async def resolve(self, identity: str, *, tenant: str = DEFAULT_TENANT) -> str:
+        """The tenant's customer this channel identity belongs to, created on first contact."""
+        cached = await self.redis.get(self._identity_key(tenant, identity))
         if cached:
             return cached.decode() if isinstance(cached, bytes) else str(cached)
         async with self.pg.acquire() as conn:
             customer = await conn.fetchval(
-                "SELECT customer_id FROM memory.identities WHERE identity = $1", identity
+                "SELECT customer_id FROM memory.identities WHERE tenant = $1 AND identity = $2",
+                tenant,
+                identity,
             )
             if customer is None:
                 async with conn.transaction():
                     await conn.execute(
-                        "INSERT INTO memory.customers (customer_id) VALUES ($1) "
-                        "ON CONFLICT (customer_id) DO NOTHING",
+                        "INSERT INTO memory.customers (tenant, customer_id) VALUES ($1, $2) "
+                        "ON CONFLICT (tenant, customer_id) DO NOTHING",
+                        tenant,
                         identity,
                     )
                     await conn.execute(
-                        "INSERT INTO memory.identities (identity, customer_id, kind) "
-                        "VALUES ($1, $1, $2) ON CONFLICT (identity) DO NOTHING",
+                        "INSERT INTO memory.identities (tenant, identity, customer_id, kind) "
+                        "VALUES ($1, $2, $2, $3) ON CONFLICT (tenant, identity) DO NOTHING",
+                        tenant,
                         identity,
                         identity_kind(identity),
                     )
                     customer = await conn.fetchval(
-                        "SELECT customer_id FROM memory.identities WHERE identity = $1", identity
+                        "SELECT customer_id FROM memory.identities "
+                        "WHERE tenant = $1 AND identity = $2",
+                        tenant,
+                        identity,
                     )
-        await self.redis.set(self._identity_key(identity), customer, ex=self.identity_ttl_s)
+        await self.redis.set(self._identity_key(tenant, identity), customer, ex=self.identity_ttl_s)
         return str(customer)
 
-    async def link(self, customer_id: str, identity: str, *, verified: bool = True) -> str | None:
+    async def link(
+        self,
+        customer_id: str,
+        identity: str,
+        *,
+        verified: bool = True,
+        tenant: str = DEFAULT_TENANT,
+    ) -> str | None:
         """Make `identity` resolve to `customer_id`; return the customer merged away, if any.
 
         A phone number that wrote in before it was known becomes a customer of its own; linking
@@ -113,42 +137,49 @@ class CustomerStore:
         merged: str | None = None
         async with self.pg.acquire() as conn, conn.transaction():
             await conn.execute(
-                "INSERT INTO memory.customers (customer_id) VALUES ($1) "
-                "ON CONFLICT (customer_id) DO NOTHING",
+                "INSERT INTO memory.customers (tenant, customer_id) VALUES ($1, $2) "
+                "ON CONFLICT (tenant, customer_id) DO NOTHING",
+                tenant,
                 customer_id,
             )
             previous = await conn.fetchval(
-                "SELECT customer_id FROM memory.identities WHERE identity = $1 FOR UPDATE",
+                "SELECT customer_id FROM memory.identities "
+                "WHERE tenant = $1 AND identity = $2 FOR UPDATE",
+                tenant,
                 identity,
             )
             if previous is not None and previous != customer_id:
-                await _merge(conn, previous, customer_id)
+                await _merge(conn, tenant, previous, customer_id)
                 merged = str(previous)
             await conn.execute(
                 """
-                INSERT INTO memory.identities (identity, customer_id, kind, verified)
-                VALUES ($1, $2, $3, $4)
-                ON CONFLICT (identity) DO UPDATE
+                INSERT INTO memory.identities (tenant, identity, customer_id, kind, verified)
+                VALUES ($1, $2, $3, $4, $5)
+                ON CONFLICT (tenant, identity) DO UPDATE
                 SET customer_id = EXCLUDED.customer_id, verified = EXCLUDED.verified
                 """,
+                tenant,
                 identity,
                 customer_id,
                 identity_kind(identity),
                 verified,
             )
-        await self.redis.delete(self._identity_key(identity))
+        await self.redis.delete(self._identity_key(tenant, identity))
         return merged
 
-    async def update_profile(self, customer_id: str, fields: dict[str, Any]) -> None:
+    async def update_profile(
+        self, customer_id: str, fields: dict[str, Any], *, tenant: str = DEFAULT_TENANT
+    ) -> None:
         """Set profile fields (name, preferred_name, language, tier, lifetime_value, consent)."""
         allowed = ("name", "preferred_name", "language", "tier", "lifetime_value", "consent")
         values = [fields.get(name) for name in allowed]
         present = [name in fields for name in allowed]
         await self.pg.execute(
             """
-            INSERT INTO memory.customers (customer_id) VALUES ($1)
-            ON CONFLICT (customer_id) DO NOTHING
+            INSERT INTO memory.customers (tenant, customer_id) VALUES ($1, $2)
+            ON CONFLICT (tenant, customer_id) DO NOTHING
             """,
+            tenant,
             customer_id,
         )
         await self.pg.execute(
@@ -161,17 +192,22 @@ class CustomerStore:
                 lifetime_value = CASE WHEN $12 THEN $6::numeric ELSE lifetime_value END,
                 consent = CASE WHEN $13 THEN consent || $7::jsonb ELSE consent END,
                 updated_at = now()
-            WHERE customer_id = $1
+            WHERE customer_id = $1 AND tenant = $14
             """,
             customer_id,
             *values[:6],
             *present,
+            tenant,
         )
 
-    async def personalisation_allowed(self, customer_id: str) -> bool:
+    async def personalisation_allowed(
+        self, customer_id: str, *, tenant: str = DEFAULT_TENANT
+    ) -> bool:
         """False when the customer withdrew consent to being remembered."""
         consent = await self.pg.fetchval(
-            "SELECT consent FROM memory.customers WHERE customer_id = $1", customer_id
+            "SELECT consent FROM memory.customers WHERE tenant = $1 AND customer_id = $2",
+            tenant,
+            customer_id,
         )
         return not (isinstance(consent, dict) and consent.get("personalisation") is False)
 
@@ -182,8 +218,8 @@ class CustomerStore:
             """
             INSERT INTO memory.conversation_moods AS m (conversation_id, customer_id, turns,
                 sentiment_sum, min_sentiment, last_sentiment, last_label, labels,
-                started_at, updated_at)
-            VALUES ($1, $2, 1, $3, $3, $3, $4, jsonb_build_object($4::text, 1), $5, $5)
+                started_at, updated_at, tenant)
+            VALUES ($1, $2, 1, $3, $3, $3, $4, jsonb_build_object($4::text, 1), $5, $5, $6)
             ON CONFLICT (conversation_id) DO UPDATE SET
                 turns = m.turns + 1,
                 sentiment_sum = m.sentiment_sum + EXCLUDED.sentiment_sum,
@@ -193,12 +229,14 @@ class CustomerStore:
                 labels = m.labels || jsonb_build_object(
                     $4::text, COALESCE((m.labels ->> $4::text)::int, 0) + 1),
                 updated_at = GREATEST(m.updated_at, EXCLUDED.updated_at)
+            WHERE m.tenant = EXCLUDED.tenant
             """,
             turn.conversation_id,
             turn.customer_id,
             turn.emotion.sentiment,
             label,
             turn.at,
+            turn.tenant,
         )
 
     async def learn(
@@ -218,11 +256,12 @@ class CustomerStore:
                                               ELSE preferred_name END,
                         language = CASE WHEN $2 = 'language' THEN $3 ELSE language END,
                         updated_at = now()
-                    WHERE customer_id = $1
+                    WHERE customer_id = $1 AND tenant = $4
                     """,
                     turn.customer_id,
                     change.field,
                     change.value,
+                    turn.tenant,
                 )
             for i, memory in enumerate(memories):
                 assert vectors is not None
@@ -239,20 +278,23 @@ class CustomerStore:
         embedding = to_pgvector(vector)
         slot = memory.slot
         exists = await conn.fetchval(
-            "SELECT true FROM memory.memories WHERE customer_id = $1 AND slot = $2",
+            "SELECT true FROM memory.memories WHERE tenant = $3 AND customer_id = $1 AND slot = $2",
             turn.customer_id,
             slot,
+            turn.tenant,
         )
         if not exists and memory.kind.value == "preference":
             # "I love eco stuff" after "I prefer green products": the same preference again.
             near = await conn.fetchrow(
                 """
                 SELECT slot, 1 - (embedding <=> $2::text::vector) AS similarity
-                FROM memory.memories WHERE customer_id = $1 AND kind = 'preference'
+                FROM memory.memories
+                WHERE tenant = $3 AND customer_id = $1 AND kind = 'preference'
                 ORDER BY embedding <=> $2::text::vector LIMIT 1
                 """,
                 turn.customer_id,
                 embedding,
+                turn.tenant,
             )
             if near is not None and near["similarity"] >= SEMANTIC_DUPLICATE:
                 slot = near["slot"]
@@ -260,9 +302,9 @@ class CustomerStore:
             """
             INSERT INTO memory.memories (memory_id, customer_id, kind, slot, text, confidence,
                 source_turn_id, source_conversation_id, extractor, learned_at, updated_at,
-                embedding, source_channel)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11::text::vector, $12)
-            ON CONFLICT (customer_id, slot) DO UPDATE SET
+                embedding, source_channel, tenant)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11::text::vector, $12, $13)
+            ON CONFLICT (tenant, customer_id, slot) DO UPDATE SET
                 kind = EXCLUDED.kind, text = EXCLUDED.text, confidence = EXCLUDED.confidence,
                 source_turn_id = EXCLUDED.source_turn_id,
                 source_conversation_id = EXCLUDED.source_conversation_id,
@@ -282,6 +324,7 @@ class CustomerStore:
             turn.at,
             embedding,
             turn.channel,
+            turn.tenant,
         )
         return memory_id
 
@@ -289,9 +332,9 @@ class CustomerStore:
         await conn.execute(
             """
             INSERT INTO memory.issues (issue_id, customer_id, conversation_id, category, summary,
-                source_turn_id, opened_at, updated_at, source_channel, extractor)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9)
-            ON CONFLICT (customer_id, category) WHERE status <> 'resolved' DO UPDATE SET
+                source_turn_id, opened_at, updated_at, source_channel, extractor, tenant)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9, $10)
+            ON CONFLICT (tenant, customer_id, category) WHERE status <> 'resolved' DO UPDATE SET
                 summary = EXCLUDED.summary, updated_at = EXCLUDED.updated_at
             """,
             uuid.uuid5(turn.turn_id, issue.category),
@@ -303,6 +346,7 @@ class CustomerStore:
             turn.at,
             turn.channel,
             issue.extractor,
+            turn.tenant,
         )
 
     async def _resolve_issue(self, conn: Any, turn: TurnFacts, resolved: IssueResolved) -> None:
@@ -316,7 +360,7 @@ class CustomerStore:
             UPDATE memory.issues SET status = 'resolved', resolved_at = $3, updated_at = $3
             WHERE issue_id IN (
                 SELECT issue_id FROM memory.issues
-                WHERE customer_id = $1 AND status <> 'resolved'
+                WHERE tenant = $5 AND customer_id = $1 AND status <> 'resolved'
                   AND ($2::text[] IS NULL OR category = ANY($2::text[]))
                 ORDER BY (conversation_id = $4) DESC, updated_at DESC
                 LIMIT CASE WHEN $2::text[] IS NULL THEN 1 ELSE 100 END)
@@ -325,62 +369,84 @@ class CustomerStore:
             categories,
             turn.at,
             turn.conversation_id,
+            turn.tenant,
         )
 
-    async def set_issue_status(self, customer_id: str, issue_id: uuid.UUID, status: str) -> bool:
+    async def set_issue_status(
+        self,
+        customer_id: str,
+        issue_id: uuid.UUID,
+        status: str,
+        *,
+        tenant: str = DEFAULT_TENANT,
+    ) -> bool:
         """Agents and CRMs close or reopen issues; False if the customer has no such issue."""
         done = await self.pg.fetchval(
             """
             UPDATE memory.issues SET status = $3, updated_at = now(),
                 resolved_at = CASE WHEN $3 = 'resolved' THEN now() END
-            WHERE customer_id = $1 AND issue_id = $2 RETURNING true
+            WHERE tenant = $4 AND customer_id = $1 AND issue_id = $2 RETURNING true
             """,
             customer_id,
             issue_id,
             status,
+            tenant,
         )
         return bool(done)
 
-    async def forget(self, customer_id: str, memory_id: uuid.UUID) -> bool:
+    async def forget(
+        self, customer_id: str, memory_id: uuid.UUID, *, tenant: str = DEFAULT_TENANT
+    ) -> bool:
         """Delete one memory ("please forget my address"); False if there was none."""
         done = await self.pg.fetchval(
-            "DELETE FROM memory.memories WHERE customer_id = $1 AND memory_id = $2 RETURNING true",
+            "DELETE FROM memory.memories "
+            "WHERE tenant = $3 AND customer_id = $1 AND memory_id = $2 RETURNING true",
             customer_id,
             memory_id,
+            tenant,
         )
         return bool(done)
 
-    async def export(self, customer_id: str) -> dict[str, Any] | None:
+    async def export(
+        self, customer_id: str, *, tenant: str = DEFAULT_TENANT
+    ) -> dict[str, Any] | None:
         """Everything memory holds about the customer, as plain JSON-ready data."""
         async with self.pg.acquire() as conn, conn.transaction(readonly=True):
             profile = await conn.fetchrow(
-                "SELECT * FROM memory.customers WHERE customer_id = $1", customer_id
+                "SELECT * FROM memory.customers WHERE tenant = $1 AND customer_id = $2",
+                tenant,
+                customer_id,
             )
             if profile is None:
                 return None
             queries = {
                 "identities": "SELECT identity, kind, verified, created_at FROM memory.identities "
-                "WHERE customer_id = $1 ORDER BY created_at",
-                "conversations": "SELECT * FROM memory.conversations WHERE customer_id = $1 "
-                "ORDER BY started_at",
+                "WHERE tenant = $1 AND customer_id = $2 ORDER BY created_at",
+                "conversations": "SELECT * FROM memory.conversations "
+                "WHERE tenant = $1 AND customer_id = $2 ORDER BY started_at",
                 "turns": "SELECT turn_key, conversation_id, role, text, channel, in_reply_to, "
-                "emotion, occurred_at FROM memory.turns WHERE customer_id = $1 "
+                "emotion, occurred_at FROM memory.turns WHERE tenant = $1 AND customer_id = $2 "
                 "ORDER BY occurred_at",
                 "memories": "SELECT memory_id, kind, slot, text, confidence, source_turn_id, "
                 "source_conversation_id, extractor, learned_at, updated_at, "
-                "vector_dims(embedding) AS embedding_dimensions "
-                "FROM memory.memories WHERE customer_id = $1 ORDER BY learned_at",
-                "issues": "SELECT * FROM memory.issues WHERE customer_id = $1 ORDER BY opened_at",
+                "vector_dims(embedding) AS embedding_dimensions FROM memory.memories "
+                "WHERE tenant = $1 AND customer_id = $2 ORDER BY learned_at",
+                "issues": "SELECT * FROM memory.issues WHERE tenant = $1 AND customer_id = $2 "
+                "ORDER BY opened_at",
                 "emotional_history": "SELECT * FROM memory.conversation_moods "
-                "WHERE customer_id = $1 ORDER BY started_at",
+                "WHERE tenant = $1 AND customer_id = $2 ORDER BY started_at",
             }
             data: dict[str, Any] = {"profile": _plain(dict(profile))}
             for name, sql in queries.items():
-                data[name] = [_plain(dict(r)) for r in await conn.fetch(sql, customer_id)]
+                data[name] = [_plain(dict(r)) for r in await conn.fetch(sql, tenant, customer_id)]
         return data
 
     async def erase(
-        self, customer_id: str, record: ErasureHook | None = None
+        self,
+        customer_id: str,
+        record: ErasureHook | None = None,
+        *,
+        tenant: str = DEFAULT_TENANT,
     ) -> tuple[list[str], list[str]] | None:
         """Delete the customer everywhere memory keeps them; (identities, conversation ids).
 
@@ -389,59 +455,75 @@ class CustomerStore:
         """
         async with self.pg.acquire() as conn, conn.transaction():
             found = await conn.fetchval(
-                "SELECT true FROM memory.customers WHERE customer_id = $1 FOR UPDATE", customer_id
+                "SELECT true FROM memory.customers WHERE tenant = $1 AND customer_id = $2 "
+                "FOR UPDATE",
+                tenant,
+                customer_id,
             )
             if not found:
                 return None
             identities = [
                 r["identity"]
                 for r in await conn.fetch(
-                    "SELECT identity FROM memory.identities WHERE customer_id = $1", customer_id
+                    "SELECT identity FROM memory.identities WHERE tenant = $1 AND customer_id = $2",
+                    tenant,
+                    customer_id,
                 )
             ]
             conversations = [
                 r["conversation_id"]
                 for r in await conn.fetch(
-                    "SELECT conversation_id FROM memory.conversations WHERE customer_id = $1 "
+                    "SELECT conversation_id FROM memory.conversations "
+                    "WHERE tenant = $1 AND customer_id = $2 "
                     "UNION SELECT conversation_id FROM memory.conversation_moods "
-                    "WHERE customer_id = $1",
+                    "WHERE tenant = $1 AND customer_id = $2",
+                    tenant,
                     customer_id,
                 )
             ]
             await conn.execute(
-                "DELETE FROM memory.turns WHERE customer_id = $1 OR conversation_id = ANY($2)",
+                "DELETE FROM memory.turns WHERE tenant = $1 "
+                "AND (customer_id = $2 OR conversation_id = ANY($3))",
+                tenant,
                 customer_id,
                 conversations,
             )
             await conn.execute(
-                "DELETE FROM memory.conversations WHERE customer_id = $1", customer_id
+                "DELETE FROM memory.conversations WHERE tenant = $1 AND customer_id = $2",
+                tenant,
+                customer_id,
             )
             # memories (and their embeddings), issues, moods and identities cascade.
-            await conn.execute("DELETE FROM memory.customers WHERE customer_id = $1", customer_id)
+            await conn.execute(
+                "DELETE FROM memory.customers WHERE tenant = $1 AND customer_id = $2",
+                tenant,
+                customer_id,
+            )
             if record is not None:
                 await record(conn, sorted({*identities, customer_id}), conversations)
-        keys = [self._identity_key(i) for i in {*identities, customer_id}]
-        keys += [f"{self.key_prefix}conv:{c}:turns" for c in conversations]
+        keys = [self._identity_key(tenant, i) for i in {*identities, customer_id}]
+        keys += [conversation_key(self.key_prefix, tenant, c) for c in conversations]
         if keys:
             await self.redis.delete(*keys)
         return sorted({*identities, customer_id}), conversations
 
 
 _MOVE_TO_CUSTOMER = tuple(
-    f"UPDATE memory.{table} SET customer_id = $2 WHERE customer_id = $1"  # noqa: S608 (fixed names)
+    f"UPDATE memory.{table} SET customer_id = $3 WHERE tenant = $1 AND customer_id = $2"  # noqa: S608 (fixed names)
     for table in (
         "memories", "issues", "conversation_moods", "conversations", "turns", "identities"
     )
 )  # fmt: skip
 
 
-async def _merge(conn: Any, source: str, target: str) -> None:
-    """Move everything of customer `source` to `target`, then delete `source`."""
+async def _merge(conn: Any, tenant: str, source: str, target: str) -> None:
+    """Move everything of the tenant's customer `source` to `target`, then delete `source`."""
     # One value per slot: the newer statement wins, as it would have on the same channel.
     await conn.execute(
         """
         DELETE FROM memory.memories older USING memory.memories newer
-        WHERE older.slot = newer.slot AND older.memory_id <> newer.memory_id
+        WHERE older.tenant = $3 AND newer.tenant = $3
+          AND older.slot = newer.slot AND older.memory_id <> newer.memory_id
           AND (older.updated_at < newer.updated_at
             OR (older.updated_at = newer.updated_at AND older.customer_id = $1))
           AND ((older.customer_id = $1 AND newer.customer_id = $2)
@@ -449,19 +531,24 @@ async def _merge(conn: Any, source: str, target: str) -> None:
         """,
         source,
         target,
+        tenant,
     )
     await conn.execute(
         """
         UPDATE memory.issues SET status = 'resolved', resolved_at = now()
-        WHERE customer_id = $1 AND status <> 'resolved' AND category IN (
-            SELECT category FROM memory.issues WHERE customer_id = $2 AND status <> 'resolved')
+        WHERE tenant = $3 AND customer_id = $1 AND status <> 'resolved' AND category IN (
+            SELECT category FROM memory.issues
+            WHERE tenant = $3 AND customer_id = $2 AND status <> 'resolved')
         """,
         source,
         target,
+        tenant,
     )
     for statement in _MOVE_TO_CUSTOMER:
-        await conn.execute(statement, source, target)
-    await conn.execute("DELETE FROM memory.customers WHERE customer_id = $1", source)
+        await conn.execute(statement, tenant, source, target)
+    await conn.execute(
+        "DELETE FROM memory.customers WHERE tenant = $1 AND customer_id = $2", tenant, source
+    )
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.memory.customers import CustomerStore
-from shared.events import Channel, CustomerErased, CustomerErasedEvent, utcnow
+from shared.events import DEFAULT_TENANT, Channel, CustomerErased, CustomerErasedEvent, utcnow
 from shared.outbox import Outbox
 
 
@@ -37,7 +37,9 @@ class Eraser:
         self.store = store
         self.outbox = outbox
 
-    async def erase(self, customer_id: str, requested_by: str) -> Receipt | None:
+    async def erase(
+        self, customer_id: str, requested_by: str, *, tenant: str = DEFAULT_TENANT
+    ) -> Receipt | None:
         """Erase the customer; the earlier receipt if they were erased before; None if unknown."""
         written: list[tuple[Receipt, Any]] = []
 
@@ -47,6 +49,7 @@ class Eraser:
                 conversation_id=f"erasure-{uuid.uuid4().hex}",
                 customer_id=customer_id,
                 channel=Channel.API,
+                tenant=tenant,
                 payload=CustomerErased(
                     erased_customer_id=customer_id,
                     identities=identities,
@@ -60,9 +63,9 @@ class Eraser:
             await conn.execute(
                 """
                 INSERT INTO memory.erasures (customer_key, erasure_event_id, identities,
-                    conversations, requested_by)
-                VALUES ($1, $2, $3, $4, $5)
-                ON CONFLICT (customer_key) DO UPDATE SET
+                    conversations, requested_by, tenant)
+                VALUES ($1, $2, $3, $4, $5, $6)
+                ON CONFLICT (tenant, customer_key) DO UPDATE SET
                     erasure_event_id = EXCLUDED.erasure_event_id,
                     identities = EXCLUDED.identities,
                     conversations = EXCLUDED.conversations,
@@ -74,21 +77,23 @@ class Eraser:
                 receipt.identities,
                 receipt.conversations,
                 requested_by,
+                tenant,
             )
             written.append((receipt, message))
 
-        if await self.store.erase(customer_id, record) is None:
-            return await self.receipt(customer_id)
+        if await self.store.erase(customer_id, record, tenant=tenant) is None:
+            return await self.receipt(customer_id, tenant=tenant)
         receipt, message = written[0]
         # Published now if the broker takes it; otherwise the relay does, later.
         await self.outbox.deliver_now([message])
         return receipt
 
-    async def receipt(self, customer_id: str) -> Receipt | None:
-        """The receipt of the customer's last erasure, if they were erased."""
+    async def receipt(self, customer_id: str, *, tenant: str = DEFAULT_TENANT) -> Receipt | None:
+        """The receipt of the tenant's customer's last erasure, if they were erased."""
         row = await self.store.pg.fetchrow(
             "SELECT erasure_event_id, identities, conversations "
-            "FROM memory.erasures WHERE customer_key = $1",
+            "FROM memory.erasures WHERE tenant = $1 AND customer_key = $2",
+            tenant,
             receipt_key(customer_id),
         )
         return Receipt(customer_id, **dict(row)) if row is not None else None

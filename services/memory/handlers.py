@@ -75,11 +75,13 @@ class MemoryHandlers:
         """Resolve the customer, store and learn from the turn, publish it with its context."""
         started = time.perf_counter()
         message = event.payload.message
-        customer_id = await self.customers.resolve(event.customer_id)
+        # Everything below is read and written within the tenant the edge verified.
+        tenant = event.tenant
+        customer_id = await self.customers.resolve(event.customer_id, tenant=tenant)
         if customer_id != event.customer_id:
             # From here on the turn belongs to the customer, whichever channel it came from.
             event = event.model_copy(update={"customer_id": customer_id})
-        history, source = await self.turns.recent(event.conversation_id)
+        history, source = await self.turns.recent(event.conversation_id, tenant=tenant)
         # On redelivery the turn may already be in the history: it is this turn, not context.
         history = [
             t
@@ -101,11 +103,11 @@ class MemoryHandlers:
             ),
         )
         vector = self.embedder.embed([message.text])[0]
-        allowed = await self.customers.personalisation_allowed(customer_id)
+        allowed = await self.customers.personalisation_allowed(customer_id, tenant=tenant)
         if stored:
             await self._learn(event, customer_id, vector, allowed)
         rows = await self.assembler.fetch(
-            customer_id, event.conversation_id, vector, recall=allowed
+            customer_id, event.conversation_id, vector, recall=allowed, tenant=tenant
         )
         context = self.assembler.build(
             rows,
@@ -141,6 +143,7 @@ class MemoryHandlers:
             at=message.received_at,
             emotion=event.payload.emotion,
             channel=str(event.channel),
+            tenant=event.tenant,
         )
         await self.customers.fold_mood(facts)
         found = self.extractor.extract(

@@ -1,4 +1,8 @@
-"""Where turns live: PostgreSQL as the record, Redis as the hot recent context."""
+"""Where turns live: PostgreSQL as the record, Redis as the hot recent context.
+
+Turns are stored and read within their tenant: a conversation id another tenant also sent
+never joins, reads or caches the first tenant's turns.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,15 @@ from typing import Any, Literal
 import redis.asyncio as aioredis
 
 from shared.db import Pool
-from shared.events import Envelope, HistoryTurn, Role
+from shared.events import DEFAULT_TENANT, Envelope, HistoryTurn, Role
 
 ContextSource = Literal["cache", "database", "empty"]
+
+
+def conversation_key(key_prefix: str, tenant: str, conversation_id: str) -> str:
+    """The Redis list of a conversation's latest turns (the default tenant's keys unchanged)."""
+    scope = "" if tenant == DEFAULT_TENANT else f"{tenant}/"
+    return f"{key_prefix}conv:{scope}{conversation_id}:turns"
 
 
 @dataclass(frozen=True)
@@ -39,38 +49,41 @@ class TurnStore:
         self.keep = keep
         self.ttl_s = ttl_s
 
-    def _key(self, conversation_id: str) -> str:
-        return f"{self.key_prefix}conv:{conversation_id}:turns"
+    def _key(self, tenant: str, conversation_id: str) -> str:
+        return conversation_key(self.key_prefix, tenant, conversation_id)
 
     async def record(self, event: Envelope, turn: StoredTurn) -> bool:
         """Store the turn; False when it was already stored (a redelivered event)."""
         async with self.pg.acquire() as conn, conn.transaction():
             await conn.execute(
                 """
-                INSERT INTO memory.customers (customer_id) VALUES ($1)
-                ON CONFLICT (customer_id) DO UPDATE SET last_seen_at = now()
+                INSERT INTO memory.customers (tenant, customer_id) VALUES ($1, $2)
+                ON CONFLICT (tenant, customer_id) DO UPDATE SET last_seen_at = now()
                 """,
+                event.tenant,
                 event.customer_id,
             )
             await conn.execute(
                 """
                 INSERT INTO memory.conversations
-                    (conversation_id, customer_id, channel, started_at, last_activity_at)
-                VALUES ($1, $2, $3, $4, $4)
+                    (conversation_id, customer_id, channel, started_at, last_activity_at, tenant)
+                VALUES ($1, $2, $3, $4, $4, $5)
                 ON CONFLICT (conversation_id)
                 DO UPDATE SET last_activity_at = GREATEST(
                     memory.conversations.last_activity_at, EXCLUDED.last_activity_at)
+                WHERE memory.conversations.tenant = EXCLUDED.tenant
                 """,
                 event.conversation_id,
                 event.customer_id,
                 event.channel.value,
                 turn.occurred_at,
+                event.tenant,
             )
             inserted = await conn.fetchval(
                 """
                 INSERT INTO memory.turns (turn_key, conversation_id, customer_id, role, text,
-                    channel, in_reply_to, emotion, event_id, trace_id, occurred_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                    channel, in_reply_to, emotion, event_id, trace_id, occurred_at, tenant)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                 ON CONFLICT (turn_key) DO NOTHING
                 RETURNING true
                 """,
@@ -85,46 +98,50 @@ class TurnStore:
                 event.event_id,
                 event.trace_id,
                 turn.occurred_at,
+                event.tenant,
             )
         if not inserted:
             return False
-        await self._cache(event.conversation_id, turn)
+        await self._cache(event.tenant, event.conversation_id, turn)
         return True
 
-    async def _cache(self, conversation_id: str, turn: StoredTurn) -> None:
+    async def _cache(self, tenant: str, conversation_id: str, turn: StoredTurn) -> None:
         entry = HistoryTurn(role=turn.role, text=turn.text, at=turn.occurred_at)
-        key = self._key(conversation_id)
+        key = self._key(tenant, conversation_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(key, entry.model_dump_json())
             pipe.ltrim(key, -self.keep - 1, -1)
             pipe.expire(key, self.ttl_s)
             await pipe.execute()
 
-    async def recent(self, conversation_id: str) -> tuple[list[HistoryTurn], ContextSource]:
+    async def recent(
+        self, conversation_id: str, *, tenant: str = DEFAULT_TENANT
+    ) -> tuple[list[HistoryTurn], ContextSource]:
         """The conversation's latest turns, oldest first, and where they came from.
 
         Redis answers when it has the conversation; after a Redis restart or expiry the turns
         come from PostgreSQL and the cache is rebuilt from them.
         """
-        cached = await self.redis.lrange(self._key(conversation_id), 0, -1)
+        key = self._key(tenant, conversation_id)
+        cached = await self.redis.lrange(key, 0, -1)
         if cached:
             return [HistoryTurn.model_validate_json(raw) for raw in cached], "cache"
         rows = await self.pg.fetch(
             """
             SELECT role, text, occurred_at FROM (
                 SELECT role, text, occurred_at FROM memory.turns
-                WHERE conversation_id = $1 ORDER BY occurred_at DESC LIMIT $2
+                WHERE tenant = $3 AND conversation_id = $1 ORDER BY occurred_at DESC LIMIT $2
             ) latest ORDER BY occurred_at
             """,
             conversation_id,
             self.keep + 1,
+            tenant,
         )
         if not rows:
             return [], "empty"
         turns = [
             HistoryTurn(role=Role(r["role"]), text=r["text"], at=r["occurred_at"]) for r in rows
         ]
-        key = self._key(conversation_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
             pipe.rpush(key, *[t.model_dump_json() for t in turns])

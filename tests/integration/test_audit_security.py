@@ -176,3 +176,21 @@ async def test_cbd_audit_verify(
 async def _cli(argv: list[str]) -> int:
     """`cbd` runs its own event loop; run it in a thread beside the test's."""
     return await asyncio.to_thread(cbd_main, argv)
+
+
+async def test_an_erasure_keeps_to_its_tenant(pool: db.Pool) -> None:
+    ledger = Ledger(pool, KEY)
+    bodies = [
+        b'{"event_id": "a", "customer_id": "user-1", "tenant": "acme", "t": "acme text"}',
+        b'{"event_id": "b", "customer_id": "user-1", "tenant": "globex", "t": "globex text"}',
+        # From before tenants: the default tenant's.
+        b'{"event_id": "c", "customer_id": "user-1", "t": "default text"}',
+    ]
+    for offset, body in enumerate(bodies):
+        assert await ledger.append(Record("turn.received", 0, offset, body))
+
+    assert await ledger.erase(["user-1"], [], tenant="acme") == 1
+    left = {r["t"] for r in await pool.fetch("SELECT payload ->> 't' AS t FROM audit.events")}
+    assert left == {None, "globex text", "default text"}
+    assert await ledger.erase(["user-1"], []) == 1
+    assert await ledger.verify() == (True, 3)

@@ -21,9 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.escalation.policy import DEFAULT_POLICY_PATH, decide, load_policy, similarity
+from services.generation.care import Sources, grounding_findings
+from services.generation.guardrails import StreamGuard
+from services.generation.handlers import build_prompting
 from services.generation.playbooks import PlaybookLibrary
 from services.generation.prompt import quote, quote_customer
 from services.generation.settings import GenerationSettings
+from services.ingest.channels.formatting import SMS_LIMIT, plain_text, speakable, split_message
 from services.memory.extraction import RuleExtractor
 from shared.events import (
     ConversationContext,
@@ -32,6 +36,7 @@ from shared.events import (
     EmotionLabel,
     TurnContextualized,
 )
+from shared.survey import parse_survey_answer
 from shared.untrusted import normalize
 
 LENGTH = 4000
@@ -72,6 +77,10 @@ TRIGGERS = [
     "refund",
     "charged twice",
     "and I",
+    # Markdown a reply can carry (the channel formatter's emphasis rule was quadratic).
+    "*a",
+    "**a",
+    "_a",
 ]
 FILLERS = [" ", "\t", "\n", "  \n", "\u3000", "\u200b", ",", ", ", "a", "a ", ". ", "!", "-", "'"]
 
@@ -90,6 +99,11 @@ def _cases() -> list[str]:
         cases.append(_stretch(f"{trigger} "))
         cases.append(_stretch(f"{trigger} ab. "))
         cases.append(_stretch(f"{trigger} x and i "))
+    # Runs that a pattern anchored at the end re-read from every start inside them: a long
+    # word then a space, number-like groups then a letter, dashes then a letter.
+    cases.append("a" * (LENGTH - 1) + " ")
+    for unit in ("1 ", "A1 ", "- ", "1-"):
+        cases.append(_stretch(unit)[: LENGTH - 1] + "x")
     return cases
 
 
@@ -98,6 +112,14 @@ CASES = _cases()
 _extractor = RuleExtractor()
 _playbooks = PlaybookLibrary.load(GenerationSettings().playbooks_path)
 _policy = load_policy(DEFAULT_POLICY_PATH)
+_, _rails = build_prompting(GenerationSettings(canary="zq5e1ec7ab1e99"))
+
+
+def _stream(text: str) -> str:
+    # The whole reply as one streamed piece, then the end of the stream: each call reads
+    # the text once (a reply streamed token by token pays this per token).
+    guard = StreamGuard(_rails)
+    return guard.feed(text) + guard.finish()[0]
 
 
 def _turn(text: str) -> TurnContextualized:
@@ -123,6 +145,14 @@ PATHS: dict[str, Callable[[str], object]] = {
     "playbook cues": lambda text: _playbooks.select(text, EmotionLabel.ANGER, previous=text),
     "escalation policy": lambda text: decide(_turn(text), _policy),
     "escalation loop similarity": lambda text: similarity(text, text[::-1]),
+    "reply guardrails (streamed)": _stream,
+    # The reply's facts against sources that hold the customer's words.
+    "care grounding": lambda text: grounding_findings(text, Sources.of([text])),
+    "survey answer": lambda text: parse_survey_answer(text, "csat"),
+    "channel formatting (SMS, voice)": lambda text: (
+        split_message(plain_text(text), SMS_LIMIT),
+        speakable(text, 320),
+    ),
 }
 
 

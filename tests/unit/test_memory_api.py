@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from services.memory.api import customer_router
 from services.memory.customers import CustomerStore
+from shared.events import DEFAULT_TENANT
 from shared.http import install, provide, undocumented_routes
 
 TOKEN = "admin-token"
@@ -21,14 +22,25 @@ class RecordingStore:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    async def update_profile(self, customer_id: str, fields: dict[str, Any]) -> None:
+    async def update_profile(
+        self, customer_id: str, fields: dict[str, Any], *, tenant: str = DEFAULT_TENANT
+    ) -> None:
         self.calls.append(("update_profile", fields))
 
-    async def export(self, customer_id: str) -> dict[str, Any] | None:
+    async def export(
+        self, customer_id: str, *, tenant: str = DEFAULT_TENANT
+    ) -> dict[str, Any] | None:
         self.calls.append(("export", customer_id))
         return None
 
-    async def set_issue_status(self, customer_id: str, issue_id: uuid.UUID, status: str) -> bool:
+    async def set_issue_status(
+        self,
+        customer_id: str,
+        issue_id: uuid.UUID,
+        status: str,
+        *,
+        tenant: str = DEFAULT_TENANT,
+    ) -> bool:
         self.calls.append(("set_issue_status", status))
         return False
 
