@@ -1,9 +1,10 @@
 """How a customer feels in one message: label, scores, sentiment, intensity, signals, and why.
 
 `EmotionAnalyzer` joins the lexical evidence (`lexicon.LexiconAnalyzer`) with a learned
-classifier (`model.LearnedEmotionModel`, or any `EmotionModel`, such as a transformer on a GPU
-node). The classifier decides the label and scores; the lexicon contributes features, the
-named signals with their evidence, and words for the explanation. Input the model cannot read
+classifier (`model.LearnedEmotionModel`, loaded from the shipped artefact, or any
+`EmotionModel`, such as a transformer on a GPU node). The classifier decides the label and
+scores; the lexicon contributes features, the named signals with their evidence, and words
+for the explanation. Input the model cannot read
 (empty, huge, binary junk, another language) gets a neutral analysis with confidence 0.
 """
 
@@ -139,14 +140,14 @@ class EmotionAnalyzer:
     def __init__(
         self, model: EmotionModel | None = None, lexicon: LexiconAnalyzer | None = None
     ) -> None:
-        """Build the analyzer; with no model given, train the learned one on the shipped data."""
+        """Build the analyzer; with no model given, load the shipped learned model.
+
+        Loading checks the artefact's SHA-256 and raises `model.ArtefactError` when it is
+        missing or altered: a service must not start on weights nobody reviewed.
+        """
         self.lexicon = lexicon or LexiconAnalyzer()
         examples = dataset.load("train")
-        if model is None:
-            model = LearnedEmotionModel.train(
-                examples, [self.lexicon.analyze(ex.text) for ex in examples]
-            )
-        self.model = model
+        self.model = model if model is not None else LearnedEmotionModel.load()
         self._vocabulary = _english_vocabulary(self.lexicon, [ex.text for ex in examples])
 
     @property
@@ -241,7 +242,9 @@ class EmotionAnalyzer:
     ) -> str:
         parts = [f"{label.value} ({probability:.0%})"]
         words = (
-            self.model.top_words(text, label) if isinstance(self.model, LearnedEmotionModel) else []
+            _content_phrases(self.model.top_words(text, label, k=8))[:3]
+            if isinstance(self.model, LearnedEmotionModel)
+            else []
         )
         if words:
             parts.append("words: " + ", ".join(f"'{w}'" for w in words))
@@ -265,6 +268,11 @@ class EmotionAnalyzer:
             confidence=confidence,
             degraded=degraded,
         )
+
+
+def _content_phrases(phrases: Sequence[str]) -> list[str]:
+    """The phrases that carry meaning: "this is" or "do i" explain nothing to an agent."""
+    return [p for p in phrases if any(w not in _FUNCTION_WORDS for w in p.split())]
 
 
 def _english_vocabulary(lexicon: LexiconAnalyzer, texts: Sequence[str]) -> frozenset[str]:

@@ -19,6 +19,7 @@ class EmotionSettings(ServiceSettings):
     session_ttl_s: int = Field(default=24 * 3600, ge=60)
     """How long a conversation's emotional trajectory is kept after its last turn."""
     model: Literal["learned", "transformer"] = "learned"
-    """`learned` trains the built-in model at start-up; `transformer` loads `model_dir`."""
+    """`learned` loads the shipped, hash-checked model (`data/model/`); `transformer` loads
+    `model_dir`."""
     model_dir: str | None = None
     """A local Hugging Face text-classification model (GPU nodes); never downloaded."""

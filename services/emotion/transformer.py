@@ -180,7 +180,7 @@ class TransformerEmotionModel:
 def load_model_from_settings(kind: str, model_dir: str | None) -> EmotionModel | None:
     """The emotion model a deployment's settings ask for.
 
-    "learned" gives None: `EmotionAnalyzer` then trains its default model on the shipped data.
+    "learned" gives None: `EmotionAnalyzer` then loads its shipped default model.
     "transformer" loads `TransformerEmotionModel` from `model_dir`, which is then required.
     """
     choice = kind.strip().lower()

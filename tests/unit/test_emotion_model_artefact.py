@@ -1,0 +1,122 @@
+"""The shipped emotion model: hash-checked loading, a lossless save, and the training recipe."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from services.emotion import dataset, training
+from services.emotion.lexicon import LexiconAnalyzer
+from services.emotion.model import (
+    ARRAYS_FILE,
+    LABELS,
+    MANIFEST_FILE,
+    MODEL_DIR,
+    ArtefactError,
+    Gate,
+    LearnedEmotionModel,
+)
+from shared.events import EmotionLabel
+
+
+@pytest.fixture(scope="module")
+def small() -> LearnedEmotionModel:
+    """A model fitted on a slice of our examples: seconds, not minutes."""
+    examples = dataset.load("train")[::4]
+    lexicon = LexiconAnalyzer()
+    return LearnedEmotionModel.train(
+        [ex.text for ex in examples],
+        [ex.label for ex in examples],
+        [lexicon.analyze(ex.text) for ex in examples],
+        max_word_features=2000,
+        max_char_features=2000,
+    )
+
+
+def test_the_shipped_model_loads_and_names_itself() -> None:
+    model = LearnedEmotionModel.load()
+    manifest = json.loads((MODEL_DIR / MANIFEST_FILE).read_text(encoding="utf-8"))
+    assert model.name == manifest["name"] == LearnedEmotionModel.name
+    assert model.coef.shape[0] == len(LABELS)
+    assert model.gate is not None
+    assert model.gate.coef.shape == model.coef.shape
+
+
+def test_an_altered_artefact_is_refused(tmp_path: Path) -> None:
+    shutil.copytree(MODEL_DIR, tmp_path / "model")
+    arrays = tmp_path / "model" / ARRAYS_FILE
+    data = bytearray(arrays.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    arrays.write_bytes(bytes(data))
+    with pytest.raises(ArtefactError, match="SHA-256"):
+        LearnedEmotionModel.load(tmp_path / "model")
+
+
+def test_a_missing_artefact_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ArtefactError, match="unreadable"):
+        LearnedEmotionModel.load(tmp_path)
+
+
+def test_save_and_load_give_the_same_probabilities(
+    small: LearnedEmotionModel, tmp_path: Path
+) -> None:
+    digest = small.save(tmp_path / "a", {"note": "test"})
+    again = small.save(tmp_path / "b", {"note": "test"})
+    assert digest == again  # fixed timestamps: the same weights give the same bytes
+    loaded = LearnedEmotionModel.load(tmp_path / "a")
+    texts = [ex.text for ex in dataset.load("test")[:20]]
+    lexicon = LexiconAnalyzer()
+    lexical = [lexicon.analyze(t) for t in texts]
+    # Weights are stored as float32: probabilities agree to well under a rounding step.
+    assert np.allclose(
+        small.predict_proba(texts, lexical), loaded.predict_proba(texts, lexical), atol=1e-4
+    )
+    assert small.top_words(texts[0], EmotionLabel.NEUTRAL) == loaded.top_words(
+        texts[0], EmotionLabel.NEUTRAL
+    )
+
+
+def test_the_gate_hands_each_text_to_one_expert_or_blends_them(
+    small: LearnedEmotionModel,
+) -> None:
+    texts = ["where is my parcel", "thank you so much!"]
+    lexicon = LexiconAnalyzer()
+    lexical = [lexicon.analyze(t) for t in texts]
+    own = small.predict_proba(texts, lexical)
+    # A second expert that always says anxiety, and gates that never, always, or half trust it.
+    anxious = np.full_like(small.coef, 0.0)
+    anxiety = LABELS.index(EmotionLabel.ANXIETY)
+    anxious_bias = np.zeros(len(LABELS))
+    anxious_bias[anxiety] = 50.0
+    zero = np.zeros(small.coef.shape[1])
+
+    def routed(bias: float) -> LearnedEmotionModel:
+        gate = Gate(anxious, anxious_bias, zero, bias)
+        return LearnedEmotionModel(small.words, small.chars, small.coef, small.intercept, gate=gate)
+
+    assert np.allclose(routed(-50.0).predict_proba(texts, lexical), own)
+    assert (routed(50.0).predict_proba(texts, lexical).argmax(axis=1) == anxiety).all()
+    half = routed(0.0).predict_proba(texts, lexical)
+    assert np.allclose(half, 0.5 * own + 0.5 * np.eye(len(LABELS))[anxiety], atol=1e-6)
+    assert np.allclose(half.sum(axis=1), 1.0)
+
+
+def test_the_own_dev_fold_is_a_stable_fifth() -> None:
+    texts = [ex.text for ex in dataset.load("train")]
+    share = sum(training.own_dev_fold(t) for t in texts) / len(texts)
+    assert 0.15 < share < 0.25
+    assert [training.own_dev_fold(t) for t in texts] == [training.own_dev_fold(t) for t in texts]
+
+
+def test_choice_never_trades_our_domain_for_public_data() -> None:
+    rows = [
+        {"gate_threshold": 0.5, "own_dev_f1": 0.80, "goemotions_dev_f1": 0.60},
+        {"gate_threshold": 0.8, "own_dev_f1": 0.865, "goemotions_dev_f1": 0.57},
+        {"gate_threshold": 0.9, "own_dev_f1": 0.87, "goemotions_dev_f1": 0.52},
+        {"gate_threshold": 1.0, "own_dev_f1": 0.87, "goemotions_dev_f1": 0.25},
+    ]
+    assert training.choose(rows)["gate_threshold"] == 0.8
