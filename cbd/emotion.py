@@ -107,14 +107,17 @@ def _evaluate_sets(
     for source, by_model in reports.items():
         for name, report in by_model.items():
             stdout.write(evaluation.format_report(f"{name} on {source}", report) + "\n\n")
-    if len(models) > 1 or len(sets) > 1:
+    if len(sets) == 1 and len(models) > 1:
+        stdout.write(f"{'model':<10}{'accuracy':>10}{'macro-F1':>10}{'sign':>8}\n")
+    elif len(sets) > 1:
         stdout.write(f"{'source':<28}{'model':<10}{'accuracy':>10}{'macro-F1':>10}{'sign':>8}\n")
-        for source, by_model in reports.items():
-            for name, r in by_model.items():
-                sign = "n/a" if r.sign_accuracy is None else f"{r.sign_accuracy:.3f}"
-                stdout.write(
-                    f"{source:<28}{name:<10}{r.accuracy:>10.3f}{r.macro_f1:>10.3f}{sign:>8}\n"
-                )
+    else:
+        return 0
+    for source, by_model in reports.items():
+        for name, r in by_model.items():
+            sign = "n/a" if r.sign_accuracy is None else f"{r.sign_accuracy:.3f}"
+            where = f"{source:<28}" if len(sets) > 1 else ""
+            stdout.write(f"{where}{name:<10}{r.accuracy:>10.3f}{r.macro_f1:>10.3f}{sign:>8}\n")
     return 0
 
 

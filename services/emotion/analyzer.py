@@ -1,11 +1,11 @@
 """How a customer feels in one message: label, scores, sentiment, intensity, signals, and why.
 
 `EmotionAnalyzer` joins the lexical evidence (`lexicon.LexiconAnalyzer`) with a learned
-classifier (`model.LearnedEmotionModel`, loaded from the shipped artefact, or any
-`EmotionModel`, such as a transformer on a GPU node). The classifier decides the label and
-scores; the lexicon contributes features, the named signals with their evidence, and words
-for the explanation. Input the model cannot read
-(empty, huge, binary junk, another language) gets a neutral analysis with confidence 0.
+classifier (`model.LearnedEmotionModel`, trained at start-up or the routed one loaded from its
+hash-checked artefact, or any `EmotionModel`, such as a transformer on a GPU node). The
+classifier decides the label and scores; the lexicon contributes features, the named signals
+with their evidence, and words for the explanation. Input the model cannot read (empty, huge,
+binary junk, another language) gets a neutral analysis with confidence 0.
 """
 
 from __future__ import annotations
@@ -140,14 +140,16 @@ class EmotionAnalyzer:
     def __init__(
         self, model: EmotionModel | None = None, lexicon: LexiconAnalyzer | None = None
     ) -> None:
-        """Build the analyzer; with no model given, load the shipped learned model.
-
-        Loading checks the artefact's SHA-256 and raises `model.ArtefactError` when it is
-        missing or altered: a service must not start on weights nobody reviewed.
-        """
+        """Build the analyzer; with no model given, train the learned one on the shipped data."""
         self.lexicon = lexicon or LexiconAnalyzer()
         examples = dataset.load("train")
-        self.model = model if model is not None else LearnedEmotionModel.load()
+        if model is None:
+            model = LearnedEmotionModel.train(
+                [ex.text for ex in examples],
+                [ex.label for ex in examples],
+                [self.lexicon.analyze(ex.text) for ex in examples],
+            )
+        self.model = model
         self._vocabulary = _english_vocabulary(self.lexicon, [ex.text for ex in examples])
 
     @property

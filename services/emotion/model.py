@@ -6,15 +6,15 @@ sentiment, the named signals, shouting and punctuation), and a multinomial logis
 learns how to weigh them. The lexical features carry what a few hundred written examples
 cannot teach alone; the n-grams learn phrasing no lexicon lists.
 
-The shipped model (`data/model/`) is a routed pair of such classifiers over one feature space,
-trained by `services.emotion.training`: one expert fitted on the project's own
-customer-service examples, one on GoEmotions' Reddit comments, and a gate (a logistic
-regression telling the two kinds of text apart) that blends them per message. One classifier
-trained on both lost our domain (the public data outnumbers ours 50 to 1); routing keeps
-each expert good at the text it knows. It is loaded, after a SHA-256 check, in well under a
-second. It is stored as plain arrays (vocabularies, IDF
-weights, coefficients), not a pickle, so loading it runs no code and survives library
-upgrades.
+The default model trains in about a second at start-up on the project's own examples
+(`data/train.jsonl`). The routed model (`data/model/`, `CBD_EMOTION_MODEL=routed`) is a pair
+of such classifiers over one feature space, trained by `services.emotion.training`: one
+expert fitted on the project's own customer-service examples, one on GoEmotions' Reddit
+comments, and a gate (a logistic regression telling the two kinds of text apart) that blends
+them per message. One classifier trained on both lost our domain (the public data outnumbers
+ours 50 to 1); routing keeps each expert good at the text it knows. It is loaded, after a
+SHA-256 check, in well under a second, from plain arrays (vocabularies, IDF weights,
+coefficients), not a pickle, so loading it runs no code and survives library upgrades.
 """
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ REGULARISATION_C = 16.0
 LEXICAL_WEIGHT = 0.1
 
 Matrix = npt.NDArray[np.float64]
+
+OWN_MODEL_NAME = "tfidf-lexicon-logreg-v1"
+"""The default: one classifier trained at start-up on the project's own examples."""
+ROUTED_MODEL_NAME = "tfidf-lexicon-routed-v2"
+"""The shipped routed model (own expert, GoEmotions expert, gate); opt-in for now."""
 
 
 class ArtefactError(RuntimeError):
@@ -125,7 +130,7 @@ class Gate:
 class LearnedEmotionModel:
     """TF-IDF + lexical features -> multinomial logistic regression(s) over the seven labels."""
 
-    name = "tfidf-lexicon-routed-v2"
+    name = OWN_MODEL_NAME
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Train the shipped emotion model (`make emotion-model`): our examples and GoEmotions.
+"""Train the routed emotion model (`make emotion-model`): our examples and GoEmotions.
 
     python -m services.emotion.training            # build data/model/ with the chosen settings
     python -m services.emotion.training --search   # the settings grid, scored on dev splits
@@ -43,7 +43,13 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from services.emotion import dataset  # noqa: E402
 from services.emotion.corpora import load_public  # noqa: E402
 from services.emotion.lexicon import LexiconAnalyzer  # noqa: E402
-from services.emotion.model import MODEL_DIR, Gate, LearnedEmotionModel, Matrix  # noqa: E402
+from services.emotion.model import (  # noqa: E402
+    MODEL_DIR,
+    ROUTED_MODEL_NAME,
+    Gate,
+    LearnedEmotionModel,
+    Matrix,
+)
 from shared.events import EmotionAnalysis, EmotionLabel  # noqa: E402
 
 OWN = "own"
@@ -165,6 +171,7 @@ def assemble(parts: Parts, public_c: float, gate_threshold: float) -> LearnedEmo
         base.intercept,
         lexical_weight=base.lexical_weight,
         gate=gate,
+        name=ROUTED_MODEL_NAME,
     )
 
 

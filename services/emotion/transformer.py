@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from services.emotion.analyzer import EmotionModel
-from services.emotion.model import LABELS, Matrix
+from services.emotion.model import LABELS, LearnedEmotionModel, Matrix
 from shared.events import EmotionAnalysis, EmotionLabel
 
 log = logging.getLogger(__name__)
@@ -180,17 +180,22 @@ class TransformerEmotionModel:
 def load_model_from_settings(kind: str, model_dir: str | None) -> EmotionModel | None:
     """The emotion model a deployment's settings ask for.
 
-    "learned" gives None: `EmotionAnalyzer` then loads its shipped default model.
+    "learned" gives None: `EmotionAnalyzer` then trains its default model on the shipped data.
+    "routed" loads the hash-checked routed model (`LearnedEmotionModel.load`).
     "transformer" loads `TransformerEmotionModel` from `model_dir`, which is then required.
     """
     choice = kind.strip().lower()
     if choice == "learned":
         return None
+    if choice == "routed":
+        return LearnedEmotionModel.load()
     if choice == "transformer":
         if not model_dir:
             raise ValueError("the transformer emotion model needs a model directory (model_dir)")
         return TransformerEmotionModel(model_dir)
-    raise ValueError(f"unknown emotion model kind {kind!r}; expected 'learned' or 'transformer'")
+    raise ValueError(
+        f"unknown emotion model kind {kind!r}; expected 'learned', 'routed' or 'transformer'"
+    )
 
 
 def _transformers_pipeline(device: str | int | None) -> tuple[Callable[..., Any], str | int]:

@@ -9,7 +9,7 @@ import pytest
 
 from services.emotion import corpora, dataset, evaluation
 from services.emotion.analyzer import EmotionAnalyzer
-from services.emotion.model import LABELS, Matrix
+from services.emotion.model import LABELS, LearnedEmotionModel, Matrix
 from shared.events import SIGNAL_NAMES, EmotionAnalysis, EmotionLabel
 
 
@@ -41,15 +41,27 @@ def test_independently_written_heldout_quality(analyzer: EmotionAnalyzer) -> Non
     assert report.sign_accuracy >= 0.90
 
 
-def test_real_reddit_comments_a_public_test_split(analyzer: EmotionAnalyzer) -> None:
+@pytest.fixture(scope="module")
+def routed() -> EmotionAnalyzer:
+    return EmotionAnalyzer(model=LearnedEmotionModel.load())
+
+
+def test_the_routed_model_reads_real_reddit_comments(routed: EmotionAnalyzer) -> None:
     # Every tenth item of GoEmotions' test split (mapped to our labels): deterministic and fast.
-    # The own-data model scored 0.29 on the whole split, its lexical half 0.36.
+    # The own-data model scored 0.29 on the whole split, its lexical half 0.36; the routed one
+    # 0.574 (see the datasheet).
     examples = corpora.load_public("goemotions", "test")[::10]
-    report = report_for(analyzer, examples)
-    assert report.n >= 600
+    report = report_for(routed, examples)
+    assert report.n >= 450
     assert report.macro_f1 >= 0.50, evaluation.format_report("GoEmotions test", report)
     assert report.sign_accuracy is not None
     assert report.sign_accuracy >= 0.80
+
+
+def test_the_routed_model_keeps_most_of_our_domain(routed: EmotionAnalyzer) -> None:
+    # 0.845 when first measured: not yet the 0.85 the default keeps, hence opt-in.
+    report = report_for(routed, dataset.load_heldout())
+    assert report.macro_f1 >= 0.82, evaluation.format_report("heldout", report)
 
 
 def test_the_model_beats_every_lexicon_baseline(analyzer: EmotionAnalyzer) -> None:

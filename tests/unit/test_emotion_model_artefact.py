@@ -16,10 +16,12 @@ from services.emotion.model import (
     LABELS,
     MANIFEST_FILE,
     MODEL_DIR,
+    ROUTED_MODEL_NAME,
     ArtefactError,
     Gate,
     LearnedEmotionModel,
 )
+from services.emotion.transformer import load_model_from_settings
 from shared.events import EmotionLabel
 
 
@@ -40,10 +42,16 @@ def small() -> LearnedEmotionModel:
 def test_the_shipped_model_loads_and_names_itself() -> None:
     model = LearnedEmotionModel.load()
     manifest = json.loads((MODEL_DIR / MANIFEST_FILE).read_text(encoding="utf-8"))
-    assert model.name == manifest["name"] == LearnedEmotionModel.name
+    assert model.name == manifest["name"] == ROUTED_MODEL_NAME
     assert model.coef.shape[0] == len(LABELS)
     assert model.gate is not None
     assert model.gate.coef.shape == model.coef.shape
+
+
+def test_the_routed_setting_loads_the_shipped_model() -> None:
+    model = load_model_from_settings("routed", None)
+    assert isinstance(model, LearnedEmotionModel)
+    assert model.name == ROUTED_MODEL_NAME
 
 
 def test_an_altered_artefact_is_refused(tmp_path: Path) -> None:
