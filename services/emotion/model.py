@@ -150,10 +150,23 @@ class LearnedEmotionModel:
         self.intercept = intercept
         self.lexical_weight = lexical_weight
         self.gate = gate
+        # Transposed once, contiguous: `features @ coef.T` on a view copies the whole matrix
+        # (megabytes) on every call, which was most of a single message's cost.
+        self._second_t = None if gate is None else np.ascontiguousarray(gate.coef.T)
         if name is not None:
             self.name = name
         self._word_count = len(words.vocabulary_)
         self._vocabulary = np.asarray(words.get_feature_names_out())
+
+    @property
+    def coef(self) -> Matrix:
+        """The (first) expert's coefficients, one row per label in `LABELS` order."""
+        return self._coef
+
+    @coef.setter
+    def coef(self, value: Matrix) -> None:
+        self._coef = value
+        self._coef_t = np.ascontiguousarray(value.T)
 
     @staticmethod
     def fit_vectorizers(
@@ -231,11 +244,11 @@ class LearnedEmotionModel:
         if not texts:
             return np.zeros((0, len(LABELS)))
         x = self.features(texts, lexical)
-        probs = _softmax(np.asarray(x @ self.coef.T, dtype=np.float64) + self.intercept)
-        if self.gate is None:
+        probs = _softmax(np.asarray(x @ self._coef_t, dtype=np.float64) + self.intercept)
+        if self.gate is None or self._second_t is None:
             return probs
         share = self.routing(x)[:, None]
-        second = _softmax(np.asarray(x @ self.gate.coef.T, dtype=np.float64) + self.gate.intercept)
+        second = _softmax(np.asarray(x @ self._second_t, dtype=np.float64) + self.gate.intercept)
         return np.asarray((1.0 - share) * probs + share * second, dtype=np.float64)
 
     def top_words(self, text: str, label: EmotionLabel, k: int = 3) -> list[str]:
@@ -245,10 +258,16 @@ class LearnedEmotionModel:
             return []
         weights = self.coef[LABELS.index(label), : self._word_count]
         if self.gate is not None:
-            # Blend the experts' word weights as the gate blends their predictions.
-            width = self.coef.shape[1] - self._word_count
-            padded = sparse.hstack([row, sparse.csr_matrix((1, width))], format="csr")
-            share = float(self.routing(padded)[0])
+            # Blend the experts' word weights as the gate blends their predictions; the gate
+            # reads words and characters only (its lexical weights are zero).
+            chars = self.chars.transform([text])
+            gate = self.gate.weights
+            logit = (
+                float((row @ gate[: self._word_count])[0])
+                + float((chars @ gate[self._word_count : self._word_count + chars.shape[1]])[0])
+                + self.gate.bias
+            )
+            share = 1.0 / (1.0 + math.exp(-logit))
             second = self.gate.coef[LABELS.index(label), : self._word_count]
             weights = (1.0 - share) * weights + share * second
         contributions = row.data * weights[row.indices]
