@@ -243,7 +243,10 @@ class LearnedEmotionModel:
         """Probabilities, one row per text, columns in `LABELS` order."""
         if not texts:
             return np.zeros((0, len(LABELS)))
-        x = self.features(texts, lexical)
+        return self.predict_features(self.features(texts, lexical))
+
+    def predict_features(self, x: sparse.csr_matrix) -> Matrix:
+        """Probabilities from `features(...)` rows, columns in `LABELS` order."""
         probs = _softmax(np.asarray(x @ self._coef_t, dtype=np.float64) + self.intercept)
         if self.gate is None or self._second_t is None:
             return probs

@@ -207,6 +207,8 @@ def search() -> list[dict[str, float]]:
     base, x = parts.base, parts.features
     if x is None:
         raise RuntimeError("fit_parts(gate=False) keeps the features")
+    go_dev_x = base.features([it.text for it in go_dev], lexical([it.text for it in go_dev]))
+    go_dev_gold = [it.label for it in go_dev]
     folds = np.asarray([own_fold(it.text) for it in own])
     own_labels = [it.label for it in own]
     predictions: dict[tuple[float, float], np.ndarray] = {}
@@ -229,18 +231,21 @@ def search() -> list[dict[str, float]]:
             weights,
             gate_intercept,
         )
-        held_items = [own[i] for i in held]
-        held_texts = [it.text for it in held_items]
-        alone[held] = fold_parts.base.predict_proba(held_texts, lexical(held_texts)).argmax(1)
-        alone_go.append(macro_f1(fold_parts.base, go_dev, lexical))
+        held_x = x[held]
+        alone[held] = fold_parts.base.predict_features(held_x).argmax(1)
+        alone_go.append(
+            _macro_f1_of(go_dev_gold, fold_parts.base.predict_features(go_dev_x).argmax(1))
+        )
         for c in SEARCH_PUBLIC_C:
             for threshold in SEARCH_GATE_THRESHOLDS:
                 model = assemble(fold_parts, c, threshold)
-                probs = model.predict_proba(held_texts, lexical(held_texts))
+                predicted = model.predict_features(held_x).argmax(1)
                 predictions.setdefault((c, threshold), np.zeros(len(own), dtype=int))[held] = (
-                    probs.argmax(1)
+                    predicted
                 )
-                go_scores.setdefault((c, threshold), []).append(macro_f1(model, go_dev, lexical))
+                go_scores.setdefault((c, threshold), []).append(
+                    _macro_f1_of(go_dev_gold, model.predict_features(go_dev_x).argmax(1))
+                )
         log(f"fold {k + 1}/{FOLDS} done")
     rows = [
         {

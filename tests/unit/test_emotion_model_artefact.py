@@ -129,3 +129,16 @@ def test_choice_never_trades_our_domain_for_public_data() -> None:
         {"gate_threshold": 1.0, "own_cv_f1": 0.87, "goemotions_dev_f1": 0.25},
     ]
     assert training.choose(rows)["gate_threshold"] == 0.8
+
+
+def test_macro_f1_matches_scikit_learn() -> None:
+    from sklearn.metrics import f1_score  # noqa: PLC0415 (the reference, only here)
+
+    rng = np.random.default_rng(0)
+    gold = [LABELS[i] for i in rng.integers(0, len(LABELS), 300)]
+    predicted = rng.integers(0, len(LABELS), 300)
+    ours = training._macro_f1_of(gold, predicted)
+    reference = f1_score(
+        [LABELS.index(g) for g in gold], predicted, average="macro", labels=range(len(LABELS))
+    )
+    assert ours == pytest.approx(reference)
