@@ -70,7 +70,7 @@ MAX_CHAR_FEATURES = 50_000
 
 FOLDS = 5
 SEARCH_PUBLIC_C = (1.0, 4.0)
-SEARCH_GATE_THRESHOLDS = (0.5, 0.7, 0.8, 0.9)
+SEARCH_GATE_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 OWN_DEV_FLOOR = 0.01
 """A setting may lose at most this much cross-validated macro-F1 on our examples against the
 best one."""
