@@ -180,8 +180,9 @@ class EmotionAnalyzer:
             try:
                 lexical = [self.lexicon.analyze(texts[i], history[i]) for i in readable]
                 probs = self.model.predict_proba([texts[i] for i in readable], lexical)
-                for row, i, lex in zip(probs, readable, lexical, strict=True):
-                    results[i] = self._combine(texts[i], row, lex)
+                words = self._evidence([texts[i] for i in readable], probs)
+                for row, i, lex, said in zip(probs, readable, lexical, words, strict=True):
+                    results[i] = self._combine(row, lex, said)
             except Exception:
                 log.exception("emotion model failed; neutral stand-ins returned")
                 for i in readable:
@@ -215,7 +216,16 @@ class EmotionAnalyzer:
                 return "message is not in English"
         return None
 
-    def _combine(self, text: str, probs: Matrix, lexical: EmotionAnalysis) -> EmotionAnalysis:
+    def _evidence(self, texts: Sequence[str], probs: Matrix) -> list[list[str]]:
+        """Per text, up to three content words or phrases behind its label."""
+        if not isinstance(self.model, LearnedEmotionModel):
+            return [[] for _ in texts]
+        labels = [LABELS[int(np.argmax(row))] for row in probs]
+        return [_content_phrases(w)[:3] for w in self.model.top_words_batch(texts, labels, k=8)]
+
+    def _combine(
+        self, probs: Matrix, lexical: EmotionAnalysis, words: Sequence[str]
+    ) -> EmotionAnalysis:
         scores = {label: round(float(p), 4) for label, p in zip(LABELS, probs, strict=True)}
         label = LABELS[int(np.argmax(probs))]
         valence = sum(scores[lab] * VALENCE[lab] for lab in LABELS)
@@ -229,25 +239,20 @@ class EmotionAnalyzer:
             sentiment=round(sentiment, 4),
             intensity=round(intensity, 4),
             signals=lexical.signals,
-            explanation=self._explain(text, label, scores[label], lexical, sentiment),
+            explanation=self._explain(label, scores[label], lexical, sentiment, words),
             model=self.model_name,
             confidence=round(scores[label], 4),
         )
 
     def _explain(
         self,
-        text: str,
         label: EmotionLabel,
         probability: float,
         lexical: EmotionAnalysis,
         sentiment: float,
+        words: Sequence[str],
     ) -> str:
         parts = [f"{label.value} ({probability:.0%})"]
-        words = (
-            _content_phrases(self.model.top_words(text, label, k=8))[:3]
-            if isinstance(self.model, LearnedEmotionModel)
-            else []
-        )
         if words:
             parts.append("words: " + ", ".join(f"'{w}'" for w in words))
         if lexical.signals:
