@@ -142,3 +142,13 @@ def test_macro_f1_matches_scikit_learn() -> None:
         [LABELS.index(g) for g in gold], predicted, average="macro", labels=range(len(LABELS))
     )
     assert ours == pytest.approx(reference)
+
+
+def test_explanations_are_the_same_with_or_without_the_kept_features() -> None:
+    model, fresh = LearnedEmotionModel.load(), LearnedEmotionModel.load()
+    texts = [ex.text for ex in dataset.load("test")[:30]]
+    lexicon = LexiconAnalyzer()
+    probs = model.predict_proba(texts, [lexicon.analyze(t) for t in texts])
+    labels = [LABELS[int(i)] for i in probs.argmax(axis=1)]
+    assert model.top_words_batch(texts, labels, k=8) == fresh.top_words_batch(texts, labels, k=8)
+    assert any(model.top_words_batch(texts, labels))
