@@ -37,7 +37,7 @@ test-integration: install ## Run the integration and end-to-end tests only
 
 bench: install ## Measure turn latency, emotion, memory context and LLM overhead (p50/p99, throughput, memory)
 	$(PY) -m bench.emotion_speed
-	$(PY) -m bench.emotion_speed routed
+	$(PY) -m bench.emotion_speed own
 	$(PY) -m bench.memory_context
 	$(PY) -m bench.turn_latency
 	$(PY) -m bench.generation_overhead

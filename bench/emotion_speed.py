@@ -1,7 +1,7 @@
 """How fast the default emotion model is on one CPU core: load, memory, latency, throughput.
 
-    .venv/bin/python -m bench.emotion_speed           # the default model (trained at start-up)
-    .venv/bin/python -m bench.emotion_speed routed    # the routed model (loaded, hash-checked)
+    .venv/bin/python -m bench.emotion_speed        # the default model (loaded, hash-checked)
+    .venv/bin/python -m bench.emotion_speed own    # the earlier own-data model (trained at start)
 
 Pinned to a single core with single-threaded BLAS, so the numbers are per core and compare
 across machines of different sizes (a service replica is sized in cores). Messages are the

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from services.emotion import corpora, dataset, evaluation
-from services.emotion.analyzer import EmotionAnalyzer
+from services.emotion.analyzer import EmotionAnalyzer, own_data_model
 from shared.events import EmotionAnalysis
 
 BATCH = 64
-BASELINES = ("model", "lexicon", "vader", "majority", "nade")
+BASELINES = ("model", "own", "lexicon", "vader", "majority", "nade")
 
 
 def analysis_json(analysis: EmotionAnalysis) -> dict[str, Any]:
@@ -129,6 +129,13 @@ def _predictor(name: str) -> evaluation.Predictor:
             return [(a.label, a.sentiment) for a in analyzer.analyze_batch(texts)]
 
         return predict
+    if name == "own":
+        own = EmotionAnalyzer(model=own_data_model())
+
+        def predict_own(texts: Sequence[str]) -> list[evaluation.Prediction]:
+            return [(a.label, a.sentiment) for a in own.analyze_batch(texts)]
+
+        return predict_own
     if name == "lexicon":
         return evaluation.lexicon_predictor()
     if name == "vader":

@@ -1,8 +1,8 @@
 """How a customer feels in one message: label, scores, sentiment, intensity, signals, and why.
 
 `EmotionAnalyzer` joins the lexical evidence (`lexicon.LexiconAnalyzer`) with a learned
-classifier (`model.LearnedEmotionModel`, trained at start-up or the routed one loaded from its
-hash-checked artefact, or any `EmotionModel`, such as a transformer on a GPU node). The
+classifier (`model.LearnedEmotionModel`, the routed model loaded from its hash-checked
+artefact, or any `EmotionModel`, such as a transformer on a GPU node). The
 classifier decides the label and scores; the lexicon contributes features, the named signals
 with their evidence, and words for the explanation. Input the model cannot read (empty, huge,
 binary junk, another language) gets a neutral analysis with confidence 0.
@@ -140,16 +140,14 @@ class EmotionAnalyzer:
     def __init__(
         self, model: EmotionModel | None = None, lexicon: LexiconAnalyzer | None = None
     ) -> None:
-        """Build the analyzer; with no model given, train the learned one on the shipped data."""
+        """Build the analyzer; with no model given, load the shipped learned model.
+
+        Loading checks the artefact's SHA-256 and raises `model.ArtefactError` when it is
+        missing or altered: a service must not start on weights nobody reviewed.
+        """
         self.lexicon = lexicon or LexiconAnalyzer()
         examples = dataset.load("train")
-        if model is None:
-            model = LearnedEmotionModel.train(
-                [ex.text for ex in examples],
-                [ex.label for ex in examples],
-                [self.lexicon.analyze(ex.text) for ex in examples],
-            )
-        self.model = model
+        self.model = model if model is not None else LearnedEmotionModel.load()
         self._vocabulary = _english_vocabulary(self.lexicon, [ex.text for ex in examples])
 
     @property
@@ -275,6 +273,17 @@ class EmotionAnalyzer:
             confidence=confidence,
             degraded=degraded,
         )
+
+
+def own_data_model(lexicon: LexiconAnalyzer | None = None) -> LearnedEmotionModel:
+    """The earlier default: one classifier trained on the project's own examples (~1 s)."""
+    lex = lexicon or LexiconAnalyzer()
+    examples = dataset.load("train")
+    return LearnedEmotionModel.train(
+        [ex.text for ex in examples],
+        [ex.label for ex in examples],
+        [lex.analyze(ex.text) for ex in examples],
+    )
 
 
 def _content_phrases(phrases: Sequence[str]) -> list[str]:

@@ -6,8 +6,7 @@ sentiment, the named signals, shouting and punctuation), and a multinomial logis
 learns how to weigh them. The lexical features carry what a few hundred written examples
 cannot teach alone; the n-grams learn phrasing no lexicon lists.
 
-The default model trains in about a second at start-up on the project's own examples
-(`data/train.jsonl`). The routed model (`data/model/`, `CBD_EMOTION_MODEL=routed`) is a pair
+The shipped default (`data/model/`) is a routed pair
 of such classifiers over one feature space, trained by `services.emotion.training`: one
 expert fitted on the project's own customer-service examples, one on GoEmotions' Reddit
 comments, and a gate (a logistic regression telling the two kinds of text apart) that blends
@@ -53,9 +52,9 @@ LEXICAL_WEIGHT = 0.1
 Matrix = npt.NDArray[np.float64]
 
 OWN_MODEL_NAME = "tfidf-lexicon-logreg-v1"
-"""The default: one classifier trained at start-up on the project's own examples."""
+"""One classifier trained at start-up on the project's own examples (the earlier default)."""
 ROUTED_MODEL_NAME = "tfidf-lexicon-routed-v2"
-"""The shipped routed model (own expert, GoEmotions expert, gate); opt-in for now."""
+"""The shipped routed model (own expert, GoEmotions expert, gate): the default."""
 
 
 class ArtefactError(RuntimeError):

@@ -60,7 +60,7 @@ OWN_C = 16.0
 """The own expert's regularisation: the own-data model's, chosen by 5-fold cross-validation."""
 PUBLIC_C = 4.0
 GATE_C = 1.0
-GATE_THRESHOLD = 0.8
+GATE_THRESHOLD = 0.95
 """The gate's probability at which the two experts weigh the same: above 0.5, so a message
 must look clearly unlike our customer-service examples before the public expert leads."""
 LEXICAL_WEIGHT = 0.1

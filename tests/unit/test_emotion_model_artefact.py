@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from services.emotion import dataset, training
+from services.emotion.analyzer import EmotionAnalyzer
 from services.emotion.lexicon import LexiconAnalyzer
 from services.emotion.model import (
     ARRAYS_FILE,
     LABELS,
     MANIFEST_FILE,
     MODEL_DIR,
+    OWN_MODEL_NAME,
     ROUTED_MODEL_NAME,
     ArtefactError,
     Gate,
@@ -48,10 +50,12 @@ def test_the_shipped_model_loads_and_names_itself() -> None:
     assert model.gate.coef.shape == model.coef.shape
 
 
-def test_the_routed_setting_loads_the_shipped_model() -> None:
-    model = load_model_from_settings("routed", None)
-    assert isinstance(model, LearnedEmotionModel)
-    assert model.name == ROUTED_MODEL_NAME
+def test_the_settings_choose_the_shipped_or_the_own_data_model() -> None:
+    assert load_model_from_settings("learned", None) is None  # the analyzer loads the default
+    assert EmotionAnalyzer().model_name == ROUTED_MODEL_NAME
+    own = load_model_from_settings("own", None)
+    assert isinstance(own, LearnedEmotionModel)
+    assert own.name == OWN_MODEL_NAME
 
 
 def test_an_altered_artefact_is_refused(tmp_path: Path) -> None:
