@@ -276,7 +276,7 @@ class LearnedEmotionModel:
         else:
             rows = self.words.transform(texts)
             chars = self.chars.transform(texts) if self.gate is not None else None
-        weights = self.coef[[LABELS.index(label) for label in labels], : self._word_count]
+        share = np.zeros(len(texts))
         if self.gate is not None and chars is not None:
             # Blend the experts' word weights as the gate blends their predictions; the gate
             # reads words and characters only (its lexical weights are zero).
@@ -287,13 +287,16 @@ class LearnedEmotionModel:
                 + np.asarray(chars @ gate[self._word_count : end])
                 + self.gate.bias
             )
-            share = (1.0 / (1.0 + np.exp(-logits)))[:, None]
-            second = self.gate.coef[[LABELS.index(label) for label in labels], : self._word_count]
-            weights = (1.0 - share) * weights + share * second
+            share = 1.0 / (1.0 + np.exp(-logits))
         result = []
-        for n in range(len(texts)):
+        for n, label in enumerate(labels):
             row = rows.getrow(n)
-            contributions = row.data * weights[n, row.indices]
+            # Only the text's own words: a full row of weights per text cost megabytes a batch.
+            weights = self.coef[LABELS.index(label), row.indices]
+            if self.gate is not None:
+                second = self.gate.coef[LABELS.index(label), row.indices]
+                weights = (1.0 - share[n]) * weights + share[n] * second
+            contributions = row.data * weights
             ranked = sorted(zip(contributions, row.indices, strict=True), reverse=True)
             result.append([str(self._vocabulary[i]) for value, i in ranked[:k] if value > 0])
         return result
