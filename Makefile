@@ -41,8 +41,10 @@ bench: install ## Measure turn latency, emotion, memory context and LLM overhead
 	$(PY) -m bench.memory_context
 	$(PY) -m bench.turn_latency
 	$(PY) -m bench.generation_overhead
+	$(PY) -m bench.care_check
 	$(PY) -m bench.adversarial_text
 	$(PY) -m bench.capacity
+	$(PY) -m bench.idle_cpu
 
 chaos: install ## Kill services and the broker (kill -9) under open-loop load; fails on any lost or duplicated reply
 	$(PY) -m cbd.chaos $(CHAOS_ARGS)

@@ -102,6 +102,9 @@ class TurnScore:
     acknowledged: bool | None = None
     relevance: float | None = None
     draft_findings: list[str] = field(default_factory=list)
+    voice: list[str] = field(default_factory=list)
+    """What was shown that is not a reply to the customer in their language (narration about
+    them, meta text, another language)."""
 
 
 def _event(
@@ -206,10 +209,12 @@ def score(
     shown = ["".join(deltas), reply.text] if deltas else [reply.text]
     grounding: list[str] = []
     unkind: list[str] = []
+    voice: list[str] = []
     for text in dict.fromkeys(shown):
         report = check.whole(text, relevance=False)
         grounding += [f.detail for f in report.findings if f.check == "grounding"]
         unkind += [f.detail for f in report.findings if f.check == "tone"]
+        voice += [f.detail for f in report.findings if f.check in ("voice", "language")]
     negative = customer_is_negative(turn, check.cues.is_sarcastic(turn.message.text) is not None)
     final = check.whole(reply.text)
     acknowledged = None
@@ -228,6 +233,7 @@ def score(
         acknowledged=acknowledged,
         relevance=final.relevance,
         draft_findings=[f"{f.check}:{f.flag.value}" for f in reply.care_findings],
+        voice=list(dict.fromkeys(voice)),
     )
 
 
@@ -242,6 +248,7 @@ def summary(scores: Sequence[TurnScore]) -> dict[str, Any]:
         "replies": len(scores),
         "with_grounding_violations": sum(1 for s in scores if s.grounding_violations),
         "unkind": sum(1 for s in scores if s.unkind),
+        "not_to_the_customer": sum(1 for s in scores if s.voice),
         "negative_messages": len(negative),
         "acknowledged_share": (
             sum(1 for s in negative if s.acknowledged) / len(negative) if negative else None

@@ -9,8 +9,8 @@ import sys
 
 from services.audit.ledger import Ledger
 from services.audit.settings import AuditSettings
-from services.escalation.auth import hash_password
 from shared import db
+from shared.passwords import hash_password
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

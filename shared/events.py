@@ -370,6 +370,13 @@ class ReplyFlag(StrEnum):
     """An unmet request without the playbook's alternative."""
     REPEATED = "repeated"
     """Word for word the previous bot reply."""
+    NOT_ADDRESSED = "not_addressed"
+    """Talks about the customer ("The customer is asking...") instead of to them."""
+    META_TEXT = "meta_text"
+    """Not part of a reply: "As an AI", "Here is a response:", role labels, unfilled
+    placeholders, its instructions paraphrased."""
+    WRONG_LANGUAGE = "wrong_language"
+    """Written in another language than the customer's."""
 
 
 class CareVerdict(StrEnum):
@@ -393,7 +400,15 @@ class CareFinding(_Model):
     """One problem the care check found, with the words that show it."""
 
     check: Literal[
-        "grounding", "tone", "acknowledgement", "relevance", "co_creation", "leak", "repetition"
+        "grounding",
+        "tone",
+        "acknowledgement",
+        "relevance",
+        "co_creation",
+        "leak",
+        "repetition",
+        "voice",
+        "language",
     ]
     flag: ReplyFlag
     detail: str = ""

@@ -27,8 +27,11 @@ class KafkaSettings(BaseSettings):
     replication_factor: int = Field(default=1, ge=1)
     create_topics: bool = True
     """Create missing topics at start-up (dev); in production an operator owns them."""
-    fetch_max_wait_ms: int = Field(default=20, ge=1)
-    """How long a fetch waits for data; the broker waits all of it, so it bounds each hop."""
+    fetch_max_wait_ms: int = Field(default=100, ge=1)
+    """How long an empty fetch waits for data. Each consumer polls this often while idle: on the
+    embedded broker with 20 consumers, 20 ms cost 33% of a core in the broker and 23% in the
+    clients, 100 ms 16% and 9% with the same hop latency (p50 13 vs 16 ms), 250 ms 6% and 5%
+    but p50 58 ms (2-core VM, aiokafka against tansu)."""
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     request_timeout_ms: int = 15_000

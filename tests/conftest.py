@@ -48,8 +48,13 @@ def _platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             # Short replies keep the suite fast on two cores; the path is the same.
             "CBD_GENERATION_MAX_TOKENS": "48",
             # A cold LLM on a busy 2-core runner can be slow to start; the fallback reply (and
-            # the ticket it opens) is tested on its own, not left to chance here.
-            "CBD_GENERATION_FIRST_TOKEN_TIMEOUT_S": "60",
+            # the ticket it opens) is tested on its own, not left to chance here. A reply that
+            # started is let finish. tests/kit.py's REPLY_WAIT_S is sized from these.
+            "CBD_GENERATION_FIRST_TOKEN_TIMEOUT_S": "45",
+            "CBD_GENERATION_TOTAL_TIMEOUT_S": "90",
+            # Suggestions for agents share the one-request-at-a-time LLM with customers'
+            # replies: short ones still exercise the path.
+            "CBD_GENERATION_ASSIST_MAX_TOKENS": "24",
             # The shared platform streams unchecked replies, so the channel, widget and resume
             # tests see one LLM call per turn; the checked mode (regeneration, composed replies)
             # is tested against the real model in tests/e2e/test_generation_replies.py.

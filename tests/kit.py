@@ -60,6 +60,12 @@ from shared.topics import Topic
 T = TypeVar("T")
 E = TypeVar("E", bound=Envelope)
 
+REPLY_WAIT_S = 150.0
+"""The longest an end-to-end test waits for a bot reply. A wait ends when the reply comes;
+the bound only has to exceed the platform's own worst case on a busy two-core runner: a turn
+queued behind one or two others in generation, each given up to the 45 s first-token timeout
+the shared platform sets before its fallback reply (tests/conftest.py)."""
+
 
 class RecordingBus:
     """An `EventBus` stand-in that records each publish; `fail_with` makes the next ones raise."""

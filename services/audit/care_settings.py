@@ -7,6 +7,8 @@ from typing import Literal, Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.passwords import hash_problems
+
 DEFAULT_IDLE_TIMEOUTS_S: dict[str, float] = {
     # A web chat left open for half an hour is over; a text conversation lives for a day, as
     # WhatsApp's customer-service window does; a voice call ends with the call.
@@ -47,7 +49,8 @@ class CareSettings(BaseSettings):
     reviewers: dict[str, SecretStr] = Field(
         default_factory=lambda: {k: SecretStr(v) for k, v in DEV_REVIEWERS.items()}
     )
-    """Reviewer ids and passwords (JSON); production refuses the development default."""
+    """Reviewer ids and argon2 password hashes, as JSON: {"rita": "$argon2id$...", ...}
+    (`cbd agents hash-password`); plain-text passwords are accepted in development only."""
     reviewer_token_secret: SecretStr = SecretStr(DEV_REVIEWER_SECRET)
     reviewer_token_ttl_s: int = 12 * 3600
     unresolved_dispositions: list[str] = Field(
@@ -74,8 +77,13 @@ class CareSettings(BaseSettings):
         if self.environment == "production":
             if self.reviewer_token_secret.get_secret_value() == DEV_REVIEWER_SECRET:
                 raise ValueError("set CBD_CARE_REVIEWER_TOKEN_SECRET in production")
-            if {k: v.get_secret_value() for k, v in self.reviewers.items()} == DEV_REVIEWERS:
+            plain = {k: v.get_secret_value() for k, v in self.reviewers.items()}
+            if plain == DEV_REVIEWERS:
                 raise ValueError("set CBD_CARE_REVIEWERS in production")
+            if set(DEV_REVIEWERS) & set(plain):
+                raise ValueError("the development `reviewer` account is refused in production")
+            if problems := hash_problems("CBD_CARE_REVIEWERS", plain):
+                raise ValueError(problems[0])
         return self
 
     def idle_timeout_for(self, channel: str) -> float:

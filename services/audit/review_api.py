@@ -17,6 +17,7 @@ of the same reply by the same reviewer is 409 (`REFUSALS`).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -121,7 +122,8 @@ def review_router() -> APIRouter:
     @router.post("/login", responses=error_responses(401, 413, 422, 503))
     async def login(body: Login, auth: Auth) -> Session:
         """Exchange a reviewer id and password for a bearer token."""
-        token = auth.login(body.reviewer_id, body.password)
+        # argon2 is deliberately slow: hash off the event loop.
+        token = await asyncio.to_thread(auth.login, body.reviewer_id, body.password)
         if token is None:
             raise ApiError(401, "unauthorized", "unknown reviewer or wrong password")
         return Session(token=token, reviewer_id=body.reviewer_id)

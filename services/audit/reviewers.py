@@ -1,7 +1,9 @@
-"""Reviewer sign-in: named reviewers with passwords from settings, and signed bearer tokens.
+"""Reviewer sign-in: named reviewers with argon2-hashed passwords, and signed bearer tokens.
 
-The same scheme as the agents' console (HMAC-SHA256 over `id|expiry`), with its own key and
-its own list of people: a reviewer is not an agent, and an agent's token opens no review.
+The same scheme as the agents' console (argon2id password hashes from `shared/passwords.py`,
+HMAC-SHA256 tokens over `id|expiry`), with its own key and its own list of people: a reviewer
+is not an agent, and an agent's token opens no review. Production settings carry only hashes
+(`cbd agents hash-password` makes one); a plain development password is hashed at start-up.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass
+
+from shared.passwords import PasswordBook
 
 
 @dataclass(frozen=True)
@@ -25,16 +29,15 @@ class ReviewerAuth:
     """Checks reviewer passwords and issues and verifies HMAC-signed tokens."""
 
     def __init__(self, reviewers: dict[str, str], secret: str, ttl_s: int = 12 * 3600) -> None:
-        self.reviewers = reviewers
+        self.reviewers = PasswordBook(reviewers)
         self.secret = secret.encode()
         self.ttl_s = ttl_s
 
     def login(self, reviewer_id: str, password: str) -> str | None:
-        """A token for the reviewer, or None when the credentials are wrong."""
-        expected = self.reviewers.get(reviewer_id)
-        # Compare even for unknown ids, so timing does not reveal which reviewers exist.
-        ok = hmac.compare_digest((expected or "\x00").encode(), password.encode())
-        if expected is None or not ok:
+        """A token for the reviewer, or None when the credentials are wrong (CPU-bound:
+        argon2, so callers run it off the event loop). Unknown ids are checked against a decoy
+        hash, so timing does not reveal which reviewers exist."""
+        if not self.reviewers.check(reviewer_id, password):
             return None
         return self.issue(reviewer_id)
 

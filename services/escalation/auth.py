@@ -1,9 +1,9 @@
 """Agent sign-in: argon2-hashed passwords, throttled logins, signed and revocable bearer tokens.
 
-- Passwords are checked with argon2id (`argon2-cffi`, the reference implementation's binding,
-  maintained by the PyCA community), never compared in plain text. Production settings carry
-  only PHC hashes (`$argon2id$...`, made with `cbd agents hash-password`); a development
-  password in plain text is hashed at start-up with a cheap profile.
+- Passwords are checked with argon2id (`shared/passwords.py`, shared with the reviewers'
+  sign-in), never compared in plain text. Production settings carry only PHC hashes
+  (`$argon2id$...`, made with `cbd agents hash-password`); a development password in plain
+  text is hashed at start-up with a cheap profile.
 - Each agent has a token version in PostgreSQL (`escalation.agent_credentials`). When an agent's
   configured credential changes, start-up bumps the version, so every token issued under the
   old password stops working at once, on every replica.
@@ -22,26 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from redis.exceptions import RedisError
 
+from shared.passwords import PasswordBook
+
 log = logging.getLogger(__name__)
-
-PRODUCTION_HASHER = PasswordHasher()
-"""argon2id with argon2-cffi's defaults (RFC 9106's low-memory profile: 64 MiB, t=3, p=4)."""
-DEV_HASHER = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1)
-"""For plain-text development passwords only, so tests and `make run` sign in quickly."""
-
-
-def is_password_hash(value: str) -> bool:
-    """Whether a configured credential is an argon2 PHC string rather than a password."""
-    return value.startswith("$argon2")
-
-
-def hash_password(password: str) -> str:
-    """An argon2id PHC hash of `password` for CBD_ESCALATION_AGENTS."""
-    return PRODUCTION_HASHER.hash(password)
 
 
 @dataclass(frozen=True)
@@ -58,25 +43,15 @@ class AgentAuth:
 
     def __init__(self, agents: dict[str, str], secret: str, ttl_s: int = 12 * 3600) -> None:
         self._configured = dict(agents)
-        self.agents = {
-            agent: value if is_password_hash(value) else DEV_HASHER.hash(value)
-            for agent, value in agents.items()
-        }
+        self._book = PasswordBook(agents)
+        self.agents = self._book.hashes
         self.secret = secret.encode()
         self.ttl_s = ttl_s
         self.versions: dict[str, int] = dict.fromkeys(agents, 0)
-        # Unknown agents are checked against this, so timing does not tell who exists.
-        self._decoy = DEV_HASHER.hash("decoy-password")
 
     def login(self, agent_id: str, password: str) -> str | None:
         """A token for the agent, or None when the credentials are wrong (CPU-bound: argon2)."""
-        stored = self.agents.get(agent_id)
-        try:
-            hasher = PRODUCTION_HASHER if stored is not None else DEV_HASHER
-            hasher.verify(stored or self._decoy, password)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            return None
-        if stored is None:
+        if not self._book.check(agent_id, password):
             return None
         return self.issue(agent_id)
 

@@ -3,14 +3,12 @@
 from pathlib import Path
 from typing import Self
 
-from argon2 import extract_parameters
-from argon2.exceptions import InvalidHashError
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from services.escalation.auth import is_password_hash
 from services.escalation.policy import DEFAULT_POLICY_PATH
 from shared.credentials import require_secret
+from shared.passwords import hash_problems
 from shared.settings import ServiceSettings
 
 DEV_AGENTS = {"agent": "agent"}
@@ -54,20 +52,7 @@ class EscalationSettings(ServiceSettings):
                 raise ValueError("CBD_ESCALATION_AGENTS lists no agents")
             if set(DEV_AGENTS) & set(self.agents):
                 raise ValueError("the development `agent` account is refused in production")
-            for agent_id, credential in self.agents.items():
-                if not _valid_hash(credential.get_secret_value()):
-                    raise ValueError(
-                        f"CBD_ESCALATION_AGENTS[{agent_id}] must be an argon2 hash "
-                        "(make one with `cbd agents hash-password`), never a password"
-                    )
+            plain = {k: v.get_secret_value() for k, v in self.agents.items()}
+            if problems := hash_problems("CBD_ESCALATION_AGENTS", plain):
+                raise ValueError(problems[0])
         return self
-
-
-def _valid_hash(value: str) -> bool:
-    if not is_password_hash(value):
-        return False
-    try:
-        extract_parameters(value)
-    except InvalidHashError:
-        return False
-    return True

@@ -18,7 +18,10 @@ Four checks, each naming what it found (a `CareFinding` with a `ReplyFlag`):
 
 Plus two the model comparison found: a reply that says word for word what the previous bot
 reply said (`repeated`), and the prompt leak checks of the guardrails (canary, rules, the
-per-turn section headers).
+per-turn section headers). And the **voice** check (`voice.py`): a sentence that talks about
+the customer instead of to them, meta text (notes about being an AI, "Here is a response:",
+role labels, placeholders, paraphrased instructions), or another language than the
+customer's.
 
 Sentence checks (grounding, tone, acknowledgement, overpromise) decide what may stream: a
 sentence is released once it has ended and passed, so nothing invented or unkind is ever shown.
@@ -48,6 +51,7 @@ from services.generation.prompt import BuiltPrompt
 from services.generation.relevance import RelevanceScorer
 from services.generation.settings import GenerationSettings
 from services.generation.tone import UNKIND_TONES, CueToneAnalyzer, ToneAnalyzer, ToneCues
+from services.generation.voice import LanguageIdentifier, VoiceCheck, default_identifier
 from shared.embedding import Embedder, MiniLmEmbedder
 from shared.events import CareFinding, EmotionLabel, ReplyFlag, Role, TurnRouted
 
@@ -135,7 +139,7 @@ _GREETING = re.compile(
 )
 _WORD = re.compile(r"[a-z0-9]+")
 
-CHECKS_PER_SENTENCE = ("grounding", "tone", "acknowledgement", "co_creation")
+CHECKS_PER_SENTENCE = ("grounding", "tone", "acknowledgement", "co_creation", "voice", "language")
 
 
 def _digits(text: str) -> str:
@@ -312,6 +316,7 @@ class TurnCheck:
     previous_reply: str | None = None
     relevance: RelevanceScorer | None = None
     relevance_threshold: float = 0.0
+    voice: VoiceCheck = field(default_factory=VoiceCheck)
     _request: re.Pattern[str] | None = field(default=None, init=False, repr=False)
     _alternatives: re.Pattern[str] | None = field(default=None, init=False, repr=False)
 
@@ -334,6 +339,7 @@ class TurnCheck:
         if not sentence.strip():
             return []
         found = grounding_findings(sentence, self.sources)
+        found += self.voice.findings(sentence)
         reading = self.tone.analyze(sentence)
         for signal in reading.signals:
             if signal in UNKIND_TONES:
@@ -565,6 +571,8 @@ class CareKit:
     """The tenant's whole knowledge base, as text: every fact in it may be stated."""
     relevance: RelevanceScorer | None = None
     relevance_threshold: float = 0.0
+    languages: LanguageIdentifier | None = None
+    """Identifies the customer's and the reply's language; None: language not checked."""
 
     @classmethod
     def build(
@@ -573,6 +581,7 @@ class CareKit:
         knowledge: KnowledgeBase,
         tone: ToneAnalyzer | None = None,
         embedder: Embedder | None = None,
+        languages: LanguageIdentifier | None = None,
     ) -> CareKit:
         """From the service's settings; the MiniLM embedder is loaded when relevance is on.
 
@@ -589,6 +598,7 @@ class CareKit:
             knowledge=tuple(f"{e.title}: {e.text}" for e in knowledge.entries),
             relevance=scorer,
             relevance_threshold=settings.relevance_threshold,
+            languages=languages or (default_identifier() if settings.language_check else None),
         )
 
     def for_turn(
@@ -610,4 +620,14 @@ class CareKit:
             previous_reply=previous_bot_reply(turn),
             relevance=self.relevance,
             relevance_threshold=self.relevance_threshold,
+            voice=voice_for(turn, self.languages),
         )
+
+
+def voice_for(turn: TurnRouted, languages: LanguageIdentifier | None) -> VoiceCheck:
+    """The voice check for a turn: the customer's names, and their language (the code the
+    channel gave the message, else identified from what they wrote; a profile's "Prefers
+    Spanish" is a wish, and the reply follows the language they write in)."""
+    profile = turn.context.profile
+    names = (profile.name, profile.preferred_name) if profile is not None else ()
+    return VoiceCheck.for_customer(turn.message.text, names, turn.message.language, languages)

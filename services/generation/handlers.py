@@ -137,6 +137,10 @@ def care_regenerate_note(findings: Sequence[CareFinding]) -> str:
         "repetition": "it repeated your previous reply word for word; say it differently and "
         "move the conversation on",
         "leak": "it repeated internal instructions",
+        "voice": "it talked about the customer instead of to them, or wrapped the reply in "
+        "notes, labels or placeholders; write only the message itself, speaking to the "
+        'customer as "you"',
+        "language": "it was not in the language the customer wrote in; reply in their language",
     }
     named = [reasons[c] for c in dict.fromkeys(f.check for f in findings)]
     return (

@@ -90,6 +90,9 @@ class GenerationSettings(ServiceSettings):
     relevance_threshold: float = Field(default=0.38, ge=-1.0, le=1.0)
     """Below this similarity to the message and knowledge a reply is off topic; calibrated on
     the dev split of `data/relevance_pairs.jsonl` (`python -m services.generation.relevance`)."""
+    language_check: bool = True
+    """Fail a reply sentence written in another language than the customer's (py3langid;
+    only text long enough to identify is judged)."""
     connector_url: str = ""
     """Base URL of the tenant's business systems (orders, accounts, refunds); empty: the bot
     runs no actions and says a colleague will check. `make run` points it at the stand-in CRM."""

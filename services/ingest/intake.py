@@ -8,8 +8,13 @@ For each message, in this order:
    the raw value never reaches Redis, Kafka or any store;
 2. the rate limits of the customer, tenant and client address are spent;
 3. the conversation is claimed for (tenant, customer), or refused if it is someone else's;
-4. the client's message id is claimed, so a resend gets the first acceptance back;
-5. `turn.received` is published (and the claim released if that fails, so a retry is new).
+4. the client's message id is claimed, with the event itself, so a resend gets the first
+   acceptance back;
+5. `turn.received` is published (and the claim released if that fails, so a retry is new),
+   then the claim is marked published. A replica killed between claim and publish leaves the
+   claim unmarked: the client's resend then publishes the claimed event (same id, so the
+   pipeline treats a second copy as a redelivery) instead of acknowledging a turn that never
+   left the edge.
 """
 
 from __future__ import annotations
@@ -151,6 +156,19 @@ class Rated:
     duplicate: bool = False
 
 
+def _claim_value(event: TurnReceivedEvent, *, published: bool) -> str:
+    """What a client message id's claim holds: the acceptance, and the event until published."""
+    record: dict[str, object] = {
+        "turn_id": str(event.payload.message.turn_id),
+        "event_id": str(event.event_id),
+        "trace_id": event.trace_id,
+        "published": published,
+    }
+    if not published:
+        record["event"] = event.model_dump_json()
+    return json.dumps(record)
+
+
 def screen(text: str) -> str:
     """`text` with its sensitive numbers replaced, counted by kind; never logged."""
     result = redact(text)
@@ -226,21 +244,46 @@ class Intake:
         claim = None
         if client_message_id is not None:
             claim = f"{self.prefix}cmid:{conversation_id}:{client_message_id}"
-            value = json.dumps(
-                {"turn_id": accepted.turn_id, "event_id": accepted.event_id,
-                 "trace_id": accepted.trace_id}
-            )  # fmt: skip
-            earlier = await self._claim_once(claim, value)
+            earlier = await self._claim_once(claim, _claim_value(event, published=False))
             if earlier is not None:
                 MESSAGES.labels(channel.value, "duplicate").inc()
-                return Accepted(**json.loads(earlier), text=text, duplicate=True)
+                return await self._earlier(claim, earlier, channel, text)
         try:
             await self._publish(event, claim, "the message")
         except ApiError:
             MESSAGES.labels(channel.value, "broker_error").inc()
             raise
+        await self._mark_published(claim, event)
         MESSAGES.labels(channel.value, "accepted").inc()
         return accepted
+
+    async def _earlier(self, claim: str, earlier: str, channel: Channel, text: str) -> Accepted:
+        """The first acceptance of a resent message, published now if it never was."""
+        record = json.loads(earlier)
+        pending = record.pop("event", None)
+        published = record.pop("published", True)
+        if pending is not None and not published:
+            # The replica that claimed it died before the broker had it (or is still
+            # publishing it): publish the same event, so the turn is not lost.
+            event = TurnReceivedEvent.model_validate_json(pending)
+            try:
+                await self._publish(event, None, "the message")
+            except ApiError:
+                MESSAGES.labels(channel.value, "broker_error").inc()
+                raise
+            await self._mark_published(claim, event)
+            MESSAGES.labels(channel.value, "republished").inc()
+        return Accepted(**record, text=text, duplicate=True)
+
+    async def _mark_published(self, claim: str | None, event: TurnReceivedEvent) -> None:
+        """Note that the claimed event reached the broker (a resend then publishes nothing)."""
+        if claim is None:
+            return
+        try:
+            await self.redis.set(claim, _claim_value(event, published=True), xx=True, keepttl=True)
+        except Exception:
+            # Unmarked, a resend publishes the event again under the same id: a redelivery.
+            log.warning("could not mark %s published", claim, exc_info=True)
 
     async def rate(
         self,

@@ -25,6 +25,10 @@ DEPLOY = ROOT / "deploy"
 DASHBOARDS = DEPLOY / "k8s" / "base" / "monitoring" / "dashboards"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
+CARE_ALERTS = DEPLOY / "prometheus" / "care-alerts.yml"
+CARE_ALERT_TESTS = DEPLOY / "prometheus" / "care-alerts.test.yml"
+RULE_FILES = (ALERTS, CARE_ALERTS)
+"""Every alert rules file, in the order the PrometheusRule carries their groups."""
 PROMETHEUS_RULE = DEPLOY / "k8s" / "base" / "monitoring" / "prometheusrule.yaml"
 
 # Series Prometheus makes itself for every scrape target; no service exports them.

@@ -101,9 +101,13 @@ def test_prometheus_scrapes_every_service_and_grafana_is_provisioned() -> None:
     jobs = {j["job_name"]: j["static_configs"][0]["targets"] for j in config["scrape_configs"]}
     for name in SERVICES:
         assert jobs[name] == [f"{name}:8000"]
-    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    assert config["rule_files"] == [
+        "/etc/prometheus/alerts.yml",
+        "/etc/prometheus/care-alerts.yml",
+    ]
     mounts = " ".join(services["prometheus"]["volumes"])
-    assert "./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml" in mounts
+    for rules in ("alerts.yml", "care-alerts.yml"):
+        assert f"./deploy/prometheus/{rules}:/etc/prometheus/{rules}" in mounts
     grafana = services["grafana"]
     assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
     assert grafana["depends_on"]["prometheus"]["condition"] == "service_healthy"
@@ -112,7 +116,9 @@ def test_prometheus_scrapes_every_service_and_grafana_is_provisioned() -> None:
 def test_promtool_accepts_the_compose_prometheus_config(tmp_path: Path) -> None:
     # promtool resolves rule_files; point it at the repo's file instead of the container path.
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    config["rule_files"] = [str(DEPLOY / "prometheus" / "alerts.yml")]
+    config["rule_files"] = [
+        str(DEPLOY / "prometheus" / Path(path).name) for path in config["rule_files"]
+    ]
     local = tmp_path / "prometheus.yml"
     local.write_text(yaml.safe_dump(config))
     result = subprocess.run(

@@ -12,6 +12,7 @@ import pytest
 from cbd.runtime import Platform
 from cbd.serve import SERVICES
 from tests.deploy.observability import (
+    RULE_FILES,
     Query,
     all_dashboard_queries,
     exported_names,
@@ -38,7 +39,7 @@ async def scrape_names(platform: Platform) -> dict[str, set[str]]:
 async def test_dashboards_and_alerts_name_only_exported_metrics(platform: Platform) -> None:
     by_service = await scrape_names(platform)
     exported = set().union(*by_service.values())
-    rules = load_rules()
+    rules = {"groups": [g for path in RULE_FILES for g in load_rules(path)["groups"]]}
     known = exported | recorded_names(rules)
     queries = all_dashboard_queries() + rule_queries(rules)
     assert unknown_metrics(queries, known) == {}

@@ -13,7 +13,8 @@ what it proves is what a pod or a compose container would see at start-up:
 
 Every placeholder (`CHANGE_ME`) is replaced by a fresh value of 48 random URL-safe bytes, so a
 rule that wants long random production secrets sees what an operator following the docs gives;
-`CHANGE_ME_TO_AN_ARGON2_HASH` (agents' passwords) by an argon2id hash of such a value.
+`CHANGE_ME_TO_AN_ARGON2_HASH` (agents' and reviewers' passwords) by an argon2id hash of such a
+value.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from tests.kit import REPLY_WAIT_S
+
 
 @dataclass
 class Sent:
@@ -134,7 +136,9 @@ class ProviderStandIn:
         """Messages accepted for `to` so far."""
         return [s for s in self.sent if s.to == to]
 
-    async def wait_for(self, to: str, count: int = 1, timeout_s: float = 60.0) -> list[Sent]:
+    async def wait_for(
+        self, to: str, count: int = 1, timeout_s: float = REPLY_WAIT_S
+    ) -> list[Sent]:
         """Messages sent to `to`, once there are `count` of them (or the time is up)."""
         deadline = time.monotonic() + timeout_s
         while True:

@@ -21,12 +21,13 @@ from playwright.async_api import Browser, Page, expect
 
 from cbd.runtime import Platform
 from tests.e2e.browser import fresh_page, type_and_send
+from tests.kit import REPLY_WAIT_S
 
 pytestmark = pytest.mark.e2e
 
 # A checked reply may take two LLM calls (a draft that fails the care check is regenerated once)
 # on a busy two-core runner; this is a wait, not a speed check.
-REPLY_TIMEOUT_MS = 60_000
+REPLY_TIMEOUT_MS = int(REPLY_WAIT_S * 1000)
 
 # Runs before the page's script: remembers when Enter went down in the composer and every
 # distinct state of every reply bubble (author class, streaming or not, text so far).

@@ -19,11 +19,12 @@ from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from cbd.runtime import Platform
 from tests.e2e.browser import type_and_send
+from tests.kit import REPLY_WAIT_S
 
 pytestmark = pytest.mark.e2e
 
 # A checked reply may take two LLM calls on a busy two-core runner: a wait, not a speed check.
-BOT_REPLY_TIMEOUT_MS = 60_000
+BOT_REPLY_TIMEOUT_MS = int(REPLY_WAIT_S * 1000)
 LIVE_TIMEOUT_MS = 10_000
 """What the brief promises: agent reply -> customer, customer message -> console."""
 

@@ -249,7 +249,7 @@ async def ask(platform: Platform, conversation_id: str, customer_id: str, text: 
     async with websockets.connect(ws_url(platform, conversation_id, customer_id)) as ws:
         sent = time.monotonic()
         await ws.send(json.dumps({"type": "message", "text": text}))
-        frames = await frames_until_reply(ws, timeout_s=90)
+        frames = await frames_until_reply(ws)
         return frames, time.monotonic() - sent
 
 

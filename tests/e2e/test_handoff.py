@@ -14,7 +14,7 @@ import pytest
 import websockets
 
 from cbd.runtime import Platform
-from tests.kit import eventually
+from tests.kit import REPLY_WAIT_S, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +28,7 @@ def ws_url(platform: Platform, conversation_id: str, customer_id: str) -> str:
     return f"{base}/v1/conversations/{conversation_id}/ws?customer_id={customer_id}"
 
 
-async def next_reply(ws: Any, timeout_s: float = 60.0) -> dict[str, Any]:
+async def next_reply(ws: Any, timeout_s: float = REPLY_WAIT_S) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while True:
         raw = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))

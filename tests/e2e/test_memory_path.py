@@ -17,6 +17,7 @@ from cbd.runtime import Platform
 from services.memory.settings import DEV_ADMIN_TOKEN
 from tests.e2e.test_handoff import agent_client, ticket_for
 from tests.e2e.test_turn_path import wait_for_rows
+from tests.kit import REPLY_WAIT_S
 
 pytestmark = pytest.mark.e2e
 
@@ -177,7 +178,7 @@ async def test_a_preference_follows_the_customer_to_another_channel_then_is_eras
                 "SELECT 1 FROM memory.turns WHERE in_reply_to = $1::uuid",
                 turn_id,
                 expect=1,
-                timeout_s=60,
+                timeout_s=REPLY_WAIT_S,
             )
             assert rows, f"no reply stored for turn {turn_id}"
         resp = await memory.delete(f"/v1/customers/{customer}")

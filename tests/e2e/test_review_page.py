@@ -20,6 +20,7 @@ from cbd.evaluate import compare, load_reviews
 from cbd.runtime import Platform
 from shared.events import REVIEW_CRITERIA
 from tests.e2e.browser import fresh_page
+from tests.kit import REPLY_WAIT_S
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +57,7 @@ async def test_a_low_rated_reply_is_reviewed_on_the_review_page(
             "SELECT reply_id, text, variant FROM care.replies "
             "WHERE conversation_id = $1 AND author = 'bot'",
             conversation_id,
-            timeout_s=90,
+            timeout_s=REPLY_WAIT_S,
         )
         rated = await http.post(
             f"/v1/conversations/{conversation_id}/feedback",

@@ -15,7 +15,7 @@ import websockets
 from aiokafka import AIOKafkaProducer
 
 from cbd.runtime import Platform
-from tests.kit import db_rows, eventually
+from tests.kit import REPLY_WAIT_S, db_rows, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -31,7 +31,7 @@ def ws_url(platform: Platform, conversation_id: str, customer_id: str) -> str:
     return f"{base}/v1/conversations/{conversation_id}/ws?customer_id={customer_id}"
 
 
-async def frames_until_reply(ws: Any, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+async def frames_until_reply(ws: Any, timeout_s: float = REPLY_WAIT_S) -> list[dict[str, Any]]:
     """Every frame up to and including the final reply."""
     frames: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout_s
@@ -256,7 +256,7 @@ async def test_service_killed_and_restarted_loses_no_message(
             assert platform.restart_exited() == [service]
             # In a thread: blocking here would stall this socket's keepalive pings.
             await asyncio.to_thread(platform.services[service].wait_ready, 60)
-            frames = await frames_until_reply(ws, timeout_s=90)
+            frames = await frames_until_reply(ws)
     finally:
         if not platform.services[service].running():
             platform.start_service(service)

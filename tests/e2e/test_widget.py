@@ -25,11 +25,12 @@ from playwright.async_api import Browser, Page, expect
 from cbd.runtime import Platform
 from tests.e2e.browser import fresh_page
 from tests.e2e.test_chat_page import wait_for_turns
+from tests.kit import REPLY_WAIT_S
 
 pytestmark = pytest.mark.e2e
 
 # A checked reply may take two LLM calls on a busy two-core runner: a wait, not a speed check.
-REPLY_TIMEOUT_MS = 60_000
+REPLY_TIMEOUT_MS = int(REPLY_WAIT_S * 1000)
 IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
 
 RECORDER_JS = """

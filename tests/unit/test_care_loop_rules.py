@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -14,6 +15,10 @@ from services.audit.care_settings import CareSettings
 from services.audit.followup import in_quiet_hours, message_for
 from services.audit.outcomes import sampled
 from services.audit.reviewers import ReviewerAuth
+from shared.passwords import DEV_HASHER
+
+RITA_HASH = DEV_HASHER.hash("correct horse")
+"""A cheap argon2id hash (production's profile costs tenths of a second each)."""
 
 
 def test_reviewer_tokens_are_signed_expire_and_are_not_agent_tokens() -> None:
@@ -33,6 +38,17 @@ def test_reviewer_tokens_are_signed_expire_and_are_not_agent_tokens() -> None:
     assert auth.verify("garbage") is None
 
 
+def test_reviewer_passwords_are_checked_against_argon2_hashes() -> None:
+    auth = ReviewerAuth({"rita": RITA_HASH}, "secret")
+    assert auth.login("rita", "correct horse") is not None
+    assert auth.login("rita", "wrong horse") is None
+    assert auth.login("rita", RITA_HASH) is None  # the hash itself is no password
+    assert auth.login("nobody", "correct horse") is None
+    # What settings hold is never the password: development passwords are hashed too.
+    plain = ReviewerAuth({"rita": "pw"}, "secret")
+    assert plain.reviewers.hashes["rita"].startswith("$argon2id$")
+
+
 def test_production_refuses_the_development_reviewers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CBD_ENVIRONMENT", "production")
     with pytest.raises(ValidationError, match="CBD_CARE_REVIEWER_TOKEN_SECRET"):
@@ -40,7 +56,17 @@ def test_production_refuses_the_development_reviewers(monkeypatch: pytest.Monkey
     monkeypatch.setenv("CBD_CARE_REVIEWER_TOKEN_SECRET", "s3cret-s3cret")
     with pytest.raises(ValidationError, match="CBD_CARE_REVIEWERS"):
         CareSettings()
+    # A password, however long, is refused: production carries argon2 hashes only.
     monkeypatch.setenv("CBD_CARE_REVIEWERS", '{"rita": "a-long-password"}')
+    with pytest.raises(ValidationError, match=r"CBD_CARE_REVIEWERS\[rita\] must be an argon2"):
+        CareSettings()
+    monkeypatch.setenv("CBD_CARE_REVIEWERS", json.dumps({"reviewer": RITA_HASH}))
+    with pytest.raises(ValidationError, match="development `reviewer` account"):
+        CareSettings()
+    monkeypatch.setenv("CBD_CARE_REVIEWERS", json.dumps({"rita": "$argon2id$v=19$broken"}))
+    with pytest.raises(ValidationError, match="must be an argon2"):
+        CareSettings()
+    monkeypatch.setenv("CBD_CARE_REVIEWERS", json.dumps({"rita": RITA_HASH}))
     monkeypatch.setenv("CBD_CARE_IDLE_TIMEOUT_S", '{"web": 600, "sms": 3600}')
     settings = CareSettings()
     assert settings.idle_timeout_for("sms") == 3600

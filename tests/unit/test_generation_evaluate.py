@@ -30,6 +30,8 @@ def test_the_bad_replies_are_scored_as_bad_when_sent_unchecked(
     # sarcastic complaint answered as thanks.
     assert summary["with_grounding_violations"] == 3
     assert summary["unkind"] == 1
+    # "The customer is asking about the delivery time." went out as written.
+    assert summary["not_to_the_customer"] == 1
     assert summary["acknowledged_share"] < 1
     assert "hostile_reply" in table
 
@@ -41,13 +43,15 @@ def test_checked_and_composed_replies_carry_care(
     _, summary = run(capsys, "--mode", "llm_checked", "--scripted-only", "--json", str(out))
     assert summary["with_grounding_violations"] == 0
     assert summary["unkind"] == 0
+    assert summary["not_to_the_customer"] == 0
     assert summary["acknowledged_share"] == 1.0
     full = json.loads(out.read_text())
     assert {r["verdict"] for r in full["replies"]} <= {"passed", "regenerated", "composed"}
     _, composed = run(capsys, "--mode", "composed")
     composed_summary = composed["summary"]
     assert isinstance(composed_summary, dict)
-    assert composed_summary["replies"] == 17
+    assert composed_summary["replies"] == 18
     assert composed_summary["with_grounding_violations"] == 0
     assert composed_summary["unkind"] == 0
+    assert composed_summary["not_to_the_customer"] == 0
     assert composed_summary["acknowledged_share"] == 1.0

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from starlette.testclient import TestClient
 
 from services.escalation import settings as escalation_settings
-from services.escalation.auth import AgentAuth, hash_password
+from services.escalation.auth import AgentAuth
 from services.escalation.settings import EscalationSettings
 from services.ingest import settings as ingest_settings
 from services.ingest.settings import IngestSettings
@@ -27,6 +27,7 @@ from shared.credentials import (
     secret_problem,
 )
 from shared.http import install
+from shared.passwords import hash_password
 
 STRONG = secrets.token_urlsafe(32)
 HASHED = hash_password("correct horse")
