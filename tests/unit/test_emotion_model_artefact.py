@@ -156,3 +156,18 @@ def test_explanations_are_the_same_with_or_without_the_kept_features() -> None:
     labels = [LABELS[int(i)] for i in probs.argmax(axis=1)]
     assert model.top_words_batch(texts, labels, k=8) == fresh.top_words_batch(texts, labels, k=8)
     assert any(model.top_words_batch(texts, labels))
+
+
+def test_the_shipped_artefact_was_built_with_the_settings_in_the_code() -> None:
+    # Changing a setting in training.py without `make emotion-model` would ship stale weights.
+    manifest = json.loads((MODEL_DIR / MANIFEST_FILE).read_text(encoding="utf-8"))
+    assert manifest["settings"] == {
+        "own_c": training.OWN_C,
+        "public_c": training.PUBLIC_C,
+        "gate_c": training.GATE_C,
+        "gate_threshold": training.GATE_THRESHOLD,
+        "max_word_features": training.MAX_WORD_FEATURES,
+        "max_char_features": training.MAX_CHAR_FEATURES,
+    }
+    assert manifest["lexical_weight"] == training.LEXICAL_WEIGHT
+    assert manifest["trained_on"]["own train.jsonl"] == len(dataset.load("train"))
