@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # llama.cpp is compiled once for a portable CPU target; pip's wheel cache keeps the result.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: help install run test test-unit test-integration lint format bench chaos clean images deploy-check intent-model
+.PHONY: help install run test test-unit test-integration lint format bench chaos clean images deploy-check intent-model emotion-model
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,6 +37,7 @@ test-integration: install ## Run the integration and end-to-end tests only
 
 bench: install ## Measure turn latency, emotion, memory context and LLM overhead (p50/p99, throughput, memory)
 	$(PY) -m bench.emotion_speed
+	$(PY) -m bench.emotion_speed own
 	$(PY) -m bench.memory_context
 	$(PY) -m bench.turn_latency
 	$(PY) -m bench.generation_overhead
@@ -50,6 +51,9 @@ chaos: install ## Kill services and the broker (kill -9) under open-loop load; f
 
 intent-model: install ## Retrain the intent model from its public data (shared/data/intents/, deterministic)
 	$(PY) -m cbd.intent_model
+
+emotion-model: install ## Retrain the emotion model from GoEmotions + our examples (services/emotion/data/model/, deterministic)
+	$(PY) -m services.emotion.training
 
 SERVICES := ingest emotion memory escalation generation audit
 TAG ?= latest

@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     p_ev = emo_sub.add_parser(
         "evaluate", help='score on a JSON Lines file of {"text": ..., "label": ...}'
     )
-    p_ev.add_argument("file")
+    p_ev.add_argument(
+        "file", nargs="?", help="omit for per-source reports: our test sets, public test splits"
+    )
     p_ev.add_argument(
         "--model",
         default="model",

@@ -8,12 +8,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from services.emotion import dataset, evaluation
-from services.emotion.analyzer import EmotionAnalyzer
+from services.emotion import corpora, dataset, evaluation
+from services.emotion.analyzer import EmotionAnalyzer, own_data_model
 from shared.events import EmotionAnalysis
 
 BATCH = 64
-BASELINES = ("model", "lexicon", "vader", "nade")
+BASELINES = ("model", "own", "lexicon", "vader", "majority", "nade")
 
 
 def analysis_json(analysis: EmotionAnalysis) -> dict[str, Any]:
@@ -64,22 +64,60 @@ def analyze(text: str | None, stdin: TextIO, stdout: TextIO) -> int:
 
 def evaluate(path: Path, models: Sequence[str], stdout: TextIO, as_json: bool = False) -> int:
     """Score each model on a labelled JSON Lines file and print the reports."""
-    examples = dataset.read_jsonl(path)
-    texts = [ex.text for ex in examples]
-    gold = [ex.label for ex in examples]
-    reports = {}
-    for name in models:
-        reports[name] = evaluation.score(gold, _predictor(name)(texts))
+    return _evaluate_sets({path.name: dataset.read_jsonl(path)}, models, stdout, as_json)
+
+
+def sources() -> dict[str, list[dataset.Example]]:
+    """Every test set, per source: our own two and each public corpus's test split."""
+    return {
+        "own test.jsonl": dataset.load("test"),
+        "own heldout.jsonl": dataset.load_heldout(),
+        "GoEmotions test (mapped)": corpora.load_public("goemotions", "test"),
+    }
+
+
+def evaluate_sources(models: Sequence[str], stdout: TextIO, as_json: bool = False) -> int:
+    """Score each model on every test source and print one report per source and model."""
+    return _evaluate_sets(sources(), models, stdout, as_json)
+
+
+def _evaluate_sets(
+    sets: dict[str, list[dataset.Example]],
+    models: Sequence[str],
+    stdout: TextIO,
+    as_json: bool,
+) -> int:
+    predictors = {name: _predictor(name) for name in models}
+    reports: dict[str, dict[str, evaluation.Report]] = {}
+    for source, examples in sets.items():
+        texts = [ex.text for ex in examples]
+        gold = [ex.label for ex in examples]
+        reports[source] = {
+            name: evaluation.score(gold, predict(texts)) for name, predict in predictors.items()
+        }
     if as_json:
-        stdout.write(json.dumps({n: r.as_dict() for n, r in reports.items()}, indent=2) + "\n")
+        payload: dict[str, Any] = {
+            source: {n: r.as_dict() for n, r in by_model.items()}
+            for source, by_model in reports.items()
+        }
+        if len(sets) == 1:
+            (payload,) = payload.values()
+        stdout.write(json.dumps(payload, indent=2) + "\n")
         return 0
-    for name, report in reports.items():
-        stdout.write(evaluation.format_report(f"{name} on {path.name}", report) + "\n\n")
-    if len(reports) > 1:
+    for source, by_model in reports.items():
+        for name, report in by_model.items():
+            stdout.write(evaluation.format_report(f"{name} on {source}", report) + "\n\n")
+    if len(sets) == 1 and len(models) > 1:
         stdout.write(f"{'model':<10}{'accuracy':>10}{'macro-F1':>10}{'sign':>8}\n")
-        for name, r in reports.items():
+    elif len(sets) > 1:
+        stdout.write(f"{'source':<28}{'model':<10}{'accuracy':>10}{'macro-F1':>10}{'sign':>8}\n")
+    else:
+        return 0
+    for source, by_model in reports.items():
+        for name, r in by_model.items():
             sign = "n/a" if r.sign_accuracy is None else f"{r.sign_accuracy:.3f}"
-            stdout.write(f"{name:<10}{r.accuracy:>10.3f}{r.macro_f1:>10.3f}{sign:>8}\n")
+            where = f"{source:<28}" if len(sets) > 1 else ""
+            stdout.write(f"{where}{name:<10}{r.accuracy:>10.3f}{r.macro_f1:>10.3f}{sign:>8}\n")
     return 0
 
 
@@ -91,10 +129,19 @@ def _predictor(name: str) -> evaluation.Predictor:
             return [(a.label, a.sentiment) for a in analyzer.analyze_batch(texts)]
 
         return predict
+    if name == "own":
+        own = EmotionAnalyzer(model=own_data_model())
+
+        def predict_own(texts: Sequence[str]) -> list[evaluation.Prediction]:
+            return [(a.label, a.sentiment) for a in own.analyze_batch(texts)]
+
+        return predict_own
     if name == "lexicon":
         return evaluation.lexicon_predictor()
     if name == "vader":
         return evaluation.vader_predictor()
+    if name == "majority":
+        return evaluation.majority_predictor()
     if name == "nade":
         return evaluation.nade_predictor()
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(BASELINES)}")
@@ -105,4 +152,6 @@ def main(args: Any) -> int:
     if args.action == "analyze":
         return analyze(args.text, sys.stdin, sys.stdout)
     models = list(BASELINES) if args.model == "all" else [args.model]
+    if args.file is None:
+        return evaluate_sources(models, sys.stdout, as_json=args.json)
     return evaluate(Path(args.file), models, sys.stdout, as_json=args.json)

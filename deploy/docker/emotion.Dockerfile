@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Care-by-Design `emotion`:
-#   emotion and sentiment; the built-in model trains at start-up from packaged data.
+#   emotion and sentiment; the built-in model loads from a hash-checked artefact.
 # Built from the repository root (`make images`):
 #   docker build -f deploy/docker/emotion.Dockerfile -t care-by-design/emotion:TAG .
 # Every service's Dockerfile has this same shape (tests/deploy/test_images.py checks it): a

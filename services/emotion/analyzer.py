@@ -1,10 +1,11 @@
 """How a customer feels in one message: label, scores, sentiment, intensity, signals, and why.
 
 `EmotionAnalyzer` joins the lexical evidence (`lexicon.LexiconAnalyzer`) with a learned
-classifier (`model.LearnedEmotionModel`, or any `EmotionModel`, such as a transformer on a GPU
-node). The classifier decides the label and scores; the lexicon contributes features, the
-named signals with their evidence, and words for the explanation. Input the model cannot read
-(empty, huge, binary junk, another language) gets a neutral analysis with confidence 0.
+classifier (`model.LearnedEmotionModel`, the routed model loaded from its hash-checked
+artefact, or any `EmotionModel`, such as a transformer on a GPU node). The
+classifier decides the label and scores; the lexicon contributes features, the named signals
+with their evidence, and words for the explanation. Input the model cannot read (empty, huge,
+binary junk, another language) gets a neutral analysis with confidence 0.
 """
 
 from __future__ import annotations
@@ -139,14 +140,14 @@ class EmotionAnalyzer:
     def __init__(
         self, model: EmotionModel | None = None, lexicon: LexiconAnalyzer | None = None
     ) -> None:
-        """Build the analyzer; with no model given, train the learned one on the shipped data."""
+        """Build the analyzer; with no model given, load the shipped learned model.
+
+        Loading checks the artefact's SHA-256 and raises `model.ArtefactError` when it is
+        missing or altered: a service must not start on weights nobody reviewed.
+        """
         self.lexicon = lexicon or LexiconAnalyzer()
         examples = dataset.load("train")
-        if model is None:
-            model = LearnedEmotionModel.train(
-                examples, [self.lexicon.analyze(ex.text) for ex in examples]
-            )
-        self.model = model
+        self.model = model if model is not None else LearnedEmotionModel.load()
         self._vocabulary = _english_vocabulary(self.lexicon, [ex.text for ex in examples])
 
     @property
@@ -177,8 +178,9 @@ class EmotionAnalyzer:
             try:
                 lexical = [self.lexicon.analyze(texts[i], history[i]) for i in readable]
                 probs = self.model.predict_proba([texts[i] for i in readable], lexical)
-                for row, i, lex in zip(probs, readable, lexical, strict=True):
-                    results[i] = self._combine(texts[i], row, lex)
+                words = self._evidence([texts[i] for i in readable], probs)
+                for row, i, lex, said in zip(probs, readable, lexical, words, strict=True):
+                    results[i] = self._combine(row, lex, said)
             except Exception:
                 log.exception("emotion model failed; neutral stand-ins returned")
                 for i in readable:
@@ -212,7 +214,16 @@ class EmotionAnalyzer:
                 return "message is not in English"
         return None
 
-    def _combine(self, text: str, probs: Matrix, lexical: EmotionAnalysis) -> EmotionAnalysis:
+    def _evidence(self, texts: Sequence[str], probs: Matrix) -> list[list[str]]:
+        """Per text, up to three content words or phrases behind its label."""
+        if not isinstance(self.model, LearnedEmotionModel):
+            return [[] for _ in texts]
+        labels = [LABELS[int(np.argmax(row))] for row in probs]
+        return [_content_phrases(w)[:3] for w in self.model.top_words_batch(texts, labels, k=8)]
+
+    def _combine(
+        self, probs: Matrix, lexical: EmotionAnalysis, words: Sequence[str]
+    ) -> EmotionAnalysis:
         scores = {label: round(float(p), 4) for label, p in zip(LABELS, probs, strict=True)}
         label = LABELS[int(np.argmax(probs))]
         valence = sum(scores[lab] * VALENCE[lab] for lab in LABELS)
@@ -226,23 +237,20 @@ class EmotionAnalyzer:
             sentiment=round(sentiment, 4),
             intensity=round(intensity, 4),
             signals=lexical.signals,
-            explanation=self._explain(text, label, scores[label], lexical, sentiment),
+            explanation=self._explain(label, scores[label], lexical, sentiment, words),
             model=self.model_name,
             confidence=round(scores[label], 4),
         )
 
     def _explain(
         self,
-        text: str,
         label: EmotionLabel,
         probability: float,
         lexical: EmotionAnalysis,
         sentiment: float,
+        words: Sequence[str],
     ) -> str:
         parts = [f"{label.value} ({probability:.0%})"]
-        words = (
-            self.model.top_words(text, label) if isinstance(self.model, LearnedEmotionModel) else []
-        )
         if words:
             parts.append("words: " + ", ".join(f"'{w}'" for w in words))
         if lexical.signals:
@@ -265,6 +273,22 @@ class EmotionAnalyzer:
             confidence=confidence,
             degraded=degraded,
         )
+
+
+def own_data_model(lexicon: LexiconAnalyzer | None = None) -> LearnedEmotionModel:
+    """The earlier default: one classifier trained on the project's own examples (~1 s)."""
+    lex = lexicon or LexiconAnalyzer()
+    examples = dataset.load("train")
+    return LearnedEmotionModel.train(
+        [ex.text for ex in examples],
+        [ex.label for ex in examples],
+        [lex.analyze(ex.text) for ex in examples],
+    )
+
+
+def _content_phrases(phrases: Sequence[str]) -> list[str]:
+    """The phrases that carry meaning: "this is" or "do i" explain nothing to an agent."""
+    return [p for p in phrases if any(w not in _FUNCTION_WORDS for w in p.split())]
 
 
 def _english_vocabulary(lexicon: LexiconAnalyzer, texts: Sequence[str]) -> frozenset[str]:

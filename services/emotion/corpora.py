@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from services.emotion.dataset import Example
 from shared.events import EmotionLabel
 
 PUBLIC_DIR = Path(__file__).parent / "data" / "public"
@@ -105,6 +106,17 @@ def write(corpus: str, rows: Iterable[dict[str, Any]]) -> Counter[tuple[str, str
             counts[(row["split"], row.get("label") or row["sentiment"])] += 1
             gz.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
     return counts
+
+
+def load_public(corpus: str, split: str) -> list[Example]:
+    """One split of a mapped public corpus in `data/public/<corpus>.jsonl.gz`."""
+    with gzip.open(PUBLIC_DIR / f"{corpus}.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [
+        Example(text=row["text"], label=EmotionLabel(row["label"]), domain=corpus)
+        for row in rows
+        if row["split"] == split and "label" in row
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

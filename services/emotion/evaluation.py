@@ -159,6 +159,15 @@ def vader_predictor() -> Predictor:
     return predict
 
 
+def majority_predictor(label: EmotionLabel = EmotionLabel.NEUTRAL) -> Predictor:
+    """Always the same label with zero sentiment: neutral, the commonest label in real chat."""
+
+    def predict(texts: Sequence[str]) -> list[Prediction]:
+        return [(label, 0.0) for _ in texts]
+
+    return predict
+
+
 # nade scores Plutchik's eight emotions (0-1 each); this is how they map onto ours.
 NADE_TO_CBD: dict[str, EmotionLabel] = {
     "anger": EmotionLabel.ANGER,

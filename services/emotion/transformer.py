@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from services.emotion.analyzer import EmotionModel
+from services.emotion.analyzer import EmotionModel, own_data_model
 from services.emotion.model import LABELS, Matrix
 from shared.events import EmotionAnalysis, EmotionLabel
 
@@ -180,17 +180,22 @@ class TransformerEmotionModel:
 def load_model_from_settings(kind: str, model_dir: str | None) -> EmotionModel | None:
     """The emotion model a deployment's settings ask for.
 
-    "learned" gives None: `EmotionAnalyzer` then trains its default model on the shipped data.
+    "learned" gives None: `EmotionAnalyzer` then loads its shipped, hash-checked model.
+    "own" trains the earlier model on the project's own examples only (for comparison).
     "transformer" loads `TransformerEmotionModel` from `model_dir`, which is then required.
     """
     choice = kind.strip().lower()
     if choice == "learned":
         return None
+    if choice == "own":
+        return own_data_model()
     if choice == "transformer":
         if not model_dir:
             raise ValueError("the transformer emotion model needs a model directory (model_dir)")
         return TransformerEmotionModel(model_dir)
-    raise ValueError(f"unknown emotion model kind {kind!r}; expected 'learned' or 'transformer'")
+    raise ValueError(
+        f"unknown emotion model kind {kind!r}; expected 'learned', 'own' or 'transformer'"
+    )
 
 
 def _transformers_pipeline(device: str | int | None) -> tuple[Callable[..., Any], str | int]:

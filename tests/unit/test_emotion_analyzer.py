@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from services.emotion import dataset, evaluation
-from services.emotion.analyzer import EmotionAnalyzer
-from services.emotion.model import LABELS, Matrix
+from services.emotion import corpora, dataset, evaluation
+from services.emotion.analyzer import EmotionAnalyzer, own_data_model
+from services.emotion.model import LABELS, OWN_MODEL_NAME, Matrix
 from shared.events import SIGNAL_NAMES, EmotionAnalysis, EmotionLabel
 
 
@@ -35,9 +35,30 @@ def test_test_split_quality(analyzer: EmotionAnalyzer) -> None:
 
 def test_independently_written_heldout_quality(analyzer: EmotionAnalyzer) -> None:
     report = report_for(analyzer, dataset.load_heldout())
-    assert report.macro_f1 >= 0.75, evaluation.format_report("heldout", report)
+    # Issue #13: public data may not cost our own domain (own-data model 0.865, shipped 0.853).
+    assert report.macro_f1 >= 0.85, evaluation.format_report("heldout", report)
     assert report.sign_accuracy is not None
     assert report.sign_accuracy >= 0.90
+
+
+def test_real_reddit_comments_a_public_test_split(analyzer: EmotionAnalyzer) -> None:
+    # Every tenth item of GoEmotions' test split (mapped to our labels): deterministic and fast.
+    # The own-data model scored 0.232 on the whole split, its lexical half 0.339; the shipped
+    # model 0.543 (see the datasheet).
+    examples = corpora.load_public("goemotions", "test")[::10]
+    report = report_for(analyzer, examples)
+    assert report.n >= 450
+    assert report.macro_f1 >= 0.50, evaluation.format_report("GoEmotions test", report)
+    assert report.sign_accuracy is not None
+    assert report.sign_accuracy >= 0.80
+
+
+def test_the_earlier_own_data_model_is_still_available() -> None:
+    model = own_data_model()
+    assert model.name == OWN_MODEL_NAME
+    assert model.gate is None
+    report = report_for(EmotionAnalyzer(model=model), dataset.load_heldout())
+    assert report.macro_f1 >= 0.85, evaluation.format_report("heldout", report)
 
 
 def test_the_model_beats_every_lexicon_baseline(analyzer: EmotionAnalyzer) -> None:
@@ -178,3 +199,33 @@ def test_every_signal_the_analyzer_emits_is_a_contract_name(analyzer: EmotionAna
     }
     assert emitted <= set(SIGNAL_NAMES)
     assert len(emitted) >= 7
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "this is the worst service I have ever had",
+        "do i have to call you again?",
+        "what is this charge on my card",
+    ],
+)
+def test_explanations_name_content_words_never_function_words_alone(
+    analyzer: EmotionAnalyzer, text: str
+) -> None:
+    explanation = analyzer.analyze(text).explanation
+    if "words:" not in explanation:
+        return
+    named = explanation.split("words: ")[1].split(";")[0]
+    for phrase in (p.strip(" '") for p in named.split(",")):
+        assert any(
+            w not in {"this", "is", "do", "i", "what", "the", "on", "my"} for w in phrase.split()
+        ), explanation
+
+
+def test_function_word_phrases_are_dropped_from_explanations() -> None:
+    from services.emotion.analyzer import _content_phrases  # noqa: PLC0415 (the rule itself)
+
+    assert _content_phrases(["this is", "do i", "worst", "is broken", "the"]) == [
+        "worst",
+        "is broken",
+    ]

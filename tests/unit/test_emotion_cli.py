@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cbd import emotion
+from services.emotion import dataset
 from services.emotion.analyzer import EmotionAnalyzer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -216,3 +217,30 @@ def test_console_script_analyze() -> None:
 
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["label"] == "joy"
+
+
+def test_evaluate_without_a_file_reports_every_source(
+    labelled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = dataset.read_jsonl(labelled)
+    monkeypatch.setattr(emotion, "sources", lambda: {"own": small, "public": small[:3]})
+    out = io.StringIO()
+
+    assert emotion.evaluate_sources(["model", "majority"], out) == 0
+
+    text = out.getvalue()
+    assert "model on own: n=7" in text
+    assert "majority on public: n=3" in text
+    table = text.split("source", 1)[1].splitlines()[1:]
+    assert [row.split()[:2] for row in table if row.strip()] == [
+        ["own", "model"],
+        ["own", "majority"],
+        ["public", "model"],
+        ["public", "majority"],
+    ]
+
+
+def test_every_source_is_a_test_split_never_training_data() -> None:
+    names = emotion.sources()
+    assert set(names) == {"own test.jsonl", "own heldout.jsonl", "GoEmotions test (mapped)"}
+    assert len(names["GoEmotions test (mapped)"]) == 4674
