@@ -156,14 +156,20 @@ class Rated:
     duplicate: bool = False
 
 
-def _claim_value(event: TurnReceivedEvent, *, published: bool) -> str:
+def _acceptance(event: Envelope) -> dict[str, object]:
+    """What a resend of the same client message id gets back."""
+    if isinstance(event, TurnReceivedEvent):
+        return {
+            "turn_id": str(event.payload.message.turn_id),
+            "event_id": str(event.event_id),
+            "trace_id": event.trace_id,
+        }
+    return {"event_id": str(event.event_id)}
+
+
+def _claim_value(event: Envelope, *, published: bool) -> str:
     """What a client message id's claim holds: the acceptance, and the event until published."""
-    record: dict[str, object] = {
-        "turn_id": str(event.payload.message.turn_id),
-        "event_id": str(event.event_id),
-        "trace_id": event.trace_id,
-        "published": published,
-    }
+    record = {**_acceptance(event), "published": published}
     if not published:
         record["event"] = event.model_dump_json()
     return json.dumps(record)
@@ -259,23 +265,40 @@ class Intake:
 
     async def _earlier(self, claim: str, earlier: str, channel: Channel, text: str) -> Accepted:
         """The first acceptance of a resent message, published now if it never was."""
+        record = await self._publish_pending(claim, earlier, TurnReceivedEvent, MESSAGES, channel)
+        return Accepted(**record, text=text, duplicate=True)
+
+    async def _publish_pending(
+        self,
+        claim: str,
+        earlier: str,
+        model: type[Envelope],
+        counter: Counter,
+        channel: Channel,
+    ) -> dict[str, str]:
+        """The earlier acceptance; its event is published first if the claim says it never was.
+
+        The replica that claimed it died before the broker had it (or is still publishing it):
+        the same event goes out, so nothing the customer sent is lost.
+        """
+        if not earlier.startswith("{"):
+            # A rating claimed before claims kept their event: its event id alone.
+            return {"event_id": earlier}
         record = json.loads(earlier)
         pending = record.pop("event", None)
         published = record.pop("published", True)
         if pending is not None and not published:
-            # The replica that claimed it died before the broker had it (or is still
-            # publishing it): publish the same event, so the turn is not lost.
-            event = TurnReceivedEvent.model_validate_json(pending)
+            event = model.model_validate_json(pending)
             try:
                 await self._publish(event, None, "the message")
             except ApiError:
-                MESSAGES.labels(channel.value, "broker_error").inc()
+                counter.labels(channel.value, "broker_error").inc()
                 raise
             await self._mark_published(claim, event)
-            MESSAGES.labels(channel.value, "republished").inc()
-        return Accepted(**record, text=text, duplicate=True)
+            counter.labels(channel.value, "republished").inc()
+        return {str(k): str(v) for k, v in record.items()}
 
-    async def _mark_published(self, claim: str | None, event: TurnReceivedEvent) -> None:
+    async def _mark_published(self, claim: str | None, event: Envelope) -> None:
         """Note that the claimed event reached the broker (a resend then publishes nothing)."""
         if claim is None:
             return
@@ -317,15 +340,19 @@ class Intake:
         if client_message_id is not None:
             # Under cmid:{conversation}:* so erasing the customer forgets it with the rest.
             claim = f"{self.prefix}cmid:{conversation_id}:rating:{client_message_id}"
-            earlier = await self._claim_once(claim, str(event.event_id))
+            earlier = await self._claim_once(claim, _claim_value(event, published=False))
             if earlier is not None:
                 FEEDBACK.labels(channel.value, "duplicate").inc()
-                return Rated(event_id=earlier, duplicate=True)
+                record = await self._publish_pending(
+                    claim, earlier, FeedbackReceivedEvent, FEEDBACK, channel
+                )
+                return Rated(event_id=record["event_id"], duplicate=True)
         try:
             await self._publish(event, claim, "the rating")
         except ApiError:
             FEEDBACK.labels(channel.value, "broker_error").inc()
             raise
+        await self._mark_published(claim, event)
         FEEDBACK.labels(channel.value, "accepted").inc()
         return Rated(event_id=str(event.event_id))
 

@@ -16,7 +16,7 @@ from services.ingest.edge import EdgeGuard
 from services.ingest.intake import Intake
 from services.ingest.ownership import Owners, Party
 from services.ingest.settings import IngestSettings
-from shared.events import Channel, TurnReceivedEvent
+from shared.events import Channel, FeedbackReceivedEvent, TurnReceivedEvent
 from shared.kafka import EventBus
 from tests.kit import RecordingBus
 
@@ -81,3 +81,28 @@ async def test_a_published_claim_keeps_no_copy_of_the_event(
     assert claim["published"] is True
     assert "event" not in claim
     assert await fake_redis.ttl(key) > 0
+
+
+async def test_a_resent_rating_is_published_if_the_first_replica_died(
+    settings: IngestSettings, bus: RecordingBus, fake_redis: aioredis.Redis
+) -> None:
+    party = Party("default", "cust-3")
+    await intake_for(settings, bus, fake_redis).message("conv-3", party, Channel.WEB, "hi", "m-1")
+    dying = RecordingBus()
+    dying.fail_with = Killed()
+    with contextlib.suppress(Killed):
+        await intake_for(settings, dying, fake_redis).rate(
+            "conv-3", party, Channel.WEB, 5, "lovely", client_message_id="r-1"
+        )
+
+    again = await intake_for(settings, bus, fake_redis).rate(
+        "conv-3", party, Channel.WEB, 5, "lovely", client_message_id="r-1"
+    )
+    third = await intake_for(settings, bus, fake_redis).rate(
+        "conv-3", party, Channel.WEB, 5, "lovely", client_message_id="r-1"
+    )
+
+    [rating] = bus.events(FeedbackReceivedEvent)
+    assert again.duplicate
+    assert str(rating.event_id) == again.event_id == third.event_id
+    assert rating.payload.rating == 5
