@@ -14,6 +14,7 @@ from services.ingest.edge import EdgeGuard, Refused
 from services.ingest.settings import IngestSettings
 from shared.events import Channel
 from shared.settings import RedisSettings
+from tests.kit import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -62,15 +63,22 @@ async def test_fragments_within_the_window_become_one_turn(redis_client: aioredi
     async def publish(*args: object) -> None:
         published.append(args)  # type: ignore[arg-type]
 
+    async def both_published() -> bool | None:
+        return True if len(published) >= 2 else None
+
     prefix = f"it-{uuid.uuid4().hex[:6]}:"
-    bursts = BurstMerger(redis_client, prefix, 300, publish, poll_s=0.05)
+    # A window far longer than the three adds take, even on a busy runner: the test is about
+    # merging, not about how fast the machine is.
+    bursts = BurstMerger(redis_client, prefix, 2000, publish, poll_s=0.05)
     sweeper = asyncio.create_task(bursts.run())
     try:
         for i, text in enumerate(["hi", "my order", "it never came"]):
             await bursts.add("conv-1", "phone:447700900123", Channel.SMS, text, f"SM{i}")
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.01)
         await bursts.add("conv-2", "phone:447700900999", Channel.WHATSAPP, "hello", "W1")
-        await asyncio.sleep(1.0)
+        await eventually(both_published, timeout_s=20, what="both bursts")
+        # A moment more: a split burst would publish a third turn now.
+        await asyncio.sleep(0.5)
     finally:
         sweeper.cancel()
     assert sorted(published) == [
