@@ -8,6 +8,7 @@ from pydantic_settings import SettingsConfigDict
 
 from services.escalation.policy import DEFAULT_POLICY_PATH
 from shared.credentials import require_secret
+from shared.events import Identifier
 from shared.passwords import hash_problems
 from shared.settings import ServiceSettings
 
@@ -34,12 +35,23 @@ class EscalationSettings(ServiceSettings):
     token_version_refresh_s: float = Field(default=2.0, gt=0)
     """How often each replica re-reads agents' token versions: the longest a token revoked on
     another replica (sign-out everywhere, a password change) still works here."""
+    agent_tenants: dict[str, Identifier] = Field(default_factory=dict)
+    """Which tenant each agent works for, as JSON: {"alice": "acme"}; an agent not listed
+    works for the `default` tenant. An agent sees, claims and answers only its tenant's
+    tickets, and its console hears only its tenant's conversations."""
     agent_skills: dict[str, list[str]] = Field(default_factory=dict)
     """Which skill queues each agent serves, as JSON: {"alice": ["billing", "fraud"]}; an
     agent not listed serves every queue. Skills are those of `shared/data/intents.yaml`."""
     handle_minutes: float = Field(default=4.0, gt=0)
     """Typical minutes an agent spends per conversation, for the wait the customer is told."""
     agents_on_shift: int = Field(default=2, ge=1)
+
+    @model_validator(mode="after")
+    def _tenants_of_known_agents(self) -> Self:
+        # A misspelt agent id would leave the real agent in the `default` tenant unnoticed.
+        if unknown := sorted(set(self.agent_tenants) - set(self.agents)):
+            raise ValueError(f"CBD_ESCALATION_AGENT_TENANTS names unknown agents: {unknown}")
+        return self
 
     @model_validator(mode="after")
     def _no_dev_agents_in_production(self) -> Self:
