@@ -73,7 +73,7 @@ SELECT v.review_id, v.scores::text AS scores, v.tags, v.better_reply, v.submitte
        COALESCE((c.consent ->> $1)::boolean, false) AS consented
 FROM care.reviews v
 JOIN care.replies r USING (reply_id)
-JOIN memory.customers c ON c.customer_id = r.customer_id
+JOIN memory.customers c ON c.tenant = r.tenant AND c.customer_id = r.customer_id
 WHERE v.submitted_at >= $2
 ORDER BY v.submitted_at
 """
