@@ -7,6 +7,7 @@ from typing import Literal, Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.events import Identifier
 from shared.passwords import hash_problems
 
 DEFAULT_IDLE_TIMEOUTS_S: dict[str, float] = {
@@ -51,6 +52,9 @@ class CareSettings(BaseSettings):
     )
     """Reviewer ids and argon2 password hashes, as JSON: {"rita": "$argon2id$...", ...}
     (`cbd agents hash-password`); plain-text passwords are accepted in development only."""
+    reviewer_tenants: dict[str, Identifier] = Field(default_factory=dict)
+    """Which tenant each reviewer works for, as JSON: {"rita": "acme"}; a reviewer not listed
+    works for the `default` tenant and sees only that tenant's replies."""
     reviewer_token_secret: SecretStr = SecretStr(DEV_REVIEWER_SECRET)
     reviewer_token_ttl_s: int = 12 * 3600
     unresolved_dispositions: list[str] = Field(
@@ -71,6 +75,13 @@ class CareSettings(BaseSettings):
     whatsapp_template: str | None = None
     """An approved WhatsApp template for follow-ups outside the 24-hour window; without one,
     such follow-ups are skipped."""
+
+    @model_validator(mode="after")
+    def _tenants_of_known_reviewers(self) -> Self:
+        # A misspelt reviewer id would leave the real reviewer in `default` unnoticed.
+        if unknown := sorted(set(self.reviewer_tenants) - set(self.reviewers)):
+            raise ValueError(f"CBD_CARE_REVIEWER_TENANTS names unknown reviewers: {unknown}")
+        return self
 
     @model_validator(mode="after")
     def _no_dev_reviewers_in_production(self) -> Self:

@@ -4,6 +4,8 @@ The same scheme as the agents' console (argon2id password hashes from `shared/pa
 HMAC-SHA256 tokens over `id|expiry`), with its own key and its own list of people: a reviewer
 is not an agent, and an agent's token opens no review. Production settings carry only hashes
 (`cbd agents hash-password` makes one); a plain development password is hashed at start-up.
+Each reviewer works for one tenant (settings: `reviewer_tenants`, `default` when not listed)
+and sees and scores only that tenant's replies.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import base64
 import hashlib
 import hmac
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
+from shared.events import DEFAULT_TENANT
 from shared.passwords import PasswordBook
 
 
@@ -23,15 +27,29 @@ class ReviewerToken:
 
     reviewer_id: str
     expires_at: float
+    tenant: str = DEFAULT_TENANT
+    """The tenant whose replies the reviewer may see and score."""
 
 
 class ReviewerAuth:
     """Checks reviewer passwords and issues and verifies HMAC-signed tokens."""
 
-    def __init__(self, reviewers: dict[str, str], secret: str, ttl_s: int = 12 * 3600) -> None:
+    def __init__(
+        self,
+        reviewers: dict[str, str],
+        secret: str,
+        ttl_s: int = 12 * 3600,
+        *,
+        tenants: Mapping[str, str] | None = None,
+    ) -> None:
         self.reviewers = PasswordBook(reviewers)
+        self._tenants = dict(tenants or {})
         self.secret = secret.encode()
         self.ttl_s = ttl_s
+
+    def tenant_of(self, reviewer_id: str) -> str:
+        """The tenant the reviewer works for (`default` when the settings name none)."""
+        return self._tenants.get(reviewer_id, DEFAULT_TENANT)
 
     def login(self, reviewer_id: str, password: str) -> str | None:
         """A token for the reviewer, or None when the credentials are wrong (CPU-bound:
@@ -62,7 +80,7 @@ class ReviewerAuth:
             return None
         if reviewer_id not in self.reviewers:
             return None
-        return ReviewerToken(reviewer_id, expires_at)
+        return ReviewerToken(reviewer_id, expires_at, self.tenant_of(reviewer_id))
 
     def _sign(self, body: bytes) -> str:
         digest = hmac.new(self.secret, body, hashlib.sha256).digest()
