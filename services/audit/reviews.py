@@ -6,13 +6,14 @@ so far), never with its variant. The playbook is not shown either: the baseline 
 none, so naming it would tell the reviewer which variant wrote the reply. Both are kept with
 the review for evaluation.
 
-A reviewer works for one tenant: the queue, an item and a submission match replies within it,
+A reviewer works for its tenants: the queue, an item and a submission match replies within them,
 so another tenant's reply is as unknown as one never queued.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -64,7 +65,7 @@ class ReviewInput(BaseModel):
 _ITEM_SQL = """
 SELECT i.reply_id, i.reasons, i.priority, i.queued_at,
        r.turn_id, r.conversation_id, r.customer_id, r.channel, r.text, r.knowledge_used,
-       r.flags, r.at AS replied_at, r.variant, r.playbook,
+       r.flags, r.at AS replied_at, r.variant, r.playbook, r.tenant,
        t.message, t.emotion, t.memories, t.open_issues,
        (SELECT count(*) FROM care.reviews v WHERE v.reply_id = i.reply_id) AS reviews
 FROM care.review_items i
@@ -102,31 +103,37 @@ class ReviewDesk:
         self.bus = bus
 
     async def queue(
-        self, reviewer_id: str, limit: int = 20, *, tenant: str = DEFAULT_TENANT
+        self, reviewer_id: str, limit: int = 20, *, tenants: Sequence[str] = (DEFAULT_TENANT,)
     ) -> list[dict[str, Any]]:
-        """The tenant's queued replies this reviewer has not reviewed, most important first."""
+        """The tenants' queued replies this reviewer has not reviewed, most important first."""
         rows = await self.pg.fetch(
             _ITEM_SQL  # noqa: S608 (constant SQL text; values are parameters)
             + """
-            WHERE r.tenant = $3 AND NOT EXISTS (SELECT 1 FROM care.reviews v
+            WHERE r.tenant = ANY($3::text[]) AND NOT EXISTS (SELECT 1 FROM care.reviews v
                               WHERE v.reply_id = i.reply_id AND v.reviewer_id = $1)
             ORDER BY i.priority DESC, i.queued_at
             LIMIT $2
             """,
             reviewer_id,
             limit,
-            tenant,
+            list(tenants),
         )
         return [blinded(row) for row in rows]
 
-    async def item(self, reply_id: uuid.UUID, *, tenant: str = DEFAULT_TENANT) -> dict[str, Any]:
-        """One of the tenant's queued replies with the conversation up to it."""
+    async def item(
+        self, reply_id: uuid.UUID, *, tenants: Sequence[str] = (DEFAULT_TENANT,)
+    ) -> dict[str, Any]:
+        """One of the tenants' queued replies with the conversation up to it."""
         row = await self.pg.fetchrow(
-            _ITEM_SQL + "WHERE i.reply_id = $1 AND r.tenant = $2", reply_id, tenant
+            _ITEM_SQL + "WHERE i.reply_id = $1 AND r.tenant = ANY($2::text[])",
+            reply_id,
+            list(tenants),
         )
         if row is None:
             raise ReviewNotFound(str(reply_id))
-        transcript = await self._transcript(row["conversation_id"], row["replied_at"], tenant)
+        transcript = await self._transcript(
+            row["conversation_id"], row["replied_at"], row["tenant"]
+        )
         return blinded(row, transcript)
 
     async def _transcript(
@@ -154,7 +161,7 @@ class ReviewDesk:
         reviewer_id: str,
         review: ReviewInput,
         *,
-        tenant: str = DEFAULT_TENANT,
+        tenants: Sequence[str] = (DEFAULT_TENANT,),
     ) -> ReviewSubmittedEvent:
         """Store the review and publish `review.submitted` (audit records it like any event).
 
@@ -164,9 +171,9 @@ class ReviewDesk:
         async with self.pg.acquire() as conn, conn.transaction():
             reply = await conn.fetchrow(
                 "SELECT r.* FROM care.review_items i JOIN care.replies r USING (reply_id) "
-                "WHERE i.reply_id = $1 AND r.tenant = $2",
+                "WHERE i.reply_id = $1 AND r.tenant = ANY($2::text[])",
                 reply_id,
-                tenant,
+                list(tenants),
             )
             if reply is None:
                 raise ReviewNotFound(str(reply_id))

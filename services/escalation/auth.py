@@ -10,9 +10,10 @@
   the others through `watching_versions`: each replica reads the versions again every few
   seconds (one indexed query), so a revoked token stops working everywhere within that period
   without a restart, and `verify` stays a pure in-memory check on the request path.
-- Each agent works for one tenant (settings: `agent_tenants`, `default` when not listed); the
-  verified token carries it, and every route filters tickets and console frames on it. Moving
-  an agent to another tenant changes its fingerprint, so its old tokens stop working.
+- Each agent works for its tenants (settings: `agent_tenants`, `default` when not listed);
+  the verified token carries them, and every route filters tickets and console frames on
+  them. Moving an agent to other tenants changes its fingerprint, so its old tokens stop
+  working.
 - Failed sign-ins are counted in Redis per account and per client address (fixed windows);
   over either limit, sign-in answers 429 with Retry-After until the window ends.
 """
@@ -26,7 +27,7 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,8 +47,8 @@ class AgentToken:
     agent_id: str
     expires_at: float
     version: int = 0
-    tenant: str = DEFAULT_TENANT
-    """The tenant the agent works for: the only one whose tickets it may see or touch."""
+    tenants: tuple[str, ...] = (DEFAULT_TENANT,)
+    """The tenants the agent works for: the only ones whose tickets it may see or touch."""
 
 
 class AgentAuth:
@@ -59,19 +60,22 @@ class AgentAuth:
         secret: str,
         ttl_s: int = 12 * 3600,
         *,
-        tenants: Mapping[str, str] | None = None,
+        tenants: Mapping[str, str | Sequence[str]] | None = None,
     ) -> None:
         self._configured = dict(agents)
-        self._tenants = dict(tenants or {})
+        self._tenants = {
+            agent: (t,) if isinstance(t, str) else tuple(sorted(set(t)))
+            for agent, t in (tenants or {}).items()
+        }
         self._book = PasswordBook(agents)
         self.agents = self._book.hashes
         self.secret = secret.encode()
         self.ttl_s = ttl_s
         self.versions: dict[str, int] = dict.fromkeys(agents, 0)
 
-    def tenant_of(self, agent_id: str) -> str:
-        """The tenant the agent works for (`default` when the settings name none)."""
-        return self._tenants.get(agent_id, DEFAULT_TENANT)
+    def tenants_of(self, agent_id: str) -> tuple[str, ...]:
+        """The tenants the agent works for (`default` when the settings name none)."""
+        return self._tenants.get(agent_id, (DEFAULT_TENANT,))
 
     def login(self, agent_id: str, password: str) -> str | None:
         """A token for the agent, or None when the credentials are wrong (CPU-bound: argon2)."""
@@ -100,16 +104,16 @@ class AgentAuth:
             return None
         if agent_id not in self.agents or token_version != self.versions.get(agent_id):
             return None
-        return AgentToken(agent_id, expires_at, token_version, self.tenant_of(agent_id))
+        return AgentToken(agent_id, expires_at, token_version, self.tenants_of(agent_id))
 
     def fingerprint(self, agent_id: str) -> str:
         """A keyed digest of the agent's configured credential and tenant: changes when
         either changes."""
         value = self._configured[agent_id].encode()
-        tenant = self.tenant_of(agent_id)
-        if tenant != DEFAULT_TENANT:
-            # Only a named tenant counts, so single-tenant fingerprints stay what they were.
-            value += b"\x00tenant:" + tenant.encode()
+        tenants = self.tenants_of(agent_id)
+        if tenants != (DEFAULT_TENANT,):
+            # Only named tenants count, so single-tenant fingerprints stay what they were.
+            value += b"\x00tenants:" + ",".join(tenants).encode()
         return hmac.new(self.secret, value, hashlib.sha256).hexdigest()
 
     async def sync_versions(self, pg: Any) -> None:

@@ -7,8 +7,8 @@ the bot under an older epoch (a person took over meanwhile) is never delivered. 
 conversation arrive in order on one partition, and agents' moves are single-row transactions
 that check the status they expect, so two agents cannot both claim a ticket.
 
-Agents act within one tenant: every read and move takes the agent's tenant and matches tickets
-within it, so another tenant's ticket is as unknown as a ticket that never existed.
+Agents act within their tenants: every read and move takes the agent's tenants and matches
+tickets within them, so another tenant's ticket is as unknown as a ticket that never existed.
 """
 
 from __future__ import annotations
@@ -452,9 +452,13 @@ class Desk:
         )
 
     async def queue(
-        self, limit: int = 100, skills: Sequence[str] = (), *, tenant: str = DEFAULT_TENANT
+        self,
+        limit: int = 100,
+        skills: Sequence[str] = (),
+        *,
+        tenants: Sequence[str] = (DEFAULT_TENANT,),
     ) -> list[Ticket]:
-        """The tenant's open tickets, most urgent and longest waiting first; claimed ones after.
+        """The tenants' open tickets, most urgent and longest waiting first; claimed ones after.
 
         `skills`: only these skill queues (none: every queue).
         """
@@ -462,32 +466,34 @@ class Desk:
             f"""
             SELECT {_TICKET_COLUMNS} FROM escalation.tickets t
             JOIN escalation.conversations c USING (conversation_id)
-            WHERE t.status IN ('queued', 'claimed') AND t.tenant = $3
+            WHERE t.status IN ('queued', 'claimed') AND t.tenant = ANY($3::text[])
               AND (cardinality($2::text[]) = 0 OR t.skill = ANY($2::text[]))
             ORDER BY (t.status = 'claimed'), t.priority DESC, t.created_at
             LIMIT $1
             """,  # noqa: S608 (a fixed column list, no input)
             limit,
             list(skills),
-            tenant,
+            list(tenants),
         )
         return [_ticket(r) for r in rows]
 
-    async def get(self, ticket_id: uuid.UUID, *, tenant: str = DEFAULT_TENANT) -> Ticket:
-        """One of the tenant's tickets; TicketNotFound for an unknown or another tenant's."""
+    async def get(
+        self, ticket_id: uuid.UUID, *, tenants: Sequence[str] = (DEFAULT_TENANT,)
+    ) -> Ticket:
+        """One of the tenants' tickets; TicketNotFound for an unknown or another tenant's."""
         row = await self.pg.fetchrow(
             f"SELECT {_TICKET_COLUMNS} FROM escalation.tickets t "  # noqa: S608
             "JOIN escalation.conversations c USING (conversation_id) "
-            "WHERE t.ticket_id = $1 AND t.tenant = $2",
+            "WHERE t.ticket_id = $1 AND t.tenant = ANY($2::text[])",
             ticket_id,
-            tenant,
+            list(tenants),
         )
         if row is None:
             raise TicketNotFound(str(ticket_id))
         return _ticket(row)
 
     async def claim(
-        self, ticket_id: uuid.UUID, agent_id: str, *, tenant: str = DEFAULT_TENANT
+        self, ticket_id: uuid.UUID, agent_id: str, *, tenants: Sequence[str] = (DEFAULT_TENANT,)
     ) -> Ticket:
         """Take a queued ticket; TicketConflict when it is not queued any more."""
         return await self._move(
@@ -497,11 +503,16 @@ class Desk:
             owner="agent",
             agent_id=agent_id,
             event="claimed",
-            tenant=tenant,
+            tenants=tenants,
         )
 
     async def transfer(
-        self, ticket_id: uuid.UUID, agent_id: str, to_agent: str, *, tenant: str = DEFAULT_TENANT
+        self,
+        ticket_id: uuid.UUID,
+        agent_id: str,
+        to_agent: str,
+        *,
+        tenants: Sequence[str] = (DEFAULT_TENANT,),
     ) -> Ticket:
         """Hand a claimed ticket to another agent."""
         return await self._move(
@@ -512,11 +523,11 @@ class Desk:
             agent_id=to_agent,
             event="transferred",
             by=agent_id,
-            tenant=tenant,
+            tenants=tenants,
         )
 
     async def resolve(
-        self, ticket_id: uuid.UUID, agent_id: str, *, tenant: str = DEFAULT_TENANT
+        self, ticket_id: uuid.UUID, agent_id: str, *, tenants: Sequence[str] = (DEFAULT_TENANT,)
     ) -> Ticket:
         """Close the ticket; the bot answers the conversation's next turns again."""
         return await self._move(
@@ -527,11 +538,11 @@ class Desk:
             agent_id=None,
             event="resolved",
             by=agent_id,
-            tenant=tenant,
+            tenants=tenants,
         )
 
     async def hand_back(
-        self, ticket_id: uuid.UUID, agent_id: str, *, tenant: str = DEFAULT_TENANT
+        self, ticket_id: uuid.UUID, agent_id: str, *, tenants: Sequence[str] = (DEFAULT_TENANT,)
     ) -> Ticket:
         """Give the conversation back to the bot without resolving the customer's issue."""
         return await self._move(
@@ -542,7 +553,7 @@ class Desk:
             agent_id=None,
             event="handed_back",
             by=agent_id,
-            tenant=tenant,
+            tenants=tenants,
         )
 
     async def _move(
@@ -555,14 +566,14 @@ class Desk:
         agent_id: str | None,
         event: str,
         by: str | None = None,
-        tenant: str,
+        tenants: Sequence[str],
     ) -> Ticket:
         async with self.pg.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "SELECT status, claimed_by, conversation_id, created_at FROM escalation.tickets "
-                "WHERE ticket_id = $1 AND tenant = $2 FOR UPDATE",
+                "WHERE ticket_id = $1 AND tenant = ANY($2::text[]) FOR UPDATE",
                 ticket_id,
-                tenant,
+                list(tenants),
             )
             if row is None:
                 raise TicketNotFound(str(ticket_id))
@@ -599,7 +610,7 @@ class Desk:
         TICKETS.labels(event).inc()
         if event == "claimed":
             QUEUE_WAIT.observe(max(0.0, (utcnow() - row["created_at"]).total_seconds()))
-        return await self.get(ticket_id, tenant=tenant)
+        return await self.get(ticket_id, tenants=tenants)
 
 
 def _owner_detail(conv: Any) -> str:

@@ -5,12 +5,13 @@ event or took an agent's move is usually not the one holding a given console. So
 goes through the shared fanout (`shared.fanout`, Redis pub/sub on channel `console`) and each
 replica's `AgentHub` forwards what it hears to the consoles it holds.
 
-Agents work for one tenant, so the feed is keyed by tenant (Redis channel
-`<prefix>console:<tenant>`): a console hears its own tenant's conversations and queue only.
+Agents work for their tenants, so the feed is keyed by tenant (Redis channel
+`<prefix>console:<tenant>`): a console hears its agent's tenants' conversations and queue only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.websockets import WebSocket
@@ -25,17 +26,17 @@ CONSOLE_CHANNEL = "console"
 class AgentHub:
     """The consoles connected to this replica (a `shared.fanout.Receiver`).
 
-    Every console of a tenant hears every frame of that tenant and shows the ones for the
+    Every console of a tenant's agent hears every frame of that tenant and shows the ones for the
     conversation it has open; agents are few, so filtering in the browser costs less than
     tracking who opened what. Another tenant's frames never reach it.
     """
 
     def __init__(self) -> None:
-        self._sockets: dict[WebSocket, str] = {}
+        self._sockets: dict[WebSocket, frozenset[str]] = {}
 
-    def add(self, ws: WebSocket, tenant: str = DEFAULT_TENANT) -> None:
-        """Start sending `ws` the frames of `tenant` (its agent's)."""
-        self._sockets[ws] = tenant
+    def add(self, ws: WebSocket, tenants: Iterable[str] = (DEFAULT_TENANT,)) -> None:
+        """Start sending `ws` the frames of `tenants` (its agent's)."""
+        self._sockets[ws] = frozenset(tenants)
 
     def remove(self, ws: WebSocket) -> None:
         """Stop sending frames to `ws`."""
@@ -48,8 +49,8 @@ class AgentHub:
     async def send(self, key: str, frame: dict[str, Any], *, catch_up: bool = False) -> int:
         """Send a frame of tenant `key` to that tenant's consoles here; return how many got it."""
         sent = 0
-        for ws, tenant in list(self._sockets.items()):
-            if tenant != key:
+        for ws, tenants in list(self._sockets.items()):
+            if key not in tenants:
                 continue
             try:
                 await ws.send_json(frame)

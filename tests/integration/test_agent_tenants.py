@@ -17,12 +17,14 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from services.audit.care_settings import CareSettings
 from services.escalation.api import REFUSALS, agent_router
 from services.escalation.auth import AgentAuth
 from services.escalation.desk import AgentSkills, Desk
 from services.escalation.handlers import EscalationHandlers
 from services.escalation.live import CONSOLE_CHANNEL, AgentHub, ConsoleFeed
 from services.escalation.policy import PolicyStore
+from services.escalation.settings import EscalationSettings
 from shared.events import AgentAssist, AssistSuggestedEvent, Channel, RouteTarget
 from shared.fanout import Fanout
 from shared.http import install, provide
@@ -70,7 +72,7 @@ def auth() -> AgentAuth:
     return AgentAuth(
         {"anna": "pw-anna", "gil": "pw-gil", "ada": "pw-ada"},
         SECRET,
-        tenants={"anna": "acme", "ada": "acme", "gil": "globex"},
+        tenants={"anna": "acme", "ada": ["acme", "initech"], "gil": "globex"},
     )
 
 
@@ -90,8 +92,8 @@ async def test_an_agent_never_sees_or_touches_another_tenants_ticket(
         provide(app, value)
     provide(app, bus, as_=EventBus)
     anna_console, gil_console = Console(), Console()
-    hub.add(anna_console, agents.tenant_of("anna"))  # type: ignore[arg-type]
-    hub.add(gil_console, agents.tenant_of("gil"))  # type: ignore[arg-type]
+    hub.add(anna_console, agents.tenants_of("anna"))  # type: ignore[arg-type]
+    hub.add(gil_console, agents.tenants_of("gil"))  # type: ignore[arg-type]
     anna = {"Authorization": f"Bearer {agents.issue('anna')}"}
     gil = {"Authorization": f"Bearer {agents.issue('gil')}"}
     base = "/v1/agent/tickets"
@@ -125,7 +127,7 @@ async def test_an_agent_never_sees_or_touches_another_tenants_ticket(
 
         # Gil's own ticket is untouched, and he cannot be handed acme's customer.
         assert (await http.post(f"{base}/{globex_ticket}/claim", headers=gil)).status_code == 200
-        assert (await desk.get(globex_ticket, tenant="globex")).claimed_by == "gil"
+        assert (await desk.get(globex_ticket, tenants=["globex"])).claimed_by == "gil"
         assert (await http.post(f"{base}/{acme_ticket}/claim", headers=anna)).status_code == 200
         to_gil = await http.post(
             f"{base}/{acme_ticket}/transfer", json={"to_agent": "gil"}, headers=anna
@@ -179,8 +181,19 @@ def test_an_agent_without_a_tenant_works_for_the_default_tenant() -> None:
     agents = AgentAuth({"agent": "agent"}, SECRET)
     verified = agents.verify(agents.issue("agent"))
     assert verified is not None
-    assert verified.tenant == "default"
+    assert verified.tenants == ("default",)
     # Naming a tenant changes the fingerprint (old tokens are revoked); no tenant keeps it.
     moved = AgentAuth({"agent": "agent"}, SECRET, tenants={"agent": "acme"})
     assert moved.fingerprint("agent") != agents.fingerprint("agent")
     assert AgentAuth({"agent": "agent"}, SECRET).fingerprint("agent") == agents.fingerprint("agent")
+
+
+def test_the_development_agent_serves_the_development_tenants() -> None:
+    # The chat page carries ingest's development widget key (tenant `demo`); keyless requests
+    # are `default`'s: the dev `agent` answers both, as before tenants.
+    assert EscalationSettings().tenants_by_agent() == {"agent": ["default", "demo"]}
+    named = EscalationSettings(agents={"alice": "pw", "bob": "pw"}, agent_tenants={"bob": "acme"})
+    assert named.tenants_by_agent() == {"bob": ["acme"]}
+    with pytest.raises(ValueError, match="unknown agents"):
+        EscalationSettings(agents={"alice": "pw"}, agent_tenants={"alicia": "acme"})
+    assert CareSettings().tenants_by_reviewer() == {"reviewer": ["default", "demo"]}

@@ -75,7 +75,7 @@ async def reviewed(pool: db.Pool, tenant: str, name: str, consent: bool) -> str:
         reply_id,
         "rita",
         ReviewInput(scores=ReviewScores(**dict.fromkeys(REVIEW_CRITERIA, 5))),
-        tenant=tenant,
+        tenants=[tenant],
     )
     return conv
 
@@ -159,6 +159,6 @@ async def test_a_reviewer_never_sees_or_scores_another_tenants_reply(pool: db.Po
         assert stored.status_code == 201
     assert await pool.fetchval("SELECT count(*) FROM care.reviews") == 1
     event = await ReviewDesk(pool, None).submit(
-        globex_reply, "gil", ReviewInput.model_validate(scores), tenant="globex"
+        globex_reply, "gil", ReviewInput.model_validate(scores), tenants=["globex"]
     )
     assert event.tenant == "globex"
