@@ -197,3 +197,20 @@ def test_the_development_agent_serves_the_development_tenants() -> None:
     with pytest.raises(ValueError, match="unknown agents"):
         EscalationSettings(agents={"alice": "pw"}, agent_tenants={"alicia": "acme"})
     assert CareSettings().tenants_by_reviewer() == {"reviewer": ["default", "demo"]}
+
+
+async def test_the_development_agent_sees_the_chat_pages_and_keyless_tickets(
+    desk: Desk,  # noqa: F811
+) -> None:
+    settings = EscalationSettings()
+    agents = AgentAuth(
+        {k: v.get_secret_value() for k, v in settings.agents.items()},
+        SECRET,
+        tenants=settings.tenants_by_agent(),
+    )
+    verified = agents.verify(agents.issue("agent"))
+    assert verified is not None
+    demo, keyless = await open_ticket(desk, "demo"), await open_ticket(desk, "default")
+    await open_ticket(desk, "acme")
+    queue = await desk.queue(tenants=verified.tenants)
+    assert {t.ticket_id for t in queue} == {demo, keyless}
