@@ -67,13 +67,14 @@ class ExportStats:
 
 _QUERY = """
 SELECT v.review_id, v.scores::text AS scores, v.tags, v.better_reply, v.submitted_at,
-       r.reply_id, r.turn_id, r.conversation_id, r.customer_id, r.text AS reply, r.variant,
+       r.reply_id, r.turn_id, r.conversation_id, r.customer_id, r.tenant, r.text AS reply,
+       r.variant,
        r.at AS replied_at,
        c.name, c.preferred_name,
        COALESCE((c.consent ->> $1)::boolean, false) AS consented
 FROM care.reviews v
 JOIN care.replies r USING (reply_id)
-JOIN memory.customers c ON c.customer_id = r.customer_id
+JOIN memory.customers c ON c.tenant = r.tenant AND c.customer_id = r.customer_id
 WHERE v.submitted_at >= $2
 ORDER BY v.submitted_at
 """
@@ -81,10 +82,10 @@ ORDER BY v.submitted_at
 _HISTORY = """
 SELECT role, text FROM (
     SELECT 'user' AS role, message AS text, at FROM care.turns
-    WHERE conversation_id = $1 AND at <= $2
+    WHERE conversation_id = $1 AND at <= $2 AND tenant = $3
     UNION ALL
     SELECT 'assistant' AS role, text, at FROM care.replies
-    WHERE conversation_id = $1 AND at < $2 AND author IN ('bot', 'agent')
+    WHERE conversation_id = $1 AND at < $2 AND author IN ('bot', 'agent') AND tenant = $3
 ) x ORDER BY at
 """
 
@@ -132,7 +133,9 @@ async def export(
             names = [row["name"], row["preferred_name"]]
             if row["name"]:
                 names += row["name"].split()
-            history = await conn.fetch(_HISTORY, row["conversation_id"], row["replied_at"])
+            history = await conn.fetch(
+                _HISTORY, row["conversation_id"], row["replied_at"], row["tenant"]
+            )
             messages = [{"role": "system", "content": SYSTEM_PROMPT}]
             messages += [
                 {"role": h["role"], "content": mask_pii(h["text"], names)} for h in history[-12:]

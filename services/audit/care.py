@@ -32,6 +32,7 @@ def reviewer_auth(settings: CareSettings) -> ReviewerAuth:
         {k: v.get_secret_value() for k, v in settings.reviewers.items()},
         settings.reviewer_token_secret.get_secret_value(),
         settings.reviewer_token_ttl_s,
+        tenants=settings.tenants_by_reviewer(),
     )
 
 

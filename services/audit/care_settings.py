@@ -7,6 +7,7 @@ from typing import Literal, Self
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.events import Identifier
 from shared.passwords import hash_problems
 
 DEFAULT_IDLE_TIMEOUTS_S: dict[str, float] = {
@@ -22,6 +23,8 @@ DEFAULT_IDLE_TIMEOUTS_S: dict[str, float] = {
 
 
 DEV_REVIEWERS = {"reviewer": "reviewer"}
+DEV_TENANTS = ["default", "demo"]
+"""The tenants of a development set-up: keyless requests and ingest's development keys."""
 DEV_REVIEWER_SECRET = "dev-only-reviewer-token-secret"  # noqa: S105 (refused in production)
 
 
@@ -51,6 +54,10 @@ class CareSettings(BaseSettings):
     )
     """Reviewer ids and argon2 password hashes, as JSON: {"rita": "$argon2id$...", ...}
     (`cbd agents hash-password`); plain-text passwords are accepted in development only."""
+    reviewer_tenants: dict[str, Identifier | list[Identifier]] = Field(default_factory=dict)
+    """Which tenant each reviewer works for, as JSON: {"rita": "acme", "lead": ["a", "b"]};
+    a reviewer not listed works for the `default` tenant (the development `reviewer`, for the
+    development tenants) and sees only its tenants' replies."""
     reviewer_token_secret: SecretStr = SecretStr(DEV_REVIEWER_SECRET)
     reviewer_token_ttl_s: int = 12 * 3600
     unresolved_dispositions: list[str] = Field(
@@ -71,6 +78,25 @@ class CareSettings(BaseSettings):
     whatsapp_template: str | None = None
     """An approved WhatsApp template for follow-ups outside the 24-hour window; without one,
     such follow-ups are skipped."""
+
+    def tenants_by_reviewer(self) -> dict[str, list[str]]:
+        """Each listed reviewer's tenants; the development `reviewer`, unless listed, serves
+        the development tenants (it is refused in production)."""
+        tenants = {
+            r: [t] if isinstance(t, str) else list(t) for r, t in self.reviewer_tenants.items()
+        }
+        for reviewer in set(DEV_REVIEWERS) & set(self.reviewers) - set(tenants):
+            tenants[reviewer] = list(DEV_TENANTS)
+        return tenants
+
+    @model_validator(mode="after")
+    def _tenants_of_known_reviewers(self) -> Self:
+        # A misspelt reviewer id would leave the real reviewer in `default` unnoticed.
+        if unknown := sorted(set(self.reviewer_tenants) - set(self.reviewers)):
+            raise ValueError(f"CBD_CARE_REVIEWER_TENANTS names unknown reviewers: {unknown}")
+        if empty := sorted(r for r, t in self.reviewer_tenants.items() if not t):
+            raise ValueError(f"CBD_CARE_REVIEWER_TENANTS gives no tenant to: {empty}")
+        return self
 
     @model_validator(mode="after")
     def _no_dev_reviewers_in_production(self) -> Self:

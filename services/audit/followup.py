@@ -98,7 +98,7 @@ def message_for(category: str, name: str | None) -> str:
 
 
 _DUE = """
-SELECT i.issue_id, i.customer_id, i.category, c.preferred_name, c.name
+SELECT i.issue_id, i.customer_id, i.tenant, i.category, c.preferred_name, c.name
 FROM memory.issues i
 JOIN memory.customers c ON c.tenant = i.tenant AND c.customer_id = i.customer_id
 WHERE i.status <> 'resolved' AND i.updated_at < $1
@@ -114,7 +114,7 @@ SELECT c.conversation_id, c.channel,
        (SELECT max(t.at) FROM care.turns t WHERE t.conversation_id = c.conversation_id)
            AS last_customer_at
 FROM care.conversations c
-WHERE c.customer_id = $1
+WHERE c.tenant = $2 AND c.customer_id = $1
 ORDER BY c.last_activity_at DESC
 LIMIT 1
 """
@@ -152,7 +152,7 @@ class FollowUps:
         return done
 
     async def _one(self, conn: Any, issue: Any, now: datetime) -> FollowUp | None:
-        last = await conn.fetchrow(_LAST_CONVERSATION, issue["customer_id"])
+        last = await conn.fetchrow(_LAST_CONVERSATION, issue["customer_id"], issue["tenant"])
         conversation_id = last["conversation_id"] if last else ""
         channel = last["channel"] if last else "none"
         flags = [FLAG]
@@ -174,8 +174,8 @@ class FollowUps:
         claimed = await conn.fetchval(
             """
             INSERT INTO care.followups (issue_id, customer_id, conversation_id, channel, status,
-                detail, claimed_by, claimed_at, sent_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                detail, claimed_by, claimed_at, sent_at, tenant)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
             ON CONFLICT (issue_id) DO NOTHING RETURNING true
             """,
             issue["issue_id"],
@@ -187,6 +187,7 @@ class FollowUps:
             self.replica,
             now,
             now if outcome == "sent" else None,
+            issue["tenant"],
         )
         if not claimed:
             return None  # another replica has it
@@ -198,6 +199,8 @@ class FollowUps:
                 conversation_id=conversation_id,
                 customer_id=issue["customer_id"],
                 channel=Channel(channel),
+                # The customer's tenant: ingest delivers only to the conversation's owners.
+                tenant=issue["tenant"],
                 occurred_at=now,
                 trace_id=new_trace_id(),
                 payload=ReplyGenerated(

@@ -144,8 +144,8 @@ class Outcomes:
             row = await conn.fetchrow(
                 """
                 INSERT INTO care.conversations AS c
-                    (conversation_id, customer_id, channel, started_at, last_activity_at)
-                VALUES ($1, $2, $3, $4, $4)
+                    (conversation_id, customer_id, channel, started_at, last_activity_at, tenant)
+                VALUES ($1, $2, $3, $4, $4, $5)
                 ON CONFLICT (conversation_id) DO UPDATE SET
                     customer_id = EXCLUDED.customer_id,
                     last_activity_at = GREATEST(c.last_activity_at, EXCLUDED.last_activity_at)
@@ -155,6 +155,7 @@ class Outcomes:
                 event.customer_id,
                 event.channel.value,
                 at,
+                event.tenant,
             )
             assert row is not None  # an upsert with RETURNING always returns its row
             reopened = None
@@ -163,8 +164,8 @@ class Outcomes:
             inserted = await conn.fetchval(
                 """
                 INSERT INTO care.turns (turn_id, conversation_id, customer_id, message, emotion,
-                    memories, open_issues, route, at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                    memories, open_issues, route, at, tenant)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                 ON CONFLICT (turn_id) DO NOTHING RETURNING true
                 """,
                 turn.message.turn_id,
@@ -181,6 +182,7 @@ class Outcomes:
                 ],
                 turn.route.model_dump(mode="json", include={"target", "reasons"}),
                 at,
+                event.tenant,
             )
             if not inserted:
                 return  # a redelivery: everything below already happened
@@ -256,7 +258,8 @@ class Outcomes:
         earlier = await conn.fetch(
             """
             SELECT * FROM care.conversations
-            WHERE customer_id = $1 AND conversation_id <> $2 AND closed_at IS NOT NULL
+            WHERE tenant = $6 AND customer_id = $1 AND conversation_id <> $2
+              AND closed_at IS NOT NULL
               AND closed_at >= $3 AND closed_at <= $4 AND issue_categories && $5
               AND repeated_by IS NULL
             ORDER BY closed_at DESC
@@ -267,6 +270,7 @@ class Outcomes:
             at - timedelta(days=self.settings.fcr_window_days),
             at,
             categories,
+            row["tenant"],
         )
         for previous in earlier:
             await conn.execute(
@@ -295,8 +299,8 @@ class Outcomes:
                 """
                 INSERT INTO care.replies (reply_id, turn_id, conversation_id, customer_id,
                     channel, author, text, variant, playbook, knowledge_used, memories_used,
-                    flags, at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                    flags, at, tenant)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
                 ON CONFLICT (reply_id) DO NOTHING RETURNING true
                 """,
                 reply.reply_id,
@@ -312,6 +316,7 @@ class Outcomes:
                 reply.memories_used,
                 reply.flags,
                 at,
+                event.tenant,
             )
             if not inserted:
                 return
@@ -319,8 +324,8 @@ class Outcomes:
             await conn.execute(
                 """
                 INSERT INTO care.conversations AS c (conversation_id, customer_id, channel,
-                    started_at, last_activity_at, variant, playbook, last_bot_reply_id)
-                VALUES ($1, $2, $3, $4, $4, $5, $6, $7)
+                    started_at, last_activity_at, variant, playbook, last_bot_reply_id, tenant)
+                VALUES ($1, $2, $3, $4, $4, $5, $6, $7, $8)
                 ON CONFLICT (conversation_id) DO UPDATE SET
                     last_activity_at = GREATEST(c.last_activity_at, EXCLUDED.last_activity_at),
                     variant = COALESCE(EXCLUDED.variant, c.variant),
@@ -334,6 +339,7 @@ class Outcomes:
                 reply.variant if bot else None,
                 reply.playbook if bot else None,
                 reply.reply_id if bot else None,
+                event.tenant,
             )
             if not bot:
                 return
@@ -349,8 +355,8 @@ class Outcomes:
             inserted = await conn.fetchval(
                 """
                 INSERT INTO care.feedback (event_id, conversation_id, customer_id, reply_id,
-                    rating, nps, comment, at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    rating, nps, comment, at, tenant)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                 ON CONFLICT (event_id) DO NOTHING RETURNING true
                 """,
                 event.event_id,
@@ -361,6 +367,7 @@ class Outcomes:
                 fb.nps,
                 fb.comment,
                 event.occurred_at,
+                event.tenant,
             )
             if not inserted:
                 return
@@ -407,8 +414,8 @@ class Outcomes:
                 """
                 INSERT INTO care.conversations AS c (conversation_id, customer_id, channel,
                     started_at, last_activity_at, closed_at, close_reason, disposition,
-                    agent_id, fcr_candidate)
-                VALUES ($1, $2, $3, $4, $4, $4, $5, $6, $7, $8)
+                    agent_id, fcr_candidate, tenant)
+                VALUES ($1, $2, $3, $4, $4, $4, $5, $6, $7, $8, $9)
                 ON CONFLICT (conversation_id) DO UPDATE SET
                     closed_at = EXCLUDED.closed_at, close_reason = EXCLUDED.close_reason,
                     disposition = EXCLUDED.disposition,
@@ -425,6 +432,7 @@ class Outcomes:
                 closed.disposition,
                 closed.agent_id,
                 resolved,
+                event.tenant,
             )
         if row is None:
             return  # already closed: a redelivery or a second close
@@ -438,7 +446,11 @@ class Outcomes:
         )
 
     async def on_customer_erased(self, event: CustomerErasedEvent) -> None:
-        """Delete the customer's care rows: their words, scores of their replies, follow-ups."""
+        """Delete the customer's care rows: their words, scores of their replies, follow-ups.
+
+        Customer ids count within the erased customer's tenant: another tenant's customer with
+        the same id keeps their rows.
+        """
         erased = event.payload
         ids = [erased.erased_customer_id, *erased.identities]
         convs = erased.conversation_ids
@@ -447,26 +459,29 @@ class Outcomes:
                 """
                 DELETE FROM care.reviews WHERE reply_id IN (
                     SELECT reply_id FROM care.replies
-                    WHERE customer_id = ANY($1) OR conversation_id = ANY($2))
+                    WHERE (tenant = $3 AND customer_id = ANY($1)) OR conversation_id = ANY($2))
                 """,
                 ids,
                 convs,
+                event.tenant,
             )
             await conn.execute(
                 """
                 DELETE FROM care.review_items WHERE reply_id IN (
                     SELECT reply_id FROM care.replies
-                    WHERE customer_id = ANY($1) OR conversation_id = ANY($2))
+                    WHERE (tenant = $3 AND customer_id = ANY($1)) OR conversation_id = ANY($2))
                 """,
                 ids,
                 convs,
+                event.tenant,
             )
             for table in ("replies", "turns", "feedback", "conversations", "followups"):
                 await conn.execute(
                     f"DELETE FROM care.{table} "  # noqa: S608 (table names are ours)
-                    "WHERE customer_id = ANY($1) OR conversation_id = ANY($2)",
+                    "WHERE (tenant = $3 AND customer_id = ANY($1)) OR conversation_id = ANY($2)",
                     ids,
                     convs,
+                    event.tenant,
                 )
 
     async def _queue(self, conn: Any, reply_id: uuid.UUID, reason: str) -> None:

@@ -135,13 +135,14 @@ def review_router() -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
     ) -> ReviewQueue:
         """Replies waiting for this reviewer, most important first (blinded: no variant)."""
-        items = await desk.queue(reviewer.reviewer_id, limit)
+        items = await desk.queue(reviewer.reviewer_id, limit, tenants=reviewer.tenants)
         return ReviewQueue(items=items, criteria=list(REVIEW_CRITERIA))
 
     @router.get(item_path, responses=error_responses(401, 404, 503))
-    async def item(_: Reviewer, reply_id: ReplyId, desk: Desk) -> dict[str, Any]:
-        """One reply with what produced it and the conversation up to it."""
-        return await desk.item(reply_id)
+    async def item(reviewer: Reviewer, reply_id: ReplyId, desk: Desk) -> dict[str, Any]:
+        """One of the reviewer's tenants' replies with what produced it and the conversation
+        up to it (another tenant's reply is 404, as an unknown one)."""
+        return await desk.item(reply_id, tenants=reviewer.tenants)
 
     @router.post(
         item_path, status_code=201, responses=error_responses(401, 404, 409, 413, 422, 503)
@@ -150,7 +151,7 @@ def review_router() -> APIRouter:
         reviewer: Reviewer, reply_id: ReplyId, body: ReviewInput, desk: Desk
     ) -> ReviewStored:
         """Score the reply on the seven criteria, store the review and publish it."""
-        event = await desk.submit(reply_id, reviewer.reviewer_id, body)
+        event = await desk.submit(reply_id, reviewer.reviewer_id, body, tenants=reviewer.tenants)
         return ReviewStored(review_id=str(event.payload.review_id), event_id=str(event.event_id))
 
     return router

@@ -5,11 +5,15 @@ it, what memory recalled, open issues, the knowledge the prompt carried and the 
 so far), never with its variant. The playbook is not shown either: the baseline prompt follows
 none, so naming it would tell the reviewer which variant wrote the reply. Both are kept with
 the review for evaluation.
+
+A reviewer works for its tenants: the queue, an item and a submission match replies within them,
+so another tenant's reply is as unknown as one never queued.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -18,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from shared import db
 from shared.events import (
+    DEFAULT_TENANT,
     MAX_MESSAGE_CHARS,
     REVIEW_CRITERIA,
     Channel,
@@ -60,7 +65,7 @@ class ReviewInput(BaseModel):
 _ITEM_SQL = """
 SELECT i.reply_id, i.reasons, i.priority, i.queued_at,
        r.turn_id, r.conversation_id, r.customer_id, r.channel, r.text, r.knowledge_used,
-       r.flags, r.at AS replied_at, r.variant, r.playbook,
+       r.flags, r.at AS replied_at, r.variant, r.playbook, r.tenant,
        t.message, t.emotion, t.memories, t.open_issues,
        (SELECT count(*) FROM care.reviews v WHERE v.reply_id = i.reply_id) AS reviews
 FROM care.review_items i
@@ -97,46 +102,66 @@ class ReviewDesk:
         self.pg = pg
         self.bus = bus
 
-    async def queue(self, reviewer_id: str, limit: int = 20) -> list[dict[str, Any]]:
-        """Queued replies this reviewer has not reviewed, most important first."""
+    async def queue(
+        self, reviewer_id: str, limit: int = 20, *, tenants: Sequence[str] = (DEFAULT_TENANT,)
+    ) -> list[dict[str, Any]]:
+        """The tenants' queued replies this reviewer has not reviewed, most important first."""
         rows = await self.pg.fetch(
             _ITEM_SQL  # noqa: S608 (constant SQL text; values are parameters)
             + """
-            WHERE NOT EXISTS (SELECT 1 FROM care.reviews v
+            WHERE r.tenant = ANY($3::text[]) AND NOT EXISTS (SELECT 1 FROM care.reviews v
                               WHERE v.reply_id = i.reply_id AND v.reviewer_id = $1)
             ORDER BY i.priority DESC, i.queued_at
             LIMIT $2
             """,
             reviewer_id,
             limit,
+            list(tenants),
         )
         return [blinded(row) for row in rows]
 
-    async def item(self, reply_id: uuid.UUID) -> dict[str, Any]:
-        """One queued reply with the conversation up to it."""
-        row = await self.pg.fetchrow(_ITEM_SQL + "WHERE i.reply_id = $1", reply_id)
+    async def item(
+        self, reply_id: uuid.UUID, *, tenants: Sequence[str] = (DEFAULT_TENANT,)
+    ) -> dict[str, Any]:
+        """One of the tenants' queued replies with the conversation up to it."""
+        row = await self.pg.fetchrow(
+            _ITEM_SQL + "WHERE i.reply_id = $1 AND r.tenant = ANY($2::text[])",
+            reply_id,
+            list(tenants),
+        )
         if row is None:
             raise ReviewNotFound(str(reply_id))
-        return blinded(row, await self._transcript(row["conversation_id"], row["replied_at"]))
+        transcript = await self._transcript(
+            row["conversation_id"], row["replied_at"], row["tenant"]
+        )
+        return blinded(row, transcript)
 
-    async def _transcript(self, conversation_id: str, until: datetime) -> list[dict[str, Any]]:
+    async def _transcript(
+        self, conversation_id: str, until: datetime, tenant: str
+    ) -> list[dict[str, Any]]:
         rows = await self.pg.fetch(
             """
             SELECT * FROM (
                 SELECT 'customer' AS role, message AS text, at FROM care.turns
-                WHERE conversation_id = $1 AND at <= $2
+                WHERE conversation_id = $1 AND at <= $2 AND tenant = $3
                 UNION ALL
                 SELECT author AS role, text, at FROM care.replies
-                WHERE conversation_id = $1 AND at < $2
+                WHERE conversation_id = $1 AND at < $2 AND tenant = $3
             ) x ORDER BY at LIMIT 50
             """,
             conversation_id,
             until,
+            tenant,
         )
         return [{"role": r["role"], "text": r["text"], "at": r["at"].isoformat()} for r in rows]
 
     async def submit(
-        self, reply_id: uuid.UUID, reviewer_id: str, review: ReviewInput
+        self,
+        reply_id: uuid.UUID,
+        reviewer_id: str,
+        review: ReviewInput,
+        *,
+        tenants: Sequence[str] = (DEFAULT_TENANT,),
     ) -> ReviewSubmittedEvent:
         """Store the review and publish `review.submitted` (audit records it like any event).
 
@@ -146,8 +171,9 @@ class ReviewDesk:
         async with self.pg.acquire() as conn, conn.transaction():
             reply = await conn.fetchrow(
                 "SELECT r.* FROM care.review_items i JOIN care.replies r USING (reply_id) "
-                "WHERE i.reply_id = $1",
+                "WHERE i.reply_id = $1 AND r.tenant = ANY($2::text[])",
                 reply_id,
+                list(tenants),
             )
             if reply is None:
                 raise ReviewNotFound(str(reply_id))
@@ -184,6 +210,7 @@ class ReviewDesk:
                 conversation_id=reply["conversation_id"],
                 customer_id=reply["customer_id"],
                 channel=Channel(reply["channel"]),
+                tenant=reply["tenant"],
                 payload=payload,
             )
             if self.bus is not None:

@@ -54,6 +54,7 @@ class Session(BaseModel):
 
     token: str
     agent_id: str
+    tenants: list[str]
 
 
 class AgentReply(BaseModel):
@@ -168,7 +169,7 @@ def agent_router() -> APIRouter:
     refusals = error_responses(400, 401, 404, 409, 503)
 
     async def changed(feed: ConsoleFeed, ticket: Ticket) -> dict[str, Any]:
-        await feed.broadcast({"type": "queue_changed"})
+        await feed.broadcast({"type": "queue_changed"}, tenant=ticket.tenant)
         return ticket.as_json()
 
     @router.post("/login", responses=error_responses(401, 422, 429, 503))
@@ -193,7 +194,7 @@ def agent_router() -> APIRouter:
             await throttle.failed(body.agent_id, address)
             raise ApiError(401, "unauthorized", "unknown agent or wrong password")
         await throttle.succeeded(body.agent_id, address)
-        return Session(token=token, agent_id=verified.agent_id)
+        return Session(token=token, agent_id=verified.agent_id, tenants=list(verified.tenants))
 
     @router.get("/queue", responses=error_responses(401, 503))
     async def queue(
@@ -203,15 +204,17 @@ def agent_router() -> APIRouter:
         skill: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI copies defaults
         mine: bool = False,
     ) -> dict[str, list[dict[str, Any]]]:
-        """Open tickets, most urgent first: every queue, the `skill` queues named, or with
-        `mine=true` the queues the agent serves (settings: `agent_skills`)."""
+        """The agent's tenants' open tickets, most urgent first: every queue, the `skill`
+        queues named, or with `mine=true` the queues the agent serves (`agent_skills`)."""
         wanted = skills.of(agent.agent_id) if mine else skill
-        return {"tickets": [t.as_json() for t in await desk.queue(skills=wanted)]}
+        return {
+            "tickets": [t.as_json() for t in await desk.queue(skills=wanted, tenants=agent.tenants)]
+        }
 
     @router.get(ticket_path, responses=refusals)
-    async def ticket(ticket_id: TicketId, _: Agent, desk: DeskDep) -> dict[str, Any]:
-        """One ticket with its handoff packet."""
-        found = await desk.get(ticket_id)
+    async def ticket(ticket_id: TicketId, agent: Agent, desk: DeskDep) -> dict[str, Any]:
+        """One of the agent's tenants' tickets with its handoff packet (404 for another's)."""
+        found = await desk.get(ticket_id, tenants=agent.tenants)
         return {"ticket": found.as_json(), "packet": await build_packet(desk.pg, found)}
 
     @router.post(f"{ticket_path}/claim", responses=refusals)
@@ -219,7 +222,7 @@ def agent_router() -> APIRouter:
         ticket_id: TicketId, agent: Agent, desk: DeskDep, bus: Bus, feed: Feed
     ) -> dict[str, Any]:
         """Take a queued ticket; the customer is told a person has joined."""
-        claimed = await desk.claim(ticket_id, agent.agent_id)
+        claimed = await desk.claim(ticket_id, agent.agent_id, tenants=agent.tenants)
         await say(
             bus,
             claimed,
@@ -239,7 +242,7 @@ def agent_router() -> APIRouter:
         body: Resolve | None = None,
     ) -> dict[str, Any]:
         """Close the ticket with a disposition; the bot takes the conversation's next turns."""
-        resolved = await desk.resolve(ticket_id, agent.agent_id)
+        resolved = await desk.resolve(ticket_id, agent.agent_id, tenants=agent.tenants)
         disposition = body.disposition if body is not None else "resolved"
         await bus.publish(agent_closed(resolved, agent.agent_id, disposition))
         return await changed(feed, resolved)
@@ -249,16 +252,22 @@ def agent_router() -> APIRouter:
         ticket_id: TicketId, agent: Agent, desk: DeskDep, feed: Feed
     ) -> dict[str, Any]:
         """Give the conversation back to the bot without resolving the customer's issue."""
-        return await changed(feed, await desk.hand_back(ticket_id, agent.agent_id))
+        handed = await desk.hand_back(ticket_id, agent.agent_id, tenants=agent.tenants)
+        return await changed(feed, handed)
 
     @router.post(f"{ticket_path}/transfer", responses=error_responses(400, 401, 404, 409, 422))
     async def transfer(
         ticket_id: TicketId, body: Transfer, agent: Agent, auth: Auth, desk: DeskDep, feed: Feed
     ) -> dict[str, Any]:
-        """Hand the ticket to another agent."""
-        if body.to_agent not in auth.agents:
+        """Hand the ticket to another agent who works for the ticket's tenant."""
+        found = await desk.get(ticket_id, tenants=agent.tenants)
+        # Another tenant's agent reads as unknown: its name is not this tenant's business.
+        if body.to_agent not in auth.agents or found.tenant not in auth.tenants_of(body.to_agent):
             raise ApiError(400, "unknown_agent", f"no agent {body.to_agent!r}")
-        return await changed(feed, await desk.transfer(ticket_id, agent.agent_id, body.to_agent))
+        moved = await desk.transfer(
+            ticket_id, agent.agent_id, body.to_agent, tenants=(found.tenant,)
+        )
+        return await changed(feed, moved)
 
     @router.post(
         f"{ticket_path}/reply", status_code=202, responses=error_responses(400, 401, 404, 409, 422)
@@ -267,7 +276,7 @@ def agent_router() -> APIRouter:
         ticket_id: TicketId, body: AgentReply, agent: Agent, desk: DeskDep, bus: Bus
     ) -> ReplySent:
         """Send the customer a message from the agent holding the ticket."""
-        found = await desk.get(ticket_id)
+        found = await desk.get(ticket_id, tenants=agent.tenants)
         if found.status != "claimed" or found.claimed_by != agent.agent_id:
             raise ApiError(409, "conflict", "claim the ticket before replying")
         return ReplySent(
@@ -288,13 +297,14 @@ def live_router() -> APIRouter:
         auth: Auth,
         token: Annotated[str, Query()] = "",
     ) -> None:
-        """WS /v1/agent/ws?token=...: queue changes and messages as they happen."""
+        """WS /v1/agent/ws?token=...: the agent's tenants' queue changes and messages."""
         await ws.accept()
-        if auth.verify(token) is None:
+        verified = auth.verify(token)
+        if verified is None:
             await ws.send_json({"type": "error", "error": "unauthorized"})
             await ws.close(code=4401)
             return
-        hub.add(ws)
+        hub.add(ws, verified.tenants)
         try:
             while True:
                 await ws.receive_text()

@@ -35,6 +35,7 @@ def create_app(settings: EscalationSettings | None = None) -> FastAPI:
         {k: v.get_secret_value() for k, v in cfg.agents.items()},
         cfg.agent_token_secret.get_secret_value(),
         cfg.agent_token_ttl_s,
+        tenants=cfg.tenants_by_agent(),
     )
 
     async def wire(infra: Infra, stack: AsyncExitStack) -> None:

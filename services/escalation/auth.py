@@ -10,6 +10,10 @@
   the others through `watching_versions`: each replica reads the versions again every few
   seconds (one indexed query), so a revoked token stops working everywhere within that period
   without a restart, and `verify` stays a pure in-memory check on the request path.
+- Each agent works for its tenants (settings: `agent_tenants`, `default` when not listed);
+  the verified token carries them, and every route filters tickets and console frames on
+  them. Moving an agent to other tenants changes its fingerprint, so its old tokens stop
+  working.
 - Failed sign-ins are counted in Redis per account and per client address (fixed windows);
   over either limit, sign-in answers 429 with Retry-After until the window ends.
 """
@@ -23,13 +27,14 @@ import hashlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from shared.events import DEFAULT_TENANT
 from shared.passwords import PasswordBook
 
 log = logging.getLogger(__name__)
@@ -42,18 +47,35 @@ class AgentToken:
     agent_id: str
     expires_at: float
     version: int = 0
+    tenants: tuple[str, ...] = (DEFAULT_TENANT,)
+    """The tenants the agent works for: the only ones whose tickets it may see or touch."""
 
 
 class AgentAuth:
     """Checks agent passwords and issues and verifies HMAC-signed, versioned tokens."""
 
-    def __init__(self, agents: dict[str, str], secret: str, ttl_s: int = 12 * 3600) -> None:
+    def __init__(
+        self,
+        agents: dict[str, str],
+        secret: str,
+        ttl_s: int = 12 * 3600,
+        *,
+        tenants: Mapping[str, str | Sequence[str]] | None = None,
+    ) -> None:
         self._configured = dict(agents)
+        self._tenants = {
+            agent: (t,) if isinstance(t, str) else tuple(sorted(set(t)))
+            for agent, t in (tenants or {}).items()
+        }
         self._book = PasswordBook(agents)
         self.agents = self._book.hashes
         self.secret = secret.encode()
         self.ttl_s = ttl_s
         self.versions: dict[str, int] = dict.fromkeys(agents, 0)
+
+    def tenants_of(self, agent_id: str) -> tuple[str, ...]:
+        """The tenants the agent works for (`default` when the settings name none)."""
+        return self._tenants.get(agent_id, (DEFAULT_TENANT,))
 
     def login(self, agent_id: str, password: str) -> str | None:
         """A token for the agent, or None when the credentials are wrong (CPU-bound: argon2)."""
@@ -82,11 +104,16 @@ class AgentAuth:
             return None
         if agent_id not in self.agents or token_version != self.versions.get(agent_id):
             return None
-        return AgentToken(agent_id, expires_at, token_version)
+        return AgentToken(agent_id, expires_at, token_version, self.tenants_of(agent_id))
 
     def fingerprint(self, agent_id: str) -> str:
-        """A keyed digest of the agent's configured credential: changes when it changes."""
+        """A keyed digest of the agent's configured credential and tenant: changes when
+        either changes."""
         value = self._configured[agent_id].encode()
+        tenants = self.tenants_of(agent_id)
+        if tenants != (DEFAULT_TENANT,):
+            # Only named tenants count, so single-tenant fingerprints stay what they were.
+            value += b"\x00tenants:" + ",".join(tenants).encode()
         return hmac.new(self.secret, value, hashlib.sha256).hexdigest()
 
     async def sync_versions(self, pg: Any) -> None:

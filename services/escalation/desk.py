@@ -6,6 +6,9 @@ transaction. Generation checks the mirror before each piece of a bot reply: a tu
 the bot under an older epoch (a person took over meanwhile) is never delivered. Turns of one
 conversation arrive in order on one partition, and agents' moves are single-row transactions
 that check the status they expect, so two agents cannot both claim a ticket.
+
+Agents act within their tenants: every read and move takes the agent's tenants and matches
+tickets within them, so another tenant's ticket is as unknown as a ticket that never existed.
 """
 
 from __future__ import annotations
@@ -413,17 +416,20 @@ class Desk:
 
     async def _position(self, conn: Any, ticket_id: uuid.UUID) -> int:
         row = await conn.fetchrow(
-            "SELECT priority, created_at FROM escalation.tickets WHERE ticket_id = $1", ticket_id
+            "SELECT priority, created_at, tenant FROM escalation.tickets WHERE ticket_id = $1",
+            ticket_id,
         )
+        # The tenant's own agents serve its queue: other tenants' tickets are not ahead.
         ahead: int = await conn.fetchval(
             """
             SELECT count(*) FROM escalation.tickets
-            WHERE status = 'queued' AND ticket_id <> $1
+            WHERE status = 'queued' AND ticket_id <> $1 AND tenant = $4
               AND (priority > $2 OR (priority = $2 AND created_at <= $3))
             """,
             ticket_id,
             row["priority"],
             row["created_at"],
+            row["tenant"],
         )
         return ahead + 1
 
@@ -445,8 +451,14 @@ class Desk:
             eta_minutes=self.eta_minutes(position) if position else 0,
         )
 
-    async def queue(self, limit: int = 100, skills: Sequence[str] = ()) -> list[Ticket]:
-        """Open tickets, most urgent and longest waiting first; claimed ones after.
+    async def queue(
+        self,
+        limit: int = 100,
+        skills: Sequence[str] = (),
+        *,
+        tenants: Sequence[str] = (DEFAULT_TENANT,),
+    ) -> list[Ticket]:
+        """The tenants' open tickets, most urgent and longest waiting first; claimed ones after.
 
         `skills`: only these skill queues (none: every queue).
         """
@@ -454,28 +466,35 @@ class Desk:
             f"""
             SELECT {_TICKET_COLUMNS} FROM escalation.tickets t
             JOIN escalation.conversations c USING (conversation_id)
-            WHERE t.status IN ('queued', 'claimed')
+            WHERE t.status IN ('queued', 'claimed') AND t.tenant = ANY($3::text[])
               AND (cardinality($2::text[]) = 0 OR t.skill = ANY($2::text[]))
             ORDER BY (t.status = 'claimed'), t.priority DESC, t.created_at
             LIMIT $1
             """,  # noqa: S608 (a fixed column list, no input)
             limit,
             list(skills),
+            list(tenants),
         )
         return [_ticket(r) for r in rows]
 
-    async def get(self, ticket_id: uuid.UUID) -> Ticket:
-        """One ticket."""
+    async def get(
+        self, ticket_id: uuid.UUID, *, tenants: Sequence[str] = (DEFAULT_TENANT,)
+    ) -> Ticket:
+        """One of the tenants' tickets; TicketNotFound for an unknown or another tenant's."""
         row = await self.pg.fetchrow(
             f"SELECT {_TICKET_COLUMNS} FROM escalation.tickets t "  # noqa: S608
-            "JOIN escalation.conversations c USING (conversation_id) WHERE t.ticket_id = $1",
+            "JOIN escalation.conversations c USING (conversation_id) "
+            "WHERE t.ticket_id = $1 AND t.tenant = ANY($2::text[])",
             ticket_id,
+            list(tenants),
         )
         if row is None:
             raise TicketNotFound(str(ticket_id))
         return _ticket(row)
 
-    async def claim(self, ticket_id: uuid.UUID, agent_id: str) -> Ticket:
+    async def claim(
+        self, ticket_id: uuid.UUID, agent_id: str, *, tenants: Sequence[str] = (DEFAULT_TENANT,)
+    ) -> Ticket:
         """Take a queued ticket; TicketConflict when it is not queued any more."""
         return await self._move(
             ticket_id,
@@ -484,9 +503,17 @@ class Desk:
             owner="agent",
             agent_id=agent_id,
             event="claimed",
+            tenants=tenants,
         )
 
-    async def transfer(self, ticket_id: uuid.UUID, agent_id: str, to_agent: str) -> Ticket:
+    async def transfer(
+        self,
+        ticket_id: uuid.UUID,
+        agent_id: str,
+        to_agent: str,
+        *,
+        tenants: Sequence[str] = (DEFAULT_TENANT,),
+    ) -> Ticket:
         """Hand a claimed ticket to another agent."""
         return await self._move(
             ticket_id,
@@ -496,9 +523,12 @@ class Desk:
             agent_id=to_agent,
             event="transferred",
             by=agent_id,
+            tenants=tenants,
         )
 
-    async def resolve(self, ticket_id: uuid.UUID, agent_id: str) -> Ticket:
+    async def resolve(
+        self, ticket_id: uuid.UUID, agent_id: str, *, tenants: Sequence[str] = (DEFAULT_TENANT,)
+    ) -> Ticket:
         """Close the ticket; the bot answers the conversation's next turns again."""
         return await self._move(
             ticket_id,
@@ -508,9 +538,12 @@ class Desk:
             agent_id=None,
             event="resolved",
             by=agent_id,
+            tenants=tenants,
         )
 
-    async def hand_back(self, ticket_id: uuid.UUID, agent_id: str) -> Ticket:
+    async def hand_back(
+        self, ticket_id: uuid.UUID, agent_id: str, *, tenants: Sequence[str] = (DEFAULT_TENANT,)
+    ) -> Ticket:
         """Give the conversation back to the bot without resolving the customer's issue."""
         return await self._move(
             ticket_id,
@@ -520,6 +553,7 @@ class Desk:
             agent_id=None,
             event="handed_back",
             by=agent_id,
+            tenants=tenants,
         )
 
     async def _move(
@@ -532,12 +566,14 @@ class Desk:
         agent_id: str | None,
         event: str,
         by: str | None = None,
+        tenants: Sequence[str],
     ) -> Ticket:
         async with self.pg.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(
                 "SELECT status, claimed_by, conversation_id, created_at FROM escalation.tickets "
-                "WHERE ticket_id = $1 FOR UPDATE",
+                "WHERE ticket_id = $1 AND tenant = ANY($2::text[]) FOR UPDATE",
                 ticket_id,
+                list(tenants),
             )
             if row is None:
                 raise TicketNotFound(str(ticket_id))
@@ -574,7 +610,7 @@ class Desk:
         TICKETS.labels(event).inc()
         if event == "claimed":
             QUEUE_WAIT.observe(max(0.0, (utcnow() - row["created_at"]).total_seconds()))
-        return await self.get(ticket_id)
+        return await self.get(ticket_id, tenants=tenants)
 
 
 def _owner_detail(conv: Any) -> str:

@@ -74,13 +74,14 @@ class EscalationHandlers:
                     turn.message.text,
                     turn.message.received_at.isoformat(),
                     emotion,
-                )
+                ),
+                tenant=event.tenant,
             )
             if opened:
-                await self.consoles.broadcast({"type": "queue_changed"})
+                await self.consoles.broadcast({"type": "queue_changed"}, tenant=event.tenant)
 
     async def on_assist_suggested(self, event: AssistSuggestedEvent) -> None:
-        """Pass suggested replies and coaching tips to the consoles."""
+        """Pass suggested replies and coaching tips to the consoles of the customer's tenant."""
         await self.consoles.broadcast(
             {
                 "type": "assist",
@@ -94,7 +95,8 @@ class EscalationHandlers:
                     [f.detail or f.flag.value for f in fs]
                     for fs in event.payload.suggestion_findings
                 ],
-            }
+            },
+            tenant=event.tenant,
         )
 
     async def on_reply_generated(self, event: ReplyGeneratedEvent) -> None:
@@ -112,7 +114,7 @@ class EscalationHandlers:
             )
             if await self.desk.open_for_reply(event, reason):
                 ESCALATIONS.labels(reason.code).inc()
-                await self.consoles.broadcast({"type": "queue_changed"})
+                await self.consoles.broadcast({"type": "queue_changed"}, tenant=event.tenant)
         owner = await self.desk.owner(event.conversation_id)
         if owner is None or owner.owner == "bot":
             return
@@ -123,7 +125,8 @@ class EscalationHandlers:
                 reply.text,
                 event.occurred_at.isoformat(),
                 None,
-            )
+            ),
+            tenant=event.tenant,
         )
 
     async def on_customer_erased(self, event: CustomerErasedEvent) -> None:

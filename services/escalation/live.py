@@ -4,48 +4,54 @@ Agents' consoles may be connected to any escalation replica, and the replica tha
 event or took an agent's move is usually not the one holding a given console. So every frame
 goes through the shared fanout (`shared.fanout`, Redis pub/sub on channel `console`) and each
 replica's `AgentHub` forwards what it hears to the consoles it holds.
+
+Agents work for their tenants, so the feed is keyed by tenant (Redis channel
+`<prefix>console:<tenant>`): a console hears its agent's tenants' conversations and queue only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.websockets import WebSocket
 
+from shared.events import DEFAULT_TENANT
 from shared.fanout import Fanout, FrameId
 
 CONSOLE_CHANNEL = "console"
 """The fanout channel of the console feed (Redis channel `<prefix>console:agents`)."""
-FEED_KEY = "agents"
-"""Every console hears every frame, so the feed has one key."""
 
 
 class AgentHub:
     """The consoles connected to this replica (a `shared.fanout.Receiver`).
 
-    Every console hears every frame and shows the ones for the conversation it has open;
-    agents are few, so filtering in the browser costs less than tracking who opened what.
+    Every console of a tenant's agent hears every frame of that tenant and shows the ones for the
+    conversation it has open; agents are few, so filtering in the browser costs less than
+    tracking who opened what. Another tenant's frames never reach it.
     """
 
     def __init__(self) -> None:
-        self._sockets: set[WebSocket] = set()
+        self._sockets: dict[WebSocket, frozenset[str]] = {}
 
-    def add(self, ws: WebSocket) -> None:
-        """Start sending frames to `ws`."""
-        self._sockets.add(ws)
+    def add(self, ws: WebSocket, tenants: Iterable[str] = (DEFAULT_TENANT,)) -> None:
+        """Start sending `ws` the frames of `tenants` (its agent's)."""
+        self._sockets[ws] = frozenset(tenants)
 
     def remove(self, ws: WebSocket) -> None:
         """Stop sending frames to `ws`."""
-        self._sockets.discard(ws)
+        self._sockets.pop(ws, None)
 
     def count(self) -> int:
         """Consoles connected to this replica."""
         return len(self._sockets)
 
     async def send(self, key: str, frame: dict[str, Any], *, catch_up: bool = False) -> int:
-        """Send a frame heard on the feed to every console here; return how many got it."""
+        """Send a frame of tenant `key` to that tenant's consoles here; return how many got it."""
         sent = 0
-        for ws in list(self._sockets):
+        for ws, tenants in list(self._sockets.items()):
+            if key not in tenants:
+                continue
             try:
                 await ws.send_json(frame)
                 sent += 1
@@ -59,14 +65,14 @@ class AgentHub:
 
 
 class ConsoleFeed:
-    """Where handlers and routes send console frames: to every console on every replica."""
+    """Where handlers and routes send console frames: to a tenant's consoles on every replica."""
 
     def __init__(self, fanout: Fanout) -> None:
         self.fanout = fanout
 
-    async def broadcast(self, frame: dict[str, Any]) -> None:
-        """Publish a frame for every replica's consoles."""
-        await self.fanout.publish(FEED_KEY, frame)
+    async def broadcast(self, frame: dict[str, Any], *, tenant: str) -> None:
+        """Publish a frame for the consoles of `tenant`'s agents, on every replica."""
+        await self.fanout.publish(tenant, frame)
 
 
 def message_frame(

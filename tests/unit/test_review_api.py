@@ -21,7 +21,7 @@ from shared import http
 class NoDesk:
     """A desk that knows no reply: enough to see refusals pass through the shared handlers."""
 
-    async def item(self, reply_id: uuid.UUID) -> None:
+    async def item(self, reply_id: uuid.UUID, *, tenants: object = ()) -> None:
         raise ReviewNotFound(str(reply_id))
 
 
