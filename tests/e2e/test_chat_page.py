@@ -138,7 +138,7 @@ async def test_chat_page_streams_the_reply_and_it_is_stored(
     await expect(customer.locator(".msg-text")).to_have_text(message)
     await expect(page.locator("#cbd-input")).to_have_value("")
 
-    await page.wait_for_function(FINAL_BOT_REPLY_JS, timeout=REPLY_TIMEOUT_MS, polling="raf")
+    await page.wait_for_function(FINAL_BOT_REPLY_JS, timeout=REPLY_TIMEOUT_MS, polling=250)
     elapsed_s = time.monotonic() - sent_at
     await expect(customer).to_have_attribute("data-state", "sent")
 
@@ -206,7 +206,7 @@ async def test_asking_for_a_person_shows_a_handoff_notice_not_a_bot_reply(
         "let me talk to a real person"
     )
 
-    await page.wait_for_function(FINAL_SYSTEM_NOTICE_JS, timeout=REPLY_TIMEOUT_MS, polling="raf")
+    await page.wait_for_function(FINAL_SYSTEM_NOTICE_JS, timeout=REPLY_TIMEOUT_MS, polling=250)
     notice = page.locator(".msg.msg-system")
     await expect(notice).to_have_count(1)
     notice_text = (await notice.locator(".msg-text").text_content() or "").strip()

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from cbd.runtime import Platform
 from tests.e2e.browser import type_and_send
@@ -33,6 +34,9 @@ ANGRY_CUSTOMER = [
     "I've asked twice already and nobody has helped me.",
     "This is absolutely unacceptable, I am furious!!",
 ]
+SHOWN_JS = """
+() => Array.from(document.querySelectorAll('.msg')).map((el) => el.outerHTML.slice(0, 400))
+"""
 AGENT_REPLY = "Hi, I'm Dana from the support team. I'm so sorry, I'm checking your order now."
 CUSTOMER_FOLLOW_UP = "Thank you. The order number is 48213."
 HANDOFF_PREFIX = "Of course. I'm bringing in a member of our team now"
@@ -105,9 +109,13 @@ async def test_agent_takes_over_an_angry_conversation_from_the_console(
             await type_and_send(chat, text)
             await expect(chat.locator(".msg.msg-customer")).to_have_count(i)
             # One answer per message before the next, as a person would wait for it.
-            await chat.wait_for_function(
-                FINAL_REPLIES_JS, arg=i, timeout=BOT_REPLY_TIMEOUT_MS, polling="raf"
-            )
+            try:
+                await chat.wait_for_function(
+                    FINAL_REPLIES_JS, arg=i, timeout=BOT_REPLY_TIMEOUT_MS, polling=500
+                )
+            except PlaywrightTimeoutError as exc:
+                shown = await chat.evaluate(SHOWN_JS)
+                raise AssertionError(f"no final reply {i} on the chat page: {shown}") from exc
         customer_texts = chat.locator(".msg.msg-customer .msg-text")
         await expect(customer_texts).to_have_text(ANGRY_CUSTOMER)
 

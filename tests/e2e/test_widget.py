@@ -163,13 +163,13 @@ async def test_widget_streams_survives_a_drop_mid_reply_resumes_and_sends_the_ra
 
     # Drop the connection as soon as the reply starts streaming, and stay offline a while
     # so the rest of the reply is published while nobody is listening.
-    await page.wait_for_function(FIRST_DELTA_JS, timeout=REPLY_TIMEOUT_MS, polling="raf")
+    await page.wait_for_function(FIRST_DELTA_JS, timeout=REPLY_TIMEOUT_MS, polling=250)
     await page.evaluate("() => window.__cbdWidget.dropConnection(1500)")
     before = await widget_state(page)
     assert before["connected"] is False
     await expect(page.locator(".status")).not_to_have_attribute("data-state", "connected")
 
-    await page.wait_for_function(FINAL_BOT_REPLY_JS, timeout=REPLY_TIMEOUT_MS, polling="raf")
+    await page.wait_for_function(FINAL_BOT_REPLY_JS, timeout=REPLY_TIMEOUT_MS, polling=250)
     await expect(page.locator(".status")).to_have_attribute("data-state", "connected")
     await expect(customer).to_have_attribute("data-state", "sent")
     bot = page.locator(".msg.msg-bot")
@@ -214,7 +214,7 @@ async def test_widget_streams_survives_a_drop_mid_reply_resumes_and_sends_the_ra
     # A reload resumes the conversation from the buffer: each message once, same words.
     await page.reload()
     await expect(page.get_by_role("dialog", name="Chat with us")).to_be_visible()
-    await page.wait_for_function(FINAL_BOT_REPLY_JS, timeout=REPLY_TIMEOUT_MS, polling="raf")
+    await page.wait_for_function(FINAL_BOT_REPLY_JS, timeout=REPLY_TIMEOUT_MS, polling=250)
     await expect(customer).to_have_count(1)
     await expect(customer.locator(".msg-text")).to_have_text(message)
     await expect(bot).to_have_count(1)
