@@ -175,6 +175,17 @@ def _claim_value(event: Envelope, *, published: bool) -> str:
     return json.dumps(record)
 
 
+def _pending_event(earlier: str) -> tuple[dict[str, str], str | None]:
+    """A claim's earlier acceptance, and the event it still holds if never published."""
+    if not earlier.startswith("{"):
+        # A rating claimed before claims kept their event: its event id alone.
+        return {"event_id": earlier}, None
+    record = json.loads(earlier)
+    pending = record.pop("event", None)
+    published = record.pop("published", True)
+    return {str(k): str(v) for k, v in record.items()}, None if published else pending
+
+
 def screen(text: str) -> str:
     """`text` with its sensitive numbers replaced, counted by kind; never logged."""
     result = redact(text)
@@ -265,38 +276,26 @@ class Intake:
 
     async def _earlier(self, claim: str, earlier: str, channel: Channel, text: str) -> Accepted:
         """The first acceptance of a resent message, published now if it never was."""
-        record = await self._publish_pending(claim, earlier, TurnReceivedEvent, MESSAGES, channel)
+        record, pending = _pending_event(earlier)
+        if pending is not None:
+            event = TurnReceivedEvent.model_validate_json(pending)
+            await self._republish(event, claim, MESSAGES, channel)
         return Accepted(**record, text=text, duplicate=True)
 
-    async def _publish_pending(
-        self,
-        claim: str,
-        earlier: str,
-        model: type[Envelope],
-        counter: Counter,
-        channel: Channel,
-    ) -> dict[str, str]:
-        """The earlier acceptance; its event is published first if the claim says it never was.
-
-        The replica that claimed it died before the broker had it (or is still publishing it):
-        the same event goes out, so nothing the customer sent is lost.
-        """
-        if not earlier.startswith("{"):
-            # A rating claimed before claims kept their event: its event id alone.
-            return {"event_id": earlier}
-        record = json.loads(earlier)
-        pending = record.pop("event", None)
-        published = record.pop("published", True)
-        if pending is not None and not published:
-            event = model.model_validate_json(pending)
-            try:
-                await self._publish(event, None, "the message")
-            except ApiError:
-                counter.labels(channel.value, "broker_error").inc()
-                raise
-            await self._mark_published(claim, event)
-            counter.labels(channel.value, "republished").inc()
-        return {str(k): str(v) for k, v in record.items()}
+    async def _republish(
+        self, event: Envelope, claim: str, counter: Counter, channel: Channel
+    ) -> None:
+        """Publish a claimed event whose replica died before the broker had it (or is still
+        publishing it): the same event, so nothing the customer sent is lost, and a second copy
+        is a redelivery of one id."""
+        try:
+            await self.bus.publish(event)
+        except Exception as exc:
+            log.exception("could not publish %s", event.event_type)
+            counter.labels(channel.value, "broker_error").inc()
+            raise ApiError(503, "unavailable", "it could not be recorded; please retry") from exc
+        await self._mark_published(claim, event)
+        counter.labels(channel.value, "republished").inc()
 
     async def _mark_published(self, claim: str | None, event: Envelope) -> None:
         """Note that the claimed event reached the broker (a resend then publishes nothing)."""
@@ -343,9 +342,10 @@ class Intake:
             earlier = await self._claim_once(claim, _claim_value(event, published=False))
             if earlier is not None:
                 FEEDBACK.labels(channel.value, "duplicate").inc()
-                record = await self._publish_pending(
-                    claim, earlier, FeedbackReceivedEvent, FEEDBACK, channel
-                )
+                record, pending = _pending_event(earlier)
+                if pending is not None:
+                    claimed = FeedbackReceivedEvent.model_validate_json(pending)
+                    await self._republish(claimed, claim, FEEDBACK, channel)
                 return Rated(event_id=record["event_id"], duplicate=True)
         try:
             await self._publish(event, claim, "the rating")
