@@ -508,7 +508,12 @@ class GenerationHandlers:
             self._count_draft("regenerated", report)
             if report.passed:
                 REPLIES.labels("regenerated").inc()
-                flags = [*base, ReplyFlag.REGENERATED, *_first_flags(findings)]
+                # The customer got a sound reply: the leak is on record (prompt_leak,
+                # regenerated), but no `guardrail` flag, which would queue the conversation
+                # for a person without a word to the customer, whose next turn then gets
+                # neither the bot nor a handoff notice.
+                kept = [f for f in base if f is not ReplyFlag.GUARDRAIL]
+                flags = [*kept, ReplyFlag.REGENERATED, *_first_flags(findings)]
                 return _Final(
                     again.text,
                     [*_values(flags), *again.flags],
@@ -645,7 +650,8 @@ class GenerationHandlers:
             again = None
         if again is not None and again.leak is None and again.text:
             REPLIES.labels("regenerated").inc()
-            return again.text, [FLAG_GUARDRAIL, FLAG_LEAK, "regenerated", *again.flags]
+            # No `guardrail` flag for a sound regeneration: see `_regenerate`.
+            return again.text, [FLAG_LEAK, "regenerated", *again.flags]
         REPLIES.labels("replaced").inc()
         return SAFE_REPLY, [FLAG_GUARDRAIL, FLAG_LEAK, "replaced"]
 

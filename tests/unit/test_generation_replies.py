@@ -190,7 +190,10 @@ async def test_a_leaking_reply_stops_streaming_and_is_regenerated() -> None:
     assert CANARY not in streamed(bus)
     assert CANARY[:4] not in streamed(bus)
     assert reply.text == "Happy to help with your order."
-    assert {"guardrail", "prompt_leak", "regenerated"} <= set(reply.flags)
+    assert {"prompt_leak", "regenerated"} <= set(reply.flags)
+    # A sound regeneration does not hand the conversation to a person behind the customer's
+    # back (escalation queues replies flagged `guardrail`).
+    assert "guardrail" not in reply.flags
     assert len(llm.calls) == 2
     assert any("broke the rules" in m.content for m in llm.calls[1])
 
