@@ -18,17 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.capacity import cpu_seconds
 from cbd.runtime import Platform
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, 0 if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def idle_share(fetch_wait_ms: int, seconds: float) -> dict[str, float]:
@@ -41,18 +32,17 @@ def idle_share(fetch_wait_ms: int, seconds: float) -> dict[str, float]:
     try:
         # Start-up work (migrations, model loads, group joins) settles first.
         time.sleep(10)
-        pids = {
+        pids: dict[str, int | None] = {
             proc.name.split(" ")[0]: proc.proc.pid
             for proc in [*plat.stack.processes, *plat.services.values()]
             if proc.proc is not None
         }
-        before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+        before = cpu_seconds(pids)
         started = time.monotonic()
         time.sleep(seconds)
         elapsed = time.monotonic() - started
-        return {
-            name: (_cpu_seconds(pid) - before[name]) / elapsed * 100 for name, pid in pids.items()
-        }
+        after = cpu_seconds(pids)
+        return {name: (after[name] - before[name]) / elapsed * 100 for name in after}
     finally:
         plat.stop()
 
