@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
-from fastapi.responses import FileResponse
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, StringConstraints
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
@@ -35,10 +35,11 @@ from shared.events import (
     new_trace_id,
     utcnow,
 )
-from shared.http import ApiError, error_responses, requires
+from shared.http import ApiError, error_responses, html_page, requires
 from shared.kafka import EventBus
 
 STATIC = Path(__file__).parent / "static"
+CONSOLE_PAGE = (STATIC / "console.html").read_text()
 
 
 class Login(BaseModel):
@@ -121,10 +122,10 @@ def console_router() -> APIRouter:
     """The agent console page."""
     router = APIRouter(tags=["console"])
 
-    @router.get("/console", response_class=FileResponse)
-    async def console() -> FileResponse:
+    @router.get("/console", response_class=HTMLResponse)
+    async def console() -> HTMLResponse:
         """The agent console: queue, handoff packet, live transcript, replies."""
-        return FileResponse(STATIC / "console.html", media_type="text/html")
+        return html_page(CONSOLE_PAGE)
 
     return router
 
