@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast, overload
+from typing import Any, TypeVar, cast
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -209,30 +209,12 @@ class EventBus:
         if self.watch is not None and not self.watch.up:
             raise BrokerUnavailable("the event broker is unavailable")
 
-    @overload
-    async def publish(self, event: Envelope, /, *, confirm: bool = True) -> None: ...
-
-    @overload
-    async def publish(self, topic: Topic, event: Envelope, /, *, confirm: bool = True) -> None: ...
-
-    async def publish(
-        self, first: Topic | Envelope, second: Envelope | None = None, /, *, confirm: bool = True
-    ) -> None:
+    async def publish(self, event: Envelope, /, *, confirm: bool = True) -> None:
         """Publish one event on its type's topic; with `confirm` wait until the broker has it.
 
-        The two-argument form (topic, event) is kept only while callers move to
-        `publish(event)`; a topic that is not the event's own is refused. Raises
-        `BrokerUnavailable` at once while the broker is known to be down.
+        The topic is derived from the event's type (`Topic.for_event`), so the two cannot
+        disagree. Raises `BrokerUnavailable` at once while the broker is known to be down.
         """
-        if isinstance(first, Envelope):
-            event = first
-        else:
-            assert second is not None
-            event = second
-            if first != Topic.for_event(event):
-                raise ValueError(
-                    f"{event.event_type} events belong on their own topic, not {first}"
-                )
         topic = Topic.for_event(event)
         self._refuse_if_down()
         await self.broker.publish(
