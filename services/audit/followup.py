@@ -43,7 +43,6 @@ from shared.events import (
     new_trace_id,
 )
 from shared.kafka import EventBus
-from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +211,7 @@ class FollowUps:
                 ),
             )
             # Inside the transaction: the issue stays locked against a resolve until it is out.
-            await self.bus.publish(Topic.REPLY_GENERATED, event)
+            await self.bus.publish(event)
         return FollowUp(
             issue_id=issue["issue_id"],
             customer_id=issue["customer_id"],

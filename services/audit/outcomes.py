@@ -47,7 +47,6 @@ from shared.events import (
     new_trace_id,
 )
 from shared.kafka import EventBus
-from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -559,7 +558,7 @@ class Outcomes:
                 trace_id=new_trace_id(),
                 payload=ConversationClosed(reason=CloseReason.IDLE, last_activity_at=last),
             )
-            await self.bus.publish(Topic.CONVERSATION_CLOSED, event)
+            await self.bus.publish(event)
         return len(rows)
 
     async def settle_fcr(self, now: datetime) -> int:

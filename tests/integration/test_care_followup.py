@@ -16,7 +16,7 @@ from services.audit.care_settings import CareSettings
 from services.audit.followup import FollowUps
 from services.audit.outcomes import Outcomes
 from shared import db
-from shared.events import Channel, ReplyGeneratedEvent
+from shared.events import Channel, Envelope, ReplyGeneratedEvent
 from shared.settings import KafkaSettings
 from shared.topics import Topic
 from tests.integration.care_support import care_pool, read_topic, real_bus, routed
@@ -118,10 +118,10 @@ async def test_a_resolve_waits_for_a_follow_up_being_sent_so_none_comes_after_it
         release = asyncio.Event()
         real_publish = bus.publish
 
-        async def slow_publish(*args: object, **kwargs: object) -> None:
+        async def slow_publish(event: Envelope, /, *, confirm: bool = True) -> None:
             publishing.set()
             await release.wait()
-            await real_publish(*args, **kwargs)  # type: ignore[call-overload]
+            await real_publish(event, confirm=confirm)
 
         bus.publish = slow_publish  # type: ignore[method-assign]
         run = asyncio.create_task(FollowUps(pool, bus, SETTINGS).run(T0 + timedelta(days=2)))
