@@ -222,6 +222,8 @@ class CustomerProfile(_Model):
     tier: str | None = None
     """Value tier (e.g. gold), from the tenant's CRM or the admin API."""
     lifetime_value: float | None = None
+    purchase_summary: str | None = None
+    """Purchase history in a sentence ("12 orders, last order A1001"), from the tenant's CRM."""
     consent: dict[str, bool] = {}
     """Consents by purpose, e.g. {"personalisation": true, "marketing": false}."""
     channels: list[str] = []

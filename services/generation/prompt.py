@@ -312,6 +312,10 @@ class PromptBuilder:
         tier = (profile.tier if profile else None) or ctx.customer_tier
         if tier:
             lines.append(f"Customer tier: {tier}.")
+        if profile is not None and profile.purchase_summary:
+            # From the tenant's CRM (business data, not the customer's words), quoted all the
+            # same: a CRM field could carry text someone typed.
+            lines.append(f"Purchase history: {quote('memory', profile.purchase_summary)}")
         ids: list[str] = []
         for item in ctx.memories[:6]:
             lines.append(f"- {item.kind.value}: {quote('memory', item.text)}")

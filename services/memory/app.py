@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from services.memory.api import customer_router
 from services.memory.context import ContextAssembler, ContextLimits
+from services.memory.crm import CrmSync
 from services.memory.customers import CustomerStore
 from services.memory.erasure import Eraser
 from services.memory.extraction import LlmExtractor, RuleExtractor
@@ -17,6 +18,7 @@ from services.memory.handlers import MemoryHandlers
 from services.memory.settings import MemorySettings
 from services.memory.terms import load_terms
 from services.memory.turns import TurnStore
+from shared.connectors import ConnectorClient, load_connectors
 from shared.embedding import MiniLmEmbedder
 from shared.events import CustomerErasedEvent, ReplyGeneratedEvent, TurnAnalyzedEvent
 from shared.outbox import EVENT, Outbox, publishing, relaying
@@ -62,6 +64,25 @@ def create_app(settings: MemorySettings | None = None) -> FastAPI:
                 httpx.AsyncClient(base_url=cfg.llm_extractor_url)
             )
             llm_extractor = LlmExtractor(client, cfg.llm_extractor_model)
+        crm = None
+        if cfg.connector_url:
+            spec = load_connectors(cfg.connectors_path)
+            if cfg.crm_action not in spec.actions:
+                raise ValueError(
+                    f"CBD_MEMORY_CRM_ACTION {cfg.crm_action!r} is not an action of "
+                    f"{cfg.connectors_path}"
+                )
+            token = cfg.connector_token.get_secret_value() if cfg.connector_token else ""
+            connector = ConnectorClient(spec, base_url=cfg.connector_url, token=token)
+            stack.push_async_callback(connector.aclose)
+            crm = CrmSync(
+                connector,
+                customers,
+                action=cfg.crm_action,
+                interval_s=cfg.crm_sync_interval_s,
+                wait_s=cfg.crm_wait_s,
+            )
+            stack.push_async_callback(crm.drain)
         handlers = MemoryHandlers(
             infra.bus,
             turns,
@@ -71,6 +92,7 @@ def create_app(settings: MemorySettings | None = None) -> FastAPI:
             RuleExtractor(embedder, terms=load_terms(cfg.extraction_terms_path)),
             keep=cfg.recent_turns,
             llm_extractor=llm_extractor,
+            crm=crm,
         )
         infra.subscribe(Topic.TURN_ANALYZED, TurnAnalyzedEvent, handlers.on_turn_analyzed)
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)
