@@ -26,7 +26,6 @@ from services.generation.guardrails import (
     Verdict,
 )
 from services.generation.knowledge import KnowledgeBase
-from services.generation.llm import ChatClient, ChatMessage, LLMUnavailable
 from services.generation.playbooks import PlaybookLibrary
 from services.generation.prompt import (
     FALLBACK_REPLY,
@@ -55,6 +54,7 @@ from shared.events import (
     utcnow,
 )
 from shared.kafka import EventBus
+from shared.llm import ChatClient, ChatMessage, LLMUnavailable
 from shared.metrics import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ import pytest
 
 from services.generation.fence import OwnershipFence
 from services.generation.handlers import GenerationHandlers
-from services.generation.llm import ChatClient, ChatMessage, LLMUnavailable
 from services.generation.prompt import FALLBACK_REPLY, HANDOFF_NOTICE
 from services.generation.settings import GenerationSettings
 from services.generation.variants import Variant
@@ -34,6 +33,7 @@ from shared.events import (
     TurnRoutedEvent,
 )
 from shared.kafka import EventBus
+from shared.llm import ChatClient, ChatMessage, LLMUnavailable
 from shared.topics import Topic
 from tests.kit import RecordingBus
 
