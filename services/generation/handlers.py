@@ -274,7 +274,7 @@ class GenerationHandlers:
         reply_id = uuid.uuid5(event.event_id, "reply")
         if turn.route.target is RouteTarget.HUMAN:
             handoff = turn.route.handoff
-            if handoff is None or handoff.new:
+            if handoff is None or handoff.new or handoff.announce:
                 notice = handoff_notice(handoff.eta_minutes if handoff else None)
                 await self._publish_reply(event, reply_id, Role.SYSTEM, notice, ["handoff"])
                 REPLIES.labels("handoff").inc()
