@@ -305,6 +305,9 @@ class Handoff(_Model):
     ticket_id: uuid.UUID
     new: bool
     """True on the turn that opened the ticket: the customer is told a person is coming."""
+    announce: bool = False
+    """True on a later turn when nobody has told the customer yet (a flagged bot reply opened
+    the ticket): generation sends the handoff notice with this turn, as with `new`."""
     owner: Literal["queued", "agent"]
     agent_id: str | None = None
     queue_position: int = 0

@@ -28,7 +28,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
-from starlette.routing import BaseRoute
 
 from shared import db, http, lag
 from shared.events import Envelope
@@ -110,8 +109,6 @@ class ServiceSpec:
     max_body_bytes: int = 64 * 1024
     refusals: Mapping[type[Exception], http.Refusal] = field(default_factory=dict)
     description: str = ""
-    routes: Sequence[BaseRoute] = ()
-    """Plain Starlette routes of a service not yet on routers; they are matched first."""
 
 
 def redis_client(url: str) -> aioredis.Redis:
@@ -206,7 +203,6 @@ def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> FastAPI:
         lifespan=lifespan,
     )
     http.install(app, max_body_bytes=spec.max_body_bytes, refusals=spec.refusals)
-    app.router.routes[0:0] = list(spec.routes)
     app.include_router(http.ops_router(spec.name, with_metrics=settings.metrics_port is None))
     app.include_router(_asyncapi_router(spec))
     for router in spec.routers:

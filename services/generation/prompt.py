@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.generation.knowledge import KnowledgeBase, KnowledgeHit
-from services.generation.llm import ChatMessage
 from services.generation.playbooks import PlaybookLibrary, PlaybookMatch
 from services.generation.tone import ToneCues
 from services.generation.variants import Variant
 from shared.events import EmotionLabel, MemoryKind, Role, TurnRouted
+from shared.llm import ChatMessage
 from shared.untrusted import neutralize_tags, normalize
 
 CARE_PRINCIPLES = """\

@@ -5,7 +5,6 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import httpx
 from fastapi import FastAPI
 
 from services.memory.api import customer_router
@@ -21,6 +20,7 @@ from services.memory.turns import TurnStore
 from shared.connectors import ConnectorClient, load_connectors
 from shared.embedding import MiniLmEmbedder
 from shared.events import CustomerErasedEvent, ReplyGeneratedEvent, TurnAnalyzedEvent
+from shared.llm import ChatClient
 from shared.outbox import EVENT, Outbox, publishing, relaying
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
@@ -60,10 +60,18 @@ def create_app(settings: MemorySettings | None = None) -> FastAPI:
         )
         llm_extractor = None
         if cfg.llm_extractor_url:
-            client = await stack.enter_async_context(
-                httpx.AsyncClient(base_url=cfg.llm_extractor_url)
+            llm = ChatClient(
+                cfg.llm_extractor_url,
+                cfg.llm_extractor_model,
+                api_key=(
+                    cfg.llm_extractor_api_key.get_secret_value()
+                    if cfg.llm_extractor_api_key
+                    else None
+                ),
+                total_timeout_s=cfg.llm_extractor_timeout_s,
             )
-            llm_extractor = LlmExtractor(client, cfg.llm_extractor_model)
+            stack.push_async_callback(llm.aclose)
+            llm_extractor = LlmExtractor(llm)
         crm = None
         if cfg.connector_url:
             spec = load_connectors(cfg.connectors_path)

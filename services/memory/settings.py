@@ -38,6 +38,10 @@ class MemorySettings(ServiceSettings):
     """An OpenAI-compatible API base (ending in /v1) that extracts memories the rules miss;
     off when unset."""
     llm_extractor_model: str = "default"
+    llm_extractor_api_key: SecretStr | None = None
+    """Bearer token for the extractor's server, if it needs one."""
+    llm_extractor_timeout_s: float = Field(default=5.0, gt=0.0)
+    """The whole answer's budget: extraction must not hold up the turn for long."""
     extraction_terms_path: Path = DEFAULT_TERMS_PATH
     """The word lists the rule extractor recognises (validated at start-up)."""
     connector_url: str = ""

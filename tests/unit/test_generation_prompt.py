@@ -13,7 +13,6 @@ import yaml
 from services.generation.app import create_app
 from services.generation.care import context_texts
 from services.generation.handlers import build_prompting
-from services.generation.llm import ChatMessage
 from services.generation.prompt import (
     ASSIST_INSTRUCTION,
     STRATEGIES,
@@ -39,6 +38,7 @@ from shared.events import (
     Signal,
     TurnRouted,
 )
+from shared.llm import ChatMessage
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 CANARY = "zqfeedc0ffee42"
