@@ -20,7 +20,7 @@ from services.ingest.edge import EdgeGuard
 from services.ingest.handlers import IngestHandlers
 from services.ingest.intake import Intake
 from services.ingest.ownership import Owners
-from services.ingest.routers import channels, feedback, messages, pages, socket
+from services.ingest.routers import channels, ending, feedback, messages, pages, socket
 from services.ingest.settings import IngestSettings
 from shared import http
 from shared.events import CustomerErasedEvent, ReplyDeltaEvent, ReplyGeneratedEvent
@@ -34,7 +34,14 @@ widget, and the SMS, WhatsApp and voice providers' webhooks. Every message passe
 sensitive numbers become tokens, limits are spent, the conversation is claimed for its
 customer, and `turn.received` is published."""
 
-ROUTERS = (messages.router, feedback.router, socket.router, channels.router, pages.router)
+ROUTERS = (
+    messages.router,
+    feedback.router,
+    ending.router,
+    socket.router,
+    channels.router,
+    pages.router,
+)
 
 
 def _background(stack: AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> None:

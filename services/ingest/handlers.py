@@ -6,6 +6,7 @@ from prometheus_client import Histogram
 
 from services.ingest.channels.replies import ChannelReplies
 from services.ingest.delivery import FRAME_BUFFER_TEMPLATE, Fanout
+from services.ingest.intake import ENDED_TEMPLATE
 from services.ingest.ownership import OWNER_TEMPLATE
 from shared.erasure import ERASURES, conversation_keys, delete_keys
 from shared.events import CustomerErasedEvent, ReplyDeltaEvent, ReplyGeneratedEvent, utcnow
@@ -68,7 +69,9 @@ class IngestHandlers:
     async def on_customer_erased(self, event: CustomerErasedEvent) -> None:
         """Forget the erased customer's message-id claims, buffered frames and ownership."""
         patterns = conversation_keys(
-            event, self.key_prefix, ["cmid:{conversation}:*", FRAME_BUFFER_TEMPLATE, OWNER_TEMPLATE]
+            event,
+            self.key_prefix,
+            ["cmid:{conversation}:*", FRAME_BUFFER_TEMPLATE, OWNER_TEMPLATE, ENDED_TEMPLATE],
         )
         await delete_keys(self.fanout.redis, patterns)
         if self.channels is not None:
