@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from services.ingest.channels.identity import Conversations
 from services.ingest.channels.outbound import MessagingOutbound
 from services.ingest.channels.replies import ChannelReplies
+from services.ingest.channels.survey import MessagingSurvey
 from services.ingest.channels.voice import VoiceReplies
 from services.ingest.delivery import ConnectionHub, conversation_fanout
 from services.ingest.edge import EdgeGuard
@@ -23,7 +24,12 @@ from services.ingest.ownership import Owners
 from services.ingest.routers import channels, ending, feedback, messages, pages, socket
 from services.ingest.settings import IngestSettings
 from shared import http
-from shared.events import CustomerErasedEvent, ReplyDeltaEvent, ReplyGeneratedEvent
+from shared.events import (
+    ConversationClosedEvent,
+    CustomerErasedEvent,
+    ReplyDeltaEvent,
+    ReplyGeneratedEvent,
+)
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 
@@ -74,11 +80,17 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         voice = VoiceReplies(redis, prefix)
         client = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0))
         outbound = MessagingOutbound(cfg, redis, client)
-        handlers = IngestHandlers(fanout, prefix, ChannelReplies(conversations, outbound, voice))
+        survey = MessagingSurvey(cfg, redis, conversations, outbound, intake)
+        handlers = IngestHandlers(
+            fanout, prefix, ChannelReplies(conversations, outbound, voice), survey
+        )
         infra.subscribe(Topic.REPLY_DELTA, ReplyDeltaEvent, handlers.on_reply_delta)
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)
         infra.subscribe(Topic.CUSTOMER_ERASED, CustomerErasedEvent, handlers.on_customer_erased)
-        for collaborator in (intake, guard, fanout, conversations, voice):
+        infra.subscribe(
+            Topic.CONVERSATION_CLOSED, ConversationClosedEvent, handlers.on_conversation_closed
+        )
+        for collaborator in (intake, guard, fanout, conversations, voice, survey):
             infra.provide(collaborator)
 
     app = build_app(

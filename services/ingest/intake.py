@@ -355,8 +355,12 @@ class Intake:
         client_message_id: str | None = None,
         *,
         ip: str | None = None,
+        nps: int | None = None,
     ) -> Rated:
-        """Publish a customer's rating of their own conversation, once per client message id."""
+        """Publish a customer's rating of their own conversation, once per client message id.
+
+        `nps` (0-10) goes with it when the survey asked, or the answer named it.
+        """
         try:
             await self.guard.rate_limit(channel.value, party.tenant, party.customer_id, ip)
             await self.owners.check(conversation_id, party)
@@ -369,7 +373,11 @@ class Intake:
             channel=channel,
             tenant=party.tenant,
             payload=Feedback(
-                rating=rating, comment=screen(comment), source="customer", reply_id=reply_id
+                rating=rating,
+                comment=screen(comment),
+                source="customer",
+                reply_id=reply_id,
+                nps=nps,
             ),
         )
         claim = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.ingest.channels.identity import Conversations
 from services.ingest.channels.outbound import MessagingOutbound
+from services.ingest.channels.survey import ASKED_TEMPLATE
 from services.ingest.channels.voice import VoiceReplies
 from shared.erasure import conversation_keys, delete_keys
 from shared.events import Channel, CustomerErasedEvent, ReplyGeneratedEvent
@@ -37,9 +38,13 @@ class ChannelReplies:
     async def erase(self, event: CustomerErasedEvent) -> None:
         """Forget addresses, parked fragments and counters that name the erased customer."""
         prefix = self.conversations.prefix
-        patterns = conversation_keys(event, prefix, ["addr:{conversation}", "burst:{conversation}"])
+        patterns = conversation_keys(
+            event, prefix, ["addr:{conversation}", "burst:{conversation}", ASKED_TEMPLATE]
+        )
         for identity in event.payload.identities:
             patterns.append(f"{prefix}rate:*:{identity}")
             if identity.startswith("phone:"):
                 patterns.append(f"{prefix}msgconv:*:{identity.removeprefix('phone:')}")
+                # A closing question still awaiting this number's answer.
+                patterns.append(f"{prefix}survey:*:{identity.removeprefix('phone:')}")
         await delete_keys(self.conversations.redis, patterns)
