@@ -446,6 +446,9 @@ class ReplyGenerated(_Model):
     actions_used: list[str] = []
     """Actions run on the tenant's systems for this reply (`order_status`, `tracking`...), a
     failed one as `<action>:failed`."""
+    template_variables: dict[str, str] = {}
+    """Values for a messaging template's placeholders (`{"1": "Sam", "2": "your refund"}`),
+    when the reply must go out as the template its `whatsapp_template:<name>` flag names."""
     """The generation mode that produced it: `llm`, `llm_checked` or `composed`."""
 
 

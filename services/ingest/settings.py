@@ -106,6 +106,12 @@ class IngestSettings(ServiceSettings):
     whatsapp_access_token: SecretStr = SecretStr("")
     whatsapp_phone_number_id: str = ""
     whatsapp_api_base: str = "https://graph.facebook.com/v21.0"
+    whatsapp_templates: dict[str, str] = Field(default_factory=dict)
+    """Approved WhatsApp templates by name, as JSON: {"issue_follow_up": "HX..."}, the Twilio
+    Content SID each name is sent as (Meta's Cloud API sends the name itself). Outside
+    WhatsApp's 24-hour window only a template may be sent."""
+    whatsapp_template_language: str = "en"
+    """The language code of the templates, for Meta's Cloud API."""
 
     @model_validator(mode="after")
     def _keys_in_production(self) -> Self:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.ingest.channels.identity import Conversations
-from services.ingest.channels.outbound import MessagingOutbound
+from services.ingest.channels.outbound import MessagingOutbound, template_named
 from services.ingest.channels.survey import ASKED_TEMPLATE
 from services.ingest.channels.voice import VoiceReplies
 from shared.erasure import conversation_keys, delete_keys
@@ -32,7 +32,15 @@ class ChannelReplies:
         if event.channel not in (Channel.SMS, Channel.WHATSAPP):
             return
         address = await self.conversations.address(event.conversation_id)
-        if address is not None and reply.text.strip():
+        if address is None:
+            return
+        template = template_named(reply.flags) if event.channel is Channel.WHATSAPP else None
+        if template is not None:
+            # Outside WhatsApp's 24-hour window only an approved template may be sent.
+            await self.outbound.send_template(
+                address, str(reply.reply_id), template, reply.template_variables
+            )
+        elif reply.text.strip():
             await self.outbound.send(address, str(reply.reply_id), reply.text)
 
     async def erase(self, event: CustomerErasedEvent) -> None:
