@@ -589,16 +589,22 @@ class AssistSuggestedEvent(Envelope):
 
 
 class Feedback(_Model):
-    """Payload of feedback.received: a customer's or reviewer's rating of a conversation."""
+    """Payload of feedback.received: a customer's, reviewer's or agent's rating."""
 
     rating: Annotated[int, Field(ge=1, le=5)]
     """1 (very poor) to 5 (excellent), as CSAT surveys ask it."""
     comment: Annotated[str, StringConstraints(max_length=2000)] = ""
-    source: Literal["customer", "reviewer"] = "customer"
+    source: Literal["customer", "reviewer", "agent"] = "customer"
+    """Who rated: the customer (CSAT), a reviewer, or the agent who took the conversation over
+    (`agent`: how the bot handled it before the handoff, not the customer's satisfaction)."""
     reply_id: uuid.UUID | None = None
     """The reply being rated, when the rating is for one reply rather than the conversation."""
     nps: Annotated[int, Field(ge=0, le=10)] | None = None
     """How likely they are to recommend us, 0-10, when the survey asked."""
+    agent_id: str | None = None
+    """The agent who rated, when `source` is `agent`."""
+    ticket_id: uuid.UUID | None = None
+    """The ticket the agent rated the bot's part of, when `source` is `agent`."""
 
 
 class FeedbackReceivedEvent(Envelope):
