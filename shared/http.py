@@ -25,9 +25,12 @@ refusals with ``responses=error_responses(401, 404)``.
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from html.parser import HTMLParser
 from typing import Any, TypeVar, cast
 
 from fastapi import APIRouter, FastAPI
@@ -37,7 +40,7 @@ from pydantic import BaseModel
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException, WebSocketException
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.status import WS_1013_TRY_AGAIN_LATER
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -310,8 +313,11 @@ class ReadinessReport(BaseModel):
     checks: dict[str, str] = {}
 
 
-def ops_router(service: str) -> APIRouter:
-    """`/livez` (checks nothing external), `/readyz` (the provided `Readiness`), `/metrics`."""
+def ops_router(service: str, *, with_metrics: bool = True) -> APIRouter:
+    """`/livez` (checks nothing external), `/readyz` (the provided `Readiness`), `/metrics`.
+
+    Without `with_metrics` the main port serves no /metrics (they are on a port of their own).
+    """
     router = APIRouter(tags=["operations"])
 
     @router.get("/livez", summary="Liveness: the process answers")
@@ -335,6 +341,9 @@ def ops_router(service: str) -> APIRouter:
             {"status": "ready" if ok else "unready", "checks": checks},
             status_code=200 if ok else 503,
         )
+
+    if not with_metrics:
+        return router
 
     @router.get(
         "/metrics",
@@ -370,3 +379,77 @@ def undocumented_routes(app: FastAPI) -> list[str]:
             elif not any(str(code).startswith("2") for code in operation.get("responses", {})):
                 missing.append(f"{method} {route.path_format}: no success response")
     return missing
+
+
+class _InlineCode(HTMLParser):
+    """Collects the text of inline <script> (those without `src`) and <style> elements."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.scripts: list[str] = []
+        self.styles: list[str] = []
+        self._open: list[str] | None = None
+        self._parts: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "script" and not any(name == "src" for name, _ in attrs):
+            self._open, self._parts = self.scripts, []
+        elif tag == "style":
+            self._open, self._parts = self.styles, []
+
+    def handle_data(self, data: str) -> None:
+        if self._open is not None:
+            self._parts.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._open is not None and tag in ("script", "style"):
+            self._open.append("".join(self._parts))
+            self._open = None
+
+
+def _source_hashes(blocks: list[str]) -> str:
+    return " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() + "'"
+        for b in dict.fromkeys(blocks)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def content_security_policy(html: str) -> str:
+    """The Content-Security-Policy for one of our pages: its own inline code by hash, no more.
+
+    Inline <script> and <style> blocks are allowed by their SHA-256 (CSP Level 2 hashes), so
+    the policy needs no 'unsafe-inline': injected markup (a customer's text rendered by a
+    bug) cannot run script or restyle the page. Style attributes are not allowed either
+    (the pages set styles through the CSSOM, which CSP does not restrict). Framing is refused
+    (`frame-ancestors 'none'`): the console and review pages carry people's data, and the
+    customer chat is embedded with the widget script, never in a frame.
+    """
+    parser = _InlineCode()
+    parser.feed(html)
+    parser.close()
+    scripts = " ".join(filter(None, ["'self'", _source_hashes(parser.scripts)]))
+    styles = " ".join(filter(None, ["'self'", _source_hashes(parser.styles)]))
+    return (
+        f"default-src 'self'; script-src {scripts}; style-src {styles}; connect-src 'self'; "
+        "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    )
+
+
+def html_page(html: str, *, cache_control: str = "no-store") -> HTMLResponse:
+    """An HTML page with the security headers every page of ours carries.
+
+    The apps send them themselves, so a page is as strict behind any ingress (or none, as
+    with `make run`) as behind the Kubernetes one.
+    """
+    return HTMLResponse(
+        html,
+        headers={
+            "Content-Security-Policy": content_security_policy(html),
+            "X-Frame-Options": "DENY",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "strict-origin-when-cross-origin",
+            "Cache-Control": cache_control,
+        },
+    )

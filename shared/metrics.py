@@ -1,6 +1,12 @@
 """Prometheus metrics every service exports, named once so dashboards can rely on them."""
 
-from prometheus_client import Counter, Histogram
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from prometheus_client import Counter, Histogram, start_http_server
 
 LATENCY_BUCKETS = (
     0.005,
@@ -48,3 +54,19 @@ EVENT_AGE_SECONDS = Histogram(
     ["service", "topic"],
     buckets=LATENCY_BUCKETS,
 )
+
+
+@asynccontextmanager
+async def serving_metrics(host: str, port: int) -> AsyncIterator[None]:
+    """Serve /metrics on `host:port` (a listener of its own) while the block runs.
+
+    prometheus_client's own server (a thread): it answers even while the service's event
+    loop is busy or still starting, which is when a scrape is most telling.
+    """
+    server, thread = start_http_server(port, addr=host)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(server.shutdown)
+        server.server_close()
+        thread.join(timeout=5)

@@ -1,6 +1,7 @@
 """The shape every service shares: a FastAPI app around a FastStream broker.
 
-`build_app` gives each service `/metrics`, a liveness probe (`/livez`, checks nothing
+`build_app` gives each service `/metrics` (on the main port, or on `metrics_port` alone when
+that is set), a liveness probe (`/livez`, checks nothing
 external), a readiness probe (`/readyz`, checks broker, database and cache), the shared error
 handling and body limit (`shared.http`), its routers, and a lifespan that opens the clients,
 applies migrations, wires the handlers, starts consuming, hands the routes what they need
@@ -33,6 +34,7 @@ from shared import db, http, lag
 from shared.events import Envelope
 from shared.kafka import BrokerWatch, ConsumerSpec, EventBus, ensure_topics, make_broker, subscribe
 from shared.logging import configure_logging
+from shared.metrics import serving_metrics
 from shared.settings import ServiceSettings
 from shared.topics import Topic
 
@@ -151,6 +153,10 @@ def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         configure_logging(spec.name, settings.log_level, settings.log_format)
         async with AsyncExitStack() as stack:
+            if settings.metrics_port is not None:
+                await stack.enter_async_context(
+                    serving_metrics(settings.host, settings.metrics_port)
+                )
             if settings.kafka.create_topics:
                 await _retry("kafka", lambda: ensure_topics(settings.kafka), startup_timeout_s)
             broker = make_broker(settings.kafka, client_id=f"cbd-{spec.name}")
@@ -203,7 +209,7 @@ def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> FastAPI:
     )
     http.install(app, max_body_bytes=spec.max_body_bytes, refusals=spec.refusals)
     app.router.routes[0:0] = list(spec.routes)
-    app.include_router(http.ops_router(spec.name))
+    app.include_router(http.ops_router(spec.name, with_metrics=settings.metrics_port is None))
     app.include_router(_asyncapi_router(spec))
     for router in spec.routers:
         app.include_router(router)

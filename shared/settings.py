@@ -92,6 +92,9 @@ class ServiceSettings(BaseSettings):
     )
     host: str = "127.0.0.1"
     port: int = 8000
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """Serve /metrics on this port only, on a listener of its own (Kubernetes: Prometheus may
+    reach it, the ingress never routes to it). Unset: /metrics on the main port (`make run`)."""
     log_level: str = Field(default="INFO", validation_alias=AliasChoices("CBD_LOG_LEVEL"))
     log_format: Literal["json", "text"] = Field(
         default="json", validation_alias=AliasChoices("CBD_LOG_FORMAT")
@@ -101,6 +104,12 @@ class ServiceSettings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     handler_attempts: int = Field(default=3, ge=1)
     """Tries a failing event gets before it goes to the dead-letter topic."""
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> Self:
+        if self.metrics_port is not None and self.metrics_port == self.port:
+            raise ValueError("the metrics port must differ from the service's port")
+        return self
 
     @model_validator(mode="after")
     def _no_dev_secrets_in_production(self) -> Self:

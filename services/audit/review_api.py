@@ -25,15 +25,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict
 
 from services.audit.reviewers import ReviewerAuth, ReviewerToken
 from services.audit.reviews import AlreadyReviewed, ReviewDesk, ReviewInput, ReviewNotFound
 from shared.events import REVIEW_CRITERIA
-from shared.http import ApiError, error_responses, requires
+from shared.http import ApiError, error_responses, html_page, requires
 
 STATIC = Path(__file__).parent / "static"
+REVIEW_PAGE = (STATIC / "review.html").read_text()
 
 
 class Login(BaseModel):
@@ -106,10 +107,10 @@ def page_router() -> APIRouter:
     """The Review page."""
     router = APIRouter(tags=["review"])
 
-    @router.get("/review", response_class=FileResponse)
-    async def page() -> FileResponse:
+    @router.get("/review", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
         """The Review page: sign in, the blinded queue, scoring a reply."""
-        return FileResponse(STATIC / "review.html", media_type="text/html")
+        return html_page(REVIEW_PAGE)
 
     return router
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, WebSocket
-from fastapi.responses import FileResponse
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, ConfigDict, StringConstraints
 from redis.exceptions import RedisError
 from starlette.websockets import WebSocketDisconnect
@@ -35,10 +35,12 @@ from shared.events import (
     new_trace_id,
     utcnow,
 )
-from shared.http import ApiError, error_responses, requires
+from shared.http import ApiError, error_responses, html_page, requires
 from shared.kafka import EventBus
+from shared.service import Infra
 
 STATIC = Path(__file__).parent / "static"
+CONSOLE_PAGE = (STATIC / "console.html").read_text()
 
 
 class Login(BaseModel):
@@ -55,6 +57,13 @@ class Session(BaseModel):
     token: str
     agent_id: str
     tenants: list[str]
+
+
+class SignedOut(BaseModel):
+    """Every token of the agent is void: sockets close, the next request answers 401."""
+
+    agent_id: str
+    token_version: int
 
 
 class AgentReply(BaseModel):
@@ -121,10 +130,10 @@ def console_router() -> APIRouter:
     """The agent console page."""
     router = APIRouter(tags=["console"])
 
-    @router.get("/console", response_class=FileResponse)
-    async def console() -> FileResponse:
+    @router.get("/console", response_class=HTMLResponse)
+    async def console() -> HTMLResponse:
         """The agent console: queue, handoff packet, live transcript, replies."""
-        return FileResponse(STATIC / "console.html", media_type="text/html")
+        return html_page(CONSOLE_PAGE)
 
     return router
 
@@ -286,8 +295,27 @@ def agent_router() -> APIRouter:
     return router
 
 
-def live_router() -> APIRouter:
-    """The consoles' live feed."""
+def sign_out_router() -> APIRouter:
+    """Signing an agent out of every console at once."""
+    router = APIRouter(prefix="/v1/agent", tags=["agents"])
+
+    @router.post("/sign-out-everywhere", responses=error_responses(401, 503))
+    async def sign_out_everywhere(
+        agent: Agent, auth: Auth, infra: Annotated[Infra, Depends(requires(Infra))]
+    ) -> SignedOut:
+        """Void every token of this agent, on every replica (a lost laptop, a shared screen).
+
+        Open consoles, this one included, are disconnected within the token refresh interval
+        (`CBD_ESCALATION_TOKEN_VERSION_REFRESH_S`) and must sign in again.
+        """
+        version = await auth.revoke(infra.require_pg(), agent.agent_id)
+        return SignedOut(agent_id=agent.agent_id, token_version=version)
+
+    return router
+
+
+def live_router(recheck_s: float = 2.0) -> APIRouter:
+    """The consoles' live feed; each socket's token is checked again every `recheck_s`."""
     router = APIRouter()
 
     @router.websocket("/v1/agent/ws")
@@ -307,7 +335,16 @@ def live_router() -> APIRouter:
         hub.add(ws, verified.tenants)
         try:
             while True:
-                await ws.receive_text()
+                # The token is checked again while the socket is open, not only at connect:
+                # a revoked (signed out everywhere, password changed) or expired token must
+                # not keep hearing the queue and customers' messages.
+                try:
+                    await asyncio.wait_for(ws.receive_text(), timeout=recheck_s)
+                except TimeoutError:
+                    if auth.verify(token) is None:
+                        await ws.send_json({"type": "error", "error": "unauthorized"})
+                        await ws.close(code=4401)
+                        return
         except WebSocketDisconnect:
             pass
         finally:

@@ -7,7 +7,13 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from services.escalation.api import REFUSALS, agent_router, console_router, live_router
+from services.escalation.api import (
+    REFUSALS,
+    agent_router,
+    console_router,
+    live_router,
+    sign_out_router,
+)
 from services.escalation.auth import AgentAuth, LoginThrottle
 from services.escalation.bot_rating import bot_rating_router
 from services.escalation.desk import AgentSkills, Desk
@@ -82,7 +88,13 @@ def create_app(settings: EscalationSettings | None = None) -> FastAPI:
             uses_postgres=True,
             uses_redis=True,
             migrations=Path(__file__).parent / "migrations",
-            routers=[console_router(), agent_router(), live_router(), bot_rating_router()],
+            routers=[
+                console_router(),
+                agent_router(),
+                sign_out_router(),
+                live_router(cfg.token_version_refresh_s),
+                bot_rating_router(),
+            ],
             refusals=REFUSALS,
             description="Routing to the bot or a person, the agent queue, tickets and console.",
         )

@@ -306,8 +306,18 @@ def test_monitoring_scrapes_every_service(rendered: dict[str, list[Doc]]) -> Non
     for name in SERVICES:
         labels = services[name]["metadata"]["labels"]
         assert wanted.items() <= labels.items(), name
-    ports = {p["name"] for s in SERVICES for p in services[s]["spec"]["ports"]}
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
+    # Scraped on the metrics port, which every service's Service exposes.
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    for name in SERVICES:
+        ports = {p["name"]: p["targetPort"] for p in services[name]["spec"]["ports"]}
+        assert ports.get("metrics") == "metrics", name
+    # Prometheus may reach that port and nothing else; the ingress never reaches it.
+    policies = of_kind(docs, "NetworkPolicy")
+    scrape = policies["allow-prometheus-scrape"]["spec"]
+    assert set(scrape["podSelector"]["matchExpressions"][0]["values"]) == set(SERVICES)
+    assert [p["port"] for rule in scrape["ingress"] for p in rule["ports"]] == ["metrics"]
+    edge = policies["allow-edge"]["spec"]
+    assert [p["port"] for rule in edge["ingress"] for p in rule["ports"]] == ["http"]
     assert "care-by-design" in of_kind(docs, "PrometheusRule")
     dashboards = of_kind(docs, "ConfigMap")["cbd-dashboards"]
     assert dashboards["metadata"]["labels"]["grafana_dashboard"] == "1"
@@ -388,9 +398,11 @@ def test_ingress_serves_the_edge_and_console_over_tls(rendered: dict[str, list[D
     # Probes, metrics and the memory admin API are never published.
     assert not {"/metrics", "/readyz", "/livez"} & set(backends)
     assert "memory" not in backends.values()
-    csp = of_kind(docs, "ConfigMap")["cbd-edge-headers"]["data"]["Content-Security-Policy"]
-    assert "frame-ancestors 'none'" in csp
-    assert "default-src 'self'" in csp
+    edge = of_kind(docs, "ConfigMap")["cbd-edge-headers"]["data"]
+    assert edge["Strict-Transport-Security"].startswith("max-age=")
+    # The apps send each page's policy (tests/unit/test_page_security.py); a second, looser
+    # one from the ingress would only confuse whoever reads the headers.
+    assert "Content-Security-Policy" not in edge
 
 
 def test_network_policies_follow_what_each_service_uses(rendered: dict[str, list[Doc]]) -> None:

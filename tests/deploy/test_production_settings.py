@@ -138,6 +138,12 @@ def test_service_starts_from_the_manifests(
     for name, value in env.items():
         if name.startswith("CBD_") and value.text.startswith("/etc/cbd/"):
             assert value.text in files, f"{service}: {name}={value.text} is not mounted"
+    # /metrics on a port of its own, the one the container declares for Prometheus; the
+    # main port (routed by the ingress for ingest, escalation and audit) serves none.
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports["http"] == settings.port, service
+    assert settings.metrics_port is not None, f"{service}: metrics on the main port"
+    assert ports["metrics"] == settings.metrics_port, service
     # Transport in the cluster: Kafka over TLS with the service's own SCRAM user, Redis over
     # TLS with its own ACL user, PostgreSQL with the operator's credentials.
     kafka = settings.kafka

@@ -6,7 +6,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser, ConsoleMessage, Page
 
 
 async def type_and_send(page: Page, text: str) -> float:
@@ -17,6 +17,22 @@ async def type_and_send(page: Page, text: str) -> float:
     sent_at = time.monotonic()
     await box.press("Enter")
     return sent_at
+
+
+def record_errors(page: Page, errors: list[str], name: str = "") -> None:
+    """Append to `errors` every uncaught JavaScript error and Content-Security-Policy refusal.
+
+    The pages send a strict policy (inline code allowed by hash only); a block the policy
+    refuses would silently not run or not style, so a refusal fails the test like an error.
+    """
+    prefix = f"{name}: " if name else ""
+    page.on("pageerror", lambda exc: errors.append(f"{prefix}{exc}"))
+
+    def on_console(msg: ConsoleMessage) -> None:
+        if msg.type == "error" and "Content Security Policy" in msg.text:
+            errors.append(prefix + msg.text)
+
+    page.on("console", on_console)
 
 
 @asynccontextmanager
@@ -30,14 +46,15 @@ async def fresh_page(
 ) -> AsyncIterator[Page]:
     """A page in a fresh browser context (own storage: a new visitor) at `url`.
 
-    Fails the test if the page raised a JavaScript error while it was in use.
+    Fails the test if the page raised a JavaScript error or broke its Content-Security-Policy
+    while it was in use.
     """
     context = await browser.new_context(viewport={"width": width, "height": height})
     if init_script is not None:
         await context.add_init_script(init_script)
     page = await context.new_page()
     errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    record_errors(page, errors)
     try:
         await page.goto(url)
         yield page

@@ -19,7 +19,7 @@ from playwright.async_api import Browser, BrowserContext, Page, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from cbd.runtime import Platform
-from tests.e2e.browser import type_and_send
+from tests.e2e.browser import record_errors, type_and_send
 from tests.kit import REPLY_WAIT_S
 
 pytestmark = pytest.mark.e2e
@@ -54,10 +54,10 @@ FINAL_REPLIES_JS = """
 async def open_page(
     browser: Browser, url: str, viewport: dict[str, int], errors: list[str], name: str
 ) -> tuple[BrowserContext, Page]:
-    """A fresh context (own storage) on `url`, recording every uncaught page error."""
+    """A fresh context (own storage) on `url`, recording page errors and CSP refusals."""
     context = await browser.new_context(viewport={"width": viewport["w"], "height": viewport["h"]})
     page = await context.new_page()
-    page.on("pageerror", lambda exc: errors.append(f"{name}: {exc}"))
+    record_errors(page, errors, name)
     await page.goto(url)
     return context, page
 

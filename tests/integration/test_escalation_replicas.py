@@ -153,3 +153,32 @@ async def test_a_console_on_replica_a_gets_an_event_consumed_by_replica_b(
             assert (again.status_code, again.json()["error"]) == (409, "conflict")
             unknown = await http.get(f"/v1/agent/tickets/{uuid.uuid4()}", headers=headers)
             assert (unknown.status_code, unknown.json()["error"]) == (404, "not_found")
+
+
+async def test_signing_out_everywhere_on_one_replica_closes_the_console_on_the_other(
+    stack_env: dict[str, str], fresh_db: str
+) -> None:
+    tag = secrets.token_hex(4)
+    app_a = replica(stack_env, fresh_db, f"it-{tag}-a.", f"it-{tag}:")
+    app_b = replica(stack_env, fresh_db, f"it-{tag}-b.", f"it-{tag}:")
+    async with serving(app_a, app_b) as (url_a, url_b), console(url_a) as open_console:
+        async with httpx.AsyncClient(base_url=url_b) as http:
+            login = await http.post(
+                "/v1/agent/login", json={"agent_id": "agent", "password": "agent"}
+            )
+            headers = {"Authorization": f"Bearer {login.json()['token']}"}
+            out = await http.post("/v1/agent/sign-out-everywhere", headers=headers)
+            assert out.status_code == 200, out.text
+            assert out.json()["agent_id"] == "agent"
+            # The token that signed out is void too.
+            again = await http.get("/v1/agent/queue", headers=headers)
+            assert again.status_code == 401
+        # The console opened on replica A before the sign-out is told and closed, within
+        # A's refresh of token versions plus one re-check (2 s each by default).
+        frame = await next_frame(open_console, "error", timeout_s=15)
+        assert frame["error"] == "unauthorized"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                await open_console.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4401

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
+import httpx
 import pytest
 from fastapi import Depends, FastAPI, WebSocket
 from pydantic import BaseModel, ConfigDict
@@ -23,6 +25,7 @@ from shared.http import (
     undocumented_routes,
     withdraw,
 )
+from shared.metrics import serving_metrics
 
 
 class Counter:
@@ -149,3 +152,25 @@ def test_undocumented_routes_are_named(app: FastAPI) -> None:
         return {}
 
     assert undocumented_routes(app) == ["GET /secret: no description"]
+
+
+def test_metrics_can_leave_the_main_port() -> None:
+    app = FastAPI()
+    install(app, max_body_bytes=100)
+    app.include_router(ops_router("demo", with_metrics=False))
+    with TestClient(app) as client:
+        assert client.get("/metrics").status_code == 404
+        assert client.get("/livez").status_code == 200
+
+
+async def test_metrics_are_served_on_their_own_port_while_the_block_runs() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with serving_metrics("127.0.0.1", port), httpx.AsyncClient() as client:
+        scrape = await client.get(f"http://127.0.0.1:{port}/metrics")
+    assert scrape.status_code == 200
+    assert "cbd_events_consumed_total" in scrape.text
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient() as client:
+            await client.get(f"http://127.0.0.1:{port}/metrics")

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from starlette.responses import FileResponse, HTMLResponse, Response
 
 from services.ingest.routers.deps import SettingsDep
+from shared.http import html_page
 
 STATIC = Path(__file__).resolve().parents[1] / "static"
 
@@ -56,10 +57,7 @@ def _key_attr(key: str | None) -> str:
 @router.get("/", response_class=HTMLResponse, responses=HTML, summary="The customer web chat")
 async def chat_page(settings: SettingsDep) -> Response:
     """The full-page customer chat: the widget in page mode, with the demo key."""
-    return HTMLResponse(
-        CHAT_PAGE.replace("{key_attr}", _key_attr(settings.widget_demo_key)),
-        headers={"Cache-Control": "no-store"},
-    )
+    return html_page(CHAT_PAGE.replace("{key_attr}", _key_attr(settings.widget_demo_key)))
 
 
 @router.get(
@@ -92,7 +90,4 @@ async def widget_script() -> Response:
 )
 async def widget_demo(settings: SettingsDep) -> Response:
     """An ordinary host page with nothing but the widget's script tag added."""
-    return HTMLResponse(
-        WIDGET_DEMO.replace("{key_attr}", _key_attr(settings.widget_demo_key)),
-        headers={"Cache-Control": "no-store"},
-    )
+    return html_page(WIDGET_DEMO.replace("{key_attr}", _key_attr(settings.widget_demo_key)))

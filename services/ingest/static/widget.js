@@ -272,7 +272,22 @@
   var css = pageMode
     ? CSS.replace(/:host\(([^)]*)\)/g, 'cbd-chat-widget$1').replace(/:host/g, 'cbd-chat-widget')
     : CSS;
-  root.innerHTML = '<style>' + css + '</style>' + HTML;
+  // A constructed style sheet, not a <style> element: pages with a strict Content-Security-Policy
+  // (ours included: no 'unsafe-inline') block inline <style> but not constructed sheets.
+  var sheet = null;
+  try {
+    sheet = new CSSStyleSheet();
+    sheet.replaceSync(css);
+  } catch (e) {
+    sheet = null;
+  }
+  var sheetHolder = pageMode ? document : root;
+  if (sheet && 'adoptedStyleSheets' in sheetHolder) {
+    sheetHolder.adoptedStyleSheets = sheetHolder.adoptedStyleSheets.concat([sheet]);
+    root.innerHTML = HTML;
+  } else {
+    root.innerHTML = '<style>' + css + '</style>' + HTML;
+  }
   function $(selector) { return root.querySelector(selector); }
 
   var $launcher = $('.launcher');
