@@ -25,9 +25,11 @@ from twilio.request_validator import RequestValidator  # type: ignore[import-unt
 from services.ingest.app import create_app
 from services.ingest.channels.identity import Conversations
 from services.ingest.channels.outbound import MessagingOutbound
+from services.ingest.channels.replies import ChannelReplies
 from services.ingest.channels.survey import MessagingSurvey
-from services.ingest.delivery import Fanout
-from services.ingest.edge import EdgeGuard
+from services.ingest.channels.voice import VoiceReplies
+from services.ingest.delivery import ConnectionHub, Fanout, conversation_fanout
+from services.ingest.edge import EdgeGuard, meta_signature
 from services.ingest.handlers import IngestHandlers
 from services.ingest.intake import Intake
 from services.ingest.ownership import Owners
@@ -38,8 +40,11 @@ from shared.events import (
     CloseReason,
     ConversationClosed,
     ConversationClosedEvent,
+    CustomerErased,
+    CustomerErasedEvent,
     FeedbackReceivedEvent,
     TurnReceivedEvent,
+    utcnow,
 )
 from shared.kafka import EventBus
 from tests.kit import RecordingBus
@@ -68,6 +73,7 @@ def edge() -> Edge:
         twilio_sms_from="+15005550006",
         twilio_whatsapp_from="whatsapp:+15005550006",
         burst_window_ms=30_000,
+        whatsapp_app_secret="meta-secret",
     )
     redis = cast(aioredis.Redis, fakeredis.FakeAsyncRedis(decode_responses=True))
     bus = RecordingBus()
@@ -222,3 +228,93 @@ def test_a_rating_the_broker_refused_is_taken_on_the_providers_retry(edge: Edge)
     assert retried.status_code == 200
     assert [f.payload.rating for f in edge.bus.events(FeedbackReceivedEvent)] == [5]
     assert edge.bus.events(TurnReceivedEvent) == []
+
+
+def test_whatsapp_cloud_api_answers_are_ratings_too(edge: Edge) -> None:
+    """Meta's webhook goes through the same closing question as Twilio's."""
+    conv = "whatsapp-" + "a" * 32
+    identity = "phone:447700900777"
+
+    async def asked() -> None:
+        await edge.redis.set(
+            f"cbd:addr:{conv}",
+            json.dumps({"provider": "meta", "channel": "whatsapp", "to": "447700900777"}),
+        )
+        await edge.redis.set(f"cbd:conv-owner:{conv}", json.dumps(["default", identity]))
+
+    asyncio.run(asked())
+    close(edge, conv, Channel.WHATSAPP)
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "changes": [
+                    {
+                        "value": {
+                            "messages": [
+                                {
+                                    "from": "447700900777",
+                                    "id": "wamid.1",
+                                    "type": "text",
+                                    "text": {"body": "5 stars"},
+                                }
+                            ]
+                        }
+                    }
+                ]
+            }
+        ],
+    }
+    body = json.dumps(payload).encode()
+    response = edge.client.post(
+        "/v1/channels/whatsapp",
+        content=body,
+        headers={
+            "content-type": "application/json",
+            "x-hub-signature-256": meta_signature("meta-secret", body),
+        },
+    )
+
+    assert response.status_code == 200, response.text
+    [feedback] = edge.bus.events(FeedbackReceivedEvent)
+    assert feedback.conversation_id == conv
+    assert feedback.channel is Channel.WHATSAPP
+    assert feedback.payload.rating == 5
+    assert edge.bus.events(TurnReceivedEvent) == []
+
+
+def test_erasure_forgets_the_end_of_chat_and_a_pending_question(edge: Edge) -> None:
+    assert post(edge, "my parcel never came").status_code == 200
+    conv = conversation_of(edge)
+    close(edge, conv)
+    event = CustomerErasedEvent.create(
+        conversation_id=conv,
+        customer_id="cust-42",
+        channel=Channel.SMS,
+        payload=CustomerErased(
+            erased_customer_id="cust-42",
+            identities=["phone:447700900123"],
+            conversation_ids=[conv],
+            requested_by="test",
+            requested_at=utcnow(),
+        ),
+    )
+
+    async def erase_and_list() -> list[str]:
+        await edge.redis.set(f"cbd:conv-ended:{conv}", "{}")
+        replies = ChannelReplies(
+            edge.conversations,
+            cast(MessagingOutbound, None),
+            VoiceReplies(edge.redis, "cbd:"),
+        )
+        handlers = IngestHandlers(
+            conversation_fanout(edge.redis, "cbd:", ConnectionHub()),
+            "cbd:",
+            replies,
+        )
+        await handlers.on_customer_erased(event)
+        keys = await edge.redis.keys("cbd:*")
+        return sorted(str(k) for k in keys)
+
+    left = asyncio.run(erase_and_list())
+    assert not [k for k in left if "survey" in k or "conv-ended" in k], left

@@ -47,7 +47,16 @@ class ChannelReplies:
         """Forget addresses, parked fragments and counters that name the erased customer."""
         prefix = self.conversations.prefix
         patterns = conversation_keys(
-            event, prefix, ["addr:{conversation}", "burst:{conversation}", ASKED_TEMPLATE]
+            event,
+            prefix,
+            [
+                "addr:{conversation}",
+                "burst:{conversation}",
+                ASKED_TEMPLATE,
+                # The closing question's send claims name the conversation.
+                "sent:survey:{conversation}:*",
+                "sent:survey-thanks:{conversation}:*",
+            ],
         )
         for identity in event.payload.identities:
             patterns.append(f"{prefix}rate:*:{identity}")
