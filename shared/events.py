@@ -497,6 +497,9 @@ class ReplyGenerated(_Model):
     actions_used: list[str] = []
     """Actions run on the tenant's systems for this reply (`order_status`, `tracking`...), a
     failed one as `<action>:failed`."""
+    template_variables: dict[str, str] = {}
+    """Values for a messaging template's placeholders (`{"1": "Sam", "2": "your refund"}`),
+    when the reply must go out as the template its `whatsapp_template:<name>` flag names."""
     """The generation mode that produced it: `llm`, `llm_checked` or `composed`."""
 
 
@@ -637,16 +640,22 @@ class AssistSuggestedEvent(Envelope):
 
 
 class Feedback(_Model):
-    """Payload of feedback.received: a customer's or reviewer's rating of a conversation."""
+    """Payload of feedback.received: a customer's, reviewer's or agent's rating."""
 
     rating: Annotated[int, Field(ge=1, le=5)]
     """1 (very poor) to 5 (excellent), as CSAT surveys ask it."""
     comment: Annotated[str, StringConstraints(max_length=2000)] = ""
-    source: Literal["customer", "reviewer"] = "customer"
+    source: Literal["customer", "reviewer", "agent"] = "customer"
+    """Who rated: the customer (CSAT), a reviewer, or the agent who took the conversation over
+    (`agent`: how the bot handled it before the handoff, not the customer's satisfaction)."""
     reply_id: uuid.UUID | None = None
     """The reply being rated, when the rating is for one reply rather than the conversation."""
     nps: Annotated[int, Field(ge=0, le=10)] | None = None
     """How likely they are to recommend us, 0-10, when the survey asked."""
+    agent_id: str | None = None
+    """The agent who rated, when `source` is `agent`."""
+    ticket_id: uuid.UUID | None = None
+    """The ticket the agent rated the bot's part of, when `source` is `agent`."""
 
 
 class FeedbackReceivedEvent(Envelope):

@@ -86,6 +86,17 @@ def in_quiet_hours(now: datetime, start: int, end: int, zone: str) -> bool:
     return local >= begin or local < finish
 
 
+def template_values(category: str, name: str | None) -> dict[str, str]:
+    """The approved follow-up template's placeholders: {{1}} the name, {{2}} the issue.
+
+    The template registered with WhatsApp reads like `message_for`: "Hi {{1}}, we wanted to
+    check in about {{2}}. Is it sorted now, or is there anything we can still do? Just reply
+    here and we'll pick it up."
+    """
+    topic = TOPICS.get(category, f"the {category.replace('_', ' ')} issue you raised")
+    return {"1": name or "there", "2": topic}
+
+
 def message_for(category: str, name: str | None) -> str:
     """The follow-up's words: short, specific, and easy to answer."""
     topic = TOPICS.get(category, f"the {category.replace('_', ' ')} issue you raised")
@@ -155,6 +166,7 @@ class FollowUps:
         conversation_id = last["conversation_id"] if last else ""
         channel = last["channel"] if last else "none"
         flags = [FLAG]
+        template_variables: dict[str, str] = {}
         outcome = "sent"
         if last is None:
             outcome = "skipped_no_channel"
@@ -166,6 +178,9 @@ class FollowUps:
             if last_in is None or now - last_in >= window:
                 if self.settings.whatsapp_template:
                     flags.append(f"whatsapp_template:{self.settings.whatsapp_template}")
+                    template_variables = template_values(
+                        issue["category"], issue["preferred_name"] or issue["name"]
+                    )
                 else:
                     outcome = "skipped_whatsapp_window"
         name = issue["preferred_name"] or issue["name"]
@@ -208,6 +223,7 @@ class FollowUps:
                     author=Role.SYSTEM,
                     text=text,
                     flags=flags,
+                    template_variables=template_variables,
                 ),
             )
             # Inside the transaction: the issue stays locked against a resolve until it is out.

@@ -22,8 +22,16 @@ from starlette.responses import PlainTextResponse, Response
 
 from services.ingest.channels import twiml
 from services.ingest.channels.identity import Address, phone_identity
+from services.ingest.channels.survey import MessagingSurvey
 from services.ingest.channels.voice import Action, VoiceReplies, VoiceReply, next_step
-from services.ingest.edge import Caller, Refused, constant_time_equal, json_depth_exceeds, read_body
+from services.ingest.edge import (
+    Caller,
+    EdgeGuard,
+    Refused,
+    constant_time_equal,
+    json_depth_exceeds,
+    read_body,
+)
 from services.ingest.intake import Intake, screen, without_controls
 from services.ingest.ownership import Party
 from services.ingest.routers.deps import (
@@ -32,12 +40,13 @@ from services.ingest.routers.deps import (
     GuardDep,
     IntakeDep,
     SettingsDep,
+    SurveyDep,
     VoiceDep,
     presented_key,
 )
 from services.ingest.settings import IngestSettings
 from shared.events import MAX_MESSAGE_CHARS, Channel, Identifier
-from shared.http import error_responses, validation_error
+from shared.http import ApiError, error_responses, validation_error
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +130,12 @@ async def twilio_message(
     guard: GuardDep,
     intake: IntakeDep,
     conversations: ConversationsDep,
+    survey: SurveyDep,
 ) -> Response:
-    """Twilio's incoming SMS or WhatsApp message webhook; answers with empty TwiML."""
+    """Twilio's incoming SMS or WhatsApp message webhook; answers with empty TwiML.
+
+    The answer to a closing question ("4", "five stars") is a rating, never a turn.
+    """
     sender = params.get("From", "")
     identity = phone_identity(sender)
     message_id = params.get("MessageSid", "")
@@ -132,9 +145,12 @@ async def twilio_message(
     channel = Channel.WHATSAPP if sender.startswith("whatsapp:") else Channel.SMS
     # A picture or a sticker with no words: nothing to answer yet. A redelivery: done before.
     if text and await guard.first_delivery("twilio", message_id):
-        conversation = await conversations.current(
-            channel.value, identity, Address("twilio", channel.value, sender)
-        )
+        address = Address("twilio", channel.value, sender)
+        if await _survey_answer(
+            guard, survey, "twilio", channel, identity, address, text, message_id
+        ):
+            return Response(twiml.EMPTY, media_type=TWIML)
+        conversation = await conversations.current(channel.value, identity, address)
         party = Party(settings.messaging_tenant, identity)
         # Limited per number and tenant, not per address: providers send from shared ones.
         await intake.fragment(conversation, party, channel, text, message_id)
@@ -171,6 +187,7 @@ async def meta_message(
     guard: GuardDep,
     intake: IntakeDep,
     conversations: ConversationsDep,
+    survey: SurveyDep,
 ) -> dict[str, str]:
     """WhatsApp Cloud API webhook: JSON, signed with the app secret; 200 quickly."""
     body = await read_body(request, settings.max_body_bytes, channel="whatsapp")
@@ -187,14 +204,43 @@ async def meta_message(
             continue
         if not await guard.first_delivery("meta", message_id):
             continue
-        conversation = await conversations.current(
-            "whatsapp", identity, Address("meta", "whatsapp", wa_id)
-        )
+        address = Address("meta", "whatsapp", wa_id)
+        channel = Channel.WHATSAPP
+        if await _survey_answer(
+            guard, survey, "meta", channel, identity, address, text, message_id
+        ):
+            continue
+        conversation = await conversations.current("whatsapp", identity, address)
         party = Party(settings.messaging_tenant, identity)
         await intake.fragment(
             conversation, party, Channel.WHATSAPP, text[:MAX_MESSAGE_CHARS], message_id
         )
     return {"status": "received"}
+
+
+async def _survey_answer(
+    guard: EdgeGuard,
+    survey: MessagingSurvey,
+    provider: str,
+    channel: Channel,
+    identity: str,
+    address: Address,
+    text: str,
+    message_id: str,
+) -> bool:
+    """Whether the text answered a closing question (and was recorded as a rating).
+
+    If the rating could not be recorded, the message id is forgotten so the provider's retry
+    of this webhook is taken instead of dropped as a redelivery.
+    """
+    try:
+        answered = await survey.answer(
+            channel, identity, address, without_controls(text)[:MAX_MESSAGE_CHARS], message_id
+        )
+    except ApiError:
+        await guard.forget_delivery(provider, message_id)
+        raise
+    return answered is not None
 
 
 @router.post(
