@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 import uvicorn
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from shared.events import (
     AgentAssist,
@@ -167,6 +167,18 @@ async def read_topic(
     finally:
         await consumer.stop()
     return records
+
+
+async def produce(bootstrap: str, topic: str, event: Envelope) -> None:
+    """Put `event` on the physical `topic` as a producer outside the services would."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topic, event.model_dump_json().encode(), key=event.conversation_id.encode()
+        )
+    finally:
+        await producer.stop()
 
 
 @asynccontextmanager

@@ -22,12 +22,12 @@ from services.generation.settings import GenerationSettings
 from shared.events import ReplyGenerated, Role
 from shared.settings import KafkaSettings, PostgresSettings, RedisSettings
 from shared.topics import Topic
-from tests.integration.test_escalation_replicas import publish
 from tests.kit import (
     analyzed,
     contextualized,
     db_rows,
     eventually,
+    produce,
     read_topic,
     reply_generated,
     serving,
@@ -76,7 +76,7 @@ async def test_the_turn_after_an_approval_reply_gets_the_handoff_notice(
                 "payload": ReplyGenerated(**{**dict(flagged.payload), "flags": ["needs_approval"]})
             }
         )
-        await publish(bootstrap, kafka.topic(Topic.REPLY_GENERATED), flagged)
+        await produce(bootstrap, kafka.topic(Topic.REPLY_GENERATED), flagged)
 
         async def ticket() -> list[Any]:
             return await db_rows(
@@ -93,7 +93,7 @@ async def test_the_turn_after_an_approval_reply_gets_the_handoff_notice(
                 turn_received("Thanks. Also, when will it arrive?", conversation_id=conversation)
             )
         )
-        await publish(bootstrap, kafka.topic(Topic.TURN_CONTEXTUALIZED), following)
+        await produce(bootstrap, kafka.topic(Topic.TURN_CONTEXTUALIZED), following)
 
         replies = await read_topic(kafka, Topic.REPLY_GENERATED, expect=2, timeout_s=60)
         notices = [
