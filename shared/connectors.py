@@ -88,6 +88,44 @@ class ConnectorSpec(_Spec):
     actions: dict[str, ActionSpec]
 
 
+MODEL_ENTITIES: Mapping[str, str] = {
+    "order_id": "The order reference exactly as the customer wrote it (e.g. A1001)",
+    "product": "The product the customer asked about, in their words",
+    "email": "The email address the customer gave",
+}
+"""Entities a model may fill in a tool call, described for it. The others come from the
+platform: `customer_id` is always the verified customer (a model must never choose whose account
+is read) and `reason` is the customer's own message."""
+
+
+def tool_definitions(spec: ConnectorSpec) -> list[dict[str, Any]]:
+    """The tenant's actions as OpenAI-style `tools`, for models that choose actions themselves.
+
+    Only the entities a model may fill are parameters; the platform adds the rest.
+    """
+    tools: list[dict[str, Any]] = []
+    for name, action in spec.actions.items():
+        params = [n for n in action.needs if n in MODEL_ENTITIES]
+        tools.append(
+            {
+                "type": "function",
+                "function": {
+                    "name": name,
+                    "description": action.description,
+                    "parameters": {
+                        "type": "object",
+                        "properties": {
+                            n: {"type": "string", "description": MODEL_ENTITIES[n]} for n in params
+                        },
+                        "required": params,
+                        "additionalProperties": False,
+                    },
+                },
+            }
+        )
+    return tools
+
+
 def load_connectors(path: Path) -> ConnectorSpec:
     """Read and validate a connector description; a bad file fails start-up with the reason."""
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -220,7 +220,37 @@ class ChatClient:
         finally:
             verdict.undecided()
 
+    async def choose_tools(
+        self,
+        messages: Sequence[ChatMessage],
+        tools: Sequence[dict[str, Any]],
+        *,
+        max_tokens: int = 200,
+    ) -> list[ToolCall]:
+        """The function calls the model asks for (OpenAI `tools`, `tool_choice: auto`).
+
+        One non-streamed request within the total budget, no retries: the caller has a
+        deterministic way to choose and falls back to it. Raises LLMUnavailable when the server
+        fails, answers without a message, or does not take `tools` (an HTTP 4xx).
+        """
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
+            raise LLMUnavailable("circuit_open", "the LLM server failed repeatedly; waiting")
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "tools": list(tools),
+            "tool_choice": "auto",
+        }
+        resp = await self._post(body, time.perf_counter() + self.total_timeout_s)
+        return _tool_calls(resp)
+
     async def _complete_once(self, body: dict[str, Any], give_up_at: float) -> str:
+        return _completion_text(await self._post(body, give_up_at))
+
+    async def _post(self, body: dict[str, Any], give_up_at: float) -> httpx.Response:
         remaining = give_up_at - time.perf_counter()
         try:
             async with asyncio.timeout(remaining):
@@ -235,7 +265,7 @@ class ChatClient:
             raise LLMUnavailable("connection", repr(exc)) from exc
         if resp.status_code != 200:
             raise LLMUnavailable(f"http_{resp.status_code}", resp.text[:300])
-        return _completion_text(resp)
+        return resp
 
     async def _with_retries(
         self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float, top_p: float
@@ -376,6 +406,46 @@ def _parse_sse_line(line: str) -> tuple[str, bool]:
     delta = choices[0].get("delta")
     content = delta.get("content") if isinstance(delta, dict) else None
     return (content if isinstance(content, str) else ""), False
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call a model asked for: the function's name and its string arguments."""
+
+    name: str
+    arguments: dict[str, str]
+
+
+def _tool_calls(resp: httpx.Response) -> list[ToolCall]:
+    """The tool calls of a non-streamed completion (none when the model answered in text).
+
+    Arguments arrive as a JSON string the model wrote: a call whose arguments are not a JSON
+    object of scalars is left out, never guessed at.
+    """
+    try:
+        data = resp.json()
+    except (ValueError, RecursionError) as exc:
+        raise LLMUnavailable("bad_response", "the answer is not JSON") from exc
+    choices = data.get("choices") if isinstance(data, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    if not isinstance(message, dict):
+        raise LLMUnavailable("bad_response", "the answer has no choices[0].message")
+    calls: list[ToolCall] = []
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            continue
+        try:
+            raw = json.loads(function.get("arguments") or "{}")
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(raw, dict) or not all(
+            isinstance(v, str | int | float) and not isinstance(v, bool) for v in raw.values()
+        ):
+            continue
+        calls.append(ToolCall(function["name"], {str(k): str(v) for k, v in raw.items()}))
+    return calls
 
 
 def _completion_text(resp: httpx.Response) -> str:

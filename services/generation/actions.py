@@ -11,15 +11,19 @@ colleague will check, and the flag it carries opens a ticket.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import Counter
 
-from shared.connectors import ActionResult, ConnectorClient
+from shared.connectors import MODEL_ENTITIES, ActionResult, ConnectorClient, tool_definitions
 from shared.events import TurnRouted
 from shared.intent import Intent, IntentReader, IntentReading
+from shared.llm import ChatClient, ChatMessage, LLMUnavailable, ToolCall
+
+log = logging.getLogger(__name__)
 
 ACTIONS = Counter(
     "cbd_generation_actions_total",
@@ -117,12 +121,79 @@ class TurnActions:
         return needs_colleague(self.results)
 
 
-class ActionDesk:
-    """Reads the turn's intent and runs the actions it needs; built in the service's lifespan."""
+CHOICES = Counter(
+    "cbd_generation_action_choices_total",
+    "How a turn's actions were chosen: by the intent, by the model (tool calls), or by the "
+    "intent because the model could not choose (fallback).",
+    ["by"],
+)
 
-    def __init__(self, intents: IntentReader, client: ConnectorClient | None) -> None:
+MAX_MODEL_ACTIONS = 4
+"""The most actions one turn runs on a model's say."""
+
+TOOL_PROMPT = (
+    "You can look things up in the company's systems with the functions given. Call a "
+    "function only when the customer's message needs what it returns, with the values exactly "
+    "as the customer wrote them. Otherwise call none."
+)
+
+
+def model_steps(
+    calls: Sequence[ToolCall], client: ConnectorClient, text: str, customer_id: str
+) -> list[tuple[str, dict[str, str]]]:
+    """The model's tool calls as actions to run: known actions only, each with only the entities
+    a model may fill (`MODEL_ENTITIES`), and the platform's own customer id and reason."""
+    steps: list[tuple[str, dict[str, str]]] = []
+    for call in calls:
+        spec = client.spec.actions.get(call.name)
+        if spec is None:
+            continue
+        entities = {
+            k: v[:200] for k, v in call.arguments.items() if k in MODEL_ENTITIES and k in spec.needs
+        }
+        step = (call.name, {**entities, "customer_id": customer_id, "reason": text[:500]})
+        if step not in steps:
+            steps.append(step)
+    # A turn asks about a few things at most; a model calling more is not obeyed further.
+    return steps[:MAX_MODEL_ACTIONS]
+
+
+class ActionDesk:
+    """Reads the turn's intent and runs the actions it needs; built in the service's lifespan.
+
+    With a `chooser` (a model that supports tool calls, `CBD_GENERATION_ACTIONS_CHOSEN_BY=model`)
+    the model picks the actions from the tenant's tool definitions; when it cannot (the server
+    does not take `tools`, times out, fails), the intent's deterministic plan is used.
+    """
+
+    def __init__(
+        self,
+        intents: IntentReader,
+        client: ConnectorClient | None,
+        chooser: ChatClient | None = None,
+    ) -> None:
         self.intents = intents
         self.client = client
+        self.chooser = chooser
+        self.tools = tool_definitions(client.spec) if client is not None else []
+
+    async def _steps(
+        self, reading: IntentReading, text: str, customer_id: str
+    ) -> list[tuple[str, dict[str, str]]]:
+        assert self.client is not None
+        if self.chooser is None:
+            CHOICES.labels("intent").inc()
+            return plan(reading, text, customer_id)
+        try:
+            calls = await self.chooser.choose_tools(
+                [ChatMessage("system", TOOL_PROMPT), ChatMessage("user", text[:4000])], self.tools
+            )
+        except LLMUnavailable as exc:
+            CHOICES.labels("fallback").inc()
+            log.warning("the model could not choose actions (%s); the intent's plan is used", exc)
+            return plan(reading, text, customer_id)
+        CHOICES.labels("model").inc()
+        return model_steps(calls, self.client, text, customer_id)
 
     async def for_turn(self, turn: TurnRouted, customer_id: str) -> TurnActions:
         """The turn's intent and what its actions returned (none without a connector).
@@ -133,7 +204,7 @@ class ActionDesk:
         reading = IntentReading.of(turn.intent) if turn.intent else self.intents.read(text)
         if self.client is None:
             return TurnActions(reading)
-        results = await run_actions(self.client, plan(reading, text, customer_id))
+        results = await run_actions(self.client, await self._steps(reading, text, customer_id))
         for result in results:
             ACTIONS.labels(result.action, "ok" if result.ok else result.error or "failed").inc()
         return TurnActions(reading, tuple(results))

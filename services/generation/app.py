@@ -54,7 +54,17 @@ def create_app(settings: GenerationSettings | None = None) -> FastAPI:
                 load_connectors(cfg.connectors_path), base_url=cfg.connector_url, token=token
             )
             stack.push_async_callback(client.aclose)
-        actions = ActionDesk(IntentReader(embedder), client)
+        chooser = None
+        if client is not None and cfg.actions_chosen_by == "model":
+            chooser = ChatClient(
+                cfg.llm_base_url,
+                cfg.llm_model,
+                api_key=cfg.llm_api_key.get_secret_value() if cfg.llm_api_key else None,
+                connect_timeout_s=cfg.connect_timeout_s,
+                total_timeout_s=cfg.actions_choice_timeout_s,
+            )
+            stack.push_async_callback(chooser.aclose)
+        actions = ActionDesk(IntentReader(embedder), client, chooser)
         handlers = GenerationHandlers(
             infra.bus, llm, cfg, fence, prompts, rails, care=care, actions=actions
         )

@@ -3,7 +3,7 @@
 import secrets
 from enum import StrEnum
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
@@ -98,6 +98,12 @@ class GenerationSettings(ServiceSettings):
     runs no actions and says a colleague will check. `make run` points it at the stand-in CRM."""
     connector_token: SecretStr | None = None
     """Bearer token for the tenant's systems, if they need one."""
+    actions_chosen_by: Literal["intent", "model"] = "intent"
+    """Who picks a turn's actions: `intent` (deterministic from the intent and entities) or
+    `model` (the LLM's tool calls, for servers that take OpenAI `tools`, e.g. vLLM with
+    `--enable-auto-tool-choice`); when the model cannot choose, the intent's plan is used."""
+    actions_choice_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    """How long the model may take to choose actions before the intent's plan is used."""
     connectors_path: Path = DEMO_CONNECTORS
     """What the tenant's systems offer (YAML, validated at start-up: `shared/connectors.py`)."""
     canary: str = Field(default_factory=_new_canary, min_length=8)
