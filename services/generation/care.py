@@ -51,9 +51,10 @@ from services.generation.prompt import BuiltPrompt
 from services.generation.relevance import RelevanceScorer
 from services.generation.settings import GenerationSettings
 from services.generation.tone import UNKIND_TONES, CueToneAnalyzer, ToneAnalyzer, ToneCues
-from services.generation.voice import LanguageIdentifier, VoiceCheck, default_identifier
+from services.generation.voice import VoiceCheck
 from shared.embedding import Embedder, MiniLmEmbedder
 from shared.events import CareFinding, EmotionLabel, ReplyFlag, Role, TurnRouted
+from shared.language import LanguageIdentifier, default_identifier
 from shared.linear_re import LinearMatch, compile_linear
 
 NEGATIVE_EMOTIONS = frozenset(

@@ -13,9 +13,9 @@ the grounding or tone checks:
 
 Each is phrased in a small number of stock ways (the labelled set
 `data/voice_replies.jsonl` holds what SmolLM2 actually wrote), so patterns catch them and
-name the words that fired, as the tone cues do. The language half uses `py3langid` (the
-maintained fork of langid.py: a small bundled model, deterministic, no download), and judges
-only text long enough to identify: a short sentence, a name or "OK" is never a finding.
+name the words that fired, as the tone cues do. The language half uses `shared.language`
+(py3langid), and judges only text long enough to identify: a short sentence, a name or "OK"
+is never a finding.
 """
 
 from __future__ import annotations
@@ -23,12 +23,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Protocol
-
-from py3langid import langid
 
 from shared.events import CareFinding, ReplyFlag
+from shared.language import LanguageIdentifier, language_of
 
 # "The customer is asking...", "the user's order", "ask your customer": a reply that talks
 # about the person it should be talking to (or to an agent about them). Service words after
@@ -115,57 +112,6 @@ _INSTRUCTIONS = re.compile(
     r"|\b(?:customer|memory)\s+tags?\b|<\s*/?\s*(?:customer|memory|facts)\s*>",
     re.IGNORECASE,
 )
-
-MIN_LANGUAGE_LETTERS = 24
-"""Fewer letters than this and the language is not judged: too short to identify."""
-MIN_LANGUAGE_WORDS = 4
-MIN_LANGUAGE_CONFIDENCE = 0.6
-"""py3langid's normalised probability a text must reach before its language counts. At 0.6
-(and at 0.5) none of Banking77's English test messages long enough to judge is taken for
-another language, while an English prompt header leaked into a Portuguese reply (0.68) is
-caught; the probabilities are tempered by text length, so 0.9 missed it."""
-_LETTERS = re.compile(r"[^\W\d_]")
-
-
-class LanguageIdentifier(Protocol):
-    """Names a text's language (ISO 639-1) with a confidence; the check needs nothing else."""
-
-    def identify(self, text: str) -> tuple[str, float]:
-        """(language code, probability 0-1)."""
-        ...
-
-
-class LangId:
-    """py3langid's bundled model, normalised to probabilities."""
-
-    def __init__(self) -> None:
-        self._model = langid.LanguageIdentifier.from_model_file(langid.MODEL_FILE, norm_probs=True)
-
-    def identify(self, text: str) -> tuple[str, float]:
-        """(language code, probability 0-1)."""
-        lang, prob = self._model.classify(text)
-        return str(lang), float(prob)
-
-
-@lru_cache(maxsize=1)
-def default_identifier() -> LangId:
-    """One identifier per process: its model takes a moment to unpack."""
-    return LangId()
-
-
-def identifiable(text: str) -> bool:
-    """Whether a text is long enough for its language to be judged."""
-    return len(_LETTERS.findall(text)) >= MIN_LANGUAGE_LETTERS and (
-        len(text.split()) >= MIN_LANGUAGE_WORDS
-    )
-
-
-def language_of(text: str, identifier: LanguageIdentifier) -> str | None:
-    """The text's language when it is long enough and the identifier is confident."""
-    if not identifiable(text):
-        return None
-    lang, prob = identifier.identify(text)
-    return lang if prob >= MIN_LANGUAGE_CONFIDENCE else None
 
 
 @dataclass(frozen=True)

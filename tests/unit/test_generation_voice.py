@@ -20,12 +20,7 @@ from services.generation.guardrails import Guardrails, split_sentences
 from services.generation.handlers import build_prompting
 from services.generation.prompt import PromptBuilder
 from services.generation.settings import ReplyMode
-from services.generation.voice import (
-    VoiceCheck,
-    default_identifier,
-    identifiable,
-    language_of,
-)
+from services.generation.voice import VoiceCheck
 from shared.events import (
     CareVerdict,
     ConversationContext,
@@ -33,6 +28,7 @@ from shared.events import (
     EmotionLabel,
     ReplyFlag,
 )
+from shared.language import default_identifier, identifiable, language_of
 from tests.unit.test_generation_care import answer, cfg, check_for, shown
 
 ROOT = Path(__file__).resolve().parents[2]
