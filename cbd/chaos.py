@@ -14,7 +14,9 @@ its message with the same `client_message_id` until it is accepted, and reconnec
 `after=<last frame id>` when its socket drops, as the widget does) and on the reply topic (a
 reader of its own, from the first offset). At the end it prints turns sent, accepted, lost and
 duplicated at both places, and for each kill the time until the first reply to a turn sent
-after it. It exits non-zero on any loss or duplicate.
+after it (with when the supervisor's new process started and when it was ready, so the rest is
+the consumer groups' join and rebalance), and the worst and mean of those per target. It exits
+non-zero on any loss or duplicate.
 
     make chaos                                   # 10 turns/s for 2 minutes
     .venv/bin/python -m cbd.chaos --rate 10 --duration 60 --seed 7
@@ -41,6 +43,7 @@ from typing import Any
 import websockets
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from cbd.procs import http_ok, tcp_open
 from cbd.runtime import Platform
 from cbd.serve import SERVICES
 from cbd.stack import BrokerStorage
@@ -73,6 +76,12 @@ class Kill:
     target: str
     at: float
     recovered_s: float | None = None
+    restarted_s: float | None = None
+    """From the kill to the supervisor's new process."""
+    ready_s: float | None = None
+    """From the kill to the new process passing its readiness check (a service's `/readyz`,
+    the broker accepting connections): what is left of `recovered_s` after it is the consumer
+    groups' join and rebalance, and the backlog."""
 
 
 @dataclass
@@ -155,15 +164,31 @@ class Report:
             )
         for kill in self.kills:
             rec = "not recovered" if kill.recovered_s is None else f"{kill.recovered_s:5.1f} s"
-            out.append(f"kill -9 {kill.target:<11} at {kill.at:6.1f} s -> next reply {rec}")
+            out.append(
+                f"kill -9 {kill.target:<11} at {kill.at:6.1f} s -> next reply {rec} "
+                f"(restarted {_secs(kill.restarted_s)}, ready {_secs(kill.ready_s)})"
+            )
         recovered = [k.recovered_s for k in self.kills if k.recovered_s is not None]
         if recovered:
             out.append(
                 f"recovery              max {max(recovered):.1f} s, "
                 f"mean {sum(recovered) / len(recovered):.1f} s over {len(recovered)} kills"
             )
+        by_target: dict[str, list[float]] = defaultdict(list)
+        for kill in self.kills:
+            if kill.recovered_s is not None:
+                by_target[kill.target].append(kill.recovered_s)
+        for target, times in sorted(by_target.items()):
+            out.append(
+                f"  {target:<19} max {max(times):.1f} s, mean {sum(times) / len(times):.1f} s "
+                f"over {len(times)} kill(s)"
+            )
         out.append("RESULT                " + ("PASS" if self.ok else "FAIL"))
         return out
+
+
+def _secs(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f} s"
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -247,14 +272,43 @@ class Chaos:
         planned = list(self.first_targets)
         while self._sending:
             target = planned.pop(0) if planned else self.random.choice(self.targets)
+            old_pid = self._pid(target)
             kill = Kill(target=target, at=self.now())
             self.kills.append(kill)
             await asyncio.to_thread(self._kill, target)
+            watcher = asyncio.create_task(self._watch_restart(kill, old_pid))
             # The next kill waits until this one is recovered, so each is measured alone.
             while kill.recovered_s is None and self.now() - kill.at < 120:
                 await asyncio.sleep(0.1)
                 kill.recovered_s = self._recovered_after(kill.at)
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(watcher, timeout=30)
             await asyncio.sleep(self.random.uniform(*self.pause_s))
+
+    def _pid(self, target: str) -> int | None:
+        if target == BROKER:
+            return self.platform.stack.server("kafka").pid
+        proc = self.platform.services.get(target)
+        return proc.pid if proc is not None and proc.running() else None
+
+    def _ready(self, target: str) -> bool:
+        if target == BROKER:
+            return tcp_open(self.platform.stack.ports.kafka)
+        return http_ok(f"{self.platform.url(target)}/readyz")
+
+    async def _watch_restart(self, kill: Kill, old_pid: int | None) -> None:
+        """Note when the supervisor's new process is there, and when it is ready."""
+        while kill.restarted_s is None:
+            pid = self._pid(kill.target)
+            if pid is not None and pid != old_pid:
+                kill.restarted_s = self.now() - kill.at
+            else:
+                await asyncio.sleep(0.05)
+        while kill.ready_s is None:
+            if await asyncio.to_thread(self._ready, kill.target):
+                kill.ready_s = self.now() - kill.at
+            else:
+                await asyncio.sleep(0.1)
 
     def _kill(self, target: str) -> None:
         if target == BROKER:
@@ -352,7 +406,9 @@ class Chaos:
             self.topic_replies[str(event["payload"]["turn_id"])].append(str(event["event_id"]))
 
 
-def chaos_platform(run_dir: Path, broker_storage: BrokerStorage = "memory") -> Platform:
+def chaos_platform(
+    run_dir: Path, broker_storage: BrokerStorage = "memory", *, static_membership: bool = False
+) -> Platform:
     """The platform for a chaos run: embedded servers without the LLM (handoff turns)."""
     platform = Platform.for_tests(
         run_dir,
@@ -366,6 +422,7 @@ def chaos_platform(run_dir: Path, broker_storage: BrokerStorage = "memory") -> P
         },
     )
     platform.stack.with_llm = False
+    platform.static_membership = static_membership
     return platform
 
 
@@ -400,6 +457,11 @@ def main(argv: list[str] | None = None) -> int:
         "--first-kill", type=float, default=5.0, help="seconds of load before the first kill"
     )
     parser.add_argument(
+        "--static-membership",
+        action="store_true",
+        help="stable CBD_KAFKA_INSTANCE_ID per service process (KIP-345 static members)",
+    )
+    parser.add_argument(
         "--run-dir", type=Path, default=None, help="keep data and logs here (default: temporary)"
     )
     args = parser.parse_args(argv)
@@ -408,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown targets: {', '.join(unknown)}")
     with tempfile.TemporaryDirectory(prefix="cbd-chaos-") as tmp:
-        platform = chaos_platform(args.run_dir or Path(tmp), args.broker_storage)
+        platform = chaos_platform(
+            args.run_dir or Path(tmp), args.broker_storage, static_membership=args.static_membership
+        )
         started = time.monotonic()
         platform.start()
         print(f"platform started in {time.monotonic() - started:.1f} s", flush=True)

@@ -63,16 +63,22 @@ class Backoff:
     """When a process that exited may be restarted again.
 
     The first restart is immediate; one that keeps dying waits growing pauses after its last
-    restart (1 s, 2 s, 4 s ... 30 s), so a crash loop does not starve the machine.
+    restart (1 s, 2 s, 4 s ... 30 s), so a crash loop does not starve the machine. One that
+    stayed up for `stable_s` since its last restart is not in a loop: its count starts again,
+    so its next restart is immediate too (as Kubernetes resets a container's back-off), instead
+    of a 30 s pause for the tenth unrelated crash of the day.
     """
 
     restarts: dict[str, int] = field(default_factory=dict)
     last: dict[str, float] = field(default_factory=dict)
+    stable_s: float = 60.0
 
     def due(self, name: str) -> bool:
         """True (and counted as a restart) when `name` may be restarted now."""
         now = time.monotonic()
         count = self.restarts.get(name, 0)
+        if now - self.last.get(name, -math.inf) >= self.stable_s:
+            count = 0
         if now - self.last.get(name, -math.inf) < min(30.0, 2.0 ** max(0, count - 1)):
             return False
         self.restarts[name] = count + 1

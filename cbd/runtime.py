@@ -33,9 +33,13 @@ EMBEDDED_DEFAULTS = {
 
 FAST_FAILOVER = {
     # One machine, one in-memory broker: a consumer that died is noticed, and its partitions
-    # handed to its restarted self, within seconds instead of Kafka's 45 s default (measured
-    # on tansu: a killed member's replacement gets its partitions in ~2 s at 3 s / 0.5 s,
-    # ~18 s at 10 s / 3 s). Not with S3 storage, where every heartbeat is an S3 round trip
+    # handed to its restarted self, within seconds instead of Kafka's 45 s default. tansu
+    # forms a group in about half the session timeout (measured on the 2-core VM with
+    # `python -m bench.failover`: a fresh group forms in 5.0 s at 10 s / 3 s, 2.0 s at 3 s /
+    # 0.5 s, 1.0 s at 2 s; a killed member's at-once replacement consumes after 18.6, 7.7 and
+    # 4.5 s). 2 s is not used: after a broker kill the services' consumers never consumed
+    # again at 2 s (`python -m cbd.chaos --targets broker`, 2 runs of 2), and did within
+    # 2.5 s at 3 s. Not with S3 storage, where every heartbeat is an S3 round trip
     # (docs/architecture.md). Production keeps its own values from the environment.
     "CBD_KAFKA_SESSION_TIMEOUT_MS": "3000",
     "CBD_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
@@ -51,6 +55,12 @@ class Platform:
     extra_env: dict[str, str] = field(default_factory=dict)
     services: dict[str, ManagedProcess] = field(default_factory=dict)
     backoff: Backoff = field(default_factory=Backoff)
+    static_membership: bool = False
+    """Give each service process a stable `CBD_KAFKA_INSTANCE_ID` (`<service>-<replica>`), so
+    its consumers are static group members (KIP-345). Off here: tansu pauses every join of a
+    static member for about 6 s, slower than a dynamic join with the short embedded sessions
+    (docs/architecture.md, "Faster recovery"); Apache Kafka hands a returning static member
+    its partitions at once, so Kubernetes and Compose turn it on."""
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -91,13 +101,22 @@ class Platform:
             env[f"CBD_{name.upper()}_PORT"] = str(port)
         return env
 
+    def instance_id(self, name: str, replica: int = 0) -> str:
+        """The stable instance id of one replica of a service: the same for every restart of
+        that replica, different from every other live process (one replica per service here),
+        so two live consumers never fence each other out."""
+        return f"{name}-{replica}"
+
     def _process(self, name: str) -> ManagedProcess:
+        env = self.env()
+        if self.static_membership:
+            env["CBD_KAFKA_INSTANCE_ID"] = self.instance_id(name)
         return ManagedProcess(
             name=name,
             argv=[sys.executable, "-m", "cbd.serve", name],
             log_path=self.stack.logs / f"{name}.log",
             ready=lambda: http_ok(f"{self.url(name)}/readyz"),
-            env=self.env(),
+            env=env,
         )
 
     def start(self, timeout_s: float = 90.0) -> None:

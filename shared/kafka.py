@@ -453,6 +453,7 @@ def subscribe(
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        group_instance_id=settings.group_instance_id(spec.group_id),
         title=f"{spec.service}:{topic.value}",
     )(consume)
     broker.include_router(router)

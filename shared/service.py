@@ -140,6 +140,21 @@ async def _retry(what: str, attempt: Callable[[], Awaitable[Any]], timeout_s: fl
             delay = min(delay * 2, 2.0)
 
 
+async def start_consuming(broker: KafkaBroker) -> None:
+    """`KafkaBroker.start`, with every subscription joining its consumer group at once.
+
+    FastStream starts subscribers one after another, and aiokafka's `start` waits until the
+    group has assigned partitions: a service with N subscriptions (one group each) took N
+    group joins to start, about 2 s each on the embedded broker at 3 s sessions (audit has six).
+    Started together they take about one. Same steps as FastStream 0.7's `start` otherwise.
+    """
+    await broker.connect()
+    await asyncio.gather(*(subscriber.start() for subscriber in broker.subscribers))
+    for publisher in broker.publishers:
+        await publisher.start()
+    broker.running = True
+
+
 def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> FastAPI:
     """The ASGI app for one service."""
     settings = spec.settings
@@ -174,7 +189,7 @@ def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> FastAPI:
                 stack.push_async_callback(infra.redis.aclose)
                 await _retry("redis", infra.redis.ping, startup_timeout_s)
             await spec.wire(infra, stack)
-            await _retry("kafka", broker.start, startup_timeout_s)
+            await _retry("kafka", lambda: start_consuming(broker), startup_timeout_s)
             stack.push_async_callback(broker.stop)
             # Broker restarts: refuse publishes while it is down, re-create topics after.
             watching = asyncio.create_task(watch.run(), name="broker-watch")

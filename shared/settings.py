@@ -42,6 +42,13 @@ class KafkaSettings(BaseSettings):
     sasl_password: SecretStr | None = None
     ssl_cafile: str | None = None
     """CA bundle that signed the brokers' certificates (Strimzi's cluster CA); None: system CAs."""
+    instance_id: str | None = Field(default=None, max_length=120, pattern=r"^[A-Za-z0-9._-]*$")
+    """This replica's stable name (the pod's name on Kubernetes, `<service>-<n>` under the
+    embedded supervisor). Set: every consumer joins its group as a static member (KIP-345,
+    `group.instance.id` = group id + this name), so the same replica restarted within the
+    session timeout gets its partitions back without a rebalance. It must be unique among the
+    live replicas of a service: two consumers with one id fence each other out. Unset or empty:
+    dynamic membership. Kafka's rule for the characters (ASCII letters, digits, `._-`)."""
 
     @model_validator(mode="after")
     def _sasl_has_credentials(self) -> Self:
@@ -56,6 +63,14 @@ class KafkaSettings(BaseSettings):
     def topic(self, topic: Topic) -> str:
         """The physical topic name for a logical topic."""
         return f"{self.topic_prefix}{topic.value}"
+
+    def group_instance_id(self, group_id: str) -> str | None:
+        """This replica's static member id in `group_id`; None: dynamic membership.
+
+        The group id is part of it although Kafka scopes instance ids per group, so a broker
+        that keeps them in one namespace still sees one id per consumer.
+        """
+        return f"{group_id}.{self.instance_id}" if self.instance_id else None
 
 
 class PostgresSettings(BaseSettings):

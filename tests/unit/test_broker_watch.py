@@ -64,3 +64,21 @@ def test_restarts_are_immediate_then_paced() -> None:
     # Died again right away: wait before the second restart, whatever else restarts.
     assert not backoff.due("emotion")
     assert backoff.due("memory")
+
+
+def test_a_process_that_stayed_up_is_restarted_at_once_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("cbd.procs.time.monotonic", lambda: clock[0])
+    backoff = Backoff(stable_s=60.0)
+    for _ in range(6):  # a crash loop: the pauses grow to 16 s
+        clock[0] += 20.0
+        assert backoff.due("emotion")
+    clock[0] += 10.0
+    assert not backoff.due("emotion")
+    # Up for a minute since its last restart: the next crash is restarted without a pause.
+    clock[0] += 50.0
+    assert backoff.due("emotion")
+    clock[0] += 0.5
+    assert not backoff.due("emotion")
