@@ -474,7 +474,7 @@ _ISSUE_RULES: list[tuple[str, LinearPattern]] = [
 # are left out: "Why was I charged twice?" and "Where is my parcel?" are complaints.
 _INFO_QUESTION = compile_linear(
     r"^(?:does|do|did|can|could|would|will|is|are|was|were|which|should|may|shall|who|"
-    r"what (?:is|are|does|do|time|happens)|how (?:do|does|did|can|much|long|many|often|to|would|"
+    r"what(?:'s| is| are| does| do| time| happens)|how (?:do|does|did|can|much|long|many|often|to|would|"
     r"should|is|are))\b[^.!?]*\?$",
     ignore_case=True,
 )
@@ -645,7 +645,15 @@ class RuleExtractor:
         if _RESOLVED.search(text):
             category = next((c for c, rx in _RESOLVED_CATEGORY if rx.search(text)), None)
             out.resolved.append(IssueResolved(category))
-        elif not out.raised and vector is not None and self.issue_model is not None:
+        elif (
+            not out.raised
+            and not out.memories
+            and not out.profile
+            and vector is not None
+            and self.issue_model is not None
+        ):
+            # A message the rules read as something about the customer ("I'm vegetarian") is
+            # not also a problem by its meaning; a problem stated by a rule still counts.
             self._issue_by_meaning(text, sentiment, vector, out)
         kept = [m for m in out.memories if not looks_like_instruction(m.text)]
         out.refused += len(out.memories) - len(kept)
