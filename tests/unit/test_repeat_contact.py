@@ -19,7 +19,13 @@ from services.emotion.repeats import (
     load_cues,
 )
 from services.escalation.loop_calibration import best_threshold, load_pairs, score, similarities
-from services.escalation.policy import DEFAULT_POLICY_PATH, Policy, decide, load_policy
+from services.escalation.policy import (
+    DEFAULT_POLICY_PATH,
+    Policy,
+    PolicyError,
+    decide,
+    load_policy,
+)
 from services.memory.turns import with_similarity
 from shared.embedding import MiniLmEmbedder
 from shared.events import (
@@ -361,3 +367,20 @@ def test_an_old_event_without_similarity_still_parses() -> None:
     assert "similarity" not in turn.model_dump_json(exclude_none=True)
     assert Signal(name="repeat_contact", evidence="x").name == "repeat_contact"
     assert EmotionAnalysis.model_fields["signals"] is not None
+
+
+@pytest.mark.parametrize(
+    ("rule", "setting"),
+    [
+        ("repeat_contact", "min_weight: 1.5"),
+        ("repeat_contact", "min_wieght: 1.0"),
+        ("customer_loop", "min_repeats: 2, similarity: 0.8, meaning_similarity: 1.2"),
+    ],
+)
+def test_bad_settings_of_the_new_rules_are_refused(tmp_path: Path, rule: str, setting: str) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        f"version: 1\nname: p\nrules:\n  {rule}: {{enabled: true, {setting}}}\n", encoding="utf-8"
+    )
+    with pytest.raises(PolicyError, match=rule):
+        load_policy(path)
