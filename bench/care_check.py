@@ -35,11 +35,11 @@ from bench.generation_overhead import routed_turn
 from bench.turn_latency import pct
 from services.generation.care import CheckedStream
 from services.generation.handlers import GenerationHandlers
-from services.generation.llm import ChatClient
 from services.generation.settings import PACKAGE_DIR, GenerationSettings
 from services.generation.variants import Variant
 from shared.events import EmotionLabel
 from shared.kafka import EventBus
+from shared.llm import ChatClient
 
 DATA = PACKAGE_DIR / "data"
 

@@ -46,7 +46,6 @@ from cbd.stack import EmbeddedStack, StackPorts
 from services.generation.care import CheckedStream
 from services.generation.guardrails import sentence_ends
 from services.generation.handlers import GenerationHandlers
-from services.generation.llm import ChatClient
 from services.generation.settings import PACKAGE_DIR, GenerationSettings, ReplyMode
 from services.generation.variants import Variant
 from shared.events import (
@@ -64,6 +63,7 @@ from shared.events import (
     TurnRoutedEvent,
 )
 from shared.kafka import EventBus
+from shared.llm import ChatClient
 from shared.topics import Topic
 
 

@@ -25,7 +25,7 @@ import sys
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,14 @@ class CriterionResult:
 
 
 @dataclass(frozen=True)
+class AgentBotRatings:
+    """Agents' ratings of the bot's part of the conversations one variant served."""
+
+    mean: float
+    n: int
+
+
+@dataclass(frozen=True)
 class Report:
     """The whole comparison."""
 
@@ -87,6 +95,9 @@ class Report:
     source: str
     ratings: int
     notes: list[str] = field(default_factory=list)
+    agent_bot_ratings: dict[str, AgentBotRatings] = field(default_factory=dict)
+    """By variant: agents' 1-5 ratings of how the bot handled conversations before the
+    handoff (from care.feedback, source `agent`); filled from the database only."""
 
     def as_json(self) -> dict[str, Any]:
         """The JSON form (what `--format json` prints and `report.json` holds)."""
@@ -206,6 +217,18 @@ def to_markdown(report: Report, chart: str | None = None) -> str:
         )
     lines.append("")
     lines.extend(f"> {note}" for note in report.notes)
+    if report.agent_bot_ratings:
+        lines += [
+            "",
+            "## Agents' ratings of the bot before the handoff",
+            "",
+            "| Variant | Mean (1-5) | n |",
+            "| --- | --- | --- |",
+        ]
+        lines.extend(
+            f"| {variant} | {_num(r.mean)} | {r.n} |"
+            for variant, r in sorted(report.agent_bot_ratings.items())
+        )
     if chart:
         lines += ["", f"![Baseline vs care by criterion]({chart})"]
     return "\n".join(lines) + "\n"
@@ -351,6 +374,25 @@ async def load_reviews(dsn: str, *, scenarios: bool = False) -> list[Rating]:
         )
         for row in rows
     ]
+
+
+async def load_agent_bot_ratings(dsn: str) -> dict[str, AgentBotRatings]:
+    """Agents' ratings of the bot's part, by the variant of the conversation's bot replies."""
+    import asyncpg  # noqa: PLC0415
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            """
+            SELECT c.variant, avg(f.rating)::float8 AS mean, count(*) AS n
+            FROM care.feedback f JOIN care.conversations c USING (conversation_id)
+            WHERE f.source = 'agent' AND c.variant IS NOT NULL
+            GROUP BY c.variant
+            """
+        )
+    finally:
+        await conn.close()
+    return {r["variant"]: AgentBotRatings(mean=round(r["mean"], 3), n=r["n"]) for r in rows}
 
 
 async def queue_scenarios(dsn: str, replies: Sequence[Any]) -> int:
@@ -519,6 +561,12 @@ def main(args: argparse.Namespace) -> int:
         pairing=pairing,
         source=source,
     )
+    if pairing == "reviewer":
+        # Live traffic: the agents who took conversations over rated the bot's part too.
+        from shared.settings import PostgresSettings  # noqa: PLC0415
+
+        dsn = PostgresSettings().dsn.get_secret_value()
+        report = replace(report, agent_bot_ratings=asyncio.run(load_agent_bot_ratings(dsn)))
     if args.out is None:
         if args.format == "json":
             print(json.dumps(report.as_json(), indent=2))

@@ -30,7 +30,6 @@ import yaml
 from cbd.scenarios import scenario_context
 from services.generation.care import CareKit, customer_is_negative
 from services.generation.handlers import GenerationHandlers
-from services.generation.llm import ChatClient, ChatMessage
 from services.generation.settings import GenerationSettings, ReplyMode
 from shared.events import (
     Channel,
@@ -52,6 +51,7 @@ from shared.events import (
     TurnRoutedEvent,
 )
 from shared.kafka import EventBus
+from shared.llm import ChatClient, ChatMessage
 from shared.topics import Topic
 
 NOW = datetime(2026, 11, 30, 9, 0, tzinfo=UTC)

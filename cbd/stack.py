@@ -198,6 +198,7 @@ class EmbeddedStack:
             "CBD_PG_DSN": f"postgresql://postgres@127.0.0.1:{self.ports.postgres}/postgres",
             "CBD_REDIS_URL": f"redis://127.0.0.1:{self.ports.redis}/0",
             "CBD_GENERATION_CONNECTOR_URL": f"http://127.0.0.1:{self.ports.crm}",
+            "CBD_MEMORY_CONNECTOR_URL": f"http://127.0.0.1:{self.ports.crm}",
         }
         if self.with_llm:
             env["CBD_GENERATION_LLM_BASE_URL"] = f"http://127.0.0.1:{self.ports.llm}/v1"

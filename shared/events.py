@@ -7,13 +7,23 @@ an earlier stage already knew, and a retry can always be served from the event a
 
 from __future__ import annotations
 
+import logging
 import secrets
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self, TypeVar, get_args
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
 
 SCHEMA_VERSION = 1
 
@@ -49,8 +59,44 @@ class Channel(StrEnum):
     EMAIL = "email"
 
 
+log = logging.getLogger(__name__)
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A tolerant reader: during a rolling deploy, consumers still on the old code read events
+    # from producers already on the new one. An additive change (a new optional field) must not
+    # dead-letter them, so unknown fields are ignored on read. Our own code cannot misspell a
+    # field: mypy's pydantic plugin forbids unknown keyword arguments (`init_forbid_extra`).
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+_UNKNOWN_VALUE_ERRORS = frozenset({"literal_error", "enum"})
+
+
+def _drop_unknown_items(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    """Validate a list, leaving out items that name a value this code does not know yet.
+
+    A newer producer may add a signal name, a care check or a review tag; an older consumer
+    keeps the items it understands (logging the others) instead of refusing the whole event.
+    Any other error in an item still fails the event.
+    """
+    try:
+        return handler(value)
+    except ValidationError as exc:
+        if not isinstance(value, list):
+            raise
+        unknown: set[int] = set()
+        for error in exc.errors():
+            loc = error["loc"]
+            if error["type"] not in _UNKNOWN_VALUE_ERRORS or not loc or not isinstance(loc[0], int):
+                raise
+            unknown.add(loc[0])
+        log.warning("left out %d list item(s) with values this version does not know", len(unknown))
+        return handler([item for i, item in enumerate(value) if i not in unknown])
+
+
+Tolerant = WrapValidator(_drop_unknown_items)
+"""On a list of closed-vocabulary items: items with an unknown value are left out, not fatal."""
 
 
 class CustomerMessage(_Model):
@@ -105,7 +151,7 @@ class EmotionAnalysis(_Model):
     scores: dict[EmotionLabel, float]
     sentiment: Annotated[float, Field(ge=-1.0, le=1.0)]
     intensity: Annotated[float, Field(ge=0.0, le=1.0)]
-    signals: list[Signal] = []
+    signals: Annotated[list[Signal], Tolerant] = []
     explanation: str = ""
     model: str
     confidence: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
@@ -181,6 +227,8 @@ class CustomerProfile(_Model):
     tier: str | None = None
     """Value tier (e.g. gold), from the tenant's CRM or the admin API."""
     lifetime_value: float | None = None
+    purchase_summary: str | None = None
+    """Purchase history in a sentence ("12 orders, last order A1001"), from the tenant's CRM."""
     consent: dict[str, bool] = {}
     """Consents by purpose, e.g. {"personalisation": true, "marketing": false}."""
     channels: list[str] = []
@@ -226,7 +274,7 @@ class ConversationContext(_Model):
     """The customer's value tier (e.g. gold) when memory knows it."""
     source: Literal["cache", "database", "empty"] = "empty"
     profile: CustomerProfile | None = None
-    memories: list[MemoryItem] = []
+    memories: Annotated[list[MemoryItem], Tolerant] = []
     """Memories relevant to this message, most relevant first."""
     open_issues: list[OpenIssue] = []
     """Unresolved issues, from this and past conversations."""
@@ -262,6 +310,9 @@ class Handoff(_Model):
     ticket_id: uuid.UUID
     new: bool
     """True on the turn that opened the ticket: the customer is told a person is coming."""
+    announce: bool = False
+    """True on a later turn when nobody has told the customer yet (a flagged bot reply opened
+    the ticket): generation sends the handoff notice with this turn, as with `new`."""
     owner: Literal["queued", "agent"]
     agent_id: str | None = None
     queue_position: int = 0
@@ -272,7 +323,7 @@ class RoutingDecision(_Model):
     """Escalation's verdict for the turn."""
 
     target: RouteTarget
-    reasons: list[RouteReason] = []
+    reasons: Annotated[list[RouteReason], Tolerant] = []
     policy: str
     epoch: int = 0
     """The conversation's ownership epoch when routed; a bot reply from an older epoch (a
@@ -443,7 +494,7 @@ class ReplyGenerated(_Model):
     tokens: int | None = None
     care_verdict: CareVerdict | None = None
     """The care check's decision (None for replies it does not check: notices, agents)."""
-    care_findings: list[CareFinding] = []
+    care_findings: Annotated[list[CareFinding], Tolerant] = []
     """What failed, first reply and regeneration together, so a reviewer sees why."""
     relevance: float | None = None
     """Embedding similarity of the sent text to the message and retrieved knowledge."""
@@ -451,6 +502,9 @@ class ReplyGenerated(_Model):
     actions_used: list[str] = []
     """Actions run on the tenant's systems for this reply (`order_status`, `tracking`...), a
     failed one as `<action>:failed`."""
+    template_variables: dict[str, str] = {}
+    """Values for a messaging template's placeholders (`{"1": "Sam", "2": "your refund"}`),
+    when the reply must go out as the template its `whatsapp_template:<name>` flag names."""
     """The generation mode that produced it: `llm`, `llm_checked` or `composed`."""
 
 
@@ -463,9 +517,9 @@ class AgentAssist(_Model):
     tips: list[str] = []
     """Coaching for this moment, from the customer's emotion and signals."""
     model: str | None = None
-    suggestion_verdicts: list[CareVerdict] = []
+    suggestion_verdicts: Annotated[list[CareVerdict], Tolerant] = []
     """The care check's verdict on each suggestion, in the same order."""
-    suggestion_findings: list[list[CareFinding]] = []
+    suggestion_findings: list[Annotated[list[CareFinding], Tolerant]] = []
     """What the care check found in each suggestion (the agent decides what to send)."""
 
 
@@ -591,16 +645,22 @@ class AssistSuggestedEvent(Envelope):
 
 
 class Feedback(_Model):
-    """Payload of feedback.received: a customer's or reviewer's rating of a conversation."""
+    """Payload of feedback.received: a customer's, reviewer's or agent's rating."""
 
     rating: Annotated[int, Field(ge=1, le=5)]
     """1 (very poor) to 5 (excellent), as CSAT surveys ask it."""
     comment: Annotated[str, StringConstraints(max_length=2000)] = ""
-    source: Literal["customer", "reviewer"] = "customer"
+    source: Literal["customer", "reviewer", "agent"] = "customer"
+    """Who rated: the customer (CSAT), a reviewer, or the agent who took the conversation over
+    (`agent`: how the bot handled it before the handoff, not the customer's satisfaction)."""
     reply_id: uuid.UUID | None = None
     """The reply being rated, when the rating is for one reply rather than the conversation."""
     nps: Annotated[int, Field(ge=0, le=10)] | None = None
     """How likely they are to recommend us, 0-10, when the survey asked."""
+    agent_id: str | None = None
+    """The agent who rated, when `source` is `agent`."""
+    ticket_id: uuid.UUID | None = None
+    """The ticket the agent rated the bot's part of, when `source` is `agent`."""
 
 
 class FeedbackReceivedEvent(Envelope):
@@ -718,7 +778,7 @@ class ReviewSubmitted(_Model):
     reply_id: uuid.UUID
     reviewer_id: str
     scores: ReviewScores
-    tags: list[ReviewTag] = []
+    tags: Annotated[list[ReviewTag], Tolerant] = []
     better_reply: Annotated[str, StringConstraints(max_length=MAX_MESSAGE_CHARS)] = ""
     """The reply the reviewer would have sent, when they wrote one."""
     comment: Annotated[str, StringConstraints(max_length=2000)] = ""

@@ -14,14 +14,15 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar, cast
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
-from faststream import AckPolicy
-from faststream.kafka import KafkaBroker
-from faststream.kafka.annotations import KafkaMessage
+from faststream import AckPolicy, ContextRepo
+from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.message import StreamMessage
+from faststream.middlewares import BaseMiddleware
 from faststream.security import (
     BaseSecurity,
     SASLPlaintext,
@@ -208,30 +209,12 @@ class EventBus:
         if self.watch is not None and not self.watch.up:
             raise BrokerUnavailable("the event broker is unavailable")
 
-    @overload
-    async def publish(self, event: Envelope, /, *, confirm: bool = True) -> None: ...
-
-    @overload
-    async def publish(self, topic: Topic, event: Envelope, /, *, confirm: bool = True) -> None: ...
-
-    async def publish(
-        self, first: Topic | Envelope, second: Envelope | None = None, /, *, confirm: bool = True
-    ) -> None:
+    async def publish(self, event: Envelope, /, *, confirm: bool = True) -> None:
         """Publish one event on its type's topic; with `confirm` wait until the broker has it.
 
-        The two-argument form (topic, event) is kept only while callers move to
-        `publish(event)`; a topic that is not the event's own is refused. Raises
-        `BrokerUnavailable` at once while the broker is known to be down.
+        The topic is derived from the event's type (`Topic.for_event`), so the two cannot
+        disagree. Raises `BrokerUnavailable` at once while the broker is known to be down.
         """
-        if isinstance(first, Envelope):
-            event = first
-        else:
-            assert second is not None
-            event = second
-            if first != Topic.for_event(event):
-                raise ValueError(
-                    f"{event.event_type} events belong on their own topic, not {first}"
-                )
         topic = Topic.for_event(event)
         self._refuse_if_down()
         await self.broker.publish(
@@ -286,25 +269,58 @@ def _describe_validation(exc: ValidationError) -> str:
     return "invalid event: " + "; ".join(parts)
 
 
-def subscribe(
-    broker: KafkaBroker,
-    bus: EventBus,
-    *,
-    settings: KafkaSettings,
-    topic: Topic,
-    model: type[E],
-    handler: Callable[[E], Awaitable[None]],
-    spec: ConsumerSpec,
-) -> None:
-    """Register `handler` for `topic` with validation, bounded retries and dead-lettering."""
-    topic_name = settings.topic(topic)
+def event_decoder(model: type[E]) -> Callable[[StreamMessage[Any]], Awaitable[E]]:
+    """FastStream's decoder for one subscription: the body, validated into `model`.
 
-    async def dead_letter(msg: Any, reason: str, error_type: str, attempts: int) -> None:
+    Validating the raw bytes (not FastStream's `json.loads` result) keeps pydantic's own
+    reason for a body that is not JSON at all, and makes decoding the one step that can
+    reject the message itself: `Delivery` decodes before the handler runs, so a
+    `ValidationError` there is the message's fault and one from the handler is not.
+    """
+
+    async def decode(msg: StreamMessage[Any]) -> E:
+        return model.model_validate_json(msg.body)
+
+    return decode
+
+
+class Delivery:
+    """Retries and dead-lettering for one subscription, as a FastStream middleware factory.
+
+    FastStream builds one `DeliveryMiddleware` per message from it (it is what a router's
+    `middlewares=` takes), so the policy, the bus and the topic are bound once here. What it
+    does with a message:
+
+    - a body that is not a valid event: dead-lettered at once with pydantic's reason;
+    - `PermanentError` from the handler: dead-lettered at once;
+    - `TRANSIENT_ERRORS`: retried with backoff; if still failing, re-raised after a pause so
+      the offset stays uncommitted (`AckPolicy.NACK_ON_ERROR`) and the message comes back;
+    - any other exception: retried with backoff, then dead-lettered with the last error.
+
+    If even the dead-letter publish fails, that error propagates and the message is
+    redelivered instead of being committed unprocessed.
+    """
+
+    def __init__(self, bus: EventBus, *, topic: Topic, topic_name: str, spec: ConsumerSpec) -> None:
+        self.bus = bus
+        self.topic = topic
+        self.topic_name = topic_name
+        self.spec = spec
+
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> DeliveryMiddleware:
+        """FastStream's middleware-builder call: one middleware for one received message."""
+        return DeliveryMiddleware(msg, context=context, delivery=self)
+
+    async def dead_letter(
+        self, msg: StreamMessage[Any], reason: str, error_type: str, attempts: int
+    ) -> None:
+        """Publish `msg` with its reason to the dead-letter topic and count it."""
+        spec, topic = self.spec, self.topic
         record = msg.raw_message
         payload, encoding = _raw_payload(msg.body)
-        await bus.dead_letter(
+        await self.bus.dead_letter(
             DeadLetter(
-                source_topic=topic_name,
+                source_topic=self.topic_name,
                 partition=record.partition,
                 offset=record.offset,
                 key=record.key.decode("utf-8", "replace") if record.key else None,
@@ -320,28 +336,35 @@ def subscribe(
         metrics.DEAD_LETTERS.labels(spec.service, topic.value, error_type).inc()
         metrics.EVENTS_CONSUMED.labels(spec.service, topic.value, "dead_lettered").inc()
         log.warning(
-            "dead-lettered %s[%s]@%s: %s", topic_name, record.partition, record.offset, reason
+            "dead-lettered %s[%s]@%s: %s",
+            self.topic_name,
+            record.partition,
+            record.offset,
+            reason,
         )
 
-    @broker.subscriber(
-        topic_name,
-        group_id=spec.group_id,
-        auto_offset_reset="earliest",
-        # NACK only when even the dead-letter publish failed (broker trouble): the message is
-        # then redelivered instead of being committed unprocessed.
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=settings.heartbeat_interval_ms,
-        title=f"{spec.service}:{topic.value}",
-    )
-    async def consume(msg: KafkaMessage) -> None:
+
+class DeliveryMiddleware(BaseMiddleware):
+    """One message's pass through `Delivery` (FastStream's `consume_scope` around the handler)."""
+
+    def __init__(self, msg: Any, /, *, context: ContextRepo, delivery: Delivery) -> None:
+        super().__init__(msg, context=context)
+        self.delivery = delivery
+
+    async def consume_scope(
+        self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
+        """Decode, then run the handler (`call_next`) under the retry policy."""
+        delivery = self.delivery
         try:
-            event = model.model_validate_json(msg.body)
+            # Cached by the message: the handler's own decoding reuses this result.
+            event = await msg.decode()
         except ValidationError as exc:
-            await dead_letter(msg, _describe_validation(exc), "ValidationError", 1)
-            return
-        metrics.EVENT_AGE_SECONDS.labels(spec.service, topic.value).observe(
+            await delivery.dead_letter(msg, _describe_validation(exc), "ValidationError", 1)
+            return None
+        if not isinstance(event, Envelope):
+            raise TypeError(f"{delivery.topic_name} is not decoded by event_decoder")
+        metrics.EVENT_AGE_SECONDS.labels(delivery.spec.service, delivery.topic.value).observe(
             max(0.0, (utcnow() - event.occurred_at).total_seconds())
         )
         with log_context(
@@ -349,51 +372,87 @@ def subscribe(
             conversation_id=event.conversation_id,
             event_id=str(event.event_id),
         ):
-            await _handle_with_retries(
-                msg, event, handler=handler, spec=spec, topic=topic, dead_letter=dead_letter
-            )
+            return await self._with_retries(call_next, msg)
 
-    del consume  # registered on the broker; nothing else calls it
+    async def _with_retries(
+        self, call_next: Callable[[StreamMessage[Any]], Awaitable[Any]], msg: StreamMessage[Any]
+    ) -> Any:
+        delivery = self.delivery
+        spec, topic = delivery.spec, delivery.topic
+        started = time.perf_counter()
+        for attempt in range(1, spec.attempts + 1):
+            try:
+                result = await call_next(msg)
+            except PermanentError as exc:
+                await delivery.dead_letter(msg, str(exc), type(exc).__name__, attempt)
+                return None
+            except TRANSIENT_ERRORS as exc:
+                if attempt < spec.attempts:
+                    metrics.HANDLER_RETRIES.labels(spec.service, topic.value).inc()
+                    await asyncio.sleep(spec.retry_backoff_s * 2 ** (attempt - 1))
+                    continue
+                # Infrastructure still down: leave the offset uncommitted so the message
+                # comes back, after a pause, instead of blaming the message for it.
+                metrics.EVENTS_CONSUMED.labels(spec.service, topic.value, "redelivered").inc()
+                log.warning("infrastructure error, will redeliver: %r", exc)
+                await asyncio.sleep(spec.redelivery_backoff_s)
+                raise
+            except Exception as exc:
+                if attempt < spec.attempts:
+                    metrics.HANDLER_RETRIES.labels(spec.service, topic.value).inc()
+                    log.info("attempt %d failed: %r", attempt, exc)
+                    await asyncio.sleep(spec.retry_backoff_s * 2 ** (attempt - 1))
+                    continue
+                await delivery.dead_letter(
+                    msg, f"{type(exc).__name__}: {exc}", type(exc).__name__, attempt
+                )
+                return None
+            else:
+                metrics.HANDLE_SECONDS.labels(spec.service, topic.value).observe(
+                    time.perf_counter() - started
+                )
+                metrics.EVENTS_CONSUMED.labels(spec.service, topic.value, "ok").inc()
+                return result
+        return None
 
 
-async def _handle_with_retries(
-    msg: Any,
-    event: E,
+def subscribe(
+    broker: KafkaBroker,
+    bus: EventBus,
     *,
+    settings: KafkaSettings,
+    topic: Topic,
+    model: type[E],
     handler: Callable[[E], Awaitable[None]],
     spec: ConsumerSpec,
-    topic: Topic,
-    dead_letter: Callable[[Any, str, str, int], Awaitable[None]],
 ) -> None:
-    started = time.perf_counter()
-    for attempt in range(1, spec.attempts + 1):
-        try:
-            await handler(event)
-        except PermanentError as exc:
-            await dead_letter(msg, str(exc), type(exc).__name__, attempt)
-            return
-        except TRANSIENT_ERRORS as exc:
-            if attempt < spec.attempts:
-                metrics.HANDLER_RETRIES.labels(spec.service, topic.value).inc()
-                await asyncio.sleep(spec.retry_backoff_s * 2 ** (attempt - 1))
-                continue
-            # Infrastructure still down: leave the offset uncommitted so the message comes
-            # back, after a pause, instead of blaming the message for it.
-            metrics.EVENTS_CONSUMED.labels(spec.service, topic.value, "redelivered").inc()
-            log.warning("infrastructure error, will redeliver: %r", exc)
-            await asyncio.sleep(spec.redelivery_backoff_s)
-            raise
-        except Exception as exc:
-            if attempt < spec.attempts:
-                metrics.HANDLER_RETRIES.labels(spec.service, topic.value).inc()
-                log.info("attempt %d failed: %r", attempt, exc)
-                await asyncio.sleep(spec.retry_backoff_s * 2 ** (attempt - 1))
-                continue
-            await dead_letter(msg, f"{type(exc).__name__}: {exc}", type(exc).__name__, attempt)
-            return
-        else:
-            metrics.HANDLE_SECONDS.labels(spec.service, topic.value).observe(
-                time.perf_counter() - started
-            )
-            metrics.EVENTS_CONSUMED.labels(spec.service, topic.value, "ok").inc()
-            return
+    """Register `handler` for `topic`: typed decoding, bounded retries and dead-lettering.
+
+    The subscription lives on its own router, because FastStream 0.7 scopes middlewares to
+    a broker or a router (a subscriber takes none): `Delivery` then wraps this handler only,
+    not the other subscribers on the broker (audit's raw tap, tests' captures).
+    """
+    topic_name = settings.topic(topic)
+    router = KafkaRouter(middlewares=[Delivery(bus, topic=topic, topic_name=topic_name, spec=spec)])
+
+    async def consume(event: Envelope) -> None:
+        await handler(cast(E, event))
+
+    # FastStream reads the payload type from the annotation, for the AsyncAPI document (and
+    # checks the decoded event against it); the handler's docstring describes the operation.
+    consume.__annotations__ = {"event": model, "return": None}
+    consume.__doc__ = handler.__doc__
+    router.subscriber(
+        topic_name,
+        group_id=spec.group_id,
+        auto_offset_reset="earliest",
+        decoder=event_decoder(model),
+        # NACK only when even the dead-letter publish failed or the infrastructure stayed
+        # down: the message is then redelivered instead of being committed unprocessed.
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=settings.heartbeat_interval_ms,
+        title=f"{spec.service}:{topic.value}",
+    )(consume)
+    broker.include_router(router)

@@ -43,7 +43,6 @@ from shared.events import (
     new_trace_id,
 )
 from shared.kafka import EventBus
-from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,17 @@ def in_quiet_hours(now: datetime, start: int, end: int, zone: str) -> bool:
     if begin < finish:
         return begin <= local < finish
     return local >= begin or local < finish
+
+
+def template_values(category: str, name: str | None) -> dict[str, str]:
+    """The approved follow-up template's placeholders: {{1}} the name, {{2}} the issue.
+
+    The template registered with WhatsApp reads like `message_for`: "Hi {{1}}, we wanted to
+    check in about {{2}}. Is it sorted now, or is there anything we can still do? Just reply
+    here and we'll pick it up."
+    """
+    topic = TOPICS.get(category, f"the {category.replace('_', ' ')} issue you raised")
+    return {"1": name or "there", "2": topic}
 
 
 def message_for(category: str, name: str | None) -> str:
@@ -156,6 +166,7 @@ class FollowUps:
         conversation_id = last["conversation_id"] if last else ""
         channel = last["channel"] if last else "none"
         flags = [FLAG]
+        template_variables: dict[str, str] = {}
         outcome = "sent"
         if last is None:
             outcome = "skipped_no_channel"
@@ -167,6 +178,9 @@ class FollowUps:
             if last_in is None or now - last_in >= window:
                 if self.settings.whatsapp_template:
                     flags.append(f"whatsapp_template:{self.settings.whatsapp_template}")
+                    template_variables = template_values(
+                        issue["category"], issue["preferred_name"] or issue["name"]
+                    )
                 else:
                     outcome = "skipped_whatsapp_window"
         name = issue["preferred_name"] or issue["name"]
@@ -209,10 +223,11 @@ class FollowUps:
                     author=Role.SYSTEM,
                     text=text,
                     flags=flags,
+                    template_variables=template_variables,
                 ),
             )
             # Inside the transaction: the issue stays locked against a resolve until it is out.
-            await self.bus.publish(Topic.REPLY_GENERATED, event)
+            await self.bus.publish(event)
         return FollowUp(
             issue_id=issue["issue_id"],
             customer_id=issue["customer_id"],

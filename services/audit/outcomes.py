@@ -47,7 +47,6 @@ from shared.events import (
     new_trace_id,
 )
 from shared.kafka import EventBus
-from shared.topics import Topic
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +75,12 @@ REPEATS = Counter(
 CSAT = Counter(
     "cbd_care_csat_ratings_total",
     "CSAT ratings (1-5) by the variant, playbook and agent of the rated reply or conversation.",
+    ["rating", *LABELS],
+)
+AGENT_BOT_RATINGS = Counter(
+    "cbd_care_agent_bot_ratings_total",
+    "Agents' 1-5 ratings of how the bot handled a conversation before the handoff, by the "
+    "variant, channel and playbook of its bot replies and the agent who rated.",
     ["rating", *LABELS],
 )
 NPS = Counter(
@@ -115,7 +120,14 @@ def sampled(reply_id: uuid.UUID, share: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < share
 
 
-REASON_PRIORITY = {"low_csat": 4, "flagged": 3, "escalated": 2, "random": 1, "scenario": 1}
+REASON_PRIORITY = {
+    "low_csat": 4,
+    "agent_low": 4,
+    "flagged": 3,
+    "escalated": 2,
+    "random": 1,
+    "scenario": 1,
+}
 
 
 @dataclass(frozen=True)
@@ -349,14 +361,18 @@ class Outcomes:
                 await self._queue(conn, reply.reply_id, "random")
 
     async def on_feedback_received(self, event: FeedbackReceivedEvent) -> None:
-        """Count the rating under its variant; a low one queues the rated reply for review."""
+        """Count the rating under its variant; a low one queues the rated reply for review.
+
+        An agent's rating of the bot's part (source `agent`) is counted apart from customers'
+        CSAT, under the conversation's bot variant and the rating agent.
+        """
         fb = event.payload
         async with self.pg.acquire() as conn, conn.transaction():
             inserted = await conn.fetchval(
                 """
                 INSERT INTO care.feedback (event_id, conversation_id, customer_id, reply_id,
-                    rating, nps, comment, at, tenant)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                    rating, nps, comment, at, tenant, source, agent_id, ticket_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
                 ON CONFLICT (event_id) DO NOTHING RETURNING true
                 """,
                 event.event_id,
@@ -368,6 +384,9 @@ class Outcomes:
                 fb.comment,
                 event.occurred_at,
                 event.tenant,
+                fb.source,
+                fb.agent_id,
+                fb.ticket_id,
             )
             if not inserted:
                 return
@@ -394,6 +413,13 @@ class Outcomes:
                 )
             if rated is not None and rated["variant"] is not None:
                 labels.update(variant=rated["variant"], playbook=rated["playbook"])
+            if fb.source == "agent":
+                labels.update(agent_id=fb.agent_id)
+                AGENT_BOT_RATINGS.labels(str(fb.rating), *label_values(labels)).inc()
+                last_bot = conv["last_bot_reply_id"] if conv is not None else None
+                if fb.rating <= self.settings.low_csat_max and last_bot is not None:
+                    await self._queue(conn, last_bot, "agent_low")
+                return
             CSAT.labels(str(fb.rating), *label_values(labels)).inc()
             if fb.nps is not None:
                 NPS.labels(str(fb.nps), *label_values(labels)).inc()
@@ -559,7 +585,7 @@ class Outcomes:
                 trace_id=new_trace_id(),
                 payload=ConversationClosed(reason=CloseReason.IDLE, last_activity_at=last),
             )
-            await self.bus.publish(Topic.CONVERSATION_CLOSED, event)
+            await self.bus.publish(event)
         return len(rows)
 
     async def settle_fcr(self, now: datetime) -> int:

@@ -33,7 +33,6 @@ from shared.events import (
     utcnow,
 )
 from shared.kafka import EventBus
-from shared.topics import Topic
 
 REVIEW_SCORES = Histogram(
     "cbd_review_scores",
@@ -214,7 +213,7 @@ class ReviewDesk:
                 payload=payload,
             )
             if self.bus is not None:
-                await self.bus.publish(Topic.REVIEW_SUBMITTED, event)
+                await self.bus.publish(event)
         variant = reply["variant"] or "none"
         for criterion in REVIEW_CRITERIA:
             REVIEW_SCORES.labels(criterion, variant).observe(getattr(review.scores, criterion))

@@ -10,8 +10,11 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
 
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from services.emotion.repeats import RepeatContactFinder
@@ -21,288 +24,69 @@ _log = logging.getLogger(__name__)
 
 _L = EmotionLabel
 
-# Curated customer-service phrases per label, with how strongly each one points at the label.
-# Plain text on purpose, so non-engineers can edit them: matching is case-insensitive, on word
-# boundaries, and tolerant of missing or curly (U+2019) apostrophes ("dont") and of hyphens.
-_LEXICONS: Mapping[EmotionLabel, Mapping[str, float]] = {
-    _L.ANGER: {
-        "furious": 1.5,
-        "livid": 1.5,
-        "outraged": 1.5,
-        "unacceptable": 1.2,
-        "not acceptable": 1.2,
-        "ridiculous": 1.0,
-        "outrageous": 1.2,
-        "disgusted": 1.2,
-        "disgusting": 1.2,
-        "appalling": 1.2,
-        "appalled": 1.2,
-        "angry": 1.2,
-        "how dare": 1.5,
-        "pathetic": 1.0,
-        "absurd": 1.0,
-        "insulting": 1.0,
-        "incompetent": 1.0,
-        "rip off": 1.0,
-        "scandalous": 1.0,
-        "thanks for nothing": 1.5,
-        "worst": 0.8,
-        "useless": 0.8,
-        "terrible": 0.7,
-        "awful": 0.7,
-        "a joke": 0.8,
-    },
-    _L.FRUSTRATION: {
-        "again": 0.6,
-        "yet again": 1.0,
-        "again and again": 1.2,
-        "over and over": 1.2,
-        "still not": 1.2,
-        "still no": 1.0,
-        "still waiting": 1.2,
-        "still haven't": 1.2,
-        "still hasn't": 1.2,
-        "still doesn't": 1.2,
-        "third time": 1.2,
-        "two times": 1.0,
-        "three times": 1.0,
-        "four times": 1.0,
-        "several times": 1.0,
-        "many times": 1.0,
-        "multiple times": 1.0,
-        "how many times": 1.2,
-        "every time": 0.8,
-        "fed up": 1.5,
-        "sick of": 1.2,
-        "tired of": 1.2,
-        "waste of time": 1.2,
-        "nobody": 0.8,
-        "no one": 0.8,
-        "keeps": 0.8,
-        "kept": 0.6,
-        "frustrated": 1.5,
-        "frustrating": 1.5,
-        "annoyed": 1.2,
-        "annoying": 1.2,
-        "not happy": 1.0,
-        "on hold": 0.8,
-        "doesn't work": 0.8,
-        "not working": 0.8,
-        "never works": 1.0,
-    },
-    _L.ANXIETY: {
-        "worried": 1.5,
-        "worrying": 1.2,
-        "scared": 1.5,
-        "afraid": 1.2,
-        "terrified": 1.5,
-        "nervous": 1.2,
-        "anxious": 1.5,
-        "panic": 1.2,
-        "panicking": 1.5,
-        "stressed": 1.0,
-        "desperate": 1.2,
-        "concerned": 0.8,
-        "what if": 1.0,
-        "can't afford": 1.2,
-        "urgent": 0.7,
-        "urgently": 0.7,
-        "asap": 0.7,
-        "emergency": 1.0,
-        "fraud": 1.2,
-        "fraudulent": 1.2,
-        "scam": 1.0,
-        "scammed": 1.2,
-        "hacked": 1.2,
-        "stolen": 1.0,
-        "unauthorised": 1.0,
-        "unauthorized": 1.0,
-    },
-    _L.SADNESS: {
-        "passed away": 2.0,
-        "died": 1.5,
-        "funeral": 1.5,
-        "bereavement": 1.5,
-        "lost my": 1.0,
-        "heartbroken": 1.5,
-        "devastated": 1.5,
-        "grieving": 1.5,
-        "sad": 1.2,
-        "unhappy": 0.8,
-        "upset": 1.0,
-        "disappointed": 1.0,
-        "disappointing": 1.0,
-        "let down": 1.0,
-        "gutted": 1.0,
-        "depressed": 1.2,
-        "lonely": 1.2,
-        "crying": 1.2,
-    },
-    _L.CONFUSION: {
-        "don't understand": 1.5,
-        "doesn't make sense": 1.5,
-        "makes no sense": 1.5,
-        "confused": 1.5,
-        "confusing": 1.2,
-        "unclear": 1.0,
-        "not sure": 0.8,
-        "no idea": 0.8,
-        "i'm lost": 1.2,
-        "how do i": 0.8,
-        "what does": 0.8,
-        "what do you mean": 1.2,
-        "which one": 0.8,
-        "don't get it": 1.2,
-    },
-    _L.JOY: {
-        "thank you": 1.0,
-        # VADER reads the "can't" as negation; the phrase is emphatic gratitude.
-        "can't thank you enough": 2.0,
-        "thanks": 1.0,
-        "great": 1.0,
-        "love": 1.0,
-        "perfect": 1.0,
-        "relieved": 1.2,
-        "awesome": 1.2,
-        "amazing": 1.2,
-        "wonderful": 1.2,
-        "brilliant": 1.2,
-        "fantastic": 1.2,
-        "excellent": 1.0,
-        "happy": 1.0,
-        "glad": 1.0,
-        "delighted": 1.2,
-        "lovely": 1.0,
-        "appreciate": 1.0,
-        "helpful": 0.8,
-    },
-}
+LEXICON_PATH = Path(__file__).resolve().parent / "data" / "lexicon.yaml"
+"""The curated phrases, negation words, signal patterns and acronyms (plain YAML to edit)."""
 
-# "not great" and "not worried" mean the opposite of their keyword; frustration and confusion
-# are left out because their phrases carry the negation themselves ("still not", "not sure").
-_NEGATABLE = frozenset({_L.ANGER, _L.ANXIETY, _L.SADNESS, _L.JOY})
-_NEGATORS = frozenset(
-    {"not", "no", "never", "dont", "didnt", "doesnt", "isnt", "wasnt", "arent", "werent", "hardly"}
-)
-# Skipped when looking for a negator, so "not very happy" still reads as negated.
-_INTENSIFIERS = frozenset({"very", "too", "so", "really", "that", "all", "particularly", "overly"})
+_MAX_WEIGHT = 3.0
 
 
-@dataclass(frozen=True)
-class _SignalSpec:
+class SignalPatterns(BaseModel):
     """A signal's regex fragments: strong ones give weight 1.0, weak ones 0.5."""
 
-    name: SignalName
-    strong: tuple[str, ...]
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    strong: tuple[str, ...] = Field(min_length=1)
     weak: tuple[str, ...] = ()
 
+    @field_validator("strong", "weak")
+    @classmethod
+    def _compiles(cls, fragments: tuple[str, ...]) -> tuple[str, ...]:
+        for fragment in fragments:
+            try:
+                re.compile(_fragment_regex(fragment))
+            except re.error as exc:
+                raise ValueError(f"{fragment!r} does not compile: {exc}") from exc
+        return fragments
 
-# Regex fragments (not plain phrases) because several signals need alternations or lookaheads;
-# a "'" is made optional and curly-tolerant and a space matches any whitespace when compiled.
-_SIGNAL_SPECS: tuple[_SignalSpec, ...] = (
-    _SignalSpec(
-        "human_request",
-        strong=(
-            r"(?:talk|speak|chat) (?:to|with) (?:a |an |the |your )?(?:real |actual |live )?"
-            r"(?:human|person|agent|manager|supervisor|representative|operator)",
-            r"(?:let me |can i |i want to |i need to )(?:talk|speak) (?:to|with) "
-            r"(?:someone|somebody|a human|a person)",
-            r"real (?:person|human)",
-            r"actual (?:person|human)",
-            r"live agent",
-            r"(?:human|agent|person|operator) please",
-            r"(?:get|put|transfer|connect) me (?:to |through to |with )?(?:a |an )?"
-            r"(?:human|person|agent|manager|representative|operator)",
-            r"(?:i want|i need|give me) (?:a |an )?(?:human|agent|real person|manager)",
-            r"representative",
-        ),
-    ),
-    _SignalSpec(
-        "urgency",
-        strong=(r"urgent(?:ly)?", r"asap", r"immediately", r"right now", r"emergency"),
-        # "today" is often just a date ("I ordered today"), so it counts for less.
-        weak=(r"today",),
-    ),
-    _SignalSpec(
-        "churn_threat",
-        strong=(
-            r"cancel (?:my|our) (?:account|subscription|contract|membership|service)",
-            r"close (?:my|our) account",
-            r"take (?:my|our) business elsewhere",
-            # Switching plans inside the company is not churn; switching providers is.
-            r"switch(?:ing)? (?:over )?to (?!(?:\w+ ){0,2}(?:plan|tariff|package|bundle|option|"
-            r"setting|mode|version|card|account)\b)\w+",
-        ),
-        # "leaving" is also "leaving the house", so it counts for less.
-        weak=(r"leaving",),
-    ),
-    _SignalSpec(
-        "legal_threat",
-        strong=(
-            r"lawyers?",
-            r"solicitors?",
-            r"attorneys?",
-            r"sue",
-            r"suing",
-            r"legal action",
-            r"ombudsman",
-            r"small claims",
-            r"take you to court",
-        ),
-    ),
-    _SignalSpec(
-        "profanity",
-        strong=(
-            r"fuck\w*",
-            r"shit\w*",
-            r"bullshit",
-            r"crap",
-            r"damn\w*",
-            r"goddamn",
-            r"bastards?",
-            r"assholes?",
-            r"arseholes?",
-            r"bollocks",
-            r"pissed",
-            r"wtf",
-            r"bitch\w*",
-        ),
-    ),
-    _SignalSpec(
-        "vulnerability",
-        strong=(
-            r"passed away",
-            r"died",
-            r"funeral",
-            r"bereave\w*",
-            r"hospital\w*",
-            r"cancer",
-            r"terminal(?:ly)? ill",
-            # "sick of" is frustration, not illness.
-            r"sick(?! of| and tired)",
-            r"can't afford",
-            r"lost my job",
-            r"debts?",
-            r"fraud\w*",
-            r"scam\w*",
-            r"stolen",
-        ),
-    ),
-)
 
-# Extra evidence that signals lend to a label: asking again is the clearest frustration cue.
-_SIGNAL_BOOSTS: Mapping[str, tuple[EmotionLabel, float]] = {
-    "repetition": (_L.FRUSTRATION, 1.2),
-    "churn_threat": (_L.FRUSTRATION, 0.5),
-    "legal_threat": (_L.ANGER, 0.5),
-    "profanity": (_L.ANGER, 0.5),
-}
+class SignalBoost(BaseModel):
+    """Evidence a signal lends to a label."""
 
-# Common customer-service acronyms are capitals without shouting ("my ATM PIN").
-_ACRONYMS = frozenset(
-    {"ATM", "PIN", "USB", "SMS", "API", "URL", "FAQ", "VAT", "IBAN", "BIC", "PDF", "CEO", "ETA",
-     "USA", "GBP", "USD", "EUR", "SIM", "APP", "NHS", "IRS", "HMRC", "ISP", "VPN", "WIFI", "DNS"}
-)  # fmt: skip
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    label: EmotionLabel
+    weight: float = Field(gt=0, le=_MAX_WEIGHT)
+
+
+class LexiconFile(BaseModel):
+    """`data/lexicon.yaml`, validated: labels and signal names the contracts know, sane weights."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lexicons: dict[EmotionLabel, dict[str, Annotated[float, Field(gt=0, le=_MAX_WEIGHT)]]]
+    negatable: frozenset[EmotionLabel]
+    negators: frozenset[str]
+    intensifiers: frozenset[str]
+    signals: dict[SignalName, SignalPatterns]
+    signal_boosts: dict[SignalName, SignalBoost]
+    acronyms: frozenset[str]
+
+    @field_validator("lexicons")
+    @classmethod
+    def _phrases_present(
+        cls, value: dict[EmotionLabel, dict[str, float]]
+    ) -> dict[EmotionLabel, dict[str, float]]:
+        empty = [label.value for label, phrases in value.items() if not phrases]
+        if empty:
+            raise ValueError(f"labels without phrases: {', '.join(empty)}")
+        return value
+
+
+def load_lexicon(path: Path = LEXICON_PATH) -> LexiconFile:
+    """Read and validate the lexicon file; a bad file stops start-up with the reason."""
+    with path.open(encoding="utf-8") as handle:
+        return LexiconFile.model_validate(yaml.safe_load(handle))
+
 
 # Neutral always has this much evidence, so a label must earn more than that to win.
 _NEUTRAL_PRIOR = 1.0
@@ -380,6 +164,18 @@ def _clip(text: str) -> str:
     return text[: _MAX_EVIDENCE_CHARS - 1] + "\u2026"
 
 
+# Loaded at import: a bad file stops the service at start-up, never mid-conversation.
+_FILE = load_lexicon()
+_LEXICONS: Mapping[EmotionLabel, Mapping[str, float]] = _FILE.lexicons
+_NEGATABLE = _FILE.negatable
+_NEGATORS = _FILE.negators
+_INTENSIFIERS = _FILE.intensifiers
+_SIGNAL_BOOSTS: Mapping[str, tuple[EmotionLabel, float]] = {
+    name: (boost.label, boost.weight) for name, boost in _FILE.signal_boosts.items()
+}
+_ACRONYMS = _FILE.acronyms
+
+
 class LexiconAnalyzer:
     """Scores how a customer seems to feel in one message, and says why.
 
@@ -403,11 +199,11 @@ class LexiconAnalyzer:
         }
         self._signals: list[tuple[SignalName, re.Pattern[str], re.Pattern[str] | None]] = [
             (
-                spec.name,
+                name,
                 _bounded(_fragment_regex(f) for f in spec.strong),
                 _bounded(_fragment_regex(f) for f in spec.weak) if spec.weak else None,
             )
-            for spec in _SIGNAL_SPECS
+            for name, spec in _FILE.signals.items()
         ]
 
     def vader_words(self) -> list[str]:

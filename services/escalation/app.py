@@ -15,6 +15,7 @@ from services.escalation.api import (
     sign_out_router,
 )
 from services.escalation.auth import AgentAuth, LoginThrottle
+from services.escalation.bot_rating import bot_rating_router
 from services.escalation.desk import AgentSkills, Desk
 from services.escalation.handlers import EscalationHandlers
 from services.escalation.live import CONSOLE_CHANNEL, AgentHub, ConsoleFeed
@@ -92,6 +93,7 @@ def create_app(settings: EscalationSettings | None = None) -> FastAPI:
                 agent_router(),
                 sign_out_router(),
                 live_router(cfg.token_version_refresh_s),
+                bot_rating_router(),
             ],
             refusals=REFUSALS,
             description="Routing to the bot or a person, the agent queue, tickets and console.",

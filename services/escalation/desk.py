@@ -286,7 +286,7 @@ class Desk:
                 bot_turns,
             )
             if conv["owner"] != "bot" and opened is None:
-                handoff = await self._current_handoff(conn, event.conversation_id, conv)
+                handoff = await self._current_handoff(conn, event, conv)
                 return RoutingDecision(
                     target=RouteTarget.HUMAN,
                     reasons=[RouteReason(code=HUMAN_OWNS, detail=_owner_detail(conv))],
@@ -305,6 +305,8 @@ class Desk:
                     conn,
                     event,
                     conv,
+                    # This turn's reply is the handoff notice (`Handoff.new`).
+                    announced=True,
                     reasons=policy_decision.reasons,
                     risk=turn.trajectory.escalation_risk if turn.trajectory else 0.0,
                     text=turn.message.text,
@@ -328,9 +330,10 @@ class Desk:
         )
 
     async def open_for_reply(self, event: ReplyGeneratedEvent, reason: RouteReason) -> bool:
-        """Queue the conversation when a bot reply told the customer a person would follow.
+        """Queue the conversation when a bot reply was flagged as needing a person.
 
-        Idempotent per reply event; False when a person already has the conversation.
+        Idempotent per reply event; False when a person already has the conversation. The
+        ticket is not announced yet (see `_current_handoff`).
         """
         async with self.pg.acquire() as conn, conn.transaction():
             await conn.execute(
@@ -354,8 +357,10 @@ class Desk:
                 "SELECT 1 FROM escalation.tickets WHERE opened_by_event = $1", event.event_id
             ):
                 return False
+            # The flagged reply may say a colleague will follow up, but not that a person now
+            # holds the conversation: the customer's next turn carries the handoff notice.
             _, epoch = await self._open_ticket(
-                conn, event, conv, reasons=[reason], risk=0.0, text=reason.detail
+                conn, event, conv, announced=False, reasons=[reason], risk=0.0, text=reason.detail
             )
             mirror = await self._stage(conn, event.conversation_id, "queued", epoch)
         await self.outbox.deliver_now([mirror])
@@ -367,6 +372,7 @@ class Desk:
         event: Envelope,
         conv: Any,
         *,
+        announced: bool,
         reasons: list[RouteReason],
         risk: float,
         text: str,
@@ -374,6 +380,9 @@ class Desk:
         intent: TurnIntent | None = None,
     ) -> tuple[uuid.UUID, int]:
         """Insert a ticket and hand the conversation to the queue; (ticket id, new epoch).
+
+        `announced`: the event that opens the ticket also tells the customer a person is
+        coming; otherwise the ticket waits for the next turn or an agent's reply to do so.
 
         The turn's intent names the skill queue; its urgency (fraud, bereavement...) counts
         towards the queue order like the conversation's escalation risk.
@@ -385,8 +394,8 @@ class Desk:
             """
             INSERT INTO escalation.tickets (ticket_id, conversation_id, customer_id,
                 channel, priority, severity, reasons, summary, opened_by_event, intent, skill,
-                tenant)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                tenant, announced_by_event)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
             """,
             ticket_id,
             event.conversation_id,
@@ -400,6 +409,7 @@ class Desk:
             intent.intent if intent is not None else "general",
             intent.skill if intent is not None else "general",
             event.tenant,
+            event.event_id if announced else None,
         )
         epoch: int = await conn.fetchval(
             "UPDATE escalation.conversations SET owner = 'queued', agent_id = NULL, "
@@ -433,23 +443,56 @@ class Desk:
         )
         return ahead + 1
 
-    async def _current_handoff(self, conn: Any, conversation_id: str, conv: Any) -> Handoff | None:
+    async def _current_handoff(
+        self, conn: Any, event: TurnContextualizedEvent, conv: Any
+    ) -> Handoff | None:
+        """The open ticket of a conversation a person owns, as this turn sees it.
+
+        A ticket nobody has announced yet (a flagged bot reply opened it) is announced by this
+        turn: generation sends the handoff notice. The turn is recorded as the announcer in
+        the same transaction, so the notice goes out once, and again only if this very turn
+        is redelivered (its reply id is the same, so the channel shows it once).
+        """
         row = await conn.fetchrow(
-            "SELECT ticket_id FROM escalation.tickets WHERE conversation_id = $1 "
-            "AND status IN ('queued', 'claimed')",
-            conversation_id,
+            "SELECT ticket_id, announced_by_event FROM escalation.tickets "
+            "WHERE conversation_id = $1 AND status IN ('queued', 'claimed')",
+            event.conversation_id,
         )
         if row is None:
             return None
+        announce = row["announced_by_event"] in (None, event.event_id)
+        if row["announced_by_event"] is None:
+            await conn.execute(
+                "UPDATE escalation.tickets SET announced_by_event = $2 WHERE ticket_id = $1",
+                row["ticket_id"],
+                event.event_id,
+            )
+            TICKETS.labels("announced_late").inc()
         position = await self._position(conn, row["ticket_id"]) if conv["owner"] == "queued" else 0
         return Handoff(
             ticket_id=row["ticket_id"],
             new=False,
+            announce=announce,
             owner=conv["owner"],
             agent_id=conv["agent_id"],
             queue_position=position,
             eta_minutes=self.eta_minutes(position) if position else 0,
         )
+
+    async def mark_told(self, conversation_id: str, event_id: uuid.UUID) -> bool:
+        """Record that a person's reply has told the customer; True if nobody had yet.
+
+        An agent who answers before the customer writes again has told them a person is
+        there: their next turn needs no handoff notice.
+        """
+        async with self.pg.acquire() as conn:
+            done: str = await conn.execute(
+                "UPDATE escalation.tickets SET announced_by_event = $2 WHERE conversation_id = $1 "
+                "AND status IN ('queued', 'claimed') AND announced_by_event IS NULL",
+                conversation_id,
+                event_id,
+            )
+        return done.endswith(" 1")
 
     async def queue(
         self,

@@ -119,6 +119,9 @@ class EscalationHandlers:
             if await self.desk.open_for_reply(event, reason):
                 ESCALATIONS.labels(reason.code).inc()
                 await self.consoles.broadcast({"type": "queue_changed"}, tenant=event.tenant)
+        if reply.author is Role.AGENT:
+            # A person answered: the customer knows one is there, whatever opened the ticket.
+            await self.desk.mark_told(event.conversation_id, event.event_id)
         owner = await self.desk.owner(event.conversation_id)
         if owner is None or owner.owner == "bot":
             return

@@ -11,12 +11,12 @@ from services.generation.breaker import CircuitBreaker
 from services.generation.care import CareKit
 from services.generation.fence import OwnershipFence
 from services.generation.handlers import GenerationHandlers, build_prompting
-from services.generation.llm import ChatClient
 from services.generation.settings import GenerationSettings
 from shared.connectors import ConnectorClient, load_connectors
 from shared.embedding import MiniLmEmbedder
 from shared.events import TurnRoutedEvent
 from shared.intent import IntentReader
+from shared.llm import ChatClient
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 

@@ -459,7 +459,11 @@ def context_texts(turn: TurnRouted) -> list[str]:
     texts: list[str] = [turn.message.text]
     texts += [t.text for t in ctx.recent_turns]
     if ctx.profile is not None:
-        texts += [v for v in (ctx.profile.name, ctx.profile.preferred_name) if v]
+        texts += [
+            v
+            for v in (ctx.profile.name, ctx.profile.preferred_name, ctx.profile.purchase_summary)
+            if v
+        ]
         texts += ctx.profile.channels
     texts += [m.text for m in ctx.memories]
     texts += [i.summary for i in ctx.open_issues]

@@ -3,16 +3,17 @@
 Escalation mirrors each conversation's owner and epoch to Redis. A turn routed to the bot
 carries the epoch it was routed under; if a person has taken the conversation since (the owner
 is no longer the bot, or the epoch moved on), the bot's reply is dropped instead of talking
-over the person.
+over the person. The record's key and JSON belong to `shared.ownership`, its one writer.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from shared import ownership
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ class OwnershipFence:
     async def bot_may_speak(self, conversation_id: str, epoch: int) -> bool:
         """True while the bot still owns the conversation at the epoch the turn was routed in."""
         try:
-            raw = await self.redis.get(f"{self.prefix}owner:{conversation_id}")
+            raw = await self.redis.get(ownership.owner_key(self.prefix, conversation_id))
         except RedisError:
             # Without the fence the PostgreSQL routing still holds for new turns; only a reply
             # racing a takeover could slip through, which beats silencing every reply.
@@ -35,5 +36,10 @@ class OwnershipFence:
             return True
         if raw is None:
             return True
-        owner = json.loads(raw)
-        return owner.get("owner") == "bot" and int(owner.get("epoch", 0)) <= epoch
+        record = ownership.decode(raw)
+        if record is None:
+            # Escalation writes the record only through shared.ownership, so an unreadable one
+            # was written by something else; the routing in PostgreSQL still holds, as above.
+            log.warning("ownership record of %s is unreadable; fence open", conversation_id)
+            return True
+        return record.bot_may_speak(epoch)

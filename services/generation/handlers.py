@@ -26,7 +26,6 @@ from services.generation.guardrails import (
     Verdict,
 )
 from services.generation.knowledge import KnowledgeBase
-from services.generation.llm import ChatClient, ChatMessage, LLMUnavailable
 from services.generation.playbooks import PlaybookLibrary
 from services.generation.prompt import (
     FALLBACK_REPLY,
@@ -55,6 +54,7 @@ from shared.events import (
     utcnow,
 )
 from shared.kafka import EventBus
+from shared.llm import ChatClient, ChatMessage, LLMUnavailable
 from shared.metrics import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ class GenerationHandlers:
         reply_id = uuid.uuid5(event.event_id, "reply")
         if turn.route.target is RouteTarget.HUMAN:
             handoff = turn.route.handoff
-            if handoff is None or handoff.new:
+            if handoff is None or handoff.new or handoff.announce:
                 notice = handoff_notice(handoff.eta_minutes if handoff else None)
                 await self._publish_reply(event, reply_id, Role.SYSTEM, notice, ["handoff"])
                 REPLIES.labels("handoff").inc()

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from services.generation.knowledge import KnowledgeBase, KnowledgeHit
-from services.generation.llm import ChatMessage
 from services.generation.playbooks import PlaybookLibrary, PlaybookMatch
 from services.generation.tone import ToneCues
 from services.generation.variants import Variant
 from shared.events import EmotionLabel, MemoryKind, Role, TurnRouted
+from shared.llm import ChatMessage
 from shared.untrusted import neutralize_tags, normalize
 
 CARE_PRINCIPLES = """\
@@ -312,6 +312,10 @@ class PromptBuilder:
         tier = (profile.tier if profile else None) or ctx.customer_tier
         if tier:
             lines.append(f"Customer tier: {tier}.")
+        if profile is not None and profile.purchase_summary:
+            # From the tenant's CRM (business data, not the customer's words), quoted all the
+            # same: a CRM field could carry text someone typed.
+            lines.append(f"Purchase history: {quote('memory', profile.purchase_summary)}")
         ids: list[str] = []
         for item in ctx.memories[:6]:
             lines.append(f"- {item.kind.value}: {quote('memory', item.text)}")

@@ -14,16 +14,22 @@ from fastapi import FastAPI
 from services.ingest.channels.identity import Conversations
 from services.ingest.channels.outbound import MessagingOutbound
 from services.ingest.channels.replies import ChannelReplies
+from services.ingest.channels.survey import MessagingSurvey
 from services.ingest.channels.voice import VoiceReplies
 from services.ingest.delivery import ConnectionHub, conversation_fanout
 from services.ingest.edge import EdgeGuard
 from services.ingest.handlers import IngestHandlers
 from services.ingest.intake import Intake
 from services.ingest.ownership import Owners
-from services.ingest.routers import channels, feedback, messages, pages, socket
+from services.ingest.routers import channels, ending, feedback, messages, pages, socket
 from services.ingest.settings import IngestSettings
 from shared import http
-from shared.events import CustomerErasedEvent, ReplyDeltaEvent, ReplyGeneratedEvent
+from shared.events import (
+    ConversationClosedEvent,
+    CustomerErasedEvent,
+    ReplyDeltaEvent,
+    ReplyGeneratedEvent,
+)
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 
@@ -34,7 +40,14 @@ widget, and the SMS, WhatsApp and voice providers' webhooks. Every message passe
 sensitive numbers become tokens, limits are spent, the conversation is claimed for its
 customer, and `turn.received` is published."""
 
-ROUTERS = (messages.router, feedback.router, socket.router, channels.router, pages.router)
+ROUTERS = (
+    messages.router,
+    feedback.router,
+    ending.router,
+    socket.router,
+    channels.router,
+    pages.router,
+)
 
 
 def _background(stack: AsyncExitStack, work: Coroutine[Any, Any, None], name: str) -> None:
@@ -67,11 +80,17 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         voice = VoiceReplies(redis, prefix)
         client = await stack.enter_async_context(httpx.AsyncClient(timeout=10.0))
         outbound = MessagingOutbound(cfg, redis, client)
-        handlers = IngestHandlers(fanout, prefix, ChannelReplies(conversations, outbound, voice))
+        survey = MessagingSurvey(cfg, redis, conversations, outbound, intake)
+        handlers = IngestHandlers(
+            fanout, prefix, ChannelReplies(conversations, outbound, voice), survey
+        )
         infra.subscribe(Topic.REPLY_DELTA, ReplyDeltaEvent, handlers.on_reply_delta)
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)
         infra.subscribe(Topic.CUSTOMER_ERASED, CustomerErasedEvent, handlers.on_customer_erased)
-        for collaborator in (intake, guard, fanout, conversations, voice):
+        infra.subscribe(
+            Topic.CONVERSATION_CLOSED, ConversationClosedEvent, handlers.on_conversation_closed
+        )
+        for collaborator in (intake, guard, fanout, conversations, voice, survey):
             infra.provide(collaborator)
 
     app = build_app(

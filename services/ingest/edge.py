@@ -228,6 +228,15 @@ class EdgeGuard:
             REJECTIONS.labels(provider, "duplicate").inc()
         return bool(fresh)
 
+    async def forget_delivery(self, provider: str, message_id: str) -> None:
+        """Forget a message id whose handling failed, so the provider's retry is taken."""
+        if self.redis is None:
+            return
+        try:
+            await self.redis.delete(f"{self.settings.redis.key_prefix}seen:{provider}:{message_id}")
+        except Exception:
+            log.warning("could not forget %s; its retry will be dropped", message_id, exc_info=True)
+
     async def rate_limit(
         self, channel: str, tenant: str, customer_id: str | None, ip: str | None = None
     ) -> None:

@@ -5,10 +5,18 @@ from __future__ import annotations
 from prometheus_client import Histogram
 
 from services.ingest.channels.replies import ChannelReplies
+from services.ingest.channels.survey import MessagingSurvey
 from services.ingest.delivery import FRAME_BUFFER_TEMPLATE, Fanout
+from services.ingest.intake import ENDED_TEMPLATE
 from services.ingest.ownership import OWNER_TEMPLATE
 from shared.erasure import ERASURES, conversation_keys, delete_keys
-from shared.events import CustomerErasedEvent, ReplyDeltaEvent, ReplyGeneratedEvent, utcnow
+from shared.events import (
+    ConversationClosedEvent,
+    CustomerErasedEvent,
+    ReplyDeltaEvent,
+    ReplyGeneratedEvent,
+    utcnow,
+)
 from shared.metrics import LATENCY_BUCKETS
 
 TURN_REPLY_SECONDS = Histogram(
@@ -23,11 +31,16 @@ class IngestHandlers:
     """Turns reply events into frames for the customer's channel."""
 
     def __init__(
-        self, fanout: Fanout, key_prefix: str, channels: ChannelReplies | None = None
+        self,
+        fanout: Fanout,
+        key_prefix: str,
+        channels: ChannelReplies | None = None,
+        survey: MessagingSurvey | None = None,
     ) -> None:
         self.fanout = fanout
         self.key_prefix = key_prefix
         self.channels = channels
+        self.survey = survey
 
     async def on_reply_delta(self, event: ReplyDeltaEvent) -> None:
         """Stream a slice of a reply still being written."""
@@ -65,10 +78,18 @@ class IngestHandlers:
             },
         )
 
+    async def on_conversation_closed(self, event: ConversationClosedEvent) -> None:
+        """A closed SMS or WhatsApp conversation: ask its customer the closing question."""
+        if self.survey is not None:
+            # A provider failure raises here, so the close is retried, not lost.
+            await self.survey.ask(event)
+
     async def on_customer_erased(self, event: CustomerErasedEvent) -> None:
         """Forget the erased customer's message-id claims, buffered frames and ownership."""
         patterns = conversation_keys(
-            event, self.key_prefix, ["cmid:{conversation}:*", FRAME_BUFFER_TEMPLATE, OWNER_TEMPLATE]
+            event,
+            self.key_prefix,
+            ["cmid:{conversation}:*", FRAME_BUFFER_TEMPLATE, OWNER_TEMPLATE, ENDED_TEMPLATE],
         )
         await delete_keys(self.fanout.redis, patterns)
         if self.channels is not None:

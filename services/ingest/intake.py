@@ -37,12 +37,16 @@ from services.ingest.settings import IngestSettings
 from shared.events import (
     MAX_MESSAGE_CHARS,
     Channel,
+    CloseReason,
+    ConversationClosed,
+    ConversationClosedEvent,
     CustomerMessage,
     Envelope,
     Feedback,
     FeedbackReceivedEvent,
     TurnReceived,
     TurnReceivedEvent,
+    new_trace_id,
     utcnow,
 )
 from shared.http import ApiError
@@ -69,7 +73,16 @@ REDACTED = Counter(
     ["kind"],
 )
 
+ENDS = Counter(
+    "cbd_ingest_conversation_ends_total",
+    "Customers ending their chat (widget, chat page, POST .../end), by outcome.",
+    ["channel", "outcome"],
+)
+
 DEDUPE_TTL_S = 24 * 3600
+
+ENDED_TEMPLATE = "conv-ended:{conversation}"
+"""A conversation its customer ended (after the Redis key prefix); erasure deletes it."""
 
 PROVIDER_CHANNELS = frozenset({Channel.SMS, Channel.WHATSAPP, Channel.VOICE})
 """Channels whose messages only arrive through the providers' signed webhooks."""
@@ -156,6 +169,29 @@ class Rated:
     duplicate: bool = False
 
 
+@dataclass(frozen=True)
+class Ended:
+    """A conversation its customer ended: `conversation.closed` is on its way."""
+
+    event_id: str
+    duplicate: bool = False
+    """True when the conversation had been ended before; nothing new was published."""
+
+
+def conversation_ended() -> ApiError:
+    """The answer to a message in a conversation its customer ended."""
+    return ApiError(
+        409,
+        "conversation_ended",
+        "this conversation has ended; start a new one to keep talking",
+    )
+
+
+def ended_event_id(conversation_id: str) -> uuid.UUID:
+    """One id per conversation for its end, so every replica and resend makes one close."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"cbd:ended:{conversation_id}")
+
+
 def _acceptance(event: Envelope) -> dict[str, object]:
     """What a resend of the same client message id gets back."""
     if isinstance(event, TurnReceivedEvent):
@@ -240,6 +276,7 @@ class Intake:
             if not limited:
                 await self.guard.rate_limit(channel.value, party.tenant, party.customer_id, ip)
             await self.owners.claim(conversation_id, party)
+            await self._refuse_if_ended(conversation_id)
         except ApiError:
             MESSAGES.labels(channel.value, "rejected").inc()
             raise
@@ -318,8 +355,12 @@ class Intake:
         client_message_id: str | None = None,
         *,
         ip: str | None = None,
+        nps: int | None = None,
     ) -> Rated:
-        """Publish a customer's rating of their own conversation, once per client message id."""
+        """Publish a customer's rating of their own conversation, once per client message id.
+
+        `nps` (0-10) goes with it when the survey asked, or the answer named it.
+        """
         try:
             await self.guard.rate_limit(channel.value, party.tenant, party.customer_id, ip)
             await self.owners.check(conversation_id, party)
@@ -332,7 +373,11 @@ class Intake:
             channel=channel,
             tenant=party.tenant,
             payload=Feedback(
-                rating=rating, comment=screen(comment), source="customer", reply_id=reply_id
+                rating=rating,
+                comment=screen(comment),
+                source="customer",
+                reply_id=reply_id,
+                nps=nps,
             ),
         )
         claim = None
@@ -355,6 +400,80 @@ class Intake:
         await self._mark_published(claim, event)
         FEEDBACK.labels(channel.value, "accepted").inc()
         return Rated(event_id=str(event.event_id))
+
+    async def end(
+        self,
+        conversation_id: str,
+        party: Party,
+        channel: Channel,
+        *,
+        ip: str | None = None,
+    ) -> Ended:
+        """The customer ends their conversation: publish `conversation.closed` (reason `ended`).
+
+        Only the owner may end it (anyone else gets the unknown-conversation 404). The end is
+        claimed in Redis for as long as the ownership lasts, so a resend, a second tab or
+        another replica gets the first end back, and later messages are refused (409) instead
+        of silently reopening a conversation the customer closed. A claim whose publish never
+        reached the broker is published by the next attempt, with the same event id.
+        """
+        try:
+            await self.guard.rate_limit(channel.value, party.tenant, party.customer_id, ip)
+            await self.owners.check(conversation_id, party)
+        except ApiError:
+            ENDS.labels(channel.value, "rejected").inc()
+            raise
+        event = ConversationClosedEvent(
+            event_type=ConversationClosedEvent.type_name(),
+            event_id=ended_event_id(conversation_id),
+            conversation_id=conversation_id,
+            customer_id=party.customer_id,
+            channel=channel,
+            tenant=party.tenant,
+            occurred_at=utcnow(),
+            trace_id=new_trace_id(),
+            payload=ConversationClosed(reason=CloseReason.ENDED),
+        )
+        claim = self._ended_key(conversation_id)
+        try:
+            claimed = await self.redis.set(
+                claim, _claim_value(event, published=False), nx=True, ex=self.settings.owner_ttl_s
+            )
+            earlier = None if claimed else await self.redis.get(claim)
+        except Exception as exc:
+            log.warning("end of chat cannot be recorded", exc_info=True)
+            ENDS.labels(channel.value, "unavailable").inc()
+            raise ApiError(503, "unavailable", "the chat could not be ended; please retry") from exc
+        if earlier is not None:
+            ENDS.labels(channel.value, "duplicate").inc()
+            record, pending = _pending_event(str(earlier))
+            if pending is not None:
+                claimed_event = ConversationClosedEvent.model_validate_json(pending)
+                await self._republish(claimed_event, claim, ENDS, channel)
+            return Ended(event_id=record["event_id"], duplicate=True)
+        try:
+            await self._publish(event, claim, "the end of the chat")
+        except ApiError:
+            ENDS.labels(channel.value, "broker_error").inc()
+            raise
+        await self._mark_published(claim, event)
+        ENDS.labels(channel.value, "accepted").inc()
+        return Ended(event_id=str(event.event_id))
+
+    def _ended_key(self, conversation_id: str) -> str:
+        return self.prefix + ENDED_TEMPLATE.format(conversation=conversation_id)
+
+    async def _refuse_if_ended(self, conversation_id: str) -> None:
+        """409 for a message in a conversation its customer ended (Redis down: 503)."""
+        try:
+            ended = await self.redis.exists(self._ended_key(conversation_id))
+        except Exception as exc:
+            log.warning("end-of-chat record unavailable", exc_info=True)
+            raise ApiError(
+                503, "unavailable", "the conversation cannot be checked now; try again"
+            ) from exc
+        if ended:
+            raise conversation_ended()
 
     async def fragment(
         self,

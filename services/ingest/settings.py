@@ -87,6 +87,18 @@ class IngestSettings(ServiceSettings):
     voice_max_chars: int = Field(default=320, ge=60)
     """Replies are cut at a sentence end below this, so callers can barge in sooner."""
 
+    survey_enabled: bool = True
+    """Ask SMS and WhatsApp customers the closing question when their conversation closes."""
+    survey_question: str = Field(
+        default="Thanks for talking to us. How did we do? Reply 1-5 (1 = poor, 5 = great).",
+        min_length=1,
+        max_length=320,
+    )
+    survey_thanks: str = Field(default="Thank you, that helps us care better.", max_length=320)
+    """Sent after an answer is recorded (empty: nothing is sent)."""
+    survey_reply_window_s: int = Field(default=24 * 3600, ge=60)
+    """How long the customer's next text is read as the answer to the closing question."""
+
     whatsapp_app_secret: SecretStr = SecretStr("")
     """Meta app secret: signs webhook bodies (X-Hub-Signature-256)."""
     whatsapp_verify_token: SecretStr = SecretStr("")
@@ -94,6 +106,12 @@ class IngestSettings(ServiceSettings):
     whatsapp_access_token: SecretStr = SecretStr("")
     whatsapp_phone_number_id: str = ""
     whatsapp_api_base: str = "https://graph.facebook.com/v21.0"
+    whatsapp_templates: dict[str, str] = Field(default_factory=dict)
+    """Approved WhatsApp templates by name, as JSON: {"issue_follow_up": "HX..."}, the Twilio
+    Content SID each name is sent as (Meta's Cloud API sends the name itself). Outside
+    WhatsApp's 24-hour window only a template may be sent."""
+    whatsapp_template_language: str = "en"
+    """The language code of the templates, for Meta's Cloud API."""
 
     @model_validator(mode="after")
     def _keys_in_production(self) -> Self:

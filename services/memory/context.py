@@ -35,6 +35,7 @@ from shared.events import (
 _CONTEXT_SQL = """
 SELECT
     (SELECT to_jsonb(c) - 'first_seen_at' - 'last_seen_at' - 'updated_at' - 'tenant'
+            - 'crm_synced_at'
      FROM memory.customers c WHERE c.tenant = $6 AND c.customer_id = $1) AS profile,
     (SELECT COALESCE(array_agg(identity ORDER BY identity), '{}')
      FROM memory.identities WHERE tenant = $6 AND customer_id = $1) AS channels,
@@ -178,6 +179,7 @@ def _profile(rows: dict[str, Any]) -> CustomerProfile | None:
         language=raw.get("language"),
         tier=raw.get("tier"),
         lifetime_value=float(value) if value is not None else None,
+        purchase_summary=raw.get("purchase_summary"),
         consent={k: bool(v) for k, v in (raw.get("consent") or {}).items()},
         channels=list(rows["channels"] or []),
         conversations=int(rows["conversations"] or 0),

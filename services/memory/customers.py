@@ -200,6 +200,63 @@ class CustomerStore:
             tenant,
         )
 
+    async def crm_due(
+        self, customer_id: str, interval_s: float, *, tenant: str = DEFAULT_TENANT
+    ) -> bool:
+        """True when the CRM has not been asked about this customer within `interval_s`."""
+        synced = await self.pg.fetchval(
+            "SELECT crm_synced_at > now() - make_interval(secs => $3) "
+            "FROM memory.customers WHERE tenant = $1 AND customer_id = $2",
+            tenant,
+            customer_id,
+            float(interval_s),
+        )
+        return not synced
+
+    async def record_crm(
+        self,
+        customer_id: str,
+        *,
+        tier: str | None,
+        lifetime_value: float | None,
+        purchase_summary: str | None,
+        tenant: str = DEFAULT_TENANT,
+    ) -> None:
+        """Keep what the CRM said (a fact it did not give keeps its earlier value) and when."""
+        await self.pg.execute(
+            """
+            INSERT INTO memory.customers (tenant, customer_id) VALUES ($1, $2)
+            ON CONFLICT (tenant, customer_id) DO NOTHING
+            """,
+            tenant,
+            customer_id,
+        )
+        await self.pg.execute(
+            """
+            UPDATE memory.customers SET
+                tier = COALESCE($3, tier),
+                lifetime_value = COALESCE($4::numeric, lifetime_value),
+                purchase_summary = COALESCE($5, purchase_summary),
+                crm_synced_at = now(),
+                updated_at = now()
+            WHERE tenant = $1 AND customer_id = $2
+            """,
+            tenant,
+            customer_id,
+            tier,
+            lifetime_value,
+            purchase_summary,
+        )
+
+    async def crm_asked(self, customer_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
+        """Note that the CRM was asked (and knew nothing): not asked again until it is due."""
+        await self.pg.execute(
+            "UPDATE memory.customers SET crm_synced_at = now() "
+            "WHERE tenant = $1 AND customer_id = $2",
+            tenant,
+            customer_id,
+        )
+
     async def personalisation_allowed(
         self, customer_id: str, *, tenant: str = DEFAULT_TENANT
     ) -> bool:

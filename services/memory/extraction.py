@@ -18,7 +18,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-import httpx
 import numpy as np
 
 from services.memory.issue_model import IssueModel
@@ -26,6 +25,7 @@ from services.memory.terms import ExtractionTerms, load_terms
 from shared.embedding import Embedder
 from shared.events import MemoryKind
 from shared.linear_re import LinearMatch, LinearPattern, PatternSet, compile_linear, escape
+from shared.llm import ChatClient, ChatMessage, LLMUnavailable
 from shared.untrusted import looks_like_instruction, normalize, overrides_instructions
 
 log = logging.getLogger(__name__)
@@ -850,30 +850,21 @@ Only include what the customer states about themselves; return {"memories": []} 
 class LlmExtractor:
     """Asks an OpenAI-compatible LLM for memories the rules missed (off unless configured)."""
 
-    def __init__(self, client: httpx.AsyncClient, model: str, timeout_s: float = 5.0) -> None:
-        self.client = client
-        self.model = model
-        self.timeout_s = timeout_s
+    def __init__(self, llm: ChatClient) -> None:
+        self.llm = llm
 
     async def extract(self, text: str) -> list[Learned]:
         """Memories the LLM found; nothing (never an error) when its answer is unusable."""
         try:
-            response = await self.client.post(
-                "chat/completions",
-                json={
-                    "model": self.model,
-                    "temperature": 0,
-                    "max_tokens": 200,
-                    "messages": [
-                        {"role": "system", "content": _LLM_PROMPT},
-                        {"role": "user", "content": json.dumps({"customer_message": text})},
-                    ],
-                },
-                timeout=self.timeout_s,
+            content = await self.llm.complete(
+                [
+                    ChatMessage("system", _LLM_PROMPT),
+                    ChatMessage("user", json.dumps({"customer_message": text})),
+                ],
+                max_tokens=200,
+                temperature=0,
             )
-            response.raise_for_status()
-            content = response.json()["choices"][0]["message"]["content"]
-        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as exc:
+        except LLMUnavailable as exc:
             log.warning("LLM extractor unavailable: %s", exc)
             return []
         return parse_llm_memories(content)

@@ -10,6 +10,7 @@ import numpy.typing as npt
 from prometheus_client import Counter, Histogram
 
 from services.memory.context import ContextAssembler
+from services.memory.crm import CrmSync
 from services.memory.customers import CustomerStore, TurnFacts
 from services.memory.extraction import LlmExtractor, RuleExtractor
 from services.memory.turns import StoredTurn, TurnStore, with_similarity
@@ -60,6 +61,7 @@ class MemoryHandlers:
         keep: int,
         llm_extractor: LlmExtractor | None = None,
         intents: IntentReader | None = None,
+        crm: CrmSync | None = None,
     ) -> None:
         self.bus = bus
         self.turns = turns
@@ -70,6 +72,7 @@ class MemoryHandlers:
         self.llm_extractor = llm_extractor
         self.keep = keep
         self.intents = intents or IntentReader(embedder)
+        self.crm = crm
 
     async def on_turn_analyzed(self, event: TurnAnalyzedEvent) -> None:
         """Resolve the customer, store and learn from the turn, publish it with its context."""
@@ -107,6 +110,9 @@ class MemoryHandlers:
             ),
         )
         history = with_similarity(history, meanings, vector)
+        if self.crm is not None:
+            # Before the context is read, so a due sync's tier and history are in it.
+            await self.crm.before_turn(customer_id, tenant=tenant)
         allowed = await self.customers.personalisation_allowed(customer_id, tenant=tenant)
         if stored:
             await self._learn(event, customer_id, vector, allowed)

@@ -7,6 +7,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.memory.terms import DEFAULT_TERMS_PATH
+from shared.connectors import DEMO_CONNECTORS
 from shared.credentials import require_secret
 from shared.settings import ServiceSettings
 
@@ -37,8 +38,27 @@ class MemorySettings(ServiceSettings):
     """An OpenAI-compatible API base (ending in /v1) that extracts memories the rules miss;
     off when unset."""
     llm_extractor_model: str = "default"
+    llm_extractor_api_key: SecretStr | None = None
+    """Bearer token for the extractor's server, if it needs one."""
+    llm_extractor_timeout_s: float = Field(default=5.0, gt=0.0)
+    """The whole answer's budget: extraction must not hold up the turn for long."""
     extraction_terms_path: Path = DEFAULT_TERMS_PATH
     """The word lists the rule extractor recognises (validated at start-up)."""
+    connector_url: str = ""
+    """Base URL of the tenant's business systems; with it, each customer's tier, lifetime value
+    and purchase history come from the CRM (`crm_action`). Empty: the profile has only what the
+    admin API set. `make run` points it at the stand-in CRM."""
+    connector_token: SecretStr | None = None
+    """Bearer token for the tenant's systems, if they need one."""
+    connectors_path: Path = DEMO_CONNECTORS
+    """What the tenant's systems offer (YAML, validated at start-up: `shared/connectors.py`)."""
+    crm_action: str = "account_lookup"
+    """The connector action that describes a customer (facts `tier`, `lifetime_value`)."""
+    crm_sync_interval_s: int = Field(default=6 * 3600, ge=60)
+    """How long a customer's CRM facts are trusted before the CRM is asked again."""
+    crm_wait_s: float = Field(default=0.3, ge=0.0, le=5.0)
+    """How long a turn waits for a due CRM sync before going on without it (the sync finishes
+    in the background and the next turn has it): a slow CRM never holds a reply up for long."""
 
     @model_validator(mode="after")
     def _no_dev_admin_in_production(self) -> Self:

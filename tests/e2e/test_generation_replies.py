@@ -36,7 +36,6 @@ from cbd.runtime import Platform
 from services.generation.care import CareKit
 from services.generation.guardrails import Guardrails
 from services.generation.handlers import GenerationHandlers
-from services.generation.llm import ChatClient, ChatMessage
 from services.generation.prompt import FALLBACK_REPLY
 from services.generation.settings import PACKAGE_DIR, GenerationSettings
 from shared.events import (
@@ -48,6 +47,7 @@ from shared.events import (
     TurnRoutedEvent,
 )
 from shared.kafka import EventBus
+from shared.llm import ChatClient, ChatMessage
 from tests.e2e.test_turn_path import frames_until_reply, wait_for_rows, ws_url
 from tests.kit import RecordingBus
 from tests.unit.test_generation_handlers import routed_event

@@ -30,21 +30,12 @@ from shared.fanout import Fanout
 from shared.http import install, provide
 from shared.kafka import EventBus
 from tests.integration.test_desk import decision, desk, turn_event  # noqa: F401 - fixture
+from tests.kit import RecordingBus
 
 pytestmark = pytest.mark.integration
 
 SECRET = secrets.token_urlsafe(32)
 CUSTOMER = "user-1"
-
-
-class Published:
-    """Stands in for the bus: keeps what the routes publish."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    async def publish(self, event: Any, **_: Any) -> None:
-        self.events.append(event)
 
 
 class Console:
@@ -82,7 +73,7 @@ async def test_an_agent_never_sees_or_touches_another_tenants_ticket(
     acme_ticket = await open_ticket(desk, "acme")
     globex_ticket = await open_ticket(desk, "globex")
     agents = auth()
-    bus = Published()
+    bus = RecordingBus()
     hub = AgentHub()
     fanout = Fanout(desk.redis, desk.prefix, channel=CONSOLE_CHANNEL, receiver=hub)
     app = FastAPI()
@@ -123,7 +114,7 @@ async def test_an_agent_never_sees_or_touches_another_tenants_ticket(
             missing = await http.request(method, f"{base}/{unknown}{path}", json=body, headers=anna)
             assert foreign.status_code == missing.status_code == 404, path
             assert foreign.json() == missing.json(), path
-        assert bus.events == []
+        assert bus.published == []
 
         # Gil's own ticket is untouched, and he cannot be handed acme's customer.
         assert (await http.post(f"{base}/{globex_ticket}/claim", headers=gil)).status_code == 200
@@ -142,7 +133,7 @@ async def test_an_agent_never_sees_or_touches_another_tenants_ticket(
         assert to_ada.status_code == 200
         assert to_ada.json()["claimed_by"] == "ada"
         # Each claim told only its own customer, in its own tenant.
-        assert sorted((e.tenant, e.customer_id) for e in bus.events) == [
+        assert sorted((e.tenant, e.customer_id) for _, e, _ in bus.published) == [
             ("acme", CUSTOMER),
             ("globex", CUSTOMER),
         ]

@@ -7,18 +7,27 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
+import redis.asyncio as aioredis
 
+from cbd.procs import free_port
 from services.audit.care_settings import CareSettings
 from services.audit.followup import FollowUps
 from services.audit.outcomes import Outcomes
+from services.ingest.channels.identity import Conversations
+from services.ingest.channels.outbound import MessagingOutbound
+from services.ingest.channels.replies import ChannelReplies
+from services.ingest.channels.voice import VoiceReplies
+from services.ingest.settings import IngestSettings
 from shared import db
-from shared.events import Channel, ReplyGeneratedEvent
-from shared.settings import KafkaSettings
+from shared.events import Channel, Envelope, ReplyGeneratedEvent
+from shared.settings import KafkaSettings, RedisSettings
 from shared.topics import Topic
+from tests.e2e.provider_standin import ProviderStandIn
 from tests.integration.care_support import care_pool, read_topic, real_bus, routed
 
 pytestmark = pytest.mark.integration
@@ -32,6 +41,21 @@ async def pool(fresh_db: str) -> AsyncIterator[db.Pool]:
     pool = await care_pool(fresh_db)
     yield pool
     await pool.close()
+
+
+@pytest.fixture
+def provider() -> Iterator[ProviderStandIn]:
+    """A stand-in of Twilio's REST API that checks what it receives."""
+    standin = ProviderStandIn(
+        base_url=f"http://127.0.0.1:{free_port()}",
+        account_sid="AC" + "4" * 32,
+        auth_token="standin-token",
+        meta_token="meta-token",
+        phone_number_id="1234",
+    )
+    standin.start()
+    yield standin
+    standin.stop()
 
 
 async def customer_with_issue(
@@ -118,10 +142,10 @@ async def test_a_resolve_waits_for_a_follow_up_being_sent_so_none_comes_after_it
         release = asyncio.Event()
         real_publish = bus.publish
 
-        async def slow_publish(*args: object, **kwargs: object) -> None:
+        async def slow_publish(event: Envelope, /, *, confirm: bool = True) -> None:
             publishing.set()
             await release.wait()
-            await real_publish(*args, **kwargs)  # type: ignore[call-overload]
+            await real_publish(event, confirm=confirm)
 
         bus.publish = slow_publish  # type: ignore[method-assign]
         run = asyncio.create_task(FollowUps(pool, bus, SETTINGS).run(T0 + timedelta(days=2)))
@@ -162,6 +186,11 @@ async def test_quiet_hours_and_the_whatsapp_window(
         assert (f.issue_id, f.outcome) == (later_issue, "sent")
         [record] = await read_topic(isolated_kafka, Topic.REPLY_GENERATED, expect=1)
         assert record["payload"]["flags"] == ["follow_up", "whatsapp_template:issue_follow_up"]
+        # The template's placeholders travel with it, for ingest's WhatsApp sender.
+        variables = record["payload"]["template_variables"]
+        assert set(variables) == {"1", "2"}
+        assert variables["1"]
+        assert variables["2"] in record["payload"]["text"]
     detail = json.dumps(
         [
             dict(r)
@@ -171,3 +200,53 @@ async def test_quiet_hours_and_the_whatsapp_window(
         ]
     )
     assert "skipped_whatsapp_window" in detail
+
+
+async def test_a_whatsapp_follow_up_outside_the_window_reaches_the_provider_as_its_template(
+    pool: db.Pool,
+    isolated_kafka: KafkaSettings,
+    redis_client: aioredis.Redis,
+    provider: ProviderStandIn,
+) -> None:
+    """Audit's follow-up, read back from the broker, sent by ingest's WhatsApp sender to a
+    stand-in of Twilio's API: a Content template with the issue in its variables."""
+    customer, _ = await customer_with_issue(pool, consent=True, channel=Channel.WHATSAPP)
+    content_sid = "HX" + "cd" * 16
+    async with real_bus(isolated_kafka) as bus:
+        templated = CareSettings(whatsapp_template="issue_follow_up")
+        [f] = await FollowUps(pool, bus, templated).run(T0 + timedelta(days=2))
+        [record] = await read_topic(isolated_kafka, Topic.REPLY_GENERATED, expect=1)
+    assert f.outcome == "sent"
+    event = ReplyGeneratedEvent.model_validate(record)
+
+    settings = IngestSettings(
+        redis=RedisSettings(key_prefix=f"it-{uuid.uuid4().hex[:8]}:"),
+        twilio_account_sid=provider.account_sid,
+        twilio_auth_token=provider.auth_token,
+        twilio_api_base=provider.base_url,
+        twilio_whatsapp_from="whatsapp:+15005550006",
+        whatsapp_templates={"issue_follow_up": content_sid},
+    )
+    prefix = settings.redis.key_prefix
+    conversations = Conversations(redis_client, prefix, settings.conversation_idle_s)
+    number = "whatsapp:+447700900" + str(uuid.uuid4().int % 1000).zfill(3)
+    # The conversation's reply address, as ingest keeps it from the customer's last message.
+    await redis_client.set(
+        f"{prefix}addr:{event.conversation_id}",
+        json.dumps({"provider": "twilio", "channel": "whatsapp", "to": number}),
+    )
+    async with httpx.AsyncClient(timeout=10) as client:
+        sender = ChannelReplies(
+            conversations,
+            MessagingOutbound(settings, redis_client, client),
+            VoiceReplies(redis_client, prefix),
+        )
+        await sender.deliver(event)
+        await sender.deliver(event)  # redelivered: sent once
+
+    [sent] = provider.sent_to(number)
+    assert provider.refused == []
+    assert sent.template == content_sid
+    assert sent.body == ""
+    assert sent.variables == {"1": "Sam", "2": "your missing delivery"}
+    assert event.customer_id == customer

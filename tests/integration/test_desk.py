@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -81,10 +80,10 @@ def decision(target: RouteTarget, code: str = "explicit_request") -> RoutingDeci
 
 
 async def owner(desk: Desk, conversation_id: str) -> dict[str, object]:
-    raw = await desk.redis.get(desk.owner_key(conversation_id))
-    assert raw is not None
-    parsed: dict[str, object] = json.loads(raw)
-    return parsed
+    # Read back through shared.ownership, the record's one parser.
+    record = await desk.owner(conversation_id)
+    assert record is not None
+    return record.model_dump()
 
 
 async def test_a_person_owns_the_conversation_from_escalation_to_hand_back(desk: Desk) -> None:
@@ -159,3 +158,76 @@ async def test_a_flagged_bot_reply_queues_the_conversation_once(desk: Desk) -> N
     assert ticket.reasons[0]["code"] == "generation_flags"
     assert ticket.severity == "medium"
     assert (await owner(desk, conv))["owner"] == "queued"
+
+
+def flagged_reply(conversation_id: str, flags: list[str]) -> ReplyGeneratedEvent:
+    return ReplyGeneratedEvent.create(
+        conversation_id=conversation_id,
+        customer_id="cust-desk",
+        channel=Channel.WEB,
+        payload=ReplyGenerated(
+            turn_id=uuid.uuid4(),
+            reply_id=uuid.uuid4(),
+            author=Role.BOT,
+            text="I've passed this request to a colleague who can approve it.",
+            flags=flags,
+        ),
+    )
+
+
+APPROVAL = RouteReason(
+    code="generation_flags", detail="last reply flagged: needs_approval", severity="medium"
+)
+
+
+async def test_a_ticket_a_flagged_reply_opened_is_announced_by_the_next_turn_once(
+    desk: Desk,
+) -> None:
+    """The customer was never told a person took over: their next turn carries the notice
+    (generation sends it), a redelivery of that turn again, any later turn not."""
+    conv = f"conv-{uuid.uuid4().hex[:8]}"
+    bot = await desk.route(turn_event(conv), lambda _: decision(RouteTarget.BOT, "none"))
+    assert bot.target is RouteTarget.BOT
+    assert await desk.open_for_reply(flagged_reply(conv, ["needs_approval"]), APPROVAL)
+
+    never_asked = lambda _: decision(RouteTarget.BOT, "none")  # noqa: E731
+    following = turn_event(conv, "ok, and when do I get it?")
+    routed = await desk.route(following, never_asked)
+    assert routed.target is RouteTarget.HUMAN
+    assert routed.handoff is not None
+    assert routed.handoff.new is False
+    assert routed.handoff.announce is True
+    assert routed.handoff.owner == "queued"
+    assert routed.handoff.eta_minutes > 0
+
+    redelivered = await desk.route(following, never_asked)
+    assert redelivered.handoff is not None
+    assert redelivered.handoff.announce is True
+
+    later = await desk.route(turn_event(conv, "hello?"), never_asked)
+    assert later.handoff is not None
+    assert later.handoff.announce is False
+
+
+async def test_a_ticket_a_turn_opened_is_never_announced_again(desk: Desk) -> None:
+    conv = f"conv-{uuid.uuid4().hex[:8]}"
+    opened = await desk.route(turn_event(conv), lambda _: decision(RouteTarget.HUMAN))
+    assert opened.handoff is not None
+    assert opened.handoff.new is True
+
+    later = await desk.route(turn_event(conv, "still there?"), lambda _: decision(RouteTarget.BOT))
+    assert later.handoff is not None
+    assert later.handoff.new is False
+    assert later.handoff.announce is False
+
+
+async def test_an_agent_reply_tells_the_customer_before_their_next_turn(desk: Desk) -> None:
+    conv = f"conv-{uuid.uuid4().hex[:8]}"
+    assert await desk.open_for_reply(flagged_reply(conv, ["needs_human"]), APPROVAL)
+
+    assert await desk.mark_told(conv, uuid.uuid4()) is True
+    assert await desk.mark_told(conv, uuid.uuid4()) is False, "told once"
+
+    later = await desk.route(turn_event(conv, "thanks"), lambda _: decision(RouteTarget.BOT))
+    assert later.handoff is not None
+    assert later.handoff.announce is False

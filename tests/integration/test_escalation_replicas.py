@@ -18,18 +18,18 @@ from typing import Any
 import httpx
 import pytest
 import websockets
-from aiokafka import AIOKafkaProducer
 from pydantic import SecretStr
 
 from services.escalation.app import create_app
 from services.escalation.settings import EscalationSettings
-from shared.events import Envelope, Signal
+from shared.events import Signal
 from shared.settings import KafkaSettings, PostgresSettings, RedisSettings
 from shared.topics import Topic
 from tests.kit import (
     analyzed,
     assist_suggested,
     contextualized,
+    produce,
     serving,
     turn_received,
 )
@@ -71,17 +71,6 @@ async def next_frame(ws: Any, kind: str, timeout_s: float = 30.0) -> dict[str, A
                 return frame
 
 
-async def publish(bootstrap: str, topic: str, event: Envelope) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False)
-    await producer.start()
-    try:
-        await producer.send_and_wait(
-            topic, event.model_dump_json().encode(), key=event.conversation_id.encode()
-        )
-    finally:
-        await producer.stop()
-
-
 async def test_a_console_on_replica_a_gets_an_event_consumed_by_replica_b(
     stack_env: dict[str, str], fresh_db: str
 ) -> None:
@@ -96,7 +85,7 @@ async def test_a_console_on_replica_a_gets_an_event_consumed_by_replica_b(
         console(url_b) as console_b,
     ):
         event = assist_suggested(turn_received(), ["Let me look into that for you."])
-        await publish(
+        await produce(
             stack_env["CBD_KAFKA_BOOTSTRAP_SERVERS"],
             f"{consuming}{Topic.ASSIST_SUGGESTED.value}",
             event,
@@ -113,7 +102,7 @@ async def test_a_console_on_replica_a_gets_an_event_consumed_by_replica_b(
                 signals=[Signal(name="human_request", evidence="a real person")],
             )
         )
-        await publish(
+        await produce(
             stack_env["CBD_KAFKA_BOOTSTRAP_SERVERS"],
             f"{consuming}{Topic.TURN_CONTEXTUALIZED.value}",
             turn,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import httpx
 import pytest
@@ -43,6 +43,7 @@ from shared.events import (
 )
 from shared.http import install, provide
 from shared.kafka import EventBus
+from tests.kit import RecordingBus
 
 pytestmark = pytest.mark.integration
 
@@ -51,16 +52,6 @@ ESCALATION_MIGRATIONS = Path(__file__).resolve().parents[2] / "services/escalati
 ADMIN = "admin-token-for-tenant-tests"
 CUSTOMER = "user-1"
 PHONE = "phone:447700900123"
-
-
-class Published:
-    """Stands in for the bus: keeps what the handler publishes."""
-
-    def __init__(self) -> None:
-        self.events: list[Any] = []
-
-    async def publish(self, event: Any, **_: Any) -> None:
-        self.events.append(event)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +78,9 @@ def _emotion() -> EmotionAnalysis:
     )
 
 
-def handlers_for(store: CustomerStore, embedder: MiniLmEmbedder, bus: Published) -> MemoryHandlers:
+def handlers_for(
+    store: CustomerStore, embedder: MiniLmEmbedder, bus: RecordingBus
+) -> MemoryHandlers:
     turns = TurnStore(store.pg, store.redis, key_prefix=store.key_prefix, keep=6, ttl_s=60)
     return MemoryHandlers(
         cast(EventBus, bus),
@@ -101,7 +94,7 @@ def handlers_for(store: CustomerStore, embedder: MiniLmEmbedder, bus: Published)
 
 
 async def say(
-    handlers: MemoryHandlers, bus: Published, tenant: str, conversation: str, text: str
+    handlers: MemoryHandlers, bus: RecordingBus, tenant: str, conversation: str, text: str
 ) -> TurnContextualizedEvent:
     """One customer message of `CUSTOMER` in `tenant`; the turn memory publishes for it."""
     event = TurnAnalyzedEvent.create(
@@ -115,7 +108,7 @@ async def say(
         ),
     )
     await handlers.on_turn_analyzed(event)
-    published = bus.events[-1]
+    published = bus.published[-1][1]
     assert isinstance(published, TurnContextualizedEvent)
     assert published.tenant == tenant
     return published
@@ -124,7 +117,7 @@ async def say(
 async def test_the_same_customer_id_in_two_tenants_is_two_people(
     store: CustomerStore, embedder: MiniLmEmbedder
 ) -> None:
-    bus = Published()
+    bus = RecordingBus()
     handlers = handlers_for(store, embedder, bus)
     suffix = uuid.uuid4().hex[:6]
     await say(
@@ -218,7 +211,7 @@ async def test_an_agent_sees_only_the_ticket_tenants_customer(
 ) -> None:
     pool = store.pg
     await db.migrate(pool, "escalation", ESCALATION_MIGRATIONS)
-    bus = Published()
+    bus = RecordingBus()
     handlers = handlers_for(store, embedder, bus)
     suffix = uuid.uuid4().hex[:6]
     await store.update_profile(CUSTOMER, {"name": "Acme Sam"}, tenant="acme")
@@ -246,7 +239,7 @@ async def test_an_agent_sees_only_the_ticket_tenants_customer(
 
     # The agent's reply goes out in the customer's tenant (ingest delivers only to owners).
     await agent_says(cast(EventBus, bus), ticket, Role.AGENT, "Hi Kim, I'm here.", [])
-    reply = bus.events[-1]
+    reply = bus.published[-1][1]
     assert isinstance(reply, ReplyGeneratedEvent)
     assert reply.tenant == "globex"
 

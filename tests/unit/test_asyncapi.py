@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from faststream.kafka.annotations import KafkaMessage
+from faststream.specification import AsyncAPI
 from starlette.testclient import TestClient
 
+from shared import events
 from shared.events import CustomerErasedEvent, Envelope, TurnReceivedEvent
 from shared.http import provide
 from shared.kafka import EventBus, make_broker
@@ -46,6 +49,72 @@ def resolve(document: dict[str, Any], ref: str) -> Any:
     return node
 
 
+def event_models() -> dict[Topic, type[Envelope]]:
+    """Every concrete event class, by the topic its events are published on."""
+    found: dict[Topic, type[Envelope]] = {}
+    for cls in vars(events).values():
+        if isinstance(cls, type) and issubclass(cls, Envelope):
+            try:
+                found[Topic(cls.type_name())] = cls
+            except (TypeError, ValueError):
+                continue  # the generic envelope: no fixed type
+    return found
+
+
+def undocumented_payloads(document: dict[str, Any]) -> list[str]:
+    """The receive operations whose message payload is not an event's schema, with why.
+
+    An event's schema is an object whose `event_type` is the constant of the channel's topic,
+    so a subscriber that takes the raw message (FastStream's untyped payload) is named here.
+    """
+    problems = []
+    for name, operation in document["operations"].items():
+        if operation["action"] != "receive":
+            continue
+        channel = resolve(document, operation["channel"]["$ref"])
+        for message_ref in operation["messages"]:
+            message = resolve(document, resolve(document, message_ref["$ref"])["$ref"])
+            payload = resolve(document, message["payload"]["$ref"])
+            event_type = payload.get("properties", {}).get("event_type", {}).get("const")
+            if event_type != channel["address"]:
+                problems.append(f"{name}: payload {payload.get('title')!r} is not its event")
+            elif not {"event_id", "conversation_id", "payload"} <= set(payload["required"]):
+                problems.append(f"{name}: payload {payload.get('title')!r} lacks the envelope")
+    return problems
+
+
+def test_every_event_type_is_documented_with_its_schema_by_a_typed_subscriber() -> None:
+    settings = ServiceSettings()
+    broker = make_broker(settings.kafka, client_id="cbd-all")
+    infra = Infra("all", settings, broker, EventBus(broker, settings.kafka, "all"))
+    models = event_models()
+    assert set(models) == set(Topic) - {Topic.DEAD_LETTER}, "every topic but deadletter"
+    for topic, model in models.items():
+        infra.subscribe(topic, model, ignore)
+    document = asyncapi_document(infra)
+    assert {c["address"] for c in document["channels"].values()} == {t.value for t in models}
+    assert undocumented_payloads(document) == []
+    # FastStream's own document, before anything of ours touches it: the subscribers are typed,
+    # not raw ones whose payload a later patch-up fills in.
+    bare = AsyncAPI(broker).to_specification().to_jsonable()
+    assert undocumented_payloads(bare) == []
+    for topic, model in models.items():
+        message = document["components"]["messages"][f"all:{topic.value}:SubscribeMessage"]
+        assert message["payload"] == {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def test_an_untyped_subscriber_is_caught_by_the_check() -> None:
+    infra = subscribed_infra()
+
+    @infra.broker.subscriber("turn.received", group_id="raw", title="raw:turn.received")
+    async def raw(_: KafkaMessage) -> None:
+        return None
+
+    assert undocumented_payloads(asyncapi_document(infra)) == [
+        "raw:turn.received: payload 'EmptyPayload' is not its event"
+    ]
+
+
 def test_the_document_names_each_consumed_topic_with_its_event_schema() -> None:
     document = asyncapi_document(subscribed_infra())
     assert document["asyncapi"].startswith("3.")
@@ -58,6 +127,7 @@ def test_the_document_names_each_consumed_topic_with_its_event_schema() -> None:
     payload = resolve(document, message["payload"]["$ref"])
     assert payload["properties"]["event_type"]["const"] == "turn.received"
     assert "EmptyPayload" not in document["components"]["schemas"]
+    assert undocumented_payloads(document) == []
 
 
 def test_the_document_is_served_once_the_service_has_started() -> None:

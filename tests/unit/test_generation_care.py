@@ -18,7 +18,6 @@ from services.generation.care import CareKit, Sources, TurnCheck, grounding_find
 from services.generation.compose import compose
 from services.generation.guardrails import split_sentences
 from services.generation.handlers import GenerationHandlers, build_prompting
-from services.generation.llm import ChatClient, ChatMessage
 from services.generation.prompt import PromptBuilder
 from services.generation.relevance import confusion, load_pairs, scores
 from services.generation.settings import GenerationSettings, ReplyMode
@@ -34,6 +33,7 @@ from shared.events import (
     RouteTarget,
 )
 from shared.kafka import EventBus
+from shared.llm import ChatClient, ChatMessage
 from tests.kit import RecordingBus
 from tests.unit.test_generation_handlers import CANARY, routed_event
 from tests.unit.test_generation_prompt import NOW, routed

@@ -11,7 +11,6 @@ import pytest
 
 from services.generation.fence import OwnershipFence
 from services.generation.handlers import GenerationHandlers
-from services.generation.llm import ChatClient, ChatMessage, LLMUnavailable
 from services.generation.prompt import FALLBACK_REPLY, HANDOFF_NOTICE
 from services.generation.settings import GenerationSettings
 from services.generation.variants import Variant
@@ -34,6 +33,7 @@ from shared.events import (
     TurnRoutedEvent,
 )
 from shared.kafka import EventBus
+from shared.llm import ChatClient, ChatMessage, LLMUnavailable
 from shared.topics import Topic
 from tests.kit import RecordingBus
 
@@ -349,6 +349,23 @@ async def test_a_new_handoff_tells_the_customer_the_wait() -> None:
     [reply] = bus.replies()
     assert "about 6 minutes" in reply.payload.text
     assert reply.payload.author is Role.SYSTEM
+
+
+async def test_a_queued_conversation_nobody_announced_gets_the_notice_on_the_next_turn() -> None:
+    """A flagged bot reply queued the conversation without telling the customer; the ticket
+    is not new on their next turn, but that turn must not get silence."""
+    event = routed_event(RouteTarget.HUMAN)
+    handoff = Handoff(
+        ticket_id=uuid.uuid4(), new=False, announce=True, owner="queued", eta_minutes=4
+    )
+    route = event.payload.route.model_copy(update={"handoff": handoff})
+    event = event.model_copy(update={"payload": event.payload.model_copy(update={"route": route})})
+    bus = await run(event, FakeLLM(["Hi"]))
+    [reply] = bus.replies()
+    assert reply.payload.author is Role.SYSTEM
+    assert "handoff" in reply.payload.flags
+    assert "about 4 minutes" in reply.payload.text
+    assert bus.deltas() == []
 
 
 async def test_a_burst_in_a_conversation_a_person_holds_gets_one_suggestion() -> None:

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from services.generation.app import create_app
+from services.generation.care import context_texts
 from services.generation.handlers import build_prompting
-from services.generation.llm import ChatMessage
 from services.generation.prompt import (
     ASSIST_INSTRUCTION,
     STRATEGIES,
@@ -38,6 +38,7 @@ from shared.events import (
     Signal,
     TurnRouted,
 )
+from shared.llm import ChatMessage
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 CANARY = "zqfeedc0ffee42"
@@ -335,3 +336,23 @@ def test_a_broken_playbook_file_fails_the_service_at_build(tmp_path: Path) -> No
     bad.write_text("playbooks: [{id: x}]\n")
     with pytest.raises(ValueError, match="validation error"):
         create_app(GenerationSettings(canary=CANARY, playbooks_path=bad))
+
+
+def test_the_crm_purchase_history_reaches_the_prompt_quoted_and_grounds_the_reply(
+    builder: PromptBuilder,
+) -> None:
+    context = ConversationContext(
+        profile=CustomerProfile(
+            customer_id="cust-1",
+            tier="gold",
+            purchase_summary="Account: gold tier, 2 orders, last order A1002.",
+        )
+    )
+    turn = routed("Did my last order ship?", context=context)
+    section = builder.build(turn).messages[-2].content
+    assert "Customer tier: gold." in section
+    assert "Purchase history: <memory>Account: gold tier, 2 orders, last order A1002.</memory>" in (
+        section
+    )
+    # An order number the CRM gave is grounded: the care check may let the reply state it.
+    assert any("A1002" in text for text in context_texts(turn))

@@ -15,7 +15,6 @@ import pytest
 from services.generation.breaker import CircuitBreaker
 from services.generation.guardrails import APPROVAL_LINE
 from services.generation.handlers import GenerationHandlers
-from services.generation.llm import ChatClient, ChatMessage, LLMUnavailable
 from services.generation.prompt import FALLBACK_REPLY, POLICIES, SAFE_REPLY
 from services.generation.variants import Variant
 from shared.events import (
@@ -27,6 +26,7 @@ from shared.events import (
     TurnRoutedEvent,
 )
 from shared.kafka import EventBus
+from shared.llm import ChatClient, ChatMessage, LLMUnavailable
 from tests.kit import RecordingBus
 from tests.unit.test_generation_handlers import CANARY, routed_event, settings
 

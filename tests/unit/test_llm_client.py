@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from services.generation.breaker import BreakerState, CircuitBreaker
-from services.generation.llm import ChatClient, ChatMessage, LLMUnavailable, _parse_sse_line
+from services.memory.extraction import LlmExtractor
+from shared.llm import ChatClient, ChatMessage, LLMUnavailable, _parse_sse_line
 
 PIECES = ["Hello", ",", " I'm", " sorry", " to hear that."]
 FIRST_TOKEN_TIMEOUT_S = 0.3
@@ -85,6 +86,7 @@ class FakeLLM:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        self.auth: list[str | None] = []
         self.flaky_calls = 0
 
     def app(self) -> Starlette:
@@ -101,11 +103,29 @@ class FakeLLM:
                 Route("/flaky/chat/completions", self.flaky, methods=["POST"]),
                 Route("/busy/chat/completions", self.busy, methods=["POST"]),
                 Route("/badreq/chat/completions", self.badreq, methods=["POST"]),
+                Route("/whole/chat/completions", self.whole, methods=["POST"]),
+                Route("/notjson/chat/completions", self.notjson, methods=["POST"]),
+                Route("/nocontent/chat/completions", self.nocontent, methods=["POST"]),
             ]
         )
 
     async def _record(self, request: Request) -> None:
         self.requests.append(await request.json())
+        self.auth.append(request.headers.get("authorization"))
+
+    async def whole(self, request: Request) -> Response:
+        """A non-streamed completion, as `complete` asks for."""
+        await self._record(request)
+        message = {"role": "assistant", "content": "".join(PIECES)}
+        return JSONResponse({"object": "chat.completion", "choices": [{"message": message}]})
+
+    async def notjson(self, request: Request) -> Response:
+        await self._record(request)
+        return Response("<html>proxy error</html>", media_type="text/html")
+
+    async def nocontent(self, request: Request) -> Response:
+        await self._record(request)
+        return JSONResponse({"choices": [{"text": "a completions-API answer"}]})
 
     @staticmethod
     def _stream(body: AsyncIterator[str]) -> StreamingResponse:
@@ -433,3 +453,85 @@ async def test_stopping_early_counts_as_a_healthy_server(server_url: str) -> Non
         await client.aclose()
 
     assert breaker.state == BreakerState.CLOSED
+
+
+# --- auth and whole completions (memory's extractor) -------------------------------------------
+
+
+async def test_the_api_key_is_sent_as_a_bearer_token_and_only_when_set(
+    server_url: str, fake: FakeLLM
+) -> None:
+    await collect(client_for(server_url + "/ok", api_key="secret-key"))
+    assert fake.auth[-1] == "Bearer secret-key"
+
+    await collect(client_for(server_url + "/ok"))
+    assert fake.auth[-1] is None
+
+
+async def complete(client: ChatClient) -> str:
+    try:
+        return await client.complete(MESSAGES, max_tokens=16, temperature=0)
+    finally:
+        await client.aclose()
+
+
+async def test_complete_returns_the_whole_answer(server_url: str, fake: FakeLLM) -> None:
+    assert await complete(client_for(server_url + "/whole", api_key="k")) == "".join(PIECES)
+
+    request = fake.requests[-1]
+    assert "stream" not in request
+    assert "top_p" not in request
+    assert request["max_tokens"] == 16
+    assert request["temperature"] == 0
+    assert fake.auth[-1] == "Bearer k"
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [("/error", "http_500"), ("/notjson", "bad_response"), ("/nocontent", "bad_response")],
+)
+async def test_complete_fails_with_a_kind_on_an_unusable_answer(
+    server_url: str, path: str, kind: str
+) -> None:
+    with pytest.raises(LLMUnavailable) as caught:
+        await complete(client_for(server_url + path))
+    assert caught.value.kind == kind
+
+
+async def test_complete_is_bounded_by_the_total_budget(server_url: str) -> None:
+    with pytest.raises(LLMUnavailable) as caught:
+        # /slow answers only after STALL_S; the first-token budget does not apply to a
+        # whole answer, the total one does.
+        await complete(
+            client_for(server_url + "/slow", first_token_timeout_s=30, total_timeout_s=0.3)
+        )
+    assert caught.value.kind == "timeout"
+
+
+async def test_complete_retries_a_503_and_reports_to_the_breaker(
+    server_url: str, fake: FakeLLM
+) -> None:
+    breaker = CircuitBreaker(failure_threshold=1, reset_after_s=60)
+    before = len(fake.requests)
+    with pytest.raises(LLMUnavailable) as caught:
+        await complete(
+            client_for(server_url + "/busy", retries=1, retry_backoff_s=0.01, breaker=breaker)
+        )
+    assert caught.value.kind == "http_503"
+    assert len(fake.requests) - before == 2
+    assert breaker.state == BreakerState.OPEN
+
+
+async def test_the_memory_extractor_asks_through_the_shared_client(
+    server_url: str, fake: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
+    llm = client_for(server_url + "/error")
+    try:
+        assert await LlmExtractor(llm).extract("I'm vegan") == []
+    finally:
+        await llm.aclose()
+    assert "LLM extractor unavailable: http_500" in caplog.text
+    request = fake.requests[-1]
+    assert request["model"] == "fake-model"
+    assert request["messages"][0]["role"] == "system"
+    assert "I'm vegan" in request["messages"][1]["content"]

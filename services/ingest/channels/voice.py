@@ -16,6 +16,7 @@ from typing import Literal
 import redis.asyncio as aioredis
 
 from services.ingest.channels.formatting import speakable
+from shared.linear_re import compile_linear
 
 Action = Literal["gather", "dial", "wait", "hangup"]
 
@@ -23,6 +24,32 @@ STILL_WORKING = "One moment while I look into that."
 GIVE_UP = "I'm sorry, I couldn't get you an answer just now."
 CONNECTING = "Let me connect you with a colleague."
 HOLD = "A colleague will call you back as soon as one is free."
+
+
+_FILLER = (
+    r"(?:no|nope|nah|ok|okay|right|great|perfect|lovely|cool|alright|fine|yes|yeah|so|"
+    r"thanks|thank you|thank you very much|thank you so much|thanks a lot|many thanks|cheers)"
+)
+_CLOSING = (
+    r"(?:that s all|that is all|that s it|that is it|that s everything|that is everything|"
+    r"nothing else|i m done|i am done|all done|no more questions|bye|goodbye|good bye|bye bye)"
+)
+_AFTER = (
+    r"(?:thanks|thank you|thank you very much|cheers|bye|goodbye|good bye|bye bye|for now|"
+    r"then|for today|for me|have a nice day|have a good day)"
+)
+_GOODBYE = compile_linear(rf"(?:{_FILLER} )*{_CLOSING}(?: {_AFTER})*")
+_NOT_LETTERS = compile_linear(r"[^a-z]+")
+
+
+def is_goodbye(speech: str) -> bool:
+    """True when the caller's whole utterance closes the call ("no, that's all, thanks, bye").
+
+    Only the whole utterance counts, so "I want to say goodbye to this contract" stays a turn.
+    Then the call asks for a keypad rating instead of sending a turn nobody needs answered.
+    """
+    words = _NOT_LETTERS.sub(" ", speech.lower()).strip()
+    return bool(words) and _GOODBYE.fullmatch(words) is not None
 
 
 @dataclass(frozen=True)

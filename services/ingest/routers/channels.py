@@ -22,8 +22,16 @@ from starlette.responses import PlainTextResponse, Response
 
 from services.ingest.channels import twiml
 from services.ingest.channels.identity import Address, phone_identity
-from services.ingest.channels.voice import Action, VoiceReplies, VoiceReply, next_step
-from services.ingest.edge import Caller, Refused, constant_time_equal, json_depth_exceeds, read_body
+from services.ingest.channels.survey import MessagingSurvey
+from services.ingest.channels.voice import Action, VoiceReplies, VoiceReply, is_goodbye, next_step
+from services.ingest.edge import (
+    Caller,
+    EdgeGuard,
+    Refused,
+    constant_time_equal,
+    json_depth_exceeds,
+    read_body,
+)
 from services.ingest.intake import Intake, screen, without_controls
 from services.ingest.ownership import Party
 from services.ingest.routers.deps import (
@@ -32,12 +40,14 @@ from services.ingest.routers.deps import (
     GuardDep,
     IntakeDep,
     SettingsDep,
+    SurveyDep,
     VoiceDep,
     presented_key,
 )
 from services.ingest.settings import IngestSettings
 from shared.events import MAX_MESSAGE_CHARS, Channel, Identifier
-from shared.http import error_responses, validation_error
+from shared.http import ApiError, error_responses, validation_error
+from shared.survey import gather_rating_twiml, parse_keypad_rating
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +131,12 @@ async def twilio_message(
     guard: GuardDep,
     intake: IntakeDep,
     conversations: ConversationsDep,
+    survey: SurveyDep,
 ) -> Response:
-    """Twilio's incoming SMS or WhatsApp message webhook; answers with empty TwiML."""
+    """Twilio's incoming SMS or WhatsApp message webhook; answers with empty TwiML.
+
+    The answer to a closing question ("4", "five stars") is a rating, never a turn.
+    """
     sender = params.get("From", "")
     identity = phone_identity(sender)
     message_id = params.get("MessageSid", "")
@@ -132,9 +146,12 @@ async def twilio_message(
     channel = Channel.WHATSAPP if sender.startswith("whatsapp:") else Channel.SMS
     # A picture or a sticker with no words: nothing to answer yet. A redelivery: done before.
     if text and await guard.first_delivery("twilio", message_id):
-        conversation = await conversations.current(
-            channel.value, identity, Address("twilio", channel.value, sender)
-        )
+        address = Address("twilio", channel.value, sender)
+        if await _survey_answer(
+            guard, survey, "twilio", channel, identity, address, text, message_id
+        ):
+            return Response(twiml.EMPTY, media_type=TWIML)
+        conversation = await conversations.current(channel.value, identity, address)
         party = Party(settings.messaging_tenant, identity)
         # Limited per number and tenant, not per address: providers send from shared ones.
         await intake.fragment(conversation, party, channel, text, message_id)
@@ -171,6 +188,7 @@ async def meta_message(
     guard: GuardDep,
     intake: IntakeDep,
     conversations: ConversationsDep,
+    survey: SurveyDep,
 ) -> dict[str, str]:
     """WhatsApp Cloud API webhook: JSON, signed with the app secret; 200 quickly."""
     body = await read_body(request, settings.max_body_bytes, channel="whatsapp")
@@ -187,14 +205,43 @@ async def meta_message(
             continue
         if not await guard.first_delivery("meta", message_id):
             continue
-        conversation = await conversations.current(
-            "whatsapp", identity, Address("meta", "whatsapp", wa_id)
-        )
+        address = Address("meta", "whatsapp", wa_id)
+        channel = Channel.WHATSAPP
+        if await _survey_answer(
+            guard, survey, "meta", channel, identity, address, text, message_id
+        ):
+            continue
+        conversation = await conversations.current("whatsapp", identity, address)
         party = Party(settings.messaging_tenant, identity)
         await intake.fragment(
             conversation, party, Channel.WHATSAPP, text[:MAX_MESSAGE_CHARS], message_id
         )
     return {"status": "received"}
+
+
+async def _survey_answer(
+    guard: EdgeGuard,
+    survey: MessagingSurvey,
+    provider: str,
+    channel: Channel,
+    identity: str,
+    address: Address,
+    text: str,
+    message_id: str,
+) -> bool:
+    """Whether the text answered a closing question (and was recorded as a rating).
+
+    If the rating could not be recorded, the message id is forgotten so the provider's retry
+    of this webhook is taken instead of dropped as a redelivery.
+    """
+    try:
+        answered = await survey.answer(
+            channel, identity, address, without_controls(text)[:MAX_MESSAGE_CHARS], message_id
+        )
+    except ApiError:
+        await guard.forget_delivery(provider, message_id)
+        raise
+    return answered is not None
 
 
 @router.post(
@@ -239,11 +286,109 @@ async def twilio_gather(
             twiml.response(twiml.redirect("/v1/channels/twilio/voice?again=1")),
             media_type=TWIML,
         )
+    if is_goodbye(speech):
+        # The caller is done: ask for a keypad rating (as Amazon Connect's post-call survey
+        # does) instead of sending a turn nobody needs answered.
+        return Response(await _closing(settings, intake, params), media_type=TWIML)
     step = await _voice_turn(
         settings, intake, voice, settings.messaging_tenant,
         params.get("CallSid", ""), params.get("From", ""), speech, None,
     )  # fmt: skip
     return Response(_render(settings, step), media_type=TWIML)
+
+
+VOICE_RATING_URL = "/v1/channels/twilio/voice/rating"
+THANKS_GOODBYE = "Thank you for calling. Goodbye."
+
+
+def _call_party(settings: IngestSettings, params: dict[str, str]) -> tuple[str, Party]:
+    """The call's conversation id and its caller (400 without a call id and a number)."""
+    identity = phone_identity(params.get("From", ""))
+    call_id = params.get("CallSid", "")
+    if identity is None or not call_id:
+        raise Refused(400, "invalid_request", "CallSid and a caller number are required")
+    return f"call-{call_id}", Party(settings.messaging_tenant, identity)
+
+
+async def _closing(settings: IngestSettings, intake: Intake, params: dict[str, str]) -> str:
+    """TwiML for a caller who said goodbye: the keypad rating if there was a conversation."""
+    conversation, party = _call_party(settings, params)
+    lang = settings.voice_language
+    try:
+        await intake.owners.check(conversation, party)
+    except ApiError as err:
+        if err.status != 404:
+            raise
+        # Goodbye before any question: nothing to rate.
+        return twiml.response(twiml.say(THANKS_GOODBYE, lang), twiml.hangup())
+    return gather_rating_twiml(VOICE_RATING_URL, language=lang, goodbye=THANKS_GOODBYE)
+
+
+async def _end_call(intake: Intake, conversation: str, party: Party) -> None:
+    """Close the call's conversation (reason `ended`) if it had one; a repeat is a no-op."""
+    try:
+        await intake.end(conversation, party, Channel.VOICE)
+    except ApiError as err:
+        if err.status != 404:
+            raise
+
+
+@router.post(
+    VOICE_RATING_URL,
+    response_class=Response,
+    responses=TWILIO_DOCS,
+    summary="Twilio: the caller's keypad rating",
+)
+async def twilio_voice_rating(
+    params: TwilioForm, settings: SettingsDep, intake: IntakeDep
+) -> Response:
+    """The digit pressed after the closing question: a 1-5 rating; then goodbye and hang up.
+
+    Anything but 1-5 is no rating (never a guessed one). The conversation is closed either way.
+    """
+    conversation, party = _call_party(settings, params)
+    rating = parse_keypad_rating(params.get("Digits"))
+    if rating is not None:
+        try:
+            await intake.rate(
+                conversation,
+                party,
+                Channel.VOICE,
+                rating,
+                # One rating per call, whatever Twilio retries.
+                client_message_id=f"survey-{conversation}",
+            )
+        except ApiError as err:
+            if err.status != 404:
+                raise
+    await _end_call(intake, conversation, party)
+    lang = settings.voice_language
+    return Response(
+        twiml.response(twiml.say(THANKS_GOODBYE, lang), twiml.hangup()), media_type=TWIML
+    )
+
+
+CALL_OVER = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
+"""Twilio's final call statuses: the call's conversation is over."""
+
+
+@router.post(
+    "/v1/channels/twilio/voice/status",
+    response_class=Response,
+    responses=TWILIO_DOCS,
+    summary="Twilio: call status callback",
+)
+async def twilio_call_status(
+    params: TwilioForm, settings: SettingsDep, intake: IntakeDep
+) -> Response:
+    """The call ended (the number's status callback): its conversation is closed (`ended`).
+
+    So outcomes see when a call really ended, not an idle timeout later.
+    """
+    if params.get("CallStatus", "") in CALL_OVER:
+        conversation, party = _call_party(settings, params)
+        await _end_call(intake, conversation, party)
+    return Response(twiml.response(), media_type=TWIML)
 
 
 @router.post(

@@ -16,6 +16,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
 from services.ingest.channels.identity import Conversations
+from services.ingest.channels.survey import MessagingSurvey
 from services.ingest.channels.voice import VoiceReplies
 from services.ingest.delivery import ConnectionHub
 from services.ingest.edge import Caller, EdgeGuard, json_depth_exceeds
@@ -31,6 +32,7 @@ GuardDep = Annotated[EdgeGuard, Depends(requires(EdgeGuard))]
 HubDep = Annotated[ConnectionHub, Depends(requires(ConnectionHub))]
 ConversationsDep = Annotated[Conversations, Depends(requires(Conversations))]
 VoiceDep = Annotated[VoiceReplies, Depends(requires(VoiceReplies))]
+SurveyDep = Annotated[MessagingSurvey, Depends(requires(MessagingSurvey))]
 
 ConversationId = Annotated[
     str,

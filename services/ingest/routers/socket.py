@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from services.ingest.delivery import ConnectionHub, Fanout, FrameId, parse_frame_id
 from services.ingest.edge import REJECTIONS, ConnectionBudget, json_depth_exceeds
 from services.ingest.intake import (
+    ENDS,
     FEEDBACK,
     MESSAGES,
     ClientMessageId,
@@ -64,6 +65,26 @@ class RatingFrame(BaseModel):
     comment: Comment = ""
     reply_id: uuid.UUID | None = None
     client_message_id: ClientMessageId | None = None
+
+
+class EndFrame(BaseModel):
+    """The customer ends the chat (the widget's "End chat")."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["end"]
+    client_message_id: ClientMessageId | None = None
+
+
+def ended_frame(event_id: str, *, duplicate: bool, client_message_id: str | None) -> dict[str, Any]:
+    """What every socket of a conversation hears when its customer ends it."""
+    return {
+        "type": "ended",
+        "reason": "ended",
+        "event_id": event_id,
+        "duplicate": duplicate,
+        "client_message_id": client_message_id,
+    }
 
 
 def check_identifier(value: str, name: str) -> str:
@@ -230,6 +251,8 @@ class _Session:
             return
         if frame.get("type") == "rating":
             await self._rating(frame)
+        elif frame.get("type") == "end":
+            await self._end(frame)
         else:
             await self._message(frame)
 
@@ -299,6 +322,31 @@ class _Session:
                 "client_message_id": frame.client_message_id,
                 "duplicate": rated.duplicate,
             }
+        )
+
+    async def _end(self, raw: dict[str, Any]) -> None:
+        client_message_id = raw.get("client_message_id")
+        try:
+            try:
+                frame = EndFrame.model_validate(raw)
+            except ValidationError as exc:
+                ENDS.labels(Channel.WEB.value, "rejected").inc()
+                raise validation_error(exc.errors(), "end") from exc
+            # The intake counts its own refusals.
+            ended = await self.intake.end(
+                self.conversation_id, self.party, Channel.WEB, ip=self.address
+            )
+        except ApiError as err:
+            await send_error(self.ws, err, client_message_id)
+            return
+        # To every socket of the conversation (buffered): another tab, or this page after a
+        # reload, learns the chat is over instead of writing into it.
+        await self._to_conversation(
+            ended_frame(
+                ended.event_id,
+                duplicate=ended.duplicate,
+                client_message_id=frame.client_message_id,
+            )
         )
 
     async def _to_conversation(self, frame: dict[str, Any]) -> None:

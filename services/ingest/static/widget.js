@@ -332,6 +332,9 @@
   var answeredTurns = new Set();
   var personHandling = false;
   var ratingPending = null;   // the rating frame, until `rating_accepted`
+  var endPending = null;      // the end frame, until `ended` (or a refusal)
+  var ended = false;          // the server closed the conversation: nothing more goes into it
+  var skipAfterEnd = false;   // "Skip" pressed before the server confirmed the end
   var unread = 0;
   var inReplay = false;       // frames before `resumed` are history, not news
   var stats = { connects: 0, resumes: 0, replayed: 0, duplicatesDropped: 0 };
@@ -479,6 +482,7 @@
       case 'reply': onReply(f); break;
       case 'resumed': onResumed(f); break;
       case 'rating_accepted': onRatingAccepted(f); break;
+      case 'ended': onEnded(f); break;
       case 'error': onError(f); break;
       default: break; // unknown frames are ignored, so the server can add new ones
     }
@@ -564,6 +568,7 @@
       }
       transmit(entry);
     }
+    if (endPending) sendEnd();
     if (ratingPending) sendRating();
   }
 
@@ -573,9 +578,40 @@
     finishChat('Your rating helps us care better. Thank you for chatting with us.');
   }
 
+  // The conversation is over (this tab's "End chat", another tab's, or a REST end): the
+  // survey replaces the composer and nothing more is sent into it.
+  function onEnded(f) {
+    if (endPending && f.client_message_id === endPending.client_message_id) endPending = null;
+    if (skipAfterEnd && !endPending) {
+      skipAfterEnd = false;
+      $('.skip').disabled = false;
+      ended = true;
+      finishChat('Thank you for chatting with us.');
+      return;
+    }
+    if (ended) return;
+    ended = true;
+    saveConversation({ ended: true });
+    pending.forEach(function (entry) { setCustomerState(entry, 'failed'); });
+    pending.clear();
+    sending.clear();
+    if ($done.hidden) showRating();
+  }
+
   function onError(f) {
     var message = f.message || f.error || 'Something went wrong.';
     var id = f.client_message_id;
+    if (endPending && id === endPending.client_message_id) {
+      if (Number(f.status) >= 400 && Number(f.status) < 500) {
+        endPending = null;
+        skipAfterEnd = false;
+        $('.skip').disabled = false;
+        $ratingError.textContent = 'The chat could not be ended: ' + message;
+        backToChat();
+        showError('The chat could not be ended: ' + message);
+      }
+      return; // a server error: resent once the connection has resumed
+    }
     if (ratingPending && id === ratingPending.client_message_id) {
       $ratingSubmit.disabled = false;
       if (Number(f.status) >= 400 && Number(f.status) < 500) ratingPending = null;
@@ -798,6 +834,8 @@
   function showRating() {
     $composer.hidden = true;
     $end.hidden = true;
+    // Once ended there is no chat to go back to.
+    $('.back').hidden = ended || endPending !== null;
     $rating.hidden = false;
     $ratingError.textContent = '';
     $rating.querySelector('input').focus();
@@ -807,6 +845,17 @@
     $composer.hidden = false;
     $end.hidden = false;
     $input.focus();
+  }
+  function endChat() {
+    if (ended || endPending) { showRating(); return; }
+    endPending = { type: 'end', client_message_id: 'end-' + randomHex(16) };
+    sendEnd();
+    showRating();
+  }
+  function sendEnd() {
+    if (!endPending) return;
+    if (!isOpen()) { ensureConnected(); return; } // sent once the connection has resumed
+    try { ws.send(JSON.stringify(endPending)); } catch (_) { /* resent on reconnect */ }
   }
   function sendRating() {
     if (!ratingPending) return;
@@ -834,10 +883,12 @@
     $done.querySelector('h3').focus();
   }
 
-  $end.addEventListener('click', showRating);
+  $end.addEventListener('click', endChat);
   $('.back').addEventListener('click', backToChat);
   $('.skip').addEventListener('click', function () {
     ratingPending = null;
+    // The socket stays open until the server has the end, so it is never lost.
+    if (endPending) { skipAfterEnd = true; $('.skip').disabled = true; return; }
     finishChat('Thank you for chatting with us.');
   });
   $rating.addEventListener('submit', function (ev) {
@@ -891,6 +942,11 @@
     answeredTurns.clear();
     personHandling = false;
     ratingPending = null;
+    endPending = null;
+    ended = false;
+    skipAfterEnd = false;
+    $('.skip').disabled = false;
+    $('.back').hidden = false;
     $ratingSubmit.disabled = false;
     $rating.reset();
     Array.from($log.querySelectorAll('.msg')).forEach(function (m) { m.remove(); });
@@ -926,6 +982,7 @@
         lastFrameId: lastFrameId,
         connected: isOpen(),
         pending: pending.size,
+        ended: ended,
         stats: Object.assign({}, stats)
       };
     }

@@ -1,4 +1,18 @@
-"""A streaming client for OpenAI-compatible chat completion servers (vLLM, llama.cpp)."""
+"""The one client for OpenAI-compatible chat completion servers (vLLM, llama.cpp).
+
+Generation streams replies through it (`ChatClient.stream`: separate budgets for connecting,
+the first token and the whole reply, retries before any text, an optional circuit breaker);
+memory asks it for one complete answer (`ChatClient.complete`). Both get the same auth
+header, timeouts and error type (`LLMUnavailable`, whose `kind` says how a request failed).
+What a service does with the text (prompts, fallbacks, parsing) stays in the service.
+
+A thin httpx client rather than the official `openai` package: the reference client fails a
+whole reply on one malformed chunk where this one skips it; with no key configured it reads
+`OPENAI_API_KEY` from the environment (a self-hosted server would receive a key meant for
+someone else) and needs a placeholder key or an omitted header to send none; and it adds
+0.8 s of import and 18 MB to each process that uses it. What it offers beyond this (typed
+responses, its own retry schedule) this platform does not use.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +22,15 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import httpx
 from prometheus_client import Counter, Histogram
 
-from services.generation.breaker import CircuitBreaker
 from shared.metrics import LATENCY_BUCKETS
 
+# The streaming path's metrics (generation's replies, which the LLM dashboards chart); a
+# `complete` call records none, so another service's use does not skew tokens per second.
 LLM_TTFT = Histogram(
     "cbd_llm_time_to_first_token_seconds",
     "Time from request to first streamed token.",
@@ -49,6 +65,26 @@ class LLMUnavailable(Exception):
         return not (self.kind.startswith("http_4") and self.kind != "http_429")
 
 
+class Breaker(Protocol):
+    """What the client needs of a circuit breaker (generation's `CircuitBreaker` is one)."""
+
+    def allow(self) -> bool:
+        """Whether a request may go to the server now."""
+        ...
+
+    def record_success(self) -> None:
+        """The server answered."""
+        ...
+
+    def record_failure(self) -> None:
+        """The server failed a request."""
+        ...
+
+    def release_trial(self) -> None:
+        """A trial request ended without a verdict on the server."""
+        ...
+
+
 @dataclass(frozen=True)
 class ChatMessage:
     """One message of a chat completion request."""
@@ -58,7 +94,10 @@ class ChatMessage:
 
 
 class ChatClient:
-    """Streams chat completions with separate budgets for connecting, first token and total."""
+    """Chat completions, streamed or whole, with budgets for connecting, first token and total.
+
+    Created in a service's lifespan and closed with it (`aclose`).
+    """
 
     def __init__(
         self,
@@ -71,7 +110,7 @@ class ChatClient:
         total_timeout_s: float = 30.0,
         retries: int = 0,
         retry_backoff_s: float = 0.2,
-        breaker: CircuitBreaker | None = None,
+        breaker: Breaker | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.model = model
@@ -129,6 +168,74 @@ class ChatClient:
             raise
         finally:
             verdict.undecided()
+
+    async def complete(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float | None = None,
+    ) -> str:
+        """The whole reply's text from one non-streamed request; raise LLMUnavailable on failure.
+
+        The answer must arrive within the total budget (retries and their backoff included);
+        refusals and server errors are retried like a stream's, and the breaker, when given,
+        is consulted and told the outcome.
+        """
+        breaker = self.breaker
+        if breaker is not None and not breaker.allow():
+            raise LLMUnavailable("circuit_open", "the LLM server failed repeatedly; waiting")
+        verdict = _BreakerVerdict(breaker)
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+        if top_p is not None:
+            body["top_p"] = top_p
+        give_up_at = time.perf_counter() + self.total_timeout_s
+        attempt = 0
+        try:
+            while True:
+                try:
+                    text = await self._complete_once(body, give_up_at)
+                except LLMUnavailable as exc:
+                    backoff = self.retry_backoff_s * 2**attempt
+                    if (
+                        exc.kind not in RETRYABLE
+                        or attempt >= self.retries
+                        or time.perf_counter() + backoff >= give_up_at
+                    ):
+                        raise
+                    attempt += 1
+                    await asyncio.sleep(backoff)
+                    continue
+                verdict.success()
+                return text
+        except LLMUnavailable as exc:
+            verdict.failure(exc)
+            raise
+        finally:
+            verdict.undecided()
+
+    async def _complete_once(self, body: dict[str, Any], give_up_at: float) -> str:
+        remaining = give_up_at - time.perf_counter()
+        try:
+            async with asyncio.timeout(remaining):
+                # A whole answer comes only once every token is generated: reads may take the
+                # total budget, not the first-token one.
+                resp = await self._http.post(
+                    "/chat/completions", json=body, timeout=httpx.Timeout(remaining)
+                )
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise LLMUnavailable("timeout", "the LLM did not answer in time") from exc
+        except httpx.HTTPError as exc:
+            raise LLMUnavailable("connection", repr(exc)) from exc
+        if resp.status_code != 200:
+            raise LLMUnavailable(f"http_{resp.status_code}", resp.text[:300])
+        return _completion_text(resp)
 
     async def _with_retries(
         self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float, top_p: float
@@ -221,7 +328,7 @@ class ChatClient:
 class _BreakerVerdict:
     """Reports one request's outcome to the breaker exactly once."""
 
-    def __init__(self, breaker: CircuitBreaker | None) -> None:
+    def __init__(self, breaker: Breaker | None) -> None:
         self.breaker = breaker
         self.decided = breaker is None
 
@@ -269,3 +376,20 @@ def _parse_sse_line(line: str) -> tuple[str, bool]:
     delta = choices[0].get("delta")
     content = delta.get("content") if isinstance(delta, dict) else None
     return (content if isinstance(content, str) else ""), False
+
+
+def _completion_text(resp: httpx.Response) -> str:
+    """The message text of a non-streamed completion; LLMUnavailable if it has none."""
+    try:
+        data = resp.json()
+    except (ValueError, RecursionError) as exc:
+        raise LLMUnavailable("bad_response", "the answer is not JSON") from exc
+    choices = data.get("choices") if isinstance(data, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices else None
+    message = first.get("message") if isinstance(first, dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    if content is None and isinstance(message, dict) and "content" in message:
+        return ""
+    if not isinstance(content, str):
+        raise LLMUnavailable("bad_response", "the answer has no choices[0].message.content")
+    return content
