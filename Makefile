@@ -45,6 +45,7 @@ bench: install ## Measure turn latency, emotion, memory context and LLM overhead
 	$(PY) -m bench.adversarial_text
 	$(PY) -m bench.capacity
 	$(PY) -m bench.idle_cpu
+	$(PY) -m services.memory.issue_evaluation --split heldout
 
 chaos: install ## Kill services and the broker (kill -9) under open-loop load; fails on any lost or duplicated reply
 	$(PY) -m cbd.chaos $(CHAOS_ARGS)

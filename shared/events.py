@@ -130,6 +130,7 @@ SignalName = Literal[
     "legal_threat",
     "profanity",
     "vulnerability",
+    "repeat_contact",
 ]
 """The named cues the emotion service finds; escalation policies refer to them by name."""
 SIGNAL_NAMES: tuple[str, ...] = get_args(SignalName)
@@ -196,6 +197,10 @@ class HistoryTurn(_Model):
     role: Role
     text: str
     at: AwareDatetime
+    similarity: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
+    """For a customer turn: how close in meaning it is to this turn's message (cosine of their
+    sentence embeddings), so a question asked again in other words is seen as a repeat; None
+    when memory did not compare them (other roles, a turn from before this field)."""
 
 
 class MemoryKind(StrEnum):

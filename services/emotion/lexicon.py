@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from services.emotion.repeats import RepeatContactFinder
 from shared.events import EmotionAnalysis, EmotionLabel, Signal, SignalName
 
 _log = logging.getLogger(__name__)
@@ -185,9 +186,10 @@ class LexiconAnalyzer:
 
     MODEL_NAME = "lexicon-vader-v1"
 
-    def __init__(self) -> None:
+    def __init__(self, repeats: RepeatContactFinder | None = None) -> None:
         """Load VADER and compile every lexicon and signal pattern."""
         self._vader = SentimentIntensityAnalyzer()
+        self._repeats = repeats or RepeatContactFinder()
         self._lexicons: dict[EmotionLabel, tuple[re.Pattern[str], dict[str, float]]] = {
             label: (
                 _bounded(_phrase_regex(phrase) for phrase in weights),
@@ -328,6 +330,9 @@ class LexiconAnalyzer:
         repetition = _repetition(text, previous_texts)
         if repetition:
             signals.append(repetition)
+        repeat_contact = self._repeats.find(text)
+        if repeat_contact:
+            signals.append(repeat_contact)
         return signals
 
     @staticmethod

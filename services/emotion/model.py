@@ -34,7 +34,7 @@ from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from shared.events import SIGNAL_NAMES, EmotionAnalysis, EmotionLabel
+from shared.events import EmotionAnalysis, EmotionLabel
 
 LABELS: tuple[EmotionLabel, ...] = tuple(EmotionLabel)
 
@@ -57,6 +57,23 @@ ROUTED_MODEL_NAME = "tfidf-lexicon-routed-v2"
 """The shipped routed model (own expert, GoEmotions expert, gate): the default."""
 
 
+MODEL_SIGNALS: tuple[str, ...] = (
+    "shouting",
+    "punctuation_burst",
+    "human_request",
+    "repetition",
+    "urgency",
+    "churn_threat",
+    "legal_threat",
+    "profanity",
+    "vulnerability",
+)
+"""The signals the shipped model was trained on, one feature column each, in this order.
+
+Fixed here rather than read from `SIGNAL_NAMES`: a signal added to the contract later
+(`repeat_contact`) must not shift the columns of a model trained before it existed."""
+
+
 class ArtefactError(RuntimeError):
     """The shipped model is missing, altered or unreadable."""
 
@@ -72,7 +89,7 @@ def lexical_features(text: str, lexical: EmotionAnalysis) -> list[float]:
         max(0.0, lexical.sentiment),
         max(0.0, -lexical.sentiment),
         lexical.intensity,
-        *(1.0 if name in present else 0.0 for name in SIGNAL_NAMES),
+        *(1.0 if name in present else 0.0 for name in MODEL_SIGNALS),
         caps,
         min(text.count("!"), 5) / 5,
         min(text.count("?"), 5) / 5,

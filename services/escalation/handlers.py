@@ -50,7 +50,11 @@ class EscalationHandlers:
         decision = await self.desk.route(
             event,
             lambda bot_turns: decide(
-                turn, policy, bot_turns=bot_turns, customer_tier=turn.context.customer_tier
+                turn,
+                policy,
+                bot_turns=bot_turns,
+                customer_tier=turn.context.customer_tier,
+                conversation_id=event.conversation_id,
             ),
         )
         DECISIONS.labels(decision.target.value).inc()

@@ -34,6 +34,7 @@ from pydantic import (
 
 from shared.events import (
     EmotionLabel,
+    HistoryTurn,
     ReplyFlag,
     Role,
     RouteReason,
@@ -115,6 +116,8 @@ class Facts:
     last_reply_flags: tuple[str, ...]
     bot_turns: int | None = None
     """Customer turns since the bot last took the conversation over from a person, if known."""
+    conversation_id: str | None = None
+    """This turn's conversation, which tells an issue opened in an earlier one (None: unknown)."""
 
 
 class _Model(BaseModel):
@@ -194,30 +197,86 @@ class EscalationRiskRule(Rule):
 
 
 class CustomerLoopRule(Rule):
-    """The customer keeps asking the same thing."""
+    """The customer keeps asking the same thing, in the same or in other words."""
 
     min_repeats: Annotated[int, Field(ge=1)]
     similarity: Similarity
+    """Token overlap that makes two messages the same ask (earlier turns memory did not
+    compare by meaning: old events, a memory that could not embed)."""
+    meaning_similarity: Similarity | None = None
+    """Cosine of the sentence embeddings that makes two messages the same ask, for the turns
+    memory compared by meaning; None compares every turn by token overlap."""
+
+    def _alike(self, text: str, past: HistoryTurn) -> float | None:
+        """How alike an earlier customer turn is, when it counts as a repeat; else None."""
+        if self.meaning_similarity is not None and past.similarity is not None:
+            alike = past.similarity
+            return alike if alike >= self.meaning_similarity else None
+        alike = similarity(text, past.text)
+        return alike if alike >= self.similarity else None
 
     def evaluate(self, facts: Facts) -> str | None:
         text = facts.turn.message.text
         repeats = 0
+        by_meaning = False
         if len(set(words(text))) >= _LOOP_MIN_TOKENS:
-            repeats = sum(
-                1
-                for past in facts.turn.context.recent_turns
-                if past.role is Role.CUSTOMER and similarity(text, past.text) >= self.similarity
-            )
+            for past in facts.turn.context.recent_turns:
+                # Short acknowledgements ("yes", "ok thanks") repeat naturally, whatever their
+                # embeddings say: both sides need three words.
+                if past.role is not Role.CUSTOMER or len(set(words(past.text))) < _LOOP_MIN_TOKENS:
+                    continue
+                if self._alike(text, past) is not None:
+                    repeats += 1
+                    by_meaning = by_meaning or past.similarity is not None
         # The emotion service saw a repeat in its own history even when memory's window (or a
         # memory outage) shows none: that still counts as one.
         if repeats == 0 and any(s.name == "repetition" for s in facts.turn.emotion.signals):
             repeats = 1
         if repeats < self.min_repeats:
             return None
+        how = " (by meaning)" if by_meaning else ""
         return (
-            f"customer repeated themselves {repeats} times \u2265 {self.min_repeats}: "
+            f"customer repeated themselves {repeats} times{how} \u2265 {self.min_repeats}: "
             f"{_quote(text)}"
         )
+
+
+class RepeatContactRule(Rule):
+    """The customer says this is not the first time they ask, or comes back about an issue
+    that is still open from an earlier conversation."""
+
+    min_weight: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    """The `repeat_contact` signal's weight that fires on its own (1.0: strong cues only;
+    chasing cues such as "any news?" weigh 0.5)."""
+    across_conversations: bool = True
+    """Also fire when an issue opened in an earlier conversation is raised again in this
+    turn, or chased (any `repeat_contact` cue) while it is open."""
+
+    def evaluate(self, facts: Facts) -> str | None:
+        turn = facts.turn
+        cues = [s for s in turn.emotion.signals if s.name == "repeat_contact"]
+        found: list[str] = []
+        said = [s.evidence for s in cues if s.weight >= self.min_weight]
+        if said:
+            found.append("customer said: " + ", ".join(_quote(e) for e in dict.fromkeys(said)))
+        if self.across_conversations and facts.conversation_id is not None:
+            earlier = [
+                issue
+                for issue in turn.context.open_issues
+                if issue.status != "resolved" and issue.conversation_id != facts.conversation_id
+            ]
+            # Memory updates an open issue from the turn that raises it again before it builds
+            # the context, so an update stamped with this message's time came from this turn.
+            again = [i for i in earlier if i.updated_at == turn.message.received_at]
+            chased = earlier[:1] if cues and not again else []
+            for issue in again:
+                found.append(f"{issue.category} issue from an earlier conversation raised again")
+            for issue in chased:
+                found.append(
+                    f"chasing the {issue.category} issue still open from an earlier "
+                    f"conversation: {_quote(issue.summary)}"
+                )
+        return "; ".join(found) or None
 
 
 class BotLoopRule(Rule):
@@ -330,6 +389,7 @@ class Rules(_Model):
     worsening: WorseningRule | None = None
     escalation_risk: EscalationRiskRule | None = None
     customer_loop: CustomerLoopRule | None = None
+    repeat_contact: RepeatContactRule | None = None
     bot_loop: BotLoopRule | None = None
     no_resolution: NoResolutionRule | None = None
     sensitive_topic: SensitiveTopicRule | None = None
@@ -479,17 +539,20 @@ def decide(
     customer_tier: str | None = None,
     last_reply_flags: Sequence[str] = (),
     bot_turns: int | None = None,
+    conversation_id: str | None = None,
 ) -> RoutingDecision:
     """Route the turn: to a human when any enabled rule fires, with one reason per rule.
 
     `customer_tier` and `last_reply_flags` are facts the turn does not carry yet; rules that
-    need them stay inert while they are missing. When no rule fires, the bot answers.
+    need them stay inert while they are missing, as `repeat_contact` stays blind to issues of
+    earlier conversations without `conversation_id`. When no rule fires, the bot answers.
     """
     facts = Facts(
         turn=turn,
         customer_tier=customer_tier,
         last_reply_flags=tuple(last_reply_flags),
         bot_turns=bot_turns,
+        conversation_id=conversation_id,
     )
     reasons = [
         RouteReason(code=name, detail=detail, severity=rule.severity)

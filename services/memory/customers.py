@@ -21,7 +21,7 @@ import numpy.typing as npt
 import redis.asyncio as aioredis
 
 from services.memory.extraction import Extraction, IssueRaised, IssueResolved, Learned
-from services.memory.turns import conversation_key
+from services.memory.turns import conversation_key, meaning_key
 from shared.db import Pool
 from shared.embedding import Embedder, to_pgvector
 from shared.events import DEFAULT_TENANT, EmotionAnalysis
@@ -560,6 +560,7 @@ class CustomerStore:
                 await record(conn, sorted({*identities, customer_id}), conversations)
         keys = [self._identity_key(tenant, i) for i in {*identities, customer_id}]
         keys += [conversation_key(self.key_prefix, tenant, c) for c in conversations]
+        keys += [meaning_key(self.key_prefix, tenant, c) for c in conversations]
         if keys:
             await self.redis.delete(*keys)
         return sorted({*identities, customer_id}), conversations

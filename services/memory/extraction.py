@@ -5,7 +5,7 @@ first-person statements ("I prefer...", "call me...", "my new address is..."), s
 about a product never becomes a "preference". Each memory has a *slot* naming what it is about;
 memory keeps one value per slot, which is how a contradiction ("I've moved to...") updates the
 old value instead of adding a second one. Issue categories come from rules first and, when no
-rule fires on a clearly negative message, from the nearest of a few embedded examples.
+rule fires, from an embedding classifier trained on labelled messages (`issue_model`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 
+from services.memory.issue_model import IssueModel
 from services.memory.terms import ExtractionTerms, load_terms
 from shared.embedding import Embedder
 from shared.events import MemoryKind
@@ -232,12 +233,161 @@ _RULE_PHONE = compile_linear(
     ignore_case=True,
 )
 
+# What breaks, goes down or gets booked, for the rules below (RE2 alternations).
+_APPLIANCE = (
+    r"(?:washing machine|washer|dishwasher|fridge(?: freezer)?|freezer|boiler|oven|cooker|hob|"
+    r"dryer|tumble dryer|heating|heater|radiator|air ?con\w*|microwave|tv|television|laptop|"
+    r"computer|phone|screen|car|bike|van|printer|kettle|watch|camera|shower|toilet|roof|"
+    r"window|door|lock|lift|elevator|machine|appliance|router)"
+)
+_VISITOR = (
+    r"(?:technician|engineer|installer|plumber|electrician|fitter|repair ?man|repairer|"
+    r"handyman|surveyor|assessor|inspector|meter reader|driver|courier|contractor|builder|"
+    r"mechanic|somebody|someone|anybody|anyone)"
+)
+_UTILITY = (
+    r"(?:internet|broadband|wi-?fi|connection|network|signal|service|power|electricity|"
+    r"electric|gas|water|heating|tv service|phone line|landline|line|app|website|site|"
+    r"server|mobile data|data|fibre|cable|4g|5g|email|online banking)"
+)
+_BOOKED = (
+    r"(?:booking|reservation|flight|hotel|room|table|tickets?|seat|holiday|trip|cruise|"
+    r"car hire|rental|train)"
+)
+
 _ISSUE_RULES: list[tuple[str, LinearPattern]] = [
+    (
+        "claim",
+        compile_linear(
+            r"\b(?:my |our |the )?(?:insurance |compensation |flood |damage )?claim\b[^.!?]{0,40}\b"
+            r"(?:rejected|denied|refused|declined|ignored|still pending|pending|stuck|no update|"
+            r"hasn'?t been|not been)|"
+            r"\babout my claim\b",
+            ignore_case=True,
+        ),
+    ),
+    (
+        "warranty",
+        compile_linear(
+            r"\b(?:warranty|guarantee)\b[^.!?]{0,40}\b(?:refus\w*|reject\w*|denied|den(?:y|ies)|"
+            r"won'?t|doesn'?t cover|does not cover|not cover\w*|isn'?t covered|void\w*|expired|"
+            r"charge me|unrepaired)|"
+            r"\b(?:refused|rejected|denied) (?:my |the )?(?:warranty|guarantee)|"
+            r"\b(?:won'?t|wouldn'?t|refuse to|refused to|didn'?t|will not) (?:honou?r|cover|accept) "
+            r"(?:the |my )?(?:warranty|guarantee)|"
+            r"\b(?:under|in) (?:warranty|guarantee)\b[^.!?]{0,40}\b(?:charge|pay|refus|won'?t)",
+            ignore_case=True,
+        ),
+    ),
+    (
+        "repair",
+        compile_linear(
+            # A repair that did not happen or did not work, or something broken down.
+            r"\b(?:repair|repairs|fix|service)\b[^.!?]{0,40}\b(?:was supposed|were supposed|"
+            r"was meant|were meant|should have|hasn'?t|has not|didn'?t|did not|still (?:not|isn'?t)|"
+            r"never|failed|not (?:been )?(?:done|fixed|finished|ready)|isn'?t (?:done|ready|finished)|"
+            r"cancell?ed|postponed|delayed|taken|took)|"
+            r"\b(?:fixed nothing|still (?:broken|not fixed|isn'?t fixed|faulty)|"
+            r"(?:broke|broken) (?:down )?again|not (?:been )?repaired|returned it unrepaired|"
+            r"unrepaired|at (?:your|the) repair (?:centre|center|shop)|"
+            r"still (?:makes?|making|has|having|gets?|getting) the same "
+            r"(?:noise|problem|fault|issue|error))\b|"
+            rf"\b{_APPLIANCE}\b[^.!?]{{0,40}}\b(?:broke down|broken down|is broken|has broken|"
+            r"(?:is |was |has been |keeps )?leaking|won'?t (?:start|turn on|work|spin|drain|heat|"
+            r"charge|close|open|cool|flush)|(?:still )?(?:won'?t|doesn'?t|does not|isn'?t|is not) "
+            r"(?:working|work|heating|cooling|spinning|draining)|stopped working|makes? the same noise)",
+            ignore_case=True,
+        ),
+    ),
+    (
+        "appointment",
+        compile_linear(
+            # A visit that did not happen: "no technician came", "the engineer never turned up".
+            rf"\b(?:no|nobody|no one|no-one|no {_VISITOR}) (?:has |ever )?"
+            r"(?:came|come|showed up|show up|turned up|turn up|arrived|called|rang|attended)\b|"
+            rf"\b{_VISITOR}s?\b[^.!?]{{0,40}}\b(?:didn'?t|did not|never|hasn'?t|has not|"
+            r"failed to|still hasn'?t|won'?t|wasn'?t able to) (?:come|came|turn(?:ed)? up|"
+            r"show(?:ed)? up|arrive|arrived|attend|call|called|ring|rang|make it)\b|"
+            rf"\b{_VISITOR}s? (?:was|were) (?:a )?no[- ]show|\bno[- ]show\b|"
+            r"\b(?:cancell?ed|missed|moved|rescheduled) (?:my |our |the )?(?:appointment|visit|"
+            r"slot|installation|engineer visit|service visit)(?: again)?\b|"
+            r"\b(?:appointment|visit|installation|slot)\b[^.!?]{0,40}\b(?:never happened|"
+            r"didn'?t happen|did not happen|was cancell?ed|got cancell?ed|was missed|"
+            r"no[- ]one came|nobody came)|"
+            rf"\b{_VISITOR}s?\b[^.!?]{{0,30}}\b(?:hours? late|late again|left without)",
+            ignore_case=True,
+        ),
+    ),
+    (
+        "outage",
+        compile_linear(
+            rf"\b{_UTILITY}\b[^.!?]{{0,25}}\b(?:is |has been |was |keeps |keep |went |goes |"
+            r"been |are |have been )?(?:down|out|off|dead|cut off|cutting out|dropping|dropped|"
+            r"disconnected|not working|isn'?t working|stopped working|doesn'?t work|gone|lost|"
+            r"unavailable|crashing|failing)\b|"
+            rf"\b(?:no|lost|losing|lost all|without) {_UTILITY}\b|"
+            r"\b(?:outage|outages|power cut|power failure|blackout|network failure|"
+            r"service (?:is )?down|calls (?:just )?fail)\b",
+            ignore_case=True,
+        ),
+    ),
+    (
+        "booking",
+        compile_linear(
+            rf"\b{_BOOKED}\b[^.!?]{{0,40}}\b(?:was |were |got |has been |have been )?"
+            r"(?:cancell?ed|changed|moved|lost|missing|disappeared|double[- ]booked|overbooked|"
+            r"given away|not (?:showing|confirmed|there|found)|to the wrong)|"
+            rf"\b(?:cancell?ed|lost|changed|gave away|given away) (?:my|our) {_BOOKED}\b|"
+            rf"\b(?:no record of|can'?t find|cannot find|have no) (?:my |our |the |a )?{_BOOKED}|"
+            r"\b(?:double[- ]booked|overbooked)\b|"
+            r"\b(?:had|have|has) no (?:booking|reservation|record) (?:for|of)\b|"
+            rf"\b{_BOOKED}\b[^.!?]{{0,30}}\b(?:gave|given|giving) away\b|"
+            r"\b(?:gave|given|giving|let) (?:away )?(?:our|my) \w+ (?:away|to (?:someone|somebody) else)\b|"
+            r"\bpaid for an? \w+ (?:room|seat|table)\b[^.!?]{0,30}\bonly\b",
+            ignore_case=True,
+        ),
+    ),
+    (
+        "subscription",
+        compile_linear(
+            r"\b(?:still |keep |keeps |kept )?(?:charg|bill|tak)\w* (?:me |money |payments )?"
+            r"(?:again |every month )?(?:for|after|even though)[^.!?]{0,40}\b(?:cancel\w*|unsubscri\w*|"
+            r"free trial|trial)|"
+            r"\b(?:subscription|membership|plan|trial|renewal)\b[^.!?]{0,40}\b(?:auto-?renewed|"
+            r"renewed|still (?:active|taking|charging)|won'?t cancel|never signed up|"
+            r"old price|wrong plan)|"
+            r"\b(?:auto-?renewed|never signed up for)\b|"
+            r"\b(?:can'?t|cannot|unable to|won'?t let me) (?:cancel|unsubscribe|end|stop) "
+            r"(?:my |the |this )?(?:subscription|membership|plan|trial|account)|"
+            r"\b(?:billed|charged) for (?:the )?(?:annual|yearly|monthly|premium|wrong) (?:plan|subscription)|"
+            r"\b(?:downgraded|cancell?ed|unsubscribed)\b[^.!?]{0,40}\b(?:still (?:paying|charged|being charged)|"
+            r"charged|taking payments)",
+            ignore_case=True,
+        ),
+    ),
+    (
+        "wrong_item",
+        compile_linear(
+            r"\b(?:sent|received|got|delivered|given|had|contained)(?: me| us)? (?:the |a |an |only half of my order and the )?"
+            r"(?:wrong|incorrect) (?:\w+ )?(?:item|size|colou?r|model|product|order|parcel|charger|"
+            r"part|book|shoes?|sofa|one|thing|version)|"
+            r"\b(?:isn'?t|is not|wasn'?t|not) what I ordered\b|"
+            r"\b(?:wrong|incorrect) (?:colou?r|size|model) \w+|"
+            r"\bsomeone else'?s (?:order|parcel|package)|"
+            r"\bI ordered an? [^.!?]{1,30} and (?:you sent|I got|I received|got)|"
+            r"\binstead of the\b",
+            ignore_case=True,
+        ),
+    ),
     (
         "fraud",
         compile_linear(
             r"\b(?:fraud\w*|scam(?:med)?|unauthori[sz]ed|didn'?t make (?:this|that|these)|"
-            r"stolen card|card (?:was|has been) stolen|someone (?:used|hacked))\b",
+            r"stolen card|card (?:was|has been) stolen|someone (?:used|hacked))\b|"
+            r"\b(?:payments?|transactions?|charges?|purchases?|withdrawals?)\b[^.!?]{0,30}\b"
+            r"(?:I|we) (?:didn'?t|did not|never|don'?t|do not) (?:make|authori[sz]e|recogni[sz]e)|"
+            r"\b(?:payments?|transactions?|charges?|purchases?|withdrawals?)\b[^.!?]{0,40}\b"
+            r"(?:weren'?t|wasn'?t|were not|was not|not) (?:me|mine|made by me)\b",
             ignore_case=True,
         ),
     ),
@@ -246,7 +396,10 @@ _ISSUE_RULES: list[tuple[str, LinearPattern]] = [
         compile_linear(
             r"\b(?:charged (?:me )?twice|double[- ]charged|overcharged|wrong(?:ly)? charged|"
             r"charged (?:me )?(?:the )?wrong|unexpected charge|extra charge|billing (?:error|mistake|issue)|"
-            r"bill is wrong|incorrect (?:bill|invoice))\b",
+            r"bill is wrong|incorrect (?:bill|invoice))\b|"
+            r"\bwhy (?:have|has|was|were|am|is) (?:I|we|my \w+) (?:been |being )?(?:billed|charged)\b|"
+            r"\b(?:direct debit|payment|standing order|instalment)s?\b[^.!?]{0,20}\b(?:went out|"
+            r"taken|came out|debited|charged)\b[^.!?]{0,20}\b(?:twice|two times|again|double)\b",
             ignore_case=True,
         ),
     ),
@@ -256,7 +409,12 @@ _ISSUE_RULES: list[tuple[str, LinearPattern]] = [
             r"\b(?:(?:parcel|package|order|delivery|item)s? (?:is |was |has been |got )?(?:lost|missing|stolen)|"
             r"(?:lost|missing) (?:parcel|package|order|delivery)|"
             r"(?:never|hasn'?t|has not|didn'?t|did not|still not|not yet) (?:arrived|turned up|come|been delivered|shown up)|"
-            r"where(?:'s| is) my (?:parcel|package|order|delivery))\b",
+            r"where(?:'s| is) my (?:parcel|package|order|delivery)|"
+            r"(?:parcel|package|order|delivery|item)s? (?:has |have |seems to have )?"
+            r"(?:vanished|disappeared|gone missing)|"
+            r"(?:says|shows|showing|marked as|status (?:is|says)) (?:it was |it's |as )?delivered\b"
+            r"[^.!?]{0,40}\b(?:but|not|never|nothing)|"
+            r"tracking (?:hasn'?t|has not|didn'?t|did not) (?:updated|moved|changed))\b",
             ignore_case=True,
         ),
     ),
@@ -264,14 +422,22 @@ _ISSUE_RULES: list[tuple[str, LinearPattern]] = [
         "delivery_delay",
         compile_linear(
             r"\b(?:(?:delivery|order|parcel|package|shipment) (?:is |was )?(?:late|delayed|overdue)|"
-            r"still waiting (?:for|on) (?:my|the)|late delivery|delayed (?:delivery|order|shipment))\b",
+            r"still waiting (?:for|on) (?:my|the)|late delivery|delayed (?:delivery|order|shipment)|"
+            r"stuck (?:in transit|at (?:the )?(?:depot|customs|warehouse|sorting (?:centre|center)))|"
+            r"(?:delivery|order|parcel|package|shipment)s? (?:is |was |are |has been )?(?:now )?"
+            r"(?:a|one|two|three|four|five|six|\d+|several|a few) (?:days?|weeks?|months?) "
+            r"(?:late|overdue|delayed)|"
+            r"(?:delivery|order|parcel|package|shipment)\b[^.!?]{0,30}\b(?:rescheduled|postponed|"
+            r"pushed back)|"
+            r"(?:keeps|kept) (?:getting |being )?(?:pushed back|delayed|rescheduled|postponed))\b",
             ignore_case=True,
         ),
     ),
     (
         "damaged_item",
         compile_linear(
-            r"\b(?:arrived |came |is |was )?(?:damaged|broken|cracked|smashed|faulty|defective|"
+            r"\b(?:arrived |came |is |was )?(?:damaged|broken|cracked|smashed|faulty|defective|chipped|"
+            r"dented|ripped|torn|stained|ruined|"
             r"doesn'?t work|stopped working|not working)\b",
             ignore_case=True,
         ),
@@ -287,7 +453,11 @@ _ISSUE_RULES: list[tuple[str, LinearPattern]] = [
         "account_access",
         compile_linear(
             r"\b(?:can'?t|cannot|unable to) (?:log ?in|sign in|access my account|get into my account)|"
-            r"locked out|password reset (?:isn'?t|is not|doesn'?t) work",
+            r"locked out|password reset (?:isn'?t|is not|doesn'?t) work|"
+            r"\bwon'?t let me (?:log ?in|sign in|access|get into)|"
+            r"\b(?:log ?in|login|sign in|sign-in) (?:doesn'?t|does not|isn'?t|won'?t|keeps) "
+            r"(?:work|failing|fail)|"
+            r"\b(?:an? )?error (?:when|while|every time) (?:I )?(?:try to )?(?:log|sign)",
             ignore_case=True,
         ),
     ),
@@ -299,15 +469,29 @@ _ISSUE_RULES: list[tuple[str, LinearPattern]] = [
         ),
     ),
 ]
+# A question asking for information ("Does the warranty cover accidental damage?", "Is the
+# outage resolved now?") mentions a problem without reporting one. "Why..." and "Where is my..."
+# are left out: "Why was I charged twice?" and "Where is my parcel?" are complaints.
+_INFO_QUESTION = compile_linear(
+    r"^(?:does|do|did|can|could|would|will|is|are|was|were|which|should|may|shall|who|"
+    r"what(?:'s| is| are| does| do| time| happens)|how (?:do|does|did|can|much|long|many|often|to|would|"
+    r"should|is|are))\b[^.!?]*\?$",
+    ignore_case=True,
+)
 _RESOLVED = compile_linear(
     r"\b(?:(?:it|the (?:parcel|package|order|delivery|refund)|my (?:parcel|package|order|delivery|refund))"
     r"(?: has| have)? (?:finally |now |just )?(?:arrived|came|turned up|gone through|went through|come through|been sorted)|"
     r"(?:that|this|it|everything)(?:'s| is| has been) (?:all )?(?:sorted|fixed|resolved|working (?:again|now))|"
-    r"(?:problem|issue) (?:is |has been )?(?:solved|resolved|fixed|sorted)|got my refund|received (?:my|the) refund)\b",
+    r"(?:problem|issue) (?:is |has been )?(?:solved|resolved|fixed|sorted)|got my refund|received (?:my|the) refund|"
+    rf"{_UTILITY}(?:'s| is| has| has been| came| come)? (?:all )?(?:back on|back up|working again|"
+    r"working now|restored|fixed)|"
+    r"(?:repair|repaired|fix) (?:went well|worked|is done|was done)|runs perfectly now)\b",
     ignore_case=True,
 )
 _RESOLVED_CATEGORY = [
     ("refund", compile_linear(r"\brefund\b", ignore_case=True)),
+    ("outage", compile_linear(rf"\b{_UTILITY}\b", ignore_case=True)),
+    ("repair", compile_linear(r"\b(?:repair\w*|fix\w*|engineer|technician)\b", ignore_case=True)),
     (
         "delivery_lost",
         compile_linear(r"\b(?:arrived|came|turned up|parcel|package|delivery)\b", ignore_case=True),
@@ -366,6 +550,8 @@ def _negated(before: str) -> bool:
     return _NEGATED_BEFORE.search(before.rstrip()[-_NEGATION_SPAN:]) is not None
 
 
+_HAPPY = 0.5
+"""Sentiment from which a message no rule reads as an issue is not read as one by meaning."""
 _NEGATION_SPAN = 24
 _SHORTEST_STATEMENT = 4
 """No rule matches fewer characters ("scam"), so shorter sentences are not even looked at."""
@@ -413,11 +599,11 @@ class RuleExtractor:
     def __init__(
         self,
         embedder: Embedder | None = None,
-        issue_threshold: float = 0.55,
         terms: ExtractionTerms | None = None,
+        issue_model: IssueModel | None = None,
     ) -> None:
+        """Compile the rules; with an embedder, also fit the issue model (about a second)."""
         self.embedder = embedder
-        self.issue_threshold = issue_threshold
         self.terms = terms or load_terms()
         self._rules = _TermRules(self.terms)
         self._gate = PatternSet(
@@ -428,12 +614,9 @@ class RuleExtractor:
             + [_RULE_ALLERGY, _RULE_WORK_PATTERN, _RULE_ADDRESS, _RULE_EMAIL, _RULE_PHONE]
             + [_RESOLVED]
         )
-        self._prototypes: list[tuple[str, np.ndarray]] = []
-        if embedder is not None:
-            examples = self.terms.issue_examples
-            names = [c for c, texts in examples.items() for _ in texts]
-            vectors = embedder.embed([e for texts in examples.values() for e in texts])
-            self._prototypes = list(zip(names, list(vectors), strict=True))
+        if issue_model is None and embedder is not None:
+            issue_model = IssueModel.train(embedder, self.terms.issue_examples)
+        self.issue_model = issue_model
 
     def extract(
         self, text: str, *, sentiment: float = 0.0, vector: np.ndarray | None = None
@@ -462,18 +645,39 @@ class RuleExtractor:
         if _RESOLVED.search(text):
             category = next((c for c, rx in _RESOLVED_CATEGORY if rx.search(text)), None)
             out.resolved.append(IssueResolved(category))
-        elif not out.raised and sentiment <= -0.3 and vector is not None and self._prototypes:
-            best, score = max(
-                ((c, float(np.dot(vector, v))) for c, v in self._prototypes), key=lambda p: p[1]
-            )
-            if score >= self.issue_threshold:
-                out.raised.append(
-                    IssueRaised(best, _summary(best, text), round(score, 3), extractor="examples")
-                )
+        elif (
+            not out.raised
+            and not out.memories
+            and not out.profile
+            and vector is not None
+            and self.issue_model is not None
+        ):
+            # A message the rules read as something about the customer ("I'm vegetarian") is
+            # not also a problem by its meaning; a problem stated by a rule still counts.
+            self._issue_by_meaning(text, sentiment, vector, out)
         kept = [m for m in out.memories if not looks_like_instruction(m.text)]
         out.refused += len(out.memories) - len(kept)
         out.memories = kept
         return out
+
+    def _issue_by_meaning(
+        self, text: str, sentiment: float, vector: np.ndarray, out: Extraction
+    ) -> None:
+        """An issue no rule names, read from the message's embedding."""
+        assert self.issue_model is not None
+        # A clearly happy message or one made only of questions asking for information
+        # ("Does the warranty cover accidental damage?") mentions problems without having one.
+        if sentiment >= _HAPPY or all(_INFO_QUESTION.search(s) for s in _sentences(text)):
+            return
+        probability = self.issue_model.probability(vector)
+        if probability < self.issue_model.threshold:
+            return
+        category, _ = self.issue_model.category(vector)
+        out.raised.append(
+            IssueRaised(
+                category, _summary(category, text), round(probability, 3), extractor="embedding"
+            )
+        )
 
     def _profile(self, sentence: _Sentence, out: Extraction) -> None:
         for rx, name in _RULES_NAME:
@@ -623,7 +827,7 @@ class RuleExtractor:
                 out.memories.append(Learned(MemoryKind.PREFERENCE, slot, text, 0.85))
 
     def _issues(self, sentence: _Sentence, out: Extraction) -> None:
-        if sentence.search(_RESOLVED):
+        if sentence.search(_RESOLVED) or _INFO_QUESTION.search(sentence.text):
             return
         seen = {r.category for r in out.raised}
         for category, rx in _ISSUE_RULES:

@@ -13,7 +13,7 @@ from services.memory.context import ContextAssembler
 from services.memory.crm import CrmSync
 from services.memory.customers import CustomerStore, TurnFacts
 from services.memory.extraction import LlmExtractor, RuleExtractor
-from services.memory.turns import StoredTurn, TurnStore
+from services.memory.turns import StoredTurn, TurnStore, with_similarity
 from shared.embedding import Embedder
 from shared.events import (
     ReplyGeneratedEvent,
@@ -85,6 +85,7 @@ class MemoryHandlers:
             # From here on the turn belongs to the customer, whichever channel it came from.
             event = event.model_copy(update={"customer_id": customer_id})
         history, source = await self.turns.recent(event.conversation_id, tenant=tenant)
+        meanings = await self.turns.meanings(event.conversation_id, tenant=tenant)
         # On redelivery the turn may already be in the history: it is this turn, not context.
         history = [
             t
@@ -93,6 +94,8 @@ class MemoryHandlers:
                 t.role is Role.CUSTOMER and t.at == message.received_at and t.text == message.text
             )
         ]
+        # The turn's one embedding: recall, intent, issues and the loop check all read it.
+        vector = self.embedder.embed([message.text])[0]
         stored = await self.turns.record(
             event,
             StoredTurn(
@@ -103,12 +106,13 @@ class MemoryHandlers:
                 emotion=event.payload.emotion.model_dump(
                     mode="json", include={"label", "sentiment", "intensity", "degraded"}
                 ),
+                meaning=vector,
             ),
         )
+        history = with_similarity(history, meanings, vector)
         if self.crm is not None:
             # Before the context is read, so a due sync's tier and history are in it.
             await self.crm.before_turn(customer_id, tenant=tenant)
-        vector = self.embedder.embed([message.text])[0]
         allowed = await self.customers.personalisation_allowed(customer_id, tenant=tenant)
         if stored:
             await self._learn(event, customer_id, vector, allowed)

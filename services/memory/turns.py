@@ -6,11 +6,15 @@ never joins, reads or caches the first tenant's turns.
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import redis.asyncio as aioredis
 
 from shared.db import Pool
@@ -25,6 +29,55 @@ def conversation_key(key_prefix: str, tenant: str, conversation_id: str) -> str:
     return f"{key_prefix}conv:{scope}{conversation_id}:turns"
 
 
+def meaning_key(key_prefix: str, tenant: str, conversation_id: str) -> str:
+    """The Redis list of the embeddings of a conversation's latest customer turns."""
+    return conversation_key(key_prefix, tenant, conversation_id).removesuffix(":turns") + (
+        ":meanings"
+    )
+
+
+Meanings = dict[datetime, npt.NDArray[np.float32]]
+"""Customer turns' embeddings by the time the turn was received."""
+
+
+def with_similarity(
+    history: list[HistoryTurn], meanings: Meanings, vector: npt.NDArray[np.float32]
+) -> list[HistoryTurn]:
+    """The history with each customer turn's closeness in meaning to `vector` filled in.
+
+    Turns whose embedding is not cached (other roles, a cache rebuilt from PostgreSQL) stay
+    without one, and escalation compares those by their words.
+    """
+    out: list[HistoryTurn] = []
+    for turn in history:
+        known = meanings.get(turn.at) if turn.role is Role.CUSTOMER else None
+        if known is None or known.shape != vector.shape:
+            out.append(turn)
+            continue
+        alike = max(-1.0, min(1.0, float(np.dot(known, vector))))
+        out.append(turn.model_copy(update={"similarity": round(alike, 4)}))
+    return out
+
+
+def _encode_meaning(at: datetime, vector: npt.NDArray[np.float32]) -> str:
+    # float16 halves the bytes; cosines move by about 1e-3, far below any threshold's margin.
+    raw = base64.b64encode(vector.astype(np.float16).tobytes()).decode("ascii")
+    return json.dumps({"at": at.isoformat(), "v": raw})
+
+
+def _decode_meanings(entries: list[Any]) -> Meanings:
+    meanings: Meanings = {}
+    for entry in entries:
+        try:
+            data = json.loads(entry)
+            vector = np.frombuffer(base64.b64decode(data["v"]), dtype=np.float16)
+            meanings[datetime.fromisoformat(data["at"])] = vector.astype(np.float32)
+        except (ValueError, KeyError, TypeError):
+            # An unreadable entry costs one comparison by words, never the turn.
+            continue
+    return meanings
+
+
 @dataclass(frozen=True)
 class StoredTurn:
     """One turn to record."""
@@ -35,6 +88,9 @@ class StoredTurn:
     occurred_at: datetime
     in_reply_to: uuid.UUID | None = None
     emotion: dict[str, Any] | None = None
+    meaning: npt.NDArray[np.float32] | None = None
+    """The message's embedding (customer turns), cached so later turns compare by meaning
+    without embedding this one again."""
 
 
 class TurnStore:
@@ -109,10 +165,20 @@ class TurnStore:
         entry = HistoryTurn(role=turn.role, text=turn.text, at=turn.occurred_at)
         key = self._key(tenant, conversation_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, entry.model_dump_json())
+            pipe.rpush(key, entry.model_dump_json(exclude_none=True))
             pipe.ltrim(key, -self.keep - 1, -1)
             pipe.expire(key, self.ttl_s)
+            if turn.meaning is not None:
+                meanings = meaning_key(self.key_prefix, tenant, conversation_id)
+                pipe.rpush(meanings, _encode_meaning(turn.occurred_at, turn.meaning))
+                pipe.ltrim(meanings, -self.keep - 1, -1)
+                pipe.expire(meanings, self.ttl_s)
             await pipe.execute()
+
+    async def meanings(self, conversation_id: str, *, tenant: str = DEFAULT_TENANT) -> Meanings:
+        """The cached embeddings of the conversation's latest customer turns."""
+        key = meaning_key(self.key_prefix, tenant, conversation_id)
+        return _decode_meanings(await self.redis.lrange(key, 0, -1))
 
     async def recent(
         self, conversation_id: str, *, tenant: str = DEFAULT_TENANT

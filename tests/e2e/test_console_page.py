@@ -31,7 +31,9 @@ LIVE_TIMEOUT_MS = 10_000
 
 ANGRY_CUSTOMER = [
     "My order hasn't arrived and it's been two weeks.",
-    "I've asked twice already and nobody has helped me.",
+    # Not "I've asked twice already": saying so is a repeat contact, which goes to a person at
+    # once (policy rule repeat_contact), and this scenario is about emotion rising.
+    "The tracking hasn't changed in days and nobody has helped me.",
     "This is absolutely unacceptable, I am furious!!",
 ]
 SHOWN_JS = """

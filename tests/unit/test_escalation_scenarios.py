@@ -62,6 +62,7 @@ ALL_RULES = [
     "worsening",
     "escalation_risk",
     "customer_loop",
+    "repeat_contact",
     "bot_loop",
     "no_resolution",
     "sensitive_topic",
@@ -485,7 +486,11 @@ def test_every_firing_rule_gives_one_reason_in_policy_order(
             "label": EmotionLabel.ANGER,
             "confidence": 0.9,
             "intensity": 0.9,
-            "signals": [*turn.emotion.signals, Signal(name="human_request", evidence="x")],
+            "signals": [
+                *turn.emotion.signals,
+                Signal(name="human_request", evidence="x"),
+                Signal(name="repeat_contact", evidence="x"),
+            ],
         }
     )
     assert turn.trajectory is not None
