@@ -31,10 +31,11 @@ def create_app(settings: GenerationSettings | None = None) -> FastAPI:
     prompts, rails = build_prompting(cfg)
 
     async def wire(infra: Infra, stack: AsyncExitStack) -> None:
+        api_key = cfg.llm_api_key.get_secret_value() if cfg.llm_api_key else None
         llm = ChatClient(
             cfg.llm_base_url,
             cfg.llm_model,
-            api_key=cfg.llm_api_key.get_secret_value() if cfg.llm_api_key else None,
+            api_key=api_key,
             connect_timeout_s=cfg.connect_timeout_s,
             first_token_timeout_s=cfg.first_token_timeout_s,
             total_timeout_s=cfg.total_timeout_s,
@@ -56,10 +57,11 @@ def create_app(settings: GenerationSettings | None = None) -> FastAPI:
             stack.push_async_callback(client.aclose)
         chooser = None
         if client is not None and cfg.actions_chosen_by == "model":
+            # Its own budget: choosing actions must not take a reply's whole time.
             chooser = ChatClient(
                 cfg.llm_base_url,
                 cfg.llm_model,
-                api_key=cfg.llm_api_key.get_secret_value() if cfg.llm_api_key else None,
+                api_key=api_key,
                 connect_timeout_s=cfg.connect_timeout_s,
                 total_timeout_s=cfg.actions_choice_timeout_s,
             )

@@ -225,21 +225,15 @@ class CustomerStore:
         """Keep what the CRM said (a fact it did not give keeps its earlier value) and when."""
         await self.pg.execute(
             """
-            INSERT INTO memory.customers (tenant, customer_id) VALUES ($1, $2)
-            ON CONFLICT (tenant, customer_id) DO NOTHING
-            """,
-            tenant,
-            customer_id,
-        )
-        await self.pg.execute(
-            """
-            UPDATE memory.customers SET
-                tier = COALESCE($3, tier),
-                lifetime_value = COALESCE($4::numeric, lifetime_value),
-                purchase_summary = COALESCE($5, purchase_summary),
+            INSERT INTO memory.customers AS c
+                (tenant, customer_id, tier, lifetime_value, purchase_summary, crm_synced_at)
+            VALUES ($1, $2, $3, $4::numeric, $5, now())
+            ON CONFLICT (tenant, customer_id) DO UPDATE SET
+                tier = COALESCE(EXCLUDED.tier, c.tier),
+                lifetime_value = COALESCE(EXCLUDED.lifetime_value, c.lifetime_value),
+                purchase_summary = COALESCE(EXCLUDED.purchase_summary, c.purchase_summary),
                 crm_synced_at = now(),
                 updated_at = now()
-            WHERE tenant = $1 AND customer_id = $2
             """,
             tenant,
             customer_id,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import uvicorn
 from pydantic import SecretStr
 
+from cbd.crm_standin import create_app as crm_app
+from cbd.procs import free_port
 from shared import db
 from shared.settings import PostgresSettings
 
@@ -21,3 +26,24 @@ async def memory_pool(fresh_db: str) -> AsyncIterator[db.Pool]:
     await db.migrate(pool, "memory", MEMORY_MIGRATIONS)
     yield pool
     await pool.close()
+
+
+@pytest.fixture(scope="module")
+def crm_url() -> Iterator[str]:
+    """The stand-in CRM as a real server on a free port, as `make run` starts it."""
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(crm_app(), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            httpx.get(f"{url}/requests", timeout=0.5)
+            break
+        except httpx.TransportError:
+            threading.Event().wait(0.05)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=5)

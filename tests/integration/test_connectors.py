@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import ValidationError
 
-from cbd.crm_standin import FAILING_ORDER, create_app
+from cbd.crm_standin import FAILING_ORDER
 from cbd.procs import free_port
 from services.generation.actions import (
     action_facts,
@@ -24,27 +21,6 @@ from shared.connectors import DEMO_CONNECTORS, ConnectorClient, load_connectors
 from shared.intent import IntentReader
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def crm_url() -> Iterator[str]:
-    """The stand-in CRM as a real server, as `make run` starts it."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(f"{url}/requests", timeout=0.5)
-            break
-        except httpx.TransportError:
-            threading.Event().wait(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=5)
 
 
 async def test_order_status_and_tracking_state_only_what_the_system_said(crm_url: str) -> None:

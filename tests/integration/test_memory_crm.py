@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import uuid
-from collections.abc import Iterator
 
-import httpx
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
 
-from cbd.crm_standin import create_app
 from cbd.procs import free_port
 from services.memory.context import ContextAssembler, ContextLimits
 from services.memory.crm import CrmSync
@@ -26,27 +21,6 @@ from shared.events import CustomerProfile, utcnow
 pytestmark = pytest.mark.integration
 
 HOUR = 3600.0
-
-
-@pytest.fixture(scope="module")
-def crm_url() -> Iterator[str]:
-    """The stand-in CRM as a real server, as `make run` starts it."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(f"{url}/requests", timeout=0.5)
-            break
-        except httpx.TransportError:
-            threading.Event().wait(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=5)
 
 
 class Counting:

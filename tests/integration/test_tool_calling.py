@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from cbd.crm_standin import create_app as crm_app
-from cbd.procs import free_port
 from services.generation.actions import ActionDesk
 from shared.connectors import DEMO_CONNECTORS, ConnectorClient, load_connectors
 from shared.intent import IntentReader
@@ -28,27 +23,6 @@ from shared.llm import ChatClient
 from tests.kit import analyzed, contextualized, routed, serving, turn_received
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def crm_url() -> Iterator[str]:
-    """The stand-in CRM as a real server, as `make run` starts it."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(crm_app(), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            httpx.get(f"{url}/requests", timeout=0.5)
-            break
-        except httpx.TransportError:
-            threading.Event().wait(0.05)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=5)
 
 
 def model_server(answer: dict[str, Any] | None, seen: list[dict[str, Any]]) -> FastAPI:
