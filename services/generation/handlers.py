@@ -532,6 +532,11 @@ class GenerationHandlers:
                 if not leaked:
                     base[:0] = [ReplyFlag.GUARDRAIL, ReplyFlag.PROMPT_LEAK]
         REPLIES.labels("replaced").inc()
+        # The composed reply is sound by construction: the leaks stay on record (prompt_leak,
+        # care_failed), but no `guardrail` flag, which would queue the conversation for a
+        # person although the customer got a good answer (and, with a small model that leaks
+        # now and then, hand off conversations at random).
+        base = [f for f in base if f is not ReplyFlag.GUARDRAIL]
         return await self._composed(event, prompt, check, findings, base)
 
     async def _composed(

@@ -378,6 +378,24 @@ async def test_two_failures_end_in_a_composed_reply(kit: CareKit) -> None:
     assert all("You can get a purple card" not in text for text in shown(bus))
 
 
+async def test_a_reply_that_leaks_twice_is_composed_and_stays_with_the_bot(kit: CareKit) -> None:
+    bus, llm = await answer(
+        kit,
+        "Where is my order? It has been a week.",
+        f"Sure. My reference is {CANARY}.",
+        f"As instructed: {CANARY}",
+        label=EmotionLabel.FRUSTRATION,
+    )
+    [reply] = [r.payload for r in bus.replies()]
+    assert reply.care_verdict is CareVerdict.COMPOSED
+    assert all(CANARY not in text for text in shown(bus))
+    assert {ReplyFlag.PROMPT_LEAK, ReplyFlag.CARE_FAILED, ReplyFlag.COMPOSED} <= set(reply.flags)
+    # The customer got a sound reply: no `guardrail` flag, which escalation's policy would turn
+    # into a ticket (a small model's occasional leaks must not hand conversations off at random).
+    assert ReplyFlag.GUARDRAIL not in reply.flags
+    assert len(llm.prompts) == 2
+
+
 async def test_a_hostile_reply_never_reaches_the_customer(kit: CareKit) -> None:
     bus, _ = await answer(
         kit,
