@@ -4,14 +4,16 @@
 classifier (`model.LearnedEmotionModel`, the routed model loaded from its hash-checked
 artefact, or any `EmotionModel`, such as a transformer on a GPU node). The
 classifier decides the label and scores; the lexicon contributes features, the named signals
-with their evidence, and words for the explanation. Input the model cannot read (empty, huge,
-binary junk, another language) gets a neutral analysis with confidence 0.
+with their evidence, and words for the explanation. Chat and social text is made plain first
+(`normalize`: links and handles removed, hashtags split into words, emoji and emoticons turned
+into the emotion words they stand for); sarcasm cues (`irony`) move the classifier's joy to the
+negative labels. Input the model cannot read (empty, huge, binary junk, another language by the
+offline language identifier) gets a neutral analysis with confidence 0.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import unicodedata
 from collections.abc import Sequence
 from typing import Protocol
@@ -21,7 +23,9 @@ import numpy as np
 from services.emotion import dataset
 from services.emotion.lexicon import LexiconAnalyzer
 from services.emotion.model import LABELS, LearnedEmotionModel, Matrix
+from services.emotion.normalize import Normalized, Normalizer
 from shared.events import EmotionAnalysis, EmotionLabel
+from shared.language import LanguageIdentifier, default_identifier, language_of
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,18 @@ VALENCE: dict[EmotionLabel, float] = {
 }
 VALENCE_WEIGHT = 0.7
 
-_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+# With a sarcasm cue, this share of the classifier's joy (and half this share of its neutral)
+# goes to the negative labels, in proportion to what the classifier gave them, frustration
+# with a head start (the label guide: sarcasm about a failure is usually frustration).
+IRONY_SHIFT = 0.9
+_IRONY_FRUSTRATION_PRIOR = 0.2
+_NEGATIVE = (
+    EmotionLabel.ANGER,
+    EmotionLabel.FRUSTRATION,
+    EmotionLabel.ANXIETY,
+    EmotionLabel.SADNESS,
+)
+
 _FUNCTION_WORDS = frozenset(
     [
         "a",
@@ -138,7 +153,11 @@ class EmotionAnalyzer:
     """Analyses customer messages, one at a time or in batches."""
 
     def __init__(
-        self, model: EmotionModel | None = None, lexicon: LexiconAnalyzer | None = None
+        self,
+        model: EmotionModel | None = None,
+        lexicon: LexiconAnalyzer | None = None,
+        normalizer: Normalizer | None = None,
+        language: LanguageIdentifier | None = None,
     ) -> None:
         """Build the analyzer; with no model given, load the shipped learned model.
 
@@ -146,9 +165,9 @@ class EmotionAnalyzer:
         missing or altered: a service must not start on weights nobody reviewed.
         """
         self.lexicon = lexicon or LexiconAnalyzer()
-        examples = dataset.load("train")
         self.model = model if model is not None else LearnedEmotionModel.load()
-        self._vocabulary = _english_vocabulary(self.lexicon, [ex.text for ex in examples])
+        self.normalizer = normalizer or Normalizer()
+        self._language = language or default_identifier()
 
     @property
     def model_name(self) -> str:
@@ -168,19 +187,33 @@ class EmotionAnalyzer:
         history = previous_customer_texts or [()] * len(texts)
         results: list[EmotionAnalysis | None] = [None] * len(texts)
         readable: list[int] = []
+        plain: list[Normalized] = []
         for i, text in enumerate(texts):
-            reason = self.unreadable(text)
-            if reason is None:
+            reason, normalized = self._read(text)
+            if reason is None and normalized is not None:
                 readable.append(i)
+                plain.append(normalized)
             else:
                 results[i] = self._neutral(f"neutral: {reason}", confidence=0.0)
         if readable:
             try:
-                lexical = [self.lexicon.analyze(texts[i], history[i]) for i in readable]
-                probs = self.model.predict_proba([texts[i] for i in readable], lexical)
-                words = self._evidence([texts[i] for i in readable], probs)
-                for row, i, lex, said in zip(probs, readable, lexical, words, strict=True):
-                    results[i] = self._combine(row, lex, said)
+                plain_texts = [p.text for p in plain]
+                lexical = [
+                    self.lexicon.analyze(
+                        p.text, [self.normalizer.normalize(h).text for h in history[i]]
+                    )
+                    for p, i in zip(plain, readable, strict=True)
+                ]
+                probs = self.model.predict_proba(plain_texts, lexical)
+                irony = [self.lexicon.irony.find(t) for t in plain_texts]
+                probs = np.vstack(
+                    [_ironic(row) if cues else row for row, cues in zip(probs, irony, strict=True)]
+                )
+                words = self._evidence(plain_texts, probs)
+                for row, i, lex, said, p, cues in zip(
+                    probs, readable, lexical, words, plain, irony, strict=True
+                ):
+                    results[i] = self._combine(row, lex, said, p.faces, cues)
             except Exception:
                 log.exception("emotion model failed; neutral stand-ins returned")
                 for i in readable:
@@ -191,28 +224,20 @@ class EmotionAnalyzer:
 
     def unreadable(self, text: str) -> str | None:
         """Why the model cannot read this text, or None when it can."""
+        return self._read(text)[0]
+
+    def _read(self, text: str) -> tuple[str | None, Normalized | None]:
+        """Why the text cannot be read (or None), and the text made plain when it can."""
         if not isinstance(text, str) or not text.strip():
-            return "empty message"
+            return "empty message", None
         if len(text) > MAX_CHARS:
-            return f"message too long ({len(text)} characters)"
-        visible = [c for c in text if not c.isspace()]
-        junk = sum(
-            1
-            for c in visible
-            if unicodedata.category(c) in {"Cc", "Cf", "Co", "Cs", "Cn"} or c == "\ufffd"
-        )
-        if junk > 0.1 * len(visible):
-            return "message is not readable text"
-        letters = [c for c in visible if c.isalpha()]
-        latin = sum(1 for c in letters if c.isascii())
-        if len(letters) >= 3 and latin < 0.5 * len(letters):
-            return "message is not in English"
-        words = _WORD.findall(text.lower())
-        if len(words) >= 4:
-            known = sum(1 for w in words if w in self._vocabulary)
-            if known < 0.4 * len(words):
-                return "message is not in English"
-        return None
+            return f"message too long ({len(text)} characters)", None
+        if _junk(text):
+            return "message is not readable text", None
+        normalized = self.normalizer.normalize(text)
+        if not normalized.text.strip():
+            return "empty message (only links, handles or symbols)", None
+        return _not_english(normalized.text, self._language), normalized
 
     def _evidence(self, texts: Sequence[str], probs: Matrix) -> list[list[str]]:
         """Per text, up to three content words or phrases behind its label."""
@@ -222,7 +247,12 @@ class EmotionAnalyzer:
         return [_content_phrases(w)[:3] for w in self.model.top_words_batch(texts, labels, k=8)]
 
     def _combine(
-        self, probs: Matrix, lexical: EmotionAnalysis, words: Sequence[str]
+        self,
+        probs: Matrix,
+        lexical: EmotionAnalysis,
+        words: Sequence[str],
+        faces: Sequence[str] = (),
+        irony: Sequence[str] = (),
     ) -> EmotionAnalysis:
         scores = {label: round(float(p), 4) for label, p in zip(LABELS, probs, strict=True)}
         label = LABELS[int(np.argmax(probs))]
@@ -237,7 +267,9 @@ class EmotionAnalyzer:
             sentiment=round(sentiment, 4),
             intensity=round(intensity, 4),
             signals=lexical.signals,
-            explanation=self._explain(label, scores[label], lexical, sentiment, words),
+            explanation=self._explain(
+                label, scores[label], lexical, sentiment, words, faces, irony
+            ),
             model=self.model_name,
             confidence=round(scores[label], 4),
         )
@@ -249,10 +281,16 @@ class EmotionAnalyzer:
         lexical: EmotionAnalysis,
         sentiment: float,
         words: Sequence[str],
+        faces: Sequence[str] = (),
+        irony: Sequence[str] = (),
     ) -> str:
         parts = [f"{label.value} ({probability:.0%})"]
         if words:
             parts.append("words: " + ", ".join(f"'{w}'" for w in words))
+        if faces:
+            parts.append("emoji: " + " ".join(dict.fromkeys(faces)))
+        if irony:
+            parts.append("irony: " + ", ".join(f"'{c}'" for c in irony))
         if lexical.signals:
             parts.append("signals: " + ", ".join(s.name for s in lexical.signals))
         parts.append(f"sentiment {sentiment:+.2f}")
@@ -291,14 +329,45 @@ def _content_phrases(phrases: Sequence[str]) -> list[str]:
     return [p for p in phrases if any(w not in _FUNCTION_WORDS for w in p.split())]
 
 
-def _english_vocabulary(lexicon: LexiconAnalyzer, texts: Sequence[str]) -> frozenset[str]:
-    """Words that tell English from other languages: VADER's, ours, the training messages'.
+def _junk(text: str) -> bool:
+    """Mostly control, private-use or replacement characters: binary, not a message."""
+    # Joiners and variation selectors belong to emoji ("🏳️‍🌈"), not to junk.
+    visible = [c for c in text if not c.isspace() and c not in "\u200d\ufe0e\ufe0f"]
+    junk = sum(
+        1
+        for c in visible
+        if unicodedata.category(c) in {"Cc", "Cf", "Co", "Cs", "Cn"} or c == "\ufffd"
+    )
+    return junk > 0.1 * len(visible)
 
-    Whatever model stands behind the analyzer, the same words count, so swapping in another
-    classifier does not change which messages are readable.
+
+def _not_english(text: str, identifier: LanguageIdentifier) -> str | None:
+    """ "message is not in English" when it is not, by script or by the language identifier.
+
+    Text in a non-Latin script is refused outright; Latin-script text is refused only when the
+    offline identifier (py3langid) is confident it is another language. Text too short to
+    identify ("ok", "Hola!") is read: a wrong guess there costs less than refusing English.
     """
-    words = set(_FUNCTION_WORDS)
-    words.update(w for w in lexicon.vader_words() if w.isalpha())
-    for text in texts:
-        words.update(_WORD.findall(text.lower()))
-    return frozenset(words)
+    letters = [c for c in text if c.isalpha()]
+    latin = sum(1 for c in letters if c.isascii() or "LATIN" in unicodedata.name(c, ""))
+    if len(letters) >= 3 and latin < 0.5 * len(letters):
+        return "message is not in English"
+    language = language_of(text, identifier)
+    if language is not None and language != "en":
+        return "message is not in English"
+    return None
+
+
+def _ironic(row: Matrix) -> Matrix:
+    """The classifier's probabilities with sarcastic praise moved to the negative labels."""
+    out = np.array(row, dtype=np.float64)
+    joy = LABELS.index(EmotionLabel.JOY)
+    neutral = LABELS.index(EmotionLabel.NEUTRAL)
+    moved = IRONY_SHIFT * out[joy] + 0.5 * IRONY_SHIFT * out[neutral]
+    out[joy] *= 1 - IRONY_SHIFT
+    out[neutral] *= 1 - 0.5 * IRONY_SHIFT
+    negative = [LABELS.index(label) for label in _NEGATIVE]
+    weights = out[negative].copy()
+    weights[_NEGATIVE.index(EmotionLabel.FRUSTRATION)] += _IRONY_FRUSTRATION_PRIOR
+    out[negative] += moved * weights / weights.sum()
+    return out

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from services.emotion.irony import IronyFinder
 from services.emotion.repeats import RepeatContactFinder
 from shared.events import EmotionAnalysis, EmotionLabel, Signal, SignalName
 
@@ -92,6 +93,10 @@ def load_lexicon(path: Path = LEXICON_PATH) -> LexiconFile:
 _NEUTRAL_PRIOR = 1.0
 _QUESTION_WEIGHT = 0.3
 _NEGATIVE_BOOST = 1.5
+# Sarcasm ("thanks for nothing"): the praise counts for frustration, plus this much, and
+# VADER's sentiment is turned round to at least this negativity.
+_IRONY_EVIDENCE = 1.0
+_IRONY_SENTIMENT = 0.3
 _POSITIVE_BOOST = 1.0
 _VADER_DEADZONE = 0.05  # VADER's own neutral band
 _NEGATIVE_LABELS = (_L.ANGER, _L.FRUSTRATION, _L.ANXIETY, _L.SADNESS)
@@ -186,10 +191,13 @@ class LexiconAnalyzer:
 
     MODEL_NAME = "lexicon-vader-v1"
 
-    def __init__(self, repeats: RepeatContactFinder | None = None) -> None:
-        """Load VADER and compile every lexicon and signal pattern."""
+    def __init__(
+        self, repeats: RepeatContactFinder | None = None, irony: IronyFinder | None = None
+    ) -> None:
+        """Load VADER and compile every lexicon, signal and irony pattern."""
         self._vader = SentimentIntensityAnalyzer()
         self._repeats = repeats or RepeatContactFinder()
+        self.irony = irony or IronyFinder()
         self._lexicons: dict[EmotionLabel, tuple[re.Pattern[str], dict[str, float]]] = {
             label: (
                 _bounded(_phrase_regex(phrase) for phrase in weights),
@@ -226,6 +234,9 @@ class LexiconAnalyzer:
 
     def _analyze(self, text: str, previous_texts: Sequence[str]) -> EmotionAnalysis:
         compound = max(-1.0, min(1.0, float(self._vader.polarity_scores(text)["compound"])))
+        irony = self.irony.find(text)
+        if irony:
+            compound = min(-abs(compound), -_IRONY_SENTIMENT)
         signals = self._signals_in(text, previous_texts)
 
         evidence = dict.fromkeys(EmotionLabel, 0.0)
@@ -236,6 +247,12 @@ class LexiconAnalyzer:
             for span, weight in hits:
                 evidence[label] += weight
                 reasons[label].append(f"'{span}'")
+        if irony:
+            # Praise said in irony is the complaint: its weight goes to frustration.
+            evidence[_L.FRUSTRATION] += evidence[_L.JOY] + _IRONY_EVIDENCE
+            evidence[_L.JOY] = 0.0
+            reasons[_L.JOY].clear()
+            reasons[_L.FRUSTRATION].extend(f"irony '{cue}'" for cue in irony)
 
         questions = text.count("?")
         if questions:
