@@ -44,6 +44,9 @@ _FRAME_ID = re.compile(r"^(\d{1,19})(?:-(\d{1,19}))?$")
 # listener never sees id 7 before id 6. The published message wraps the frame JSON as is
 # (string concatenation, not cjson, which would turn an empty list into an object).
 _PUBLISH_BUFFERED_LUA = """
+if KEYS[2] and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then
+    return false
+end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'frame', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[1], '{"id":"' .. id .. '","frame":' .. ARGV[2] .. '}')
@@ -116,15 +119,27 @@ class Fanout:
         """The Redis stream holding `key`'s recent frames (only meaningful with a buffer)."""
         return f"{self.key_prefix}{self.buffer}:{key}"
 
-    async def publish(self, key: str, frame: dict[str, Any]) -> str | None:
-        """Offer a frame to every replica; with a buffer, keep it and return its frame id."""
+    async def publish(self, key: str, frame: dict[str, Any], *, once: str = "") -> str | None:
+        """Offer a frame to every replica; with a buffer, keep it and return its frame id.
+
+        With `once` (a buffered fanout only), a frame published under the same `once` before,
+        within the buffer's lifetime, is not published again and None is returned: an
+        at-least-once consumer that redelivers an event (killed after publishing, before
+        committing) does not show the customer the same reply twice. The check and the
+        publish are one Lua script, so no kill between them can lose the frame.
+        """
         if self.buffer is None:
             await self.redis.publish(self.prefix + key, json.dumps(frame))
             return None
+        keys = [self.buffer_key(key)]
+        if once:
+            keys.append(f"{self.key_prefix}{self.buffer}-once:{once}")
         frame_id = await self._publish_buffered(
-            keys=[self.buffer_key(key)],
+            keys=keys,
             args=[self.prefix + key, json.dumps(frame), self.buffer_maxlen, self.buffer_ttl_s],
         )
+        if frame_id is None:
+            return None
         return frame_id.decode() if isinstance(frame_id, bytes) else str(frame_id)
 
     async def replay(self, key: str, after: FrameId) -> list[dict[str, Any]]:

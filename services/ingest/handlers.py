@@ -76,6 +76,8 @@ class IngestHandlers:
                 "text": reply.text,
                 "flags": reply.flags,
             },
+            # A redelivered reply event (ingest killed before committing) shows nothing twice.
+            once=f"reply:{reply.reply_id}",
         )
 
     async def on_conversation_closed(self, event: ConversationClosedEvent) -> None:

@@ -41,7 +41,7 @@ from shared.events import Channel, CustomerErased, CustomerErasedEvent, utcnow
 from shared.kafka import EventBus
 from shared.settings import RedisSettings
 from shared.topics import Topic
-from tests.kit import RecordingBus
+from tests.kit import RecordingBus, reply_generated, turn_received
 
 
 class Socket:
@@ -138,6 +138,33 @@ async def test_live_frames_carry_the_buffered_id(
     await until(lambda: ws.frames)
 
     assert ws.frames == [{"type": "accepted", "turn_id": "t1", "flags": [], "id": frame_id}]
+
+
+async def test_a_redelivered_reply_event_reaches_the_socket_once(
+    listening: tuple[Fanout, ConnectionHub], prefix: str
+) -> None:
+    # Ingest killed after publishing a reply's frame and before committing the event gets the
+    # event again: the customer must not see the reply twice (chaos counted it at the socket).
+    fanout, hub = listening
+    event = reply_generated(
+        turn_received(conversation_id="conv-once"), "Your parcel is on its way."
+    )
+    ws = Socket()
+    hub.add("conv-once", ws)  # type: ignore[arg-type]
+    handlers = IngestHandlers(fanout, prefix)
+
+    await handlers.on_reply_generated(event)
+    await handlers.on_reply_generated(event)
+    await until(lambda: ws.frames)
+    await asyncio.sleep(0.3)
+
+    assert [f["reply_id"] for f in ws.frames] == [str(event.payload.reply_id)]
+    buffered = await fanout.replay("conv-once", (0, 0))
+    assert [f["reply_id"] for f in buffered] == [str(event.payload.reply_id)]
+    # Another reply to the same conversation still goes out.
+    other = reply_generated(turn_received(conversation_id="conv-once"), "Anything else?")
+    await handlers.on_reply_generated(other)
+    await until(lambda: len(ws.frames) == 2)
 
 
 async def test_a_resuming_socket_gets_missed_then_live_frames_each_once_in_order(
