@@ -21,6 +21,9 @@ Settings = AuditSettings
 def create_app(settings: AuditSettings | None = None) -> FastAPI:
     """Build the audit service."""
     cfg = settings or AuditSettings()
+    if cfg.fetch_max_wait_ms is not None:
+        kafka = cfg.kafka.model_copy(update={"fetch_max_wait_ms": cfg.fetch_max_wait_ms})
+        cfg = cfg.model_copy(update={"kafka": kafka})
 
     async def wire(infra: Infra, stack: AsyncExitStack) -> None:
         eraser = None
