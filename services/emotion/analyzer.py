@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
+import sklearn
 
 from services.emotion import dataset
 from services.emotion.lexicon import LexiconAnalyzer
@@ -177,8 +178,12 @@ class EmotionAnalyzer:
         if readable:
             try:
                 lexical = [self.lexicon.analyze(texts[i], history[i]) for i in readable]
-                probs = self.model.predict_proba([texts[i] for i in readable], lexical)
-                words = self._evidence([texts[i] for i in readable], probs)
+                # The model's own vectorisers make finite, well-formed input: scikit-learn's
+                # per-call checks of it were about 13% of a message's analysis (see "CPU per
+                # turn" in docs/architecture.md). Thread-local, so only this call skips them.
+                with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
+                    probs = self.model.predict_proba([texts[i] for i in readable], lexical)
+                    words = self._evidence([texts[i] for i in readable], probs)
                 for row, i, lex, said in zip(probs, readable, lexical, words, strict=True):
                     results[i] = self._combine(row, lex, said)
             except Exception:
