@@ -179,7 +179,7 @@ class EmotionAnalyzer:
             try:
                 lexical = [self.lexicon.analyze(texts[i], history[i]) for i in readable]
                 # The model's own vectorisers make finite, well-formed input: scikit-learn's
-                # per-call checks of it were about 13% of a message's analysis (see "CPU per
+                # per-call checks of it were 6-17% of a message's analysis (see "CPU per
                 # turn" in docs/architecture.md). Thread-local, so only this call skips them.
                 with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
                     probs = self.model.predict_proba([texts[i] for i in readable], lexical)
