@@ -9,7 +9,8 @@ slow down with the system and hide its queueing):
   - bot turns: a new customer asks a question; the reply streams from the stand-in LLM;
   - naive turns: a record through the six relays.
 Prints p50/p99 from send to reply at the customer's socket (to the last relay's output for the
-chain), their ratio, and CPU milliseconds per turn for each service and server (psutil).
+chain), their ratio, and CPU milliseconds per turn for each service and server (psutil): all
+of it, and beyond what each process burns idle (consumers polling the broker) over the window.
 
     make bench                                              # 10, 30, 100 turns/s, 8 s each
     .venv/bin/python -m bench.capacity --rates 10,30 --seconds 20
@@ -50,6 +51,7 @@ class Window:
     sent: int
     latencies_s: list[float]
     cpu_ms: dict[str, float]
+    above_idle_ms: dict[str, float] | None = None
 
     @property
     def done(self) -> int:
@@ -62,6 +64,21 @@ class Window:
             return float("nan")
         ordered = sorted(self.latencies_s) + [float("inf")] * (self.sent - self.done)
         return 1000 * ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def above_idle(
+    before: dict[str, float],
+    after: dict[str, float],
+    elapsed_s: float,
+    idle_per_s: dict[str, float],
+    turns: int,
+) -> dict[str, float]:
+    """CPU ms per turn beyond what each process burns idle over the same time (its polling)."""
+    return {
+        k: 1000 * (after[k] - before[k] - idle_per_s.get(k, 0.0) * elapsed_s) / max(1, turns)
+        for k in after
+        if k in before
+    }
 
 
 def cpu_seconds(procs: dict[str, int | None]) -> dict[str, float]:
@@ -278,25 +295,41 @@ async def run(args: argparse.Namespace) -> None:
             procs.update({p.name.split(" ")[0]: p.pid for p in platform.stack.processes})
             relay_pids = {f"relay{i}": r.pid for i, r in enumerate(chain.relays)}
             # Warm-up: connections, caches, consumer groups.
-            for text in (HANDOFF_TEXT, BOT_TEXT):
+            kinds = [
+                (k, t) for k, t in (("handoff", HANDOFF_TEXT), ("bot", BOT_TEXT)) if k in args.kinds
+            ]
+            for _, text in kinds:
                 await open_loop(
                     2, 2, 30, platform_turn(platform, text, f"warm{secrets.token_hex(2)}")
                 )
+            # Idle: what each process burns with nobody talking (consumers polling), so each
+            # window can also say what a turn costs beyond that floor.
+            idle_before, idle_started = cpu_seconds(procs), time.monotonic()
+            await asyncio.sleep(args.idle)
+            idle_after, idle_s = cpu_seconds(procs), time.monotonic() - idle_started
+            idle_per_s = {
+                k: (idle_after[k] - idle_before[k]) / idle_s for k in idle_after if k in idle_before
+            }
+            parts = "  ".join(
+                f"{k} {1000 * v:.0f}" for k, v in sorted(idle_per_s.items(), key=lambda kv: -kv[1])
+            )
+            print(f"idle CPU ms/s {1000 * sum(idle_per_s.values()):6.0f}: {parts}")
             for rate in rates:
                 windows = []
-                for kind, text in (("handoff", HANDOFF_TEXT), ("bot", BOT_TEXT)):
-                    before = cpu_seconds(procs)
+                for kind, text in kinds:
+                    before, started = cpu_seconds(procs), time.monotonic()
                     sent, lat = await open_loop(
                         rate, args.seconds, args.drain,
                         platform_turn(platform, text, f"{kind}{rate:g}-{secrets.token_hex(2)}"),
                     )  # fmt: skip
-                    after = cpu_seconds(procs)
+                    after, elapsed = cpu_seconds(procs), time.monotonic() - started
                     cpu = {
                         k: 1000 * (after[k] - before[k]) / max(1, len(lat))
                         for k in after
                         if k in before
                     }
-                    windows.append(Window(kind, rate, sent, lat, cpu))
+                    marginal = above_idle(before, after, elapsed, idle_per_s, len(lat))
+                    windows.append(Window(kind, rate, sent, lat, cpu, marginal))
                 before = cpu_seconds({**relay_pids, "kafka": procs.get("kafka")})
                 sent, lat = await open_loop(
                     rate, args.seconds, args.drain, chain.turn(f"n{rate:g}-{secrets.token_hex(2)}")
@@ -331,6 +364,12 @@ def report(windows: list[Window]) -> None:
             f"{k} {v:.1f}" for k, v in sorted(w.cpu_ms.items(), key=lambda kv: -kv[1])
         )
         print(f"          CPU ms/turn {total:6.1f}: {parts}")
+        if w.above_idle_ms is not None:
+            total = sum(w.above_idle_ms.values())
+            parts = "  ".join(
+                f"{k} {v:.1f}" for k, v in sorted(w.above_idle_ms.items(), key=lambda kv: -kv[1])
+            )
+            print(f"          above idle  {total:6.1f}: {parts}")
     sys.stdout.flush()
 
 
@@ -342,6 +381,15 @@ def main() -> None:
     parser.add_argument("--rates", default="10,30,100", help="turns per second, comma-separated")
     parser.add_argument("--seconds", type=float, default=8.0, help="seconds of load per rate")
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for stragglers")
+    parser.add_argument(
+        "--kinds",
+        type=lambda s: s.split(","),
+        default=["handoff", "bot"],
+        help="platform turns to run, comma-separated (handoff, bot); the naive chain always runs",
+    )
+    parser.add_argument(
+        "--idle", type=float, default=5.0, help="seconds of idleness measured before the load"
+    )
     parser.add_argument("--tokens", type=int, default=32, help="tokens per stand-in LLM reply")
     parser.add_argument("--tokens-per-s", type=float, default=200.0)
     asyncio.run(run(parser.parse_args()))

@@ -425,8 +425,11 @@ def subscribe(
     model: type[E],
     handler: Callable[[E], Awaitable[None]],
     spec: ConsumerSpec,
+    fetch_max_wait_ms: int | None = None,
 ) -> None:
     """Register `handler` for `topic`: typed decoding, bounded retries and dead-lettering.
+
+    `fetch_max_wait_ms` overrides the settings' fetch wait for this subscription.
 
     The subscription lives on its own router, because FastStream 0.7 scopes middlewares to
     a broker or a router (a subscriber takes none): `Delivery` then wraps this handler only,
@@ -450,7 +453,7 @@ def subscribe(
         # NACK only when even the dead-letter publish failed or the infrastructure stayed
         # down: the message is then redelivered instead of being committed unprocessed.
         ack_policy=AckPolicy.NACK_ON_ERROR,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        fetch_max_wait_ms=fetch_max_wait_ms or settings.fetch_max_wait_ms,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         group_instance_id=settings.group_instance_id(spec.group_id),

@@ -42,6 +42,12 @@ log = logging.getLogger(__name__)
 E = TypeVar("E", bound=Envelope)
 
 
+# Topics no customer waits on: their consumers poll with the background fetch wait.
+BACKGROUND_TOPICS = frozenset(
+    {Topic.CUSTOMER_ERASED, Topic.FEEDBACK_RECEIVED, Topic.REVIEW_SUBMITTED}
+)
+
+
 @dataclass
 class Infra:
     """The clients a service's handlers work with, opened in the lifespan and passed in."""
@@ -61,7 +67,8 @@ class Infra:
     def subscribe(
         self, topic: Topic, model: type[E], handler: Callable[[E], Awaitable[None]]
     ) -> None:
-        """Consume `topic` in this service's consumer group."""
+        """Consume `topic` in this service's consumer group (less eager off the reply path)."""
+        kafka = self.settings.kafka
         subscribe(
             self.broker,
             self.bus,
@@ -75,6 +82,9 @@ class Infra:
                 # different prefixes (and tests) never join each other's groups.
                 group_id=f"cbd-{self.service}.{self.settings.kafka.topic(topic)}",
                 attempts=self.settings.handler_attempts,
+            ),
+            fetch_max_wait_ms=(
+                kafka.background_fetch_max_wait_ms if topic in BACKGROUND_TOPICS else None
             ),
         )
 

@@ -32,6 +32,9 @@ class KafkaSettings(BaseSettings):
     embedded broker with 20 consumers, 20 ms cost 33% of a core in the broker and 23% in the
     clients, 100 ms 16% and 9% with the same hop latency (p50 13 vs 16 ms), 250 ms 6% and 5%
     but p50 58 ms (2-core VM, aiokafka against tansu)."""
+    background_fetch_max_wait_ms: int = Field(default=500, ge=1)
+    """The fetch wait of consumers no customer waits on (erasures, ratings, reviews): they
+    poll the broker less often while idle, which is most of a quiet platform's CPU."""
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     request_timeout_ms: int = 15_000

@@ -18,9 +18,17 @@ from shared.service import Infra, ServiceSpec, build_app
 Settings = AuditSettings
 
 
+def with_own_fetch_wait(cfg: AuditSettings) -> AuditSettings:
+    """The settings with audit's own fetch wait (when set) in place of the platform's."""
+    if cfg.fetch_max_wait_ms is None:
+        return cfg
+    kafka = cfg.kafka.model_copy(update={"fetch_max_wait_ms": cfg.fetch_max_wait_ms})
+    return cfg.model_copy(update={"kafka": kafka})
+
+
 def create_app(settings: AuditSettings | None = None) -> FastAPI:
     """Build the audit service."""
-    cfg = settings or AuditSettings()
+    cfg = with_own_fetch_wait(settings or AuditSettings())
 
     async def wire(infra: Infra, stack: AsyncExitStack) -> None:
         eraser = None

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,6 +141,98 @@ class Ledger:
             # the chain covers anyway, rather than stall the partition on it.
             log.warning("record kept as bytes only (%s): %s", type(exc).__name__, exc)
             return await self._insert(record, None)
+
+    async def append_many(self, records: Sequence[Record]) -> list[bool]:
+        """Record a batch in one transaction; per record, False when it was already recorded.
+
+        The same chain as `append` one by one, at a fraction of the cost: one lock, one read of
+        the head, one existence check and one pipelined insert per batch instead of per record.
+        When jsonb refuses one record's JSON the whole batch is rolled back and recorded one by
+        one, so that record is kept as bytes as `append` keeps it.
+        """
+        if not records:
+            return []
+        parsed = [(record, parse_object(record.body)) for record in records]
+        try:
+            return await self._insert_many(parsed)
+        except (asyncpg.DataError, asyncpg.ProgramLimitExceededError) as exc:
+            log.info("batch recorded one by one (%s)", type(exc).__name__)
+            return [await self.append(record) for record in records]
+
+    async def _insert_many(self, parsed: list[tuple[Record, dict[str, Any] | None]]) -> list[bool]:
+        positions = (
+            [r.topic for r, _ in parsed],
+            [r.partition for r, _ in parsed],
+            [r.offset for r, _ in parsed],
+        )
+        async with self.pg.acquire() as conn, conn.transaction():
+            # Every writer takes this lock first, so nothing can be inserted between the
+            # existence check and the insert below: the chain computed here is the one stored.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cbd_audit_chain'))")
+            prev = await _head(conn)
+            rows = await conn.fetch(
+                """
+                SELECT e.topic, e.kafka_partition, e.kafka_offset FROM audit.events e
+                JOIN unnest($1::text[], $2::int[], $3::bigint[]) AS u(t, p, o)
+                  ON e.topic = u.t AND e.kafka_partition = u.p AND e.kafka_offset = u.o
+                """,
+                *positions,
+            )
+            seen = {(row[0], row[1], row[2]) for row in rows}
+            results: list[bool] = []
+            args: list[tuple[Any, ...]] = []
+            for record, payload in parsed:
+                position = (record.topic, record.partition, record.offset)
+                if position in seen:
+                    results.append(False)
+                    continue
+                seen.add(position)
+                envelope = payload if payload is not None else subject(record.body)
+                body_sha256 = hashlib.sha256(record.body).digest()
+                new_hash = chain_hash_v3(self.key, prev, record, body_sha256)
+                args.append(
+                    (
+                        *position,
+                        _uuid(envelope),
+                        _text(envelope, "event_type"),
+                        _text(envelope, "conversation_id"),
+                        _text(envelope, "trace_id"),
+                        record.body,
+                        payload,
+                        prev,
+                        new_hash,
+                        body_sha256,
+                        _customer(envelope),
+                        self.key_id,
+                    )
+                )
+                results.append(True)
+                prev = new_hash
+            if not args:
+                return results
+            # No ON CONFLICT: under the lock a conflict cannot happen, and if it somehow did
+            # the batch must fail (and come back) rather than leave a gap in the chain.
+            await conn.executemany(
+                """
+                INSERT INTO audit.events (topic, kafka_partition, kafka_offset, event_id,
+                    event_type, conversation_id, trace_id, body, payload, prev_hash, hash,
+                    body_sha256, chain_version, customer_id, key_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 3, $13, $14)
+                """,
+                args,
+            )
+            await conn.execute(
+                """
+                INSERT INTO audit.chain_heads (seq, hash)
+                SELECT e.seq, e.hash FROM audit.events e
+                JOIN unnest($1::text[], $2::int[], $3::bigint[]) AS u(t, p, o)
+                  ON e.topic = u.t AND e.kafka_partition = u.p AND e.kafka_offset = u.o
+                """,
+                [a[0] for a in args],
+                [a[1] for a in args],
+                [a[2] for a in args],
+            )
+        return results
 
     async def _insert(self, record: Record, payload: dict[str, Any] | None) -> bool:
         # Who a record is about comes from Python's parse, which reads what jsonb cannot
