@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,11 +20,14 @@ from faststream.kafka.annotations import KafkaMessage
 from services.emotion.analyzer import EmotionAnalyzer
 from services.emotion.handlers import EmotionHandlers
 from services.emotion.trajectory import TrajectoryStore
-from shared.events import TurnReceivedEvent
+from services.generation.handlers import GenerationHandlers, build_prompting
+from services.generation.settings import GenerationSettings, ReplyMode
+from shared.events import TurnReceivedEvent, TurnRoutedEvent
 from shared.kafka import ConsumerSpec, EventBus, make_broker, subscribe
+from shared.llm import ChatClient
 from shared.settings import KafkaSettings
 from shared.topics import Topic
-from tests.kit import turn_received
+from tests.kit import analyzed, contextualized, routed, turn_received
 
 SETTINGS = KafkaSettings(topic_prefix="wiring.")
 
@@ -90,4 +93,69 @@ async def test_emotion_analyses_a_turn_and_publishes_it_on_turn_analyzed(
     [letter] = letters
     assert letter["source_topic"] == SETTINGS.topic(Topic.TURN_RECEIVED)
     assert letter["service"] == "emotion"
+    assert letter["reason"].startswith("invalid event")
+
+
+class OneReplyLLM:
+    """A model that says one sentence, a word at a time."""
+
+    model = "wiring"
+
+    async def stream(self, messages: Any, **_: Any) -> AsyncIterator[str]:
+        for word in ("Happy ", "to ", "help ", "with ", "that."):
+            yield word
+
+
+def generation_broker() -> KafkaBroker:
+    broker = make_broker(SETTINGS, client_id="cbd-generation")
+    bus = EventBus(broker, SETTINGS, "generation")
+    cfg = GenerationSettings(delta_flush_ms=0, reply_mode=ReplyMode.LLM)
+    prompts, rails = build_prompting(cfg)
+    handlers = GenerationHandlers(bus, cast(ChatClient, OneReplyLLM()), cfg, None, prompts, rails)
+    subscribe(
+        broker,
+        bus,
+        settings=SETTINGS,
+        topic=Topic.TURN_ROUTED,
+        model=TurnRoutedEvent,
+        handler=handlers.on_turn_routed,
+        spec=ConsumerSpec(service="generation", group_id="cbd-generation.turn.routed", attempts=1),
+    )
+    return broker
+
+
+async def test_generation_answers_a_routed_turn_on_reply_delta_and_reply_generated() -> None:
+    broker = generation_broker()
+    seen: dict[str, list[dict[str, Any]]] = {"delta": [], "reply": [], "letter": []}
+
+    def capturing(into: list[dict[str, Any]]) -> Any:
+        async def capture(msg: KafkaMessage) -> None:
+            into.append(json.loads(msg.body))
+
+        return capture
+
+    for name, topic in (
+        ("delta", Topic.REPLY_DELTA),
+        ("reply", Topic.REPLY_GENERATED),
+        ("letter", Topic.DEAD_LETTER),
+    ):
+        broker.subscriber(SETTINGS.topic(topic), group_id=f"wiring-{name}")(capturing(seen[name]))
+
+    turn = routed(contextualized(analyzed(turn_received("Can you help me?"))))
+    async with TestKafkaBroker(broker) as test_broker:
+        await test_broker.publish(
+            turn.model_dump_json().encode(),
+            topic=SETTINGS.topic(Topic.TURN_ROUTED),
+            key=turn.conversation_id.encode(),
+        )
+        await test_broker.publish(b"[]", topic=SETTINGS.topic(Topic.TURN_ROUTED))
+
+    [reply] = seen["reply"]
+    assert reply["event_type"] == "reply.generated"
+    assert reply["causation_id"] == str(turn.event_id)
+    assert reply["payload"]["text"] == "Happy to help with that."
+    assert "".join(d["payload"]["text"] for d in seen["delta"]) == "Happy to help with that."
+    assert {d["event_type"] for d in seen["delta"]} == {"reply.delta"}
+    [letter] = seen["letter"]
+    assert letter["service"] == "generation"
     assert letter["reason"].startswith("invalid event")
