@@ -190,22 +190,7 @@ class Ledger:
                 envelope = payload if payload is not None else subject(record.body)
                 body_sha256 = hashlib.sha256(record.body).digest()
                 new_hash = chain_hash_v3(self.key, prev, record, body_sha256)
-                args.append(
-                    (
-                        *position,
-                        _uuid(envelope),
-                        _text(envelope, "event_type"),
-                        _text(envelope, "conversation_id"),
-                        _text(envelope, "trace_id"),
-                        record.body,
-                        payload,
-                        prev,
-                        new_hash,
-                        body_sha256,
-                        _customer(envelope),
-                        self.key_id,
-                    )
-                )
+                args.append(self._row(record, payload, envelope, prev, new_hash, body_sha256))
                 results.append(True)
                 prev = new_hash
             if not args:
@@ -234,6 +219,33 @@ class Ledger:
             )
         return results
 
+    def _row(
+        self,
+        record: Record,
+        payload: dict[str, Any] | None,
+        envelope: dict[str, Any],
+        prev: bytes,
+        new_hash: bytes,
+        body_sha256: bytes,
+    ) -> tuple[Any, ...]:
+        """One `audit.events` row's values, in the INSERTs' column order."""
+        return (
+            record.topic,
+            record.partition,
+            record.offset,
+            _uuid(envelope),
+            _text(envelope, "event_type"),
+            _text(envelope, "conversation_id"),
+            _text(envelope, "trace_id"),
+            record.body,
+            payload,
+            prev,
+            new_hash,
+            body_sha256,
+            _customer(envelope),
+            self.key_id,
+        )
+
     async def _insert(self, record: Record, payload: dict[str, Any] | None) -> bool:
         # Who a record is about comes from Python's parse, which reads what jsonb cannot
         # store, so erasure finds every record by its columns.
@@ -253,20 +265,7 @@ class Ledger:
                 ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING
                 RETURNING seq
                 """,
-                record.topic,
-                record.partition,
-                record.offset,
-                _uuid(envelope),
-                _text(envelope, "event_type"),
-                _text(envelope, "conversation_id"),
-                _text(envelope, "trace_id"),
-                record.body,
-                payload,
-                prev,
-                new_hash,
-                body_sha256,
-                _customer(envelope),
-                self.key_id,
+                *self._row(record, payload, envelope, prev, new_hash, body_sha256),
             )
             if seq is None:
                 return False
