@@ -187,12 +187,7 @@ class ChatClient:
         if breaker is not None and not breaker.allow():
             raise LLMUnavailable("circuit_open", "the LLM server failed repeatedly; waiting")
         verdict = _BreakerVerdict(breaker)
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-        }
+        body = self._body(messages, max_tokens, temperature)
         if top_p is not None:
             body["top_p"] = top_p
         give_up_at = time.perf_counter() + self.total_timeout_s
@@ -236,16 +231,30 @@ class ChatClient:
         breaker = self.breaker
         if breaker is not None and not breaker.allow():
             raise LLMUnavailable("circuit_open", "the LLM server failed repeatedly; waiting")
-        body: dict[str, Any] = {
+        # Told the outcome like any request: a half-open breaker's trial is never left taken.
+        verdict = _BreakerVerdict(breaker)
+        body = self._body(messages, max_tokens, 0, tools=list(tools), tool_choice="auto")
+        try:
+            calls = _tool_calls(await self._post(body, time.perf_counter() + self.total_timeout_s))
+            verdict.success()
+            return calls
+        except LLMUnavailable as exc:
+            verdict.failure(exc)
+            raise
+        finally:
+            verdict.undecided()
+
+    def _body(
+        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float, **extra: Any
+    ) -> dict[str, Any]:
+        """A chat completion request's JSON body."""
+        return {
             "model": self.model,
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "max_tokens": max_tokens,
-            "temperature": 0,
-            "tools": list(tools),
-            "tool_choice": "auto",
+            "temperature": temperature,
+            **extra,
         }
-        resp = await self._post(body, time.perf_counter() + self.total_timeout_s)
-        return _tool_calls(resp)
 
     async def _complete_once(self, body: dict[str, Any], give_up_at: float) -> str:
         return _completion_text(await self._post(body, give_up_at))
@@ -306,14 +315,7 @@ class ChatClient:
         top_p: float,
     ) -> AsyncGenerator[str, None]:
         """One streamed request, without retries."""
-        body = {
-            "model": self.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "max_tokens": max_tokens,
-            "temperature": temperature,
-            "top_p": top_p,
-            "stream": True,
-        }
+        body = self._body(messages, max_tokens, temperature, top_p=top_p, stream=True)
         started = time.perf_counter()
         deadline = started + self.total_timeout_s
         first = True
