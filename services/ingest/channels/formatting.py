@@ -36,6 +36,9 @@ _QUOTE = compile_linear(r"(?m)^[ \t]*>[ \t]?")
 _FENCE = compile_linear(r"```[a-zA-Z0-9]*\n?")
 _SENTENCE_END = compile_linear(r"[.!?][" + _WS + r"]+")
 _BLANK_LINES = compile_linear(r"\n{3,}")
+# A double delimiter left over once pairs are gone: a reply cut at its token limit ends on
+# "1. **", and a phone shows the asterisks. A single `*` or `_` stays (arithmetic, names).
+_LEFTOVER = compile_linear(r"\*\*+|__+|~~+")
 _MARKUP = str.maketrans(dict.fromkeys("#*_`>|~", " "))
 
 
@@ -53,6 +56,7 @@ def plain_text(text: str) -> str:
     text = _QUOTE.sub("", text)
     for _ in range(2):
         text = _EMPHASIS.sub(_emphasised, text)
+    text = _LEFTOVER.sub("", text)
     return _BLANK_LINES.sub("\n\n", text).strip()
 
 
