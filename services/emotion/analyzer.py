@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
-import sklearn
 
 from services.emotion import dataset
 from services.emotion.lexicon import LexiconAnalyzer
@@ -205,19 +204,12 @@ class EmotionAnalyzer:
                     )
                     for p, i in zip(plain, readable, strict=True)
                 ]
-                # The model's own vectorisers make finite, well-formed input: scikit-learn's
-                # per-call checks of it were 6-17% of a message's analysis (see "CPU per
-                # turn" in docs/architecture.md). Thread-local, so only this call skips them.
-                with sklearn.config_context(assume_finite=True, skip_parameter_validation=True):
-                    probs = self.model.predict_proba(plain_texts, lexical)
-                    irony = [self.lexicon.irony.find(t) for t in plain_texts]
-                    probs = np.vstack(
-                        [
-                            _ironic(row) if cues else row
-                            for row, cues in zip(probs, irony, strict=True)
-                        ]
-                    )
-                    words = self._evidence(plain_texts, probs)
+                probs = self.model.predict_proba(plain_texts, lexical)
+                irony = [self.lexicon.irony.find(t) for t in plain_texts]
+                probs = np.vstack(
+                    [_ironic(row) if cues else row for row, cues in zip(probs, irony, strict=True)]
+                )
+                words = self._evidence(plain_texts, probs)
                 for row, i, lex, said, p, cues in zip(
                     probs, readable, lexical, words, plain, irony, strict=True
                 ):

@@ -14,6 +14,10 @@ them per message. One classifier trained on both lost our domain (the public dat
 ours 50 to 1); routing keeps each expert good at the text it knows. It is loaded, after a
 SHA-256 check, in well under a second, from plain arrays (vocabularies, IDF weights,
 coefficients), not a pickle, so loading it runs no code and survives library upgrades.
+
+Serving needs neither scikit-learn nor SciPy: the fitted vectorizers are `shared.tfidf`
+transforms and the products plain numpy (importing the two was half the service's start-up).
+Training (`train`, `fit_vectorizers`, `fit_classifier`) imports scikit-learn when called.
 """
 
 from __future__ import annotations
@@ -26,20 +30,35 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy import sparse
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from shared.events import EmotionAnalysis, EmotionLabel
+from shared.logistic import sigmoid, softmax
+from shared.tfidf import (
+    Floats,
+    Indices,
+    SparseRows,
+    TfidfTransform,
+    char_wb_analyzer,
+    hstack_rows,
+    word_analyzer,
+)
+
+if TYPE_CHECKING:
+    from scipy import sparse
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 LABELS: tuple[EmotionLabel, ...] = tuple(EmotionLabel)
 
 WORD_PATTERN = r"(?u)\b\w[\w']*\b"
 """Words keep their apostrophes: "don't" and "can't" carry the feeling."""
+WORD_NGRAMS = (1, 2)
+CHAR_NGRAMS = (2, 4)
+_WORDS = word_analyzer(WORD_PATTERN, WORD_NGRAMS)
+_CHARS = char_wb_analyzer(CHAR_NGRAMS)
 
 MODEL_DIR = Path(__file__).parent / "data" / "model"
 ARRAYS_FILE = "emotion-model.npz"
@@ -50,6 +69,8 @@ REGULARISATION_C = 16.0
 LEXICAL_WEIGHT = 0.1
 
 Matrix = npt.NDArray[np.float64]
+Row = tuple[Indices, Floats]
+"""One text's sparse row: column indices (ascending) and values."""
 
 OWN_MODEL_NAME = "tfidf-lexicon-logreg-v1"
 """One classifier trained at start-up on the project's own examples (the earlier default)."""
@@ -97,11 +118,18 @@ def lexical_features(text: str, lexical: EmotionAnalysis) -> list[float]:
     ]
 
 
-def _word_vectorizer(
+LEXICAL_COLUMNS = len(LABELS) + 4 + len(MODEL_SIGNALS) + 4
+"""How many values `lexical_features` gives: the columns after the n-grams."""
+
+
+def word_vectorizer(
     max_features: int | None = None, vocabulary: dict[str, int] | None = None
 ) -> TfidfVectorizer:
+    """The word vectorizer to fit (training only: imports scikit-learn)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: PLC0415
+
     return TfidfVectorizer(
-        ngram_range=(1, 2),
+        ngram_range=WORD_NGRAMS,
         sublinear_tf=True,
         min_df=1,
         lowercase=True,
@@ -111,12 +139,15 @@ def _word_vectorizer(
     )
 
 
-def _char_vectorizer(
+def char_vectorizer(
     max_features: int | None = None, vocabulary: dict[str, int] | None = None
 ) -> TfidfVectorizer:
+    """The character vectorizer to fit (training only: imports scikit-learn)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: PLC0415
+
     return TfidfVectorizer(
         analyzer="char_wb",
-        ngram_range=(2, 4),
+        ngram_range=CHAR_NGRAMS,
         sublinear_tf=True,
         min_df=2,
         lowercase=True,
@@ -125,10 +156,14 @@ def _char_vectorizer(
     )
 
 
-def _softmax(logits: Matrix) -> Matrix:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return np.asarray(exp / exp.sum(axis=1, keepdims=True), dtype=np.float64)
+def word_transform(vocabulary: dict[str, int], idf: Floats) -> TfidfTransform:
+    """The fitted word vectorizer's transform, in numpy."""
+    return TfidfTransform(_WORDS, vocabulary, idf, sublinear_tf=True)
+
+
+def char_transform(vocabulary: dict[str, int], idf: Floats) -> TfidfTransform:
+    """The fitted character vectorizer's transform, in numpy."""
+    return TfidfTransform(_CHARS, vocabulary, idf, sublinear_tf=True)
 
 
 @dataclass(frozen=True)
@@ -150,8 +185,8 @@ class LearnedEmotionModel:
 
     def __init__(
         self,
-        words: TfidfVectorizer,
-        chars: TfidfVectorizer,
+        words: TfidfTransform,
+        chars: TfidfTransform,
         coef: Matrix,
         intercept: Matrix,
         *,
@@ -171,10 +206,10 @@ class LearnedEmotionModel:
         self._second_t = None if gate is None else np.ascontiguousarray(gate.coef.T)
         if name is not None:
             self.name = name
-        self._word_count = len(words.vocabulary_)
-        self._char_count = len(chars.vocabulary_)
-        self._last: tuple[tuple[str, ...], sparse.csr_matrix] = ((), sparse.csr_matrix((0, 0)))
-        self._vocabulary = np.asarray(words.get_feature_names_out())
+        self._word_count = len(words)
+        self._char_count = len(chars)
+        self._last: tuple[tuple[str, ...], list[Row], list[Row]] = ((), [], [])
+        self._vocabulary = np.asarray(words.terms)
 
     @property
     def coef(self) -> Matrix:
@@ -191,20 +226,29 @@ class LearnedEmotionModel:
         texts: Sequence[str],
         max_word_features: int | None = None,
         max_char_features: int | None = None,
-    ) -> tuple[TfidfVectorizer, TfidfVectorizer]:
-        """The word and character TF-IDF vectorizers, fitted on `texts`."""
-        words = _word_vectorizer(max_word_features).fit(texts)
-        chars = _char_vectorizer(max_char_features).fit(texts)
-        return words, chars
+    ) -> tuple[TfidfTransform, TfidfTransform]:
+        """The word and character TF-IDF vectorizers, fitted on `texts` by scikit-learn."""
+        words = word_vectorizer(max_word_features).fit(texts)
+        chars = char_vectorizer(max_char_features).fit(texts)
+        return (
+            word_transform(words.vocabulary_, words.idf_),
+            char_transform(chars.vocabulary_, chars.idf_),
+        )
 
     @staticmethod
     def fit_classifier(
-        features: sparse.csr_matrix,
+        features: sparse.csr_matrix | SparseRows,
         labels: Sequence[EmotionLabel],
         c: float,
         sample_weight: npt.NDArray[np.float64] | None = None,
     ) -> tuple[Matrix, Matrix]:
-        """Multinomial logistic regression; coefficients and intercepts in `LABELS` order."""
+        """Multinomial logistic regression; coefficients and intercepts in `LABELS` order.
+
+        Fitted by scikit-learn (imported here: training only)."""
+        from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
+
+        if isinstance(features, SparseRows):
+            features = features.to_scipy()
         classifier = LogisticRegression(
             C=c,
             max_iter=3000,
@@ -237,43 +281,49 @@ class LearnedEmotionModel:
         model.coef, model.intercept = cls.fit_classifier(model.features(texts, lexical), labels, c)
         return model
 
-    def features(
-        self, texts: Sequence[str], lexical: Sequence[EmotionAnalysis]
-    ) -> sparse.csr_matrix:
-        """The model's input: word and character TF-IDF, then the weighted lexical features."""
-        return sparse.hstack(
-            [
-                self.words.transform(texts),
-                self.chars.transform(texts),
-                _dense(texts, lexical, self.lexical_weight),
-            ],
-            format="csr",
-        )
+    def features(self, texts: Sequence[str], lexical: Sequence[EmotionAnalysis]) -> SparseRows:
+        """The model's input: word and character TF-IDF, then the weighted lexical features.
 
-    def routing(self, features: sparse.csr_matrix) -> Matrix:
+        `SparseRows.to_scipy()` gives scikit-learn the same matrix for training."""
+        return self._features(texts, lexical)[0]
+
+    def _features(
+        self, texts: Sequence[str], lexical: Sequence[EmotionAnalysis]
+    ) -> tuple[SparseRows, list[Row], list[Row]]:
+        words = [self.words.transform_one(t) for t in texts]
+        chars = [self.chars.transform_one(t) for t in texts]
+        dense = [_dense_row(t, a, self.lexical_weight) for t, a in zip(texts, lexical, strict=True)]
+        widths = (self._word_count, self._char_count, LEXICAL_COLUMNS)
+        rows = (
+            hstack_rows([(w[0], w[1], widths[0]), (c[0], c[1], widths[1]), (d[0], d[1], widths[2])])
+            for w, c, d in zip(words, chars, dense, strict=True)
+        )
+        return SparseRows.from_rows(rows, sum(widths)), words, chars
+
+    def routing(self, features: sparse.csr_matrix | SparseRows) -> Matrix:
         """The second expert's share of each text's prediction (zeros without a gate)."""
         if self.gate is None:
             return np.zeros(features.shape[0])
         logits = np.asarray(features @ self.gate.weights, dtype=np.float64) + self.gate.bias
-        return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float64)
+        return sigmoid(logits)
 
     def predict_proba(self, texts: Sequence[str], lexical: Sequence[EmotionAnalysis]) -> Matrix:
         """Probabilities, one row per text, columns in `LABELS` order."""
         if not texts:
             return np.zeros((0, len(LABELS)))
-        x = self.features(texts, lexical)
-        # Kept (texts and features as one tuple, so threads never mix them) for the
+        x, words, chars = self._features(texts, lexical)
+        # Kept (texts and rows as one tuple, so threads never mix them) for the
         # explanation that follows: vectorising again was a third of a message's cost.
-        self._last = (tuple(texts), x)
+        self._last = (tuple(texts), words, chars)
         return self.predict_features(x)
 
-    def predict_features(self, x: sparse.csr_matrix) -> Matrix:
+    def predict_features(self, x: sparse.csr_matrix | SparseRows) -> Matrix:
         """Probabilities from `features(...)` rows, columns in `LABELS` order."""
-        probs = _softmax(np.asarray(x @ self._coef_t, dtype=np.float64) + self.intercept)
+        probs = softmax(np.asarray(x @ self._coef_t, dtype=np.float64) + self.intercept)
         if self.gate is None or self._second_t is None:
             return probs
         share = self.routing(x)[:, None]
-        second = _softmax(np.asarray(x @ self._second_t, dtype=np.float64) + self.gate.intercept)
+        second = softmax(np.asarray(x @ self._second_t, dtype=np.float64) + self.gate.intercept)
         return np.asarray((1.0 - share) * probs + share * second, dtype=np.float64)
 
     def top_words(self, text: str, label: EmotionLabel, k: int = 3) -> list[str]:
@@ -286,35 +336,33 @@ class LearnedEmotionModel:
         """`top_words` for many texts, vectorised once (a vectorizer call costs ~1 ms)."""
         if not texts:
             return []
-        last_texts, last_x = self._last
-        if last_texts == tuple(texts):
-            rows = last_x[:, : self._word_count].tocsr()
-            chars = last_x[:, self._word_count : self._word_count + self._char_count]
-        else:
-            rows = self.words.transform(texts)
-            chars = self.chars.transform(texts) if self.gate is not None else None
+        last_texts, words, chars = self._last
+        if last_texts != tuple(texts):
+            words = [self.words.transform_one(t) for t in texts]
+            chars = [self.chars.transform_one(t) for t in texts] if self.gate is not None else []
         share = np.zeros(len(texts))
-        if self.gate is not None and chars is not None:
+        if self.gate is not None:
             # Blend the experts' word weights as the gate blends their predictions; the gate
             # reads words and characters only (its lexical weights are zero).
-            gate = self.gate.weights
-            end = self._word_count + self._char_count
-            logits = (
-                np.asarray(rows @ gate[: self._word_count])
-                + np.asarray(chars @ gate[self._word_count : end])
-                + self.gate.bias
+            on_words = self.gate.weights[: self._word_count]
+            on_chars = self.gate.weights[self._word_count : self._word_count + self._char_count]
+            logits = np.asarray(
+                [
+                    float(np.dot(w[1], on_words[w[0]]) + np.dot(c[1], on_chars[c[0]]))
+                    for w, c in zip(words, chars, strict=True)
+                ]
             )
-            share = 1.0 / (1.0 + np.exp(-logits))
+            share = sigmoid(logits + self.gate.bias)
         result = []
         for n, label in enumerate(labels):
-            row = rows.getrow(n)
+            indices, data = words[n]
             # Only the text's own words: a full row of weights per text cost megabytes a batch.
-            weights = self.coef[LABELS.index(label), row.indices]
+            weights = self.coef[LABELS.index(label), indices]
             if self.gate is not None:
-                second = self.gate.coef[LABELS.index(label), row.indices]
+                second = self.gate.coef[LABELS.index(label), indices]
                 weights = (1.0 - share[n]) * weights + share[n] * second
-            contributions = row.data * weights
-            ranked = sorted(zip(contributions, row.indices, strict=True), reverse=True)
+            contributions = data * weights
+            ranked = sorted(zip(contributions, indices, strict=True), reverse=True)
             result.append([str(self._vocabulary[i]) for value, i in ranked[:k] if value > 0])
         return result
 
@@ -325,9 +373,9 @@ class LearnedEmotionModel:
         """
         arrays = {
             "word_terms": self._vocabulary.astype(str),
-            "word_idf": np.asarray(self.words.idf_, dtype=np.float32),
-            "char_terms": np.asarray(self.chars.get_feature_names_out()).astype(str),
-            "char_idf": np.asarray(self.chars.idf_, dtype=np.float32),
+            "word_idf": np.asarray(self.words.idf, dtype=np.float32),
+            "char_terms": np.asarray(self.chars.terms).astype(str),
+            "char_idf": np.asarray(self.chars.idf, dtype=np.float32),
             "coef": self.coef.astype(np.float32),
             "intercept": self.intercept.astype(np.float32),
         }
@@ -377,10 +425,8 @@ class LearnedEmotionModel:
         if manifest.get("labels") != [label.value for label in LABELS]:
             raise ArtefactError(f"{folder / MANIFEST_FILE} was trained for other labels")
         with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            words = _word_vectorizer(vocabulary=_index(arrays["word_terms"]))
-            words.idf_ = arrays["word_idf"].astype(np.float64)
-            chars = _char_vectorizer(vocabulary=_index(arrays["char_terms"]))
-            chars.idf_ = arrays["char_idf"].astype(np.float64)
+            words = word_transform(_index(arrays["word_terms"]), arrays["word_idf"])
+            chars = char_transform(_index(arrays["char_terms"]), arrays["char_idf"])
             coef = arrays["coef"].astype(np.float64)
             intercept = arrays["intercept"].astype(np.float64)
             gate = None
@@ -406,8 +452,8 @@ def _index(terms: npt.NDArray[np.str_]) -> dict[str, int]:
     return {str(term): i for i, term in enumerate(terms)}
 
 
-def _dense(
-    texts: Sequence[str], lexical: Sequence[EmotionAnalysis], weight: float
-) -> sparse.csr_matrix:
-    rows = [lexical_features(t, a) for t, a in zip(texts, lexical, strict=True)]
-    return sparse.csr_matrix(np.asarray(rows, dtype=np.float64).reshape(len(rows), -1) * weight)
+def _dense_row(text: str, lexical: EmotionAnalysis, weight: float) -> Row:
+    """The weighted lexical features as a sparse row (zeros left out, as SciPy leaves them)."""
+    values = np.asarray(lexical_features(text, lexical), dtype=np.float64) * weight
+    present = np.flatnonzero(values)
+    return present.astype(np.int64), values[present]

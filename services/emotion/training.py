@@ -138,7 +138,7 @@ def fit_parts(
     base = LearnedEmotionModel(
         words, chars, np.zeros((0, 0)), np.zeros(0), lexical_weight=LEXICAL_WEIGHT
     )
-    x = base.features(texts, lexical(texts))
+    x = base.features(texts, lexical(texts)).to_scipy()
     n_own = len(own)
     start = time.perf_counter()
     base.coef, base.intercept = LearnedEmotionModel.fit_classifier(
@@ -160,7 +160,7 @@ def fit_gate(base: LearnedEmotionModel, x: Matrix, n_own: int) -> tuple[Matrix, 
     """The gate: P(a text is like the public data, not ours), from the first `n_own` rows
     (ours) and the rest (public), both classes weighing the same."""
     # The gate sees only the text (n-grams), not the lexical features: it tells styles apart.
-    lexical_columns = x.shape[1] - len(base.words.vocabulary_) - len(base.chars.vocabulary_)
+    lexical_columns = x.shape[1] - len(base.words) - len(base.chars)
     text_only = x[:, : x.shape[1] - lexical_columns]
     gate = LogisticRegression(C=GATE_C, max_iter=3000, class_weight="balanced", random_state=0)
     gate.fit(text_only, np.r_[np.zeros(n_own), np.ones(x.shape[0] - n_own)])
@@ -207,7 +207,9 @@ def search() -> list[dict[str, float]]:
     base, x = parts.base, parts.features
     if x is None:
         raise RuntimeError("fit_parts(gate=False) keeps the features")
-    go_dev_x = base.features([it.text for it in go_dev], lexical([it.text for it in go_dev]))
+    go_dev_x = base.features(
+        [it.text for it in go_dev], lexical([it.text for it in go_dev])
+    ).to_scipy()
     go_dev_gold = [it.label for it in go_dev]
     folds = np.asarray([own_fold(it.text) for it in own])
     own_labels = [it.label for it in own]

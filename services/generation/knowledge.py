@@ -6,6 +6,11 @@ unigrams and bigrams with a light suffix-stripping stemmer, scored by cosine sim
 offline, deterministic, under a millisecond per query on a few hundred entries, and good at
 the exact product and policy words customers use. The entries a turn carries are recorded on
 the reply (`knowledge_used`) so a reviewer can see what an answer was grounded in.
+
+The index is fitted at start-up from the tenant's files (a platform team edits them; an index
+built elsewhere could go stale) by `shared.tfidf`, which computes exactly what scikit-learn's
+`TfidfVectorizer` would, without importing scikit-learn and SciPy (half of the service's
+start-up). `tests/unit/test_tfidf_equivalence.py` holds it to scikit-learn.
 """
 
 from __future__ import annotations
@@ -14,11 +19,22 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
+import numpy as np
+
+from shared.tfidf import SparseRows, TfidfTransform, tokenizer_analyzer
+
+STOP_WORDS_FILE = Path(__file__).parent / "data" / "english_stop_words.txt"
+
+
+def english_stop_words(path: Path = STOP_WORDS_FILE) -> frozenset[str]:
+    """scikit-learn's English stop words, from the project's copy (`#` lines are comments)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return frozenset(w.strip() for w in lines if w.strip() and not w.startswith("#"))
+
 
 # Words the customer-service domain needs that the generic stop-word list drops.
 _KEEP = frozenset({"card", "call", "first", "last", "full"})
-_STOP = frozenset(ENGLISH_STOP_WORDS) - _KEEP
+_STOP = english_stop_words() - _KEEP
 _WORD = re.compile(r"[a-z0-9]+")
 _HEADING = re.compile(r"^##\s+(.+?)\s*$", re.MULTILINE)
 
@@ -42,6 +58,10 @@ def _stem(word: str) -> str:
 def tokenize(text: str) -> list[str]:
     """Lower-cased, stop-word-free, stemmed words."""
     return [_stem(w) for w in _WORD.findall(text.lower()) if w not in _STOP]
+
+
+ANALYZER = tokenizer_analyzer(tokenize, (1, 2))
+"""Unigrams and bigrams of `tokenize`'s words (scikit-learn's `ngram_range=(1, 2)`)."""
 
 
 def _slug(text: str) -> str:
@@ -87,19 +107,13 @@ class KnowledgeBase:
         if len(set(ids)) != len(ids):
             raise ValueError("duplicate knowledge entry ids: two sections share a title")
         self.entries = entries
-        self._vectorizer: TfidfVectorizer | None = None
+        self._vectorizer: TfidfTransform | None = None
+        self._matrix = SparseRows.from_rows([], 0)
         if entries:
-            self._vectorizer = TfidfVectorizer(
-                tokenizer=tokenize,
-                token_pattern=None,
-                lowercase=False,
-                ngram_range=(1, 2),
-                sublinear_tf=True,
-            )
             # The title counts twice: it names what the entry is about.
-            self._matrix = self._vectorizer.fit_transform(
-                [f"{e.title} {e.title} {e.text}" for e in entries]
-            )
+            documents = [f"{e.title} {e.title} {e.text}" for e in entries]
+            self._vectorizer = TfidfTransform.fit(ANALYZER, documents, sublinear_tf=True)
+            self._matrix = self._vectorizer.transform(documents)
 
     @classmethod
     def load(cls, knowledge_dir: Path, tenant: str) -> KnowledgeBase:
@@ -117,9 +131,11 @@ class KnowledgeBase:
         """The `k` entries most similar to the query, best first, above `min_score`."""
         if self._vectorizer is None or k <= 0 or not query.strip():
             return []
-        q = self._vectorizer.transform([query])
+        terms, weights = self._vectorizer.transform_one(query)
+        query_vector = np.zeros(len(self._vectorizer))
+        query_vector[terms] = weights
         # Rows are L2-normalised, so the dot product is the cosine similarity.
-        scores = (self._matrix @ q.T).toarray().ravel()
+        scores = self._matrix @ query_vector
         order = scores.argsort()[::-1][:k]
         return [
             KnowledgeHit(self.entries[i], float(scores[i])) for i in order if scores[i] >= min_score

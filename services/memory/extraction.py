@@ -602,7 +602,8 @@ class RuleExtractor:
         terms: ExtractionTerms | None = None,
         issue_model: IssueModel | None = None,
     ) -> None:
-        """Compile the rules; with an embedder, also fit the issue model (about a second)."""
+        """Compile the rules; with an embedder, also load the issue model (or fit one, see
+        `IssueModel.for_examples`)."""
         self.embedder = embedder
         self.terms = terms or load_terms()
         self._rules = _TermRules(self.terms)
@@ -615,7 +616,7 @@ class RuleExtractor:
             + [_RESOLVED]
         )
         if issue_model is None and embedder is not None:
-            issue_model = IssueModel.train(embedder, self.terms.issue_examples)
+            issue_model = IssueModel.for_examples(embedder, self.terms.issue_examples)
         self.issue_model = issue_model
 
     def extract(

@@ -124,7 +124,7 @@ def tune(embedder: Embedder, folds: int = 5) -> list[tuple[float, float, float, 
         for fold in range(folds):
             held = np.flatnonzero(fold_of == fold)
             keep = [i for i in range(len(texts)) if i >= len(cases) or fold_of[i] != fold]
-            model = IssueModel(vectors[keep], [labels[i] for i in keep], c=c)
+            model = IssueModel.fit(vectors[keep], [labels[i] for i in keep], c=c)
             probabilities[held] = [model.probability(vectors[i]) for i in held]
         for threshold in (0.4, 0.5, 0.6, 0.7):
             called = probabilities >= threshold
