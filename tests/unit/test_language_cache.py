@@ -16,7 +16,7 @@ TEXTS = [
     "Wo ist mein Paket? Ich habe es vor zwei Wochen bestellt.",
     "¿Dónde está mi pedido? Lo pedí hace dos semanas.",
     "Это тест, где мой заказ?",
-    "我的包裹在哪里？",
+    "我的包裹在哪里",
     "",
     "ok",
 ]

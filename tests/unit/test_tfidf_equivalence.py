@@ -39,6 +39,7 @@ from services.memory.issue_model import (
     REGULARISATION_C,
     TRAIN_SPLIT,
     IssueModel,
+    fingerprint,
     load_cases,
     training_set,
 )
@@ -244,15 +245,27 @@ def test_the_shipped_issue_model_is_what_fitting_gives_now(
         assert shipped.category(row)[0] == fitted.category(row)[0]
 
 
-def test_other_issue_examples_are_fitted_not_loaded(
-    issue_vectors: tuple[np.ndarray, list[str | None], np.ndarray],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+class _HashEmbedder:
+    """A stand-in embedder (a vector per text from its hash): only the fallback's logic is
+    under test here, and another embedder must never load the shipped coefficients."""
+
+    model_id = "hash-stand-in"
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        rows = [np.random.default_rng(list(t.encode()) or [0]).normal(size=8) for t in texts]
+        return np.asarray(rows, dtype=np.float32)
+
+
+def test_other_inputs_are_fitted_not_loaded(caplog: pytest.LogCaptureFixture) -> None:
     examples = {k: list(v) for k, v in load_terms().issue_examples.items()}
-    examples["delivery_lost"] = [*examples.get("delivery_lost", []), "my box never came"]
-    model = IssueModel.for_examples(MiniLmEmbedder(), examples)
+    IssueModel.for_examples(_HashEmbedder(), examples)
     assert "fitted at start-up" in caplog.text
-    assert 0.0 <= model.probability(issue_vectors[2][0]) <= 1.0
+    caplog.clear()
+    examples["delivery_lost"] = [*examples.get("delivery_lost", []), "my box never came"]
+    texts, labels = training_set(load_cases(split=TRAIN_SPLIT), examples)
+    other = fingerprint(MiniLmEmbedder.model_id, REGULARISATION_C, texts, labels)
+    with pytest.raises(IssueArtefactError, match="other issue examples"):
+        IssueModel.load(ISSUE_DIR, other)
 
 
 def test_an_altered_issue_artefact_is_refused(tmp_path: Path) -> None:
