@@ -255,3 +255,103 @@ class Receipts:
             LATE.labels(store).inc()
             return True
         return False
+
+
+# ---- the same for stores kept in Redis --------------------------------------------------------
+
+LATE_LUA = """
+local function late(first, origin, skew, ttl)
+    -- KEYS[first]: the conversation's receipt; KEYS[first + 1..]: its customers' receipts,
+    -- each holding the erasure's time in epoch ms. A customer's receipt stops what
+    -- originated before the erasure ('' = unknown, which counts as before) and then marks the
+    -- conversation erased too, so what follows in it is stopped whenever it comes.
+    if redis.call('EXISTS', KEYS[first]) == 1 then
+        return true
+    end
+    for i = first + 1, #KEYS do
+        local at = redis.call('GET', KEYS[i])
+        if at and (origin == '' or tonumber(origin) <= tonumber(at) + tonumber(skew)) then
+            redis.call('SET', KEYS[first], at, 'EX', ttl)
+            return true
+        end
+    end
+    return false
+end
+"""
+"""A Lua function for scripts that write customer data to Redis: the check runs in the same
+script as the write, so it is atomic with it. An erasure writes its receipts before it deletes
+keys, so a write either lands before the receipts (and is deleted) or sees them."""
+
+_SET_UNLESS_LATE_LUA = (
+    LATE_LUA
+    + """
+if late(2, ARGV[3], ARGV[4], ARGV[5]) then
+    return 0
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+)
+
+
+@dataclass(frozen=True)
+class LateCheck:
+    """A subject's receipt keys and arguments for `LATE_LUA`'s `late(first, ...)`."""
+
+    keys: list[str]
+    """The conversation's receipt key, then each customer's."""
+    origin: str
+    skew: str
+    ttl: str
+
+
+class RedisReceipts:
+    """Erasure receipts for what a service keeps in Redis (`<prefix>erased:...` keys).
+
+    The same receipts as `Receipts` (SHA-256 keys, the erasure's time, no content), kept as
+    keys that expire after `RECEIPT_RETENTION`; checks run inside the Lua script that writes.
+    """
+
+    def __init__(self, redis: aioredis.Redis, key_prefix: str) -> None:
+        self.redis = redis
+        self.prefix = f"{key_prefix}erased:"
+        self._set = redis.register_script(_SET_UNLESS_LATE_LUA)
+
+    def check(self, subject: Subject) -> LateCheck:
+        """The keys and arguments that check `subject` (its first conversation)."""
+        conversation = subject.conversations[0] if subject.conversations else ""
+        keys = [self.prefix + conversation_key(conversation).hex()]
+        keys += [self.prefix + customer_key(subject.tenant, c).hex() for c in subject.customers]
+        origin = "" if subject.origin is None else str(int(subject.origin.timestamp() * 1000))
+        return LateCheck(
+            keys,
+            origin,
+            str(int(CLOCK_SKEW.total_seconds() * 1000)),
+            str(int(RECEIPT_RETENTION.total_seconds())),
+        )
+
+    async def record(self, event: CustomerErasedEvent) -> None:
+        """Write the erasure's receipts; call before deleting what the service keeps."""
+        erased = event.payload
+        at = str(int(erased.requested_at.timestamp() * 1000))
+        ttl = int(RECEIPT_RETENTION.total_seconds())
+        keys = [conversation_key(c) for c in erased.conversation_ids]
+        keys += [
+            customer_key(event.tenant, c) for c in {erased.erased_customer_id, *erased.identities}
+        ]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.set(self.prefix + key.hex(), at, ex=ttl)
+            await pipe.execute()
+
+    async def set_unless_late(
+        self, key: str, value: str, ttl_s: int, subject: Subject, store: str
+    ) -> bool:
+        """SET `key` unless the subject is late (then counted under `store`); True if set."""
+        check = self.check(subject)
+        done = await self._set(
+            keys=[key, *check.keys], args=[value, ttl_s, check.origin, check.skew, check.ttl]
+        )
+        if not done:
+            LATE.labels(store).inc()
+        return bool(done)

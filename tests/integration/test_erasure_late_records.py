@@ -25,10 +25,15 @@ from services.audit.care_settings import CareSettings
 from services.audit.handlers import AuditHandlers
 from services.audit.ledger import Ledger, Record
 from services.audit.outcomes import Outcomes
+from services.emotion.analyzer import EmotionAnalyzer
+from services.emotion.handlers import EmotionHandlers
+from services.emotion.trajectory import TrajectoryStore
 from services.escalation.desk import Desk
 from services.escalation.handlers import EscalationHandlers
 from services.escalation.live import AgentHub, ConsoleFeed
 from services.escalation.policy import PolicyStore
+from services.ingest.delivery import ConnectionHub, conversation_fanout
+from services.ingest.handlers import IngestHandlers
 from services.memory.context import ContextAssembler
 from services.memory.customers import CustomerStore
 from services.memory.extraction import RuleExtractor
@@ -50,6 +55,8 @@ from shared.events import (
     Envelope,
     Feedback,
     FeedbackReceivedEvent,
+    ReplyDelta,
+    ReplyDeltaEvent,
     ReplyGenerated,
     ReplyGeneratedEvent,
     Role,
@@ -57,13 +64,15 @@ from shared.events import (
     TurnAnalyzedEvent,
     TurnContextualized,
     TurnContextualizedEvent,
+    TurnReceived,
+    TurnReceivedEvent,
     utcnow,
 )
 from shared.fanout import Fanout
 from shared.kafka import EventBus
 from shared.settings import PostgresSettings
 from tests.integration.care_support import care_pool, reply, routed
-from tests.kit import RecordingBus
+from tests.kit import RecordingBus, reply_generated
 
 pytestmark = pytest.mark.integration
 
@@ -378,3 +387,71 @@ async def test_a_late_turn_or_reply_does_not_bring_the_customer_back_into_memory
     later = utcnow() + timedelta(minutes=1)
     await handlers.on_turn_analyzed(turn(f"back-{conv}", "Hello again", later))
     assert await store.export(customer) is not None
+
+
+# ---- emotion and ingest (Redis) -------------------------------------------------------------
+
+
+async def test_emotion_keeps_no_mood_and_ingest_buffers_no_reply_after_the_erasure(
+    redis_client: aioredis.Redis,
+) -> None:
+    prefix = f"it-{uuid.uuid4().hex[:6]}:"
+    customer, conv, new_conv = ids()
+    now = utcnow()
+    before, later = now - timedelta(seconds=30), now + timedelta(minutes=1)
+
+    def received(conversation: str, at: datetime) -> TurnReceivedEvent:
+        return TurnReceivedEvent.create(
+            conversation_id=conversation,
+            customer_id=customer,
+            channel=Channel.WEB,
+            payload=TurnReceived(
+                message=CustomerMessage(turn_id=uuid.uuid4(), text=SECRET, received_at=at)
+            ),
+        )
+
+    moods = TrajectoryStore(redis_client, key_prefix=prefix, ttl_s=60)
+    emotion_handlers = EmotionHandlers(cast(EventBus, RecordingBus()), EmotionAnalyzer(), moods)
+    ingest = IngestHandlers(conversation_fanout(redis_client, prefix, ConnectionHub()), prefix)
+    erased = erasure(customer, [conv], now)
+    for _ in range(2):  # a redelivered erasure is harmless
+        await emotion_handlers.on_customer_erased(erased)
+        await ingest.on_customer_erased(erased)
+
+    base = {s: late_count(s) for s in ("emotion.trajectories", "ingest.frames")}
+    in_flight = received(conv, before)
+    await emotion_handlers.on_turn_received(in_flight)
+    # A conversation the erasure did not know of: its turn marks it erased, so a reply in it
+    # is stopped too, whenever it comes.
+    await emotion_handlers.on_turn_received(received(new_conv, before))
+    answer = reply_generated(in_flight, SECRET)
+    await ingest.on_reply_generated(answer)
+    await ingest.on_reply_delta(
+        in_flight.derive(
+            ReplyDeltaEvent,
+            ReplyDelta(
+                turn_id=answer.payload.turn_id, reply_id=answer.payload.reply_id, seq=0, text=SECRET
+            ),
+        )
+    )
+
+    for conversation in (conv, new_conv):
+        assert not await redis_client.exists(f"{prefix}emotion:{conversation}")
+        assert not await redis_client.exists(f"{prefix}frames:{conversation}")
+    assert late_count("emotion.trajectories") - base["emotion.trajectories"] == 2
+    assert late_count("ingest.frames") - base["ingest.frames"] == 2
+    leaked = [
+        key
+        async for key in redis_client.scan_iter(match=f"{prefix}*")
+        if customer in key or conv in key
+    ]
+    assert leaked == []
+
+    # The customer writing again later is served and remembered as anyone new.
+    back = received(f"back-{conv}", later)
+    await emotion_handlers.on_turn_received(back)
+    assert await redis_client.exists(f"{prefix}emotion:back-{conv}")
+    hello = reply_generated(back, "Hello!")
+    payload = hello.payload.model_copy(update={"turn_received_at": later})
+    await ingest.on_reply_generated(hello.model_copy(update={"payload": payload}))
+    assert await redis_client.exists(f"{prefix}frames:back-{conv}")
