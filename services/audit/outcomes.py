@@ -102,6 +102,11 @@ REVIEW_QUEUED = Counter(
 )
 
 
+CARE_RECEIPTS = Receipts("audit.erasure_receipts", "cbd_care_erasure")
+"""Audit's erasure receipts (the ledger writes them too) under the care tables' own lock,
+which every write of customer data to `care.*` holds shared."""
+
+
 def label_values(row: Any) -> list[str]:
     """Metric label values from a conversation row ("none" where unknown)."""
     return [
@@ -146,8 +151,7 @@ class Outcomes:
         self.pg = pg
         self.bus = bus
         self.settings = settings
-        # Audit's receipts (the ledger writes them too), under the care tables' own lock.
-        self.receipts = Receipts("audit.erasure_receipts", "cbd_care_erasure")
+        self.receipts = CARE_RECEIPTS
 
     # ---- events in -------------------------------------------------------------------------
 
