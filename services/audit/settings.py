@@ -30,7 +30,8 @@ class AuditSettings(ServiceSettings):
     Audit is off the reply path, so a longer wait saves idle polling (see "CPU per turn"), but
     not by default: at 500 ms a reply still in flight when its customer asked for erasure
     reached audit's and the care loop's tables after the erasure had run (the e2e erasure scan
-    found it), so records can outlive an erasure until erasure covers late arrivals."""
+    found it). Erasure receipts now store such late records erased (`shared.erasure`), so a
+    longer wait no longer lets a record outlive an erasure; the default was left as it is."""
     eraser_dsn: SecretStr | None = None
     """PostgreSQL as the `cbd_audit_eraser` role, for erasures; unset: the service's own DSN
     (production: the service connects as an insert-only `cbd_audit_writer` member)."""
