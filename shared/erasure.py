@@ -87,7 +87,7 @@ class Subject:
             event.tenant,
             tuple(dict.fromkeys((event.customer_id, *also))),
             (event.conversation_id,),
-            origin_of(event.model_dump(mode="json")),
+            _origin_of_event(event),
         )
 
     @classmethod
@@ -105,6 +105,16 @@ class Subject:
             tuple(c for c in conversations if isinstance(c, str) and c),
             origin_of(envelope),
         )
+
+
+def _origin_of_event(event: Envelope) -> datetime:
+    """`origin_of` for a typed event, without dumping it."""
+    message = getattr(event.payload, "message", None)
+    received = getattr(message, "received_at", None)
+    if isinstance(received, datetime):
+        return received
+    turn_received = getattr(event.payload, "turn_received_at", None)
+    return turn_received if isinstance(turn_received, datetime) else event.occurred_at
 
 
 def origin_of(envelope: dict[str, Any]) -> datetime | None:
