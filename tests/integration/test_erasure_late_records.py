@@ -9,6 +9,7 @@ on the real PostgreSQL (and Redis) the test setup starts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -41,6 +42,7 @@ from services.memory.handlers import MemoryHandlers
 from services.memory.turns import TurnStore, conversation_key
 from shared import db
 from shared.embedding import MiniLmEmbedder
+from shared.erasure import Subject
 from shared.events import (
     Channel,
     CloseReason,
@@ -455,3 +457,37 @@ async def test_emotion_keeps_no_mood_and_ingest_buffers_no_reply_after_the_erasu
     payload = hello.payload.model_copy(update={"turn_received_at": later})
     await ingest.on_reply_generated(hello.model_copy(update={"payload": payload}))
     assert await redis_client.exists(f"{prefix}frames:back-{conv}")
+
+
+# ---- no window ------------------------------------------------------------------------------
+
+
+async def test_a_write_in_progress_when_the_erasure_starts_is_erased_with_the_rest(
+    pool: db.Pool,
+) -> None:
+    """The erasure waits for a checked write already past its check, then deletes it too."""
+    outcomes = Outcomes(pool, None, CareSettings())
+    customer, conv, _ = ids()
+    turn = routed(conv, customer, SECRET, utcnow() - timedelta(seconds=30))
+    async with pool.acquire() as conn:
+        writing = conn.transaction()
+        await writing.start()
+        # Past the check (nothing erased yet) and not committed: a handler mid-transaction.
+        assert not await outcomes.receipts.check(conn, Subject.of(turn), "care.turns")
+        erasing = asyncio.create_task(outcomes.on_customer_erased(erasure(customer, [], utcnow())))
+        await asyncio.sleep(0.5)
+        assert not erasing.done(), "the erasure must wait for the write it could miss"
+        await conn.execute(
+            "INSERT INTO care.turns (turn_id, conversation_id, customer_id, message, emotion, at) "
+            "VALUES ($1, $2, $3, $4, '{}'::jsonb, now())",
+            uuid.uuid4(),
+            conv,
+            customer,
+            SECRET,
+        )
+        await writing.commit()
+    await erasing
+    assert await pool.fetchval("SELECT count(*) FROM care.turns") == 0
+    # And a write that checks after the erasure committed sees its receipt.
+    async with pool.acquire() as conn, conn.transaction():
+        assert await outcomes.receipts.check(conn, Subject.of(turn), "care.turns")
