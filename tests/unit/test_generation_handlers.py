@@ -33,7 +33,7 @@ from shared.events import (
     TurnRoutedEvent,
 )
 from shared.kafka import EventBus
-from shared.llm import ChatClient, ChatMessage, LLMUnavailable
+from shared.llm import ChatClient, ChatMessage, LLMUnavailable, StreamEnd
 from shared.topics import Topic
 from tests.kit import RecordingBus
 
@@ -55,6 +55,7 @@ class FakeLLM:
         max_tokens: int,
         temperature: float,
         top_p: float,
+        end: StreamEnd | None = None,
     ) -> AsyncIterator[str]:
         self.calls.append(
             {
