@@ -423,6 +423,7 @@ class GenerationHandlers:
         if final is None or state.suppressed or not await self._bot_may_speak(event):
             # A person took the conversation while the bot was writing: they answer it.
             REPLIES.labels("suppressed").inc()
+            await self._withdraw(event, state)
             return
         if final.verdict is CareVerdict.FALLBACK:
             REPLIES.labels("fallback").inc()
@@ -637,6 +638,21 @@ class GenerationHandlers:
         if state.end.cut:
             REPLIES_CUT.inc()
         return state.end.cut
+
+    async def _withdraw(self, event: TurnRoutedEvent, state: _Stream) -> None:
+        """Take back the slices already streamed of a reply that will not be finished, so
+        the customer is not left with half a sentence above the person's answer."""
+        if state.seq == 0:
+            return
+        delta = ReplyDelta(
+            turn_id=event.payload.message.turn_id,
+            reply_id=state.reply_id,
+            seq=state.seq,
+            text="",
+            withdrawn=True,
+        )
+        await self.bus.publish(event.derive(ReplyDeltaEvent, delta, part=f":{state.seq}"))
+        state.seq += 1
 
     async def _flush(
         self, event: TurnRoutedEvent, state: _Stream, *, confirm: bool = False

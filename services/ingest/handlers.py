@@ -45,16 +45,16 @@ class IngestHandlers:
     async def on_reply_delta(self, event: ReplyDeltaEvent) -> None:
         """Stream a slice of a reply still being written."""
         delta = event.payload
-        await self.fanout.publish(
-            event.conversation_id,
-            {
-                "type": "delta",
-                "turn_id": str(delta.turn_id),
-                "reply_id": str(delta.reply_id),
-                "seq": delta.seq,
-                "text": delta.text,
-            },
-        )
+        frame: dict[str, object] = {
+            "type": "delta",
+            "turn_id": str(delta.turn_id),
+            "reply_id": str(delta.reply_id),
+            "seq": delta.seq,
+            "text": delta.text,
+        }
+        if delta.withdrawn:
+            frame["withdrawn"] = True
+        await self.fanout.publish(event.conversation_id, frame)
 
     async def on_reply_generated(self, event: ReplyGeneratedEvent) -> None:
         """Deliver a complete reply."""
