@@ -16,7 +16,7 @@ from playwright.async_api import Browser
 from services.ingest.routers.pages import router as ingest_pages
 from services.ingest.settings import IngestSettings
 from shared.http import provide
-from tests.e2e.browser import record_errors
+from tests.e2e.browser import fresh_page
 from tests.kit import serving
 
 
@@ -44,44 +44,27 @@ def bubble_text(reply_id: str) -> str:
 
 async def test_a_withdrawn_reply_is_taken_off_the_page_and_stays_off(browser: Browser) -> None:
     frames: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    async with serving(scripted_app(frames)) as (base,):
-        context = await browser.new_context()
-        try:
-            page = await context.new_page()
-            errors: list[str] = []
-            record_errors(page, errors)
-            await page.goto(base + "/")
-            turn = "7d1c1f0e-0000-4000-8000-000000000001"
-            await frames.put(
-                {"type": "delta", "turn_id": turn, "reply_id": "r1", "seq": 0, "text": "Let me"}
-            )
-            await page.wait_for_function(f"() => ({bubble_text('r1')})() === 'Let me'")
-            await frames.put(
-                {
-                    "type": "delta",
-                    "turn_id": turn,
-                    "reply_id": "r1",
-                    "seq": 1,
-                    "text": "",
-                    "withdrawn": True,
-                }
-            )
-            # A straggler of the withdrawn reply, then the person's answer.
-            await frames.put(
-                {"type": "delta", "turn_id": turn, "reply_id": "r1", "seq": 2, "text": " check"}
-            )
-            await frames.put(
-                {
-                    "type": "reply",
-                    "turn_id": turn,
-                    "reply_id": "r2",
-                    "author": "agent",
-                    "text": "Hi, I'm Dana. I have your order here.",
-                    "flags": [],
-                }
-            )
-            await page.wait_for_function(f"() => ({bubble_text('r2')})() !== null")
-            assert await page.evaluate(bubble_text("r1")) is None
-            assert not errors, errors
-        finally:
-            await context.close()
+    turn = "7d1c1f0e-0000-4000-8000-000000000001"
+
+    def delta(seq: int, text: str, **extra: Any) -> dict[str, Any]:
+        frame = {"type": "delta", "turn_id": turn, "reply_id": "r1", "seq": seq, "text": text}
+        return frame | extra
+
+    async with serving(scripted_app(frames)) as (base,), fresh_page(browser, base + "/") as page:
+        await frames.put(delta(0, "Let me"))
+        await page.wait_for_function(f"() => ({bubble_text('r1')})() === 'Let me'")
+        await frames.put(delta(1, "", withdrawn=True))
+        # A straggler of the withdrawn reply, then the person's answer.
+        await frames.put(delta(2, " check"))
+        await frames.put(
+            {
+                "type": "reply",
+                "turn_id": turn,
+                "reply_id": "r2",
+                "author": "agent",
+                "text": "Hi, I'm Dana. I have your order here.",
+                "flags": [],
+            }
+        )
+        await page.wait_for_function(f"() => ({bubble_text('r2')})() !== null")
+        assert await page.evaluate(bubble_text("r1")) is None

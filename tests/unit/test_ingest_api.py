@@ -337,14 +337,17 @@ def test_binary_frame_gets_an_error_frame(client: TestClient) -> None:
         assert 400 <= frame["status"] < 500
 
 
+class Socket:
+    """Records the frames a hub sends it."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, object]] = []
+
+    async def send_json(self, frame: dict[str, object]) -> None:
+        self.frames.append(frame)
+
+
 async def test_hub_drops_deltas_that_arrive_after_their_reply() -> None:
-    class Socket:
-        def __init__(self) -> None:
-            self.frames: list[dict[str, object]] = []
-
-        async def send_json(self, frame: dict[str, object]) -> None:
-            self.frames.append(frame)
-
     hub = ConnectionHub()
     ws = Socket()
     hub.add("conv-1", ws)  # type: ignore[arg-type]
@@ -361,13 +364,6 @@ async def test_hub_drops_deltas_that_arrive_after_their_reply() -> None:
 
 
 async def test_hub_sends_a_withdrawal_then_drops_the_rest_of_that_reply() -> None:
-    class Socket:
-        def __init__(self) -> None:
-            self.frames: list[dict[str, object]] = []
-
-        async def send_json(self, frame: dict[str, object]) -> None:
-            self.frames.append(frame)
-
     hub = ConnectionHub()
     ws = Socket()
     hub.add("conv-1", ws)  # type: ignore[arg-type]
