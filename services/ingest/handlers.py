@@ -52,15 +52,18 @@ class IngestHandlers:
     async def on_reply_delta(self, event: ReplyDeltaEvent) -> None:
         """Stream a slice of a reply still being written."""
         delta = event.payload
+        frame: dict[str, object] = {
+            "type": "delta",
+            "turn_id": str(delta.turn_id),
+            "reply_id": str(delta.reply_id),
+            "seq": delta.seq,
+            "text": delta.text,
+        }
+        if delta.withdrawn:
+            frame["withdrawn"] = True
         await self.fanout.publish(
             event.conversation_id,
-            {
-                "type": "delta",
-                "turn_id": str(delta.turn_id),
-                "reply_id": str(delta.reply_id),
-                "seq": delta.seq,
-                "text": delta.text,
-            },
+            frame,
             late=self.receipts.check(Subject.of(event)),
             store="ingest.frames",
         )
