@@ -119,7 +119,7 @@ def shipped_training_data(
 
 
 def embed_in_batches(
-    embedder: Embedder, texts: Sequence[str], batch: int = 64
+    embedder: Embedder, texts: Sequence[str], batch: int = 16
 ) -> npt.NDArray[np.float32]:
     """Embeddings of many texts: one call pads every text to the longest, and thousands at once
     take gigabytes."""
@@ -234,11 +234,13 @@ class IssueModel:
         embedder: Embedder,
         examples: Mapping[str, Sequence[str]],
         path: Path = ISSUE_SET,
-        **settings: float,
+        *,
+        c: float = REGULARISATION_C,
+        threshold: float = THRESHOLD,
     ) -> IssueModel:
         """Fit on the train split of the own labelled set plus the terms file's examples."""
         texts, labels = training_set(load_cases(path, TRAIN_SPLIT), examples)
-        return cls.fit(embedder.embed(texts), labels, **settings)
+        return cls.fit(embedder.embed(texts), labels, c=c, threshold=threshold)
 
     @classmethod
     def shipped(
