@@ -13,6 +13,7 @@ import pytest
 import yaml
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from cbd import cli
 from services.memory.extraction import RuleExtractor
 from services.memory.issue_evaluation import evaluate, report
 from services.memory.issue_model import (
@@ -129,3 +130,11 @@ def test_thanks_and_plain_questions_are_not_issues(
     found = extractor.extract(text, sentiment=0.0, vector=embedder.embed([text])[0])
 
     assert not found.raised
+
+
+def test_cbd_prints_a_sets_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["evaluate", "issues", "--split", "heldout", "--set", "own"]) == 0
+
+    printed = capsys.readouterr().out
+    assert printed.startswith("own heldout: 40 messages, 28 issues")
+    assert "is an issue: precision" in printed
