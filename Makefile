@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 # llama.cpp is compiled once for a portable CPU target; pip's wheel cache keeps the result.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: help install run test test-unit test-integration lint format bench chaos clean images deploy-check intent-model emotion-model issue-model
+.PHONY: help install run test test-unit test-integration lint format bench chaos clean images deploy-check intent-model emotion-model
 
 help: ## Show this help
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -55,9 +55,6 @@ intent-model: install ## Retrain the intent model from its public data (shared/d
 
 emotion-model: install ## Retrain the emotion model from GoEmotions + our examples (services/emotion/data/model/, deterministic)
 	$(PY) -m services.emotion.training
-
-issue-model: install ## Refit memory's issue model (services/memory/data/issue-model.*, deterministic)
-	$(PY) -m services.memory.issue_model
 
 SERVICES := ingest emotion memory escalation generation audit
 TAG ?= latest

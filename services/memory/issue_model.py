@@ -3,52 +3,47 @@
 The issue rules (`extraction._ISSUE_RULES`) are precise but only know the wordings they list:
 on messages written after them (the `heldout` split of `data/issues.jsonl`) they found 29% of
 the issues. This model reads the message's MiniLM embedding, which memory computes for every
-turn anyway: a logistic regression for "is an issue", fitted at start-up on the train split of
-`data/issues.jsonl` plus the `issue_examples` of the terms file, and a second one for the
-category, fitted on the issues among them. C and the threshold were chosen by 5-fold
-cross-validation on the train split only (`python -m services.memory.issue_evaluation
---tune`); see data/ISSUES_DATASHEET.md.
+turn anyway: a logistic regression for "is an issue" and a second one for the category, fitted
+on the issues among the training messages.
 
-Serving never fits: the fitted coefficients ship as a hash-checked artefact
-(`data/issue-model.npz` and its manifest; `python -m services.memory.issue_model` rebuilds
-it) and predict through `shared.logistic`, in numpy alone. Fitting at start-up embedded
-every training text and imported scikit-learn and SciPy: most of memory's restart. The
-manifest keeps a fingerprint of what the model was fitted on (embedder, C, every text and
-label); a deployment whose terms file gives other issue examples fits its own model at
-start-up instead, as before, and logs that it does.
+The training messages are the train split of the project's own set (`data/issues.jsonl`), the
+`issue_examples` of the terms file and the train split of public customer-service text
+(`data/public_issues.jsonl`: Banking77 and CLINC150, see `public_issues`). Embedding twelve
+thousand public messages takes minutes, too long for a service's start, so the fitted weights
+ship in `data/issue_model.npz` with a fingerprint of what they were fitted on (`python -m
+services.memory.issue_evaluation --fit` refits them). A service whose terms file has other
+examples fits at start-up on its own set and examples instead, as before. C, the own set's
+weight and the threshold were chosen by cross-validation on the own train split and by the
+public dev split (`--tune`); see data/ISSUES_DATASHEET.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import io
 import json
 import logging
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from services.memory.terms import load_terms
-from shared.embedding import Embedder, MiniLmEmbedder
-from shared.logistic import LogisticModel
+from shared.embedding import Embedder
 
 log = logging.getLogger(__name__)
 
-ISSUE_SET = Path(__file__).parent / "data" / "issues.jsonl"
+DATA = Path(__file__).parent / "data"
+ISSUE_SET = DATA / "issues.jsonl"
+PUBLIC_SET = DATA / "public_issues.jsonl"
+WEIGHTS = DATA / "issue_model.npz"
 TRAIN_SPLIT = "train"
-MODEL_DIR = Path(__file__).parent / "data"
-ARRAYS_FILE = "issue-model.npz"
-MANIFEST_FILE = "issue-model.json"
 
-REGULARISATION_C = 16.0
+REGULARISATION_C = 4.0
 THRESHOLD = 0.6
-"""Chosen together by cross-validated F1 on the train split (datasheet)."""
+OWN_WEIGHT = 10.0
+"""Sample weight of an own-set message or terms example next to a public one's 1.0. C, the
+threshold and this weight were chosen together (datasheet)."""
 
 
 @dataclass(frozen=True)
@@ -59,16 +54,26 @@ class IssueCase:
     split: str
     text: str
     category: str | None
+    source: str = "own"
 
 
-def load_cases(path: Path = ISSUE_SET, split: str | None = None) -> list[IssueCase]:
-    """The labelled cases, optionally one split only."""
+def read_cases(path: Path, split: str | None = None, source: str | None = None) -> list[IssueCase]:
+    """Labelled cases from a JSONL file, optionally one split and one source only."""
     cases = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             raw = json.loads(line)
-            cases.append(IssueCase(raw["id"], raw["split"], raw["text"], raw["category"]))
-    return [c for c in cases if split is None or c.split == split]
+            case = IssueCase(
+                raw["id"], raw["split"], raw["text"], raw["category"], raw.get("source", "own")
+            )
+            if (split is None or case.split == split) and (source is None or case.source == source):
+                cases.append(case)
+    return cases
+
+
+def load_cases(path: Path = ISSUE_SET, split: str | None = None) -> list[IssueCase]:
+    """The project's own labelled cases, optionally one split only."""
+    return read_cases(path, split)
 
 
 def training_set(
@@ -82,69 +87,150 @@ def training_set(
     return texts, labels
 
 
-class ArtefactError(RuntimeError):
-    """The shipped issue model is missing, altered or unreadable."""
+@dataclass(frozen=True)
+class TrainingData:
+    """What the shipped model is fitted on: texts, labels (None: no issue) and sample weights."""
+
+    texts: list[str]
+    labels: list[str | None]
+    weights: list[float]
+
+    def fingerprint(self, model_id: str, c: float, threshold: float) -> str:
+        """A digest of everything the fitted weights depend on."""
+        payload = json.dumps([self.texts, self.labels, self.weights, model_id, c, threshold])
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def fingerprint(
-    embedder_id: str, c: float, texts: Sequence[str], labels: Sequence[str | None]
-) -> str:
-    """What a fitted model depends on, hashed: a model fitted on other inputs never loads."""
-    payload = json.dumps(
-        {"embedder": embedder_id, "c": c, "texts": list(texts), "labels": list(labels)},
-        sort_keys=True,
-        ensure_ascii=False,
+def shipped_training_data(
+    examples: Mapping[str, Sequence[str]],
+    own: Path = ISSUE_SET,
+    public: Path = PUBLIC_SET,
+    own_weight: float = OWN_WEIGHT,
+) -> TrainingData:
+    """The own train split and the terms examples (weighted), then the public train split."""
+    texts, labels = training_set(read_cases(own, TRAIN_SPLIT), examples)
+    public_cases = read_cases(public, TRAIN_SPLIT)
+    return TrainingData(
+        texts + [c.text for c in public_cases],
+        labels + [c.category for c in public_cases],
+        [own_weight] * len(texts) + [1.0] * len(public_cases),
     )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def embed_in_batches(
+    embedder: Embedder, texts: Sequence[str], batch: int = 16
+) -> npt.NDArray[np.float32]:
+    """Embeddings of many texts: one call pads every text to the longest, and thousands at once
+    take gigabytes."""
+    parts = [embedder.embed(list(texts[i : i + batch])) for i in range(0, len(texts), batch)]
+    return np.concatenate(parts) if parts else embedder.embed([])
+
+
+def fit_shipped(
+    embedder: Embedder, examples: Mapping[str, Sequence[str]], path: Path = WEIGHTS
+) -> IssueModel:
+    """Fit on the shipped training data and write the weights with their fingerprint."""
+    data = shipped_training_data(examples)
+    model = IssueModel.fit(
+        embed_in_batches(embedder, data.texts),
+        data.labels,
+        c=REGULARISATION_C,
+        threshold=THRESHOLD,
+        weights=data.weights,
+    )
+    model.save(path, data.fingerprint(embedder.model_id, REGULARISATION_C, THRESHOLD))
+    return model
+
+
+def _softmax_rows(scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+    result: npt.NDArray[np.float64] = shifted / shifted.sum(axis=-1, keepdims=True)
+    return result
 
 
 class IssueModel:
-    """A fitted issue classifier; `probability` and `category` read one message's embedding."""
+    """A fitted issue classifier; `probability` and `category` read one message's embedding.
+
+    It holds only the two logistic regressions' weights, so the same arithmetic serves a
+    model fitted here and one loaded from `data/issue_model.npz`.
+    """
 
     def __init__(
         self,
-        detector: LogisticModel,
-        categories: LogisticModel | str,
-        *,
+        coef: npt.NDArray[np.float64],
+        intercept: float,
+        category_coef: npt.NDArray[np.float64],
+        category_intercept: npt.NDArray[np.float64],
+        categories: Sequence[str],
         threshold: float = THRESHOLD,
     ) -> None:
-        """A detector (is an issue?) and a category model, or the one category there is."""
+        """A model from its weights (one row of category weights per category, or none)."""
         self.threshold = threshold
-        self._detector = detector
-        self._categories = categories
+        self._coef = np.asarray(coef, dtype=np.float64).reshape(-1)
+        self._intercept = float(intercept)
+        self._category_coef = np.asarray(category_coef, dtype=np.float64)
+        self._category_intercept = np.asarray(category_intercept, dtype=np.float64).reshape(-1)
+        self.categories = [str(c) for c in categories]
 
     @classmethod
     def fit(
         cls,
-        vectors: npt.NDArray[np.floating[Any]],
+        vectors: npt.NDArray[np.float32],
         labels: Sequence[str | None],
         *,
         c: float = REGULARISATION_C,
         threshold: float = THRESHOLD,
+        weights: Sequence[float] | None = None,
     ) -> IssueModel:
         """Fit on embedded texts; a label of None marks a message that is not an issue.
 
-        Fitted by scikit-learn, imported here: the services load the shipped artefact."""
+        scikit-learn is imported here, not at the top: serving loads the shipped weights, and
+        importing it was most of memory's restart (docs/architecture.md, "Recovery time")."""
         from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
 
-        # In float64, like the numpy predictions: scikit-learn fits and predicts float32 input
-        # in float32, which would round the served probabilities differently (1e-7).
-        vectors = np.asarray(vectors, dtype=np.float64)
         is_issue = np.array([label is not None for label in labels])
         if is_issue.all() or not is_issue.any():
             raise ValueError("the issue model needs both issues and non-issues to learn from")
+        sample_weight = None if weights is None else np.asarray(weights, dtype=np.float64)
         # lbfgs with a fixed start: the same data always gives the same model.
-        detector = LogisticRegression(C=c, max_iter=2000).fit(vectors, is_issue)
-        names = [label for label in labels if label is not None]
-        # One category alone needs no classifier (and LogisticRegression refuses one class).
-        categories: LogisticModel | str = (
-            names[0]
-            if len(set(names)) == 1
-            else LogisticModel.from_sklearn(
-                LogisticRegression(C=c, max_iter=3000).fit(vectors[is_issue], names)
-            )
+        classifier = LogisticRegression(C=c, max_iter=3000).fit(
+            vectors, is_issue, sample_weight=sample_weight
         )
-        return cls(LogisticModel.from_sklearn(detector), categories, threshold=threshold)
+        categories = [label for label in labels if label is not None]
+        kinds = sorted(set(categories))
+        if len(kinds) == 1:
+            # One category alone needs no classifier (and LogisticRegression refuses one class).
+            category_coef = np.zeros((1, vectors.shape[1]))
+            category_intercept = np.zeros(1)
+        else:
+            # Every category weighs the same in total: the public sets' many payment problems
+            # would otherwise pull a broken boiler towards "card_payment".
+            issue_weight = (
+                np.ones(len(categories)) if sample_weight is None else sample_weight[is_issue]
+            )
+            totals: dict[str, float] = {}
+            for kind, weight in zip(categories, issue_weight, strict=True):
+                totals[kind] = totals.get(kind, 0.0) + float(weight)
+            balanced = issue_weight * np.array(
+                [sum(totals.values()) / (len(totals) * totals[k]) for k in categories]
+            )
+            by_kind = LogisticRegression(C=c, max_iter=3000).fit(
+                vectors[is_issue], categories, sample_weight=balanced
+            )
+            kinds = [str(k) for k in by_kind.classes_]
+            category_coef, category_intercept = by_kind.coef_, by_kind.intercept_
+            if len(kinds) == 2:
+                # A binary regression keeps one row, for its second class; softmax needs both.
+                category_coef = np.vstack([np.zeros_like(category_coef), category_coef])
+                category_intercept = np.concatenate([[0.0], category_intercept])
+        return cls(
+            classifier.coef_[0],
+            float(classifier.intercept_[0]),
+            category_coef,
+            category_intercept,
+            kinds,
+            threshold,
+        )
 
     @classmethod
     def train(
@@ -152,133 +238,72 @@ class IssueModel:
         embedder: Embedder,
         examples: Mapping[str, Sequence[str]],
         path: Path = ISSUE_SET,
-        **settings: float,
+        *,
+        c: float = REGULARISATION_C,
+        threshold: float = THRESHOLD,
     ) -> IssueModel:
-        """Fit on the train split of the labelled set plus the terms file's examples."""
+        """Fit on the train split of the own labelled set plus the terms file's examples."""
         texts, labels = training_set(load_cases(path, TRAIN_SPLIT), examples)
-        return cls.fit(embedder.embed(texts), labels, **settings)
+        return cls.fit(embedder.embed(texts), labels, c=c, threshold=threshold)
 
     @classmethod
-    def for_examples(
-        cls,
-        embedder: Embedder,
-        examples: Mapping[str, Sequence[str]],
-        folder: Path = MODEL_DIR,
+    def shipped(
+        cls, embedder: Embedder, examples: Mapping[str, Sequence[str]], weights: Path = WEIGHTS
     ) -> IssueModel:
-        """The shipped model when it was fitted on exactly these inputs, else a fresh fit."""
-        texts, labels = training_set(load_cases(ISSUE_SET, TRAIN_SPLIT), examples)
-        expected = fingerprint(embedder.model_id, REGULARISATION_C, texts, labels)
-        try:
-            return cls.load(folder, expected)
-        except ArtefactError as exc:
-            log.warning("issue model fitted at start-up (seconds): %s", exc)
-        return cls.fit(embedder.embed(texts), labels)
+        """The shipped weights when they were fitted on exactly this training data; otherwise
+        (other terms examples, another embedding model) a model fitted now on the own set."""
+        expected = shipped_training_data(examples).fingerprint(
+            embedder.model_id, REGULARISATION_C, THRESHOLD
+        )
+        if weights.exists():
+            model, fingerprint = cls.load(weights)
+            if fingerprint == expected:
+                return model
+        log.warning(
+            "the shipped issue model was fitted on other data (terms examples or embedder); "
+            "fitting on the own labelled set only: refit with "
+            "`python -m services.memory.issue_evaluation --fit`"
+        )
+        return cls.train(embedder, examples)
+
+    def save(self, path: Path, fingerprint: str) -> None:
+        """Write the weights and the fingerprint of what they were fitted on."""
+        with path.open("wb") as f:
+            np.savez_compressed(
+                f,
+                coef=self._coef,
+                intercept=np.array([self._intercept]),
+                category_coef=self._category_coef,
+                category_intercept=self._category_intercept,
+                categories=np.array(self.categories),
+                threshold=np.array([self.threshold]),
+                fingerprint=np.array([fingerprint]),
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> tuple[IssueModel, str]:
+        """A model saved by `save`, and the fingerprint it was saved with."""
+        with np.load(path, allow_pickle=False) as saved:
+            model = cls(
+                saved["coef"],
+                float(saved["intercept"][0]),
+                saved["category_coef"],
+                saved["category_intercept"],
+                [str(c) for c in saved["categories"]],
+                float(saved["threshold"][0]),
+            )
+            return model, str(saved["fingerprint"][0])
 
     def probability(self, vector: npt.NDArray[np.float32]) -> float:
         """How likely the message whose embedding this is reports a problem."""
-        return float(self._detector.predict_proba(vector.reshape(1, -1))[0, 1])
+        score = float(np.dot(self._coef, vector.reshape(-1))) + self._intercept
+        return float(1.0 / (1.0 + np.exp(-score)))
 
     def category(self, vector: npt.NDArray[np.float32]) -> tuple[str, float]:
         """The most likely category of the issue, and its probability."""
-        if isinstance(self._categories, str):
-            return self._categories, 1.0
-        probabilities = self._categories.predict_proba(vector.reshape(1, -1))[0]
+        if len(self.categories) == 1:
+            return self.categories[0], 1.0
+        scores = self._category_coef @ vector.reshape(-1) + self._category_intercept
+        probabilities = _softmax_rows(scores)
         best = int(np.argmax(probabilities))
-        return str(self._categories.classes[best]), float(probabilities[best])
-
-    def save(self, folder: Path, trained_on: str, about: Mapping[str, object]) -> str:
-        """Write the coefficients and a manifest (their SHA-256, the inputs' fingerprint).
-
-        Fixed timestamps in the archive: the same weights give the same bytes."""
-        arrays = {
-            "detector_coef": self._detector.coef,
-            "detector_intercept": self._detector.intercept,
-            "detector_classes": self._detector.classes.astype(bool),
-        }
-        if isinstance(self._categories, LogisticModel):
-            arrays["category_coef"] = self._categories.coef
-            arrays["category_intercept"] = self._categories.intercept
-            arrays["category_classes"] = self._categories.classes.astype(str)
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for key, array in arrays.items():
-                member = io.BytesIO()
-                np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
-                info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.compress_type = zipfile.ZIP_DEFLATED
-                archive.writestr(info, member.getvalue())
-        data = buffer.getvalue()
-        digest = hashlib.sha256(data).hexdigest()
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / ARRAYS_FILE).write_bytes(data)
-        manifest = {
-            "sha256": digest,
-            "trained_on": trained_on,
-            "only_category": self._categories if isinstance(self._categories, str) else None,
-            **about,
-        }
-        (folder / MANIFEST_FILE).write_text(
-            json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-        )
-        return digest
-
-    @classmethod
-    def load(cls, folder: Path = MODEL_DIR, trained_on: str | None = None) -> IssueModel:
-        """The saved model, after checking its SHA-256 (and, if given, its inputs' fingerprint)."""
-        try:
-            manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-            data = (folder / ARRAYS_FILE).read_bytes()
-        except (OSError, ValueError) as exc:
-            raise ArtefactError(f"issue model in {folder} is unreadable: {exc}") from exc
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != manifest.get("sha256"):
-            raise ArtefactError(
-                f"{folder / ARRAYS_FILE} has SHA-256 {digest}, the manifest says "
-                f"{manifest.get('sha256')}; rebuild it with `python -m services.memory.issue_model`"
-            )
-        if trained_on is not None and manifest.get("trained_on") != trained_on:
-            raise ArtefactError(
-                "the shipped model was fitted on other issue examples or another embedder"
-            )
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            detector = LogisticModel(
-                arrays["detector_coef"], arrays["detector_intercept"], arrays["detector_classes"]
-            )
-            categories: LogisticModel | str = (
-                str(manifest["only_category"])
-                if manifest.get("only_category")
-                else LogisticModel(
-                    arrays["category_coef"],
-                    arrays["category_intercept"],
-                    arrays["category_classes"],
-                )
-            )
-        return cls(detector, categories, threshold=float(manifest.get("threshold", THRESHOLD)))
-
-
-def build(folder: Path = MODEL_DIR) -> str:
-    """Fit on the default terms file's examples and write the artefact; returns its hash."""
-    embedder = MiniLmEmbedder()
-    texts, labels = training_set(load_cases(ISSUE_SET, TRAIN_SPLIT), load_terms().issue_examples)
-    model = IssueModel.fit(embedder.embed(texts), labels)
-    trained_on = fingerprint(embedder.model_id, REGULARISATION_C, texts, labels)
-    about = {
-        "c": REGULARISATION_C,
-        "threshold": THRESHOLD,
-        "embedder": embedder.model_id,
-        "texts": len(texts),
-        "issues": sum(label is not None for label in labels),
-    }
-    return model.save(folder, trained_on, about)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Rebuild `data/issue-model.*` from the labelled set and the default terms file."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--out", type=Path, default=MODEL_DIR, help="where to write the model")
-    args = parser.parse_args(argv)
-    print(f"wrote {args.out / ARRAYS_FILE} (sha256 {build(args.out)})")
-
-
-if __name__ == "__main__":
-    main()
+        return self.categories[best], float(probabilities[best])

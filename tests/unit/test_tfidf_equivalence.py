@@ -10,7 +10,6 @@ project's own labelled texts, the GoEmotions test split it ships, and hostile in
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -32,21 +31,8 @@ from services.emotion.model import (
     word_vectorizer,
 )
 from services.generation.knowledge import ANALYZER, KnowledgeBase, english_stop_words, tokenize
-from services.memory.issue_model import ARRAYS_FILE as ISSUE_ARRAYS
-from services.memory.issue_model import MANIFEST_FILE as ISSUE_MANIFEST
-from services.memory.issue_model import MODEL_DIR as ISSUE_DIR
-from services.memory.issue_model import (
-    REGULARISATION_C,
-    TRAIN_SPLIT,
-    IssueModel,
-    fingerprint,
-    load_cases,
-    training_set,
-)
-from services.memory.issue_model import ArtefactError as IssueArtefactError
-from services.memory.terms import load_terms
+from services.memory.issue_model import WEIGHTS, IssueModel, load_cases
 from shared.embedding import MiniLmEmbedder
-from shared.logistic import LogisticModel
 from shared.tfidf import SparseRows, TfidfTransform
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,82 +188,22 @@ def test_the_stop_word_copy_is_scikit_learns() -> None:
     assert english_stop_words() == ENGLISH_STOP_WORDS
 
 
-@pytest.fixture(scope="module")
-def issue_vectors() -> tuple[np.ndarray, list[str | None], np.ndarray]:
-    """The issue model's training embeddings and labels, and every labelled case's embedding."""
-    embedder = MiniLmEmbedder()
-    texts, labels = training_set(load_cases(split=TRAIN_SPLIT), load_terms().issue_examples)
-    cases = [c.text for c in load_cases()] + HOSTILE
-    # float64, as the issue model fits: scikit-learn computes float32 input in float32.
-    return embedder.embed(texts).astype(np.float64), labels, embedder.embed(cases)
-
-
-def test_issue_probabilities_equal_scikit_learns(
-    issue_vectors: tuple[np.ndarray, list[str | None], np.ndarray],
-) -> None:
-    vectors, labels, cases = issue_vectors
-    is_issue = np.array([label is not None for label in labels])
-    detector = LogisticRegression(C=REGULARISATION_C, max_iter=2000).fit(vectors, is_issue)
-    names = [label for label in labels if label is not None]
-    categories = LogisticRegression(C=REGULARISATION_C, max_iter=3000).fit(vectors[is_issue], names)
-    for reference in (detector, categories):
-        ours = LogisticModel.from_sklearn(reference).predict_proba(cases)
-        expected = reference.predict_proba(cases.astype(np.float64))
-        assert np.abs(ours - expected).max() <= TOLERANCE
-        assert np.array_equal(ours.argmax(axis=1), expected.argmax(axis=1))
-    model = IssueModel.fit(vectors, labels)
-    for row in cases:
-        wide = row[None].astype(np.float64)
-        assert abs(model.probability(row) - detector.predict_proba(wide)[0, 1]) <= TOLERANCE
+def test_issue_probabilities_equal_scikit_learns() -> None:
+    """The shipped issue model's numpy arithmetic against scikit-learn holding its weights."""
+    model, _ = IssueModel.load(WEIGHTS)
+    detector = _classifier(model._coef[None, :], np.asarray([model._intercept]), [False, True])
+    categories = _classifier(model._category_coef, model._category_intercept, model.categories)
+    cases = MiniLmEmbedder().embed([c.text for c in load_cases()] + HOSTILE)
+    wide = cases.astype(np.float64)  # scikit-learn computes float32 input in float32
+    expected = detector.predict_proba(wide)[:, 1]
+    ours = np.asarray([model.probability(row) for row in cases])
+    assert np.abs(ours - expected).max() <= TOLERANCE
+    assert np.array_equal(ours >= model.threshold, expected >= model.threshold)
+    kinds = categories.predict_proba(wide)
+    for row, probabilities in zip(cases, kinds, strict=True):
         name, p = model.category(row)
-        assert name == categories.predict(wide)[0]
-        assert abs(p - categories.predict_proba(wide).max()) <= TOLERANCE
-
-
-def test_the_shipped_issue_model_is_what_fitting_gives_now(
-    issue_vectors: tuple[np.ndarray, list[str | None], np.ndarray],
-) -> None:
-    vectors, labels, cases = issue_vectors
-    shipped = IssueModel.for_examples(MiniLmEmbedder(), load_terms().issue_examples)
-    fitted = IssueModel.fit(vectors, labels)
-    for row in cases:
-        assert shipped.probability(row) == pytest.approx(fitted.probability(row), abs=1e-4)
-        assert shipped.category(row)[0] == fitted.category(row)[0]
-
-
-class _HashEmbedder:
-    """A stand-in embedder (a vector per text from its hash): only the fallback's logic is
-    under test here, and another embedder must never load the shipped coefficients."""
-
-    model_id = "hash-stand-in"
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        rows = [np.random.default_rng(list(t.encode()) or [0]).normal(size=8) for t in texts]
-        return np.asarray(rows, dtype=np.float32)
-
-
-def test_other_inputs_are_fitted_not_loaded(caplog: pytest.LogCaptureFixture) -> None:
-    examples = {k: list(v) for k, v in load_terms().issue_examples.items()}
-    IssueModel.for_examples(_HashEmbedder(), examples)
-    assert "fitted at start-up" in caplog.text
-    caplog.clear()
-    examples["delivery_lost"] = [*examples.get("delivery_lost", []), "my box never came"]
-    texts, labels = training_set(load_cases(split=TRAIN_SPLIT), examples)
-    other = fingerprint(MiniLmEmbedder.model_id, REGULARISATION_C, texts, labels)
-    with pytest.raises(IssueArtefactError, match="other issue examples"):
-        IssueModel.load(ISSUE_DIR, other)
-
-
-def test_an_altered_issue_artefact_is_refused(tmp_path: Path) -> None:
-    for name in (ISSUE_ARRAYS, ISSUE_MANIFEST):
-        shutil.copy(ISSUE_DIR / name, tmp_path / name)
-    data = bytearray((tmp_path / ISSUE_ARRAYS).read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (tmp_path / ISSUE_ARRAYS).write_bytes(bytes(data))
-    with pytest.raises(IssueArtefactError, match="SHA-256"):
-        IssueModel.load(tmp_path)
-    with pytest.raises(IssueArtefactError, match="unreadable"):
-        IssueModel.load(tmp_path / "missing")
+        assert name == model.categories[int(probabilities.argmax())]
+        assert abs(p - probabilities.max()) <= TOLERANCE
 
 
 SERVING = """
@@ -310,5 +236,5 @@ def test_serving_never_imports_scikit_learn_or_scipy() -> None:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert "fitted at start-up" not in done.stderr
+    assert "fitted on other data" not in done.stderr  # the shipped issue weights loaded
     assert done.stdout.strip().splitlines()[-1] == "[]"
