@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import httpx
@@ -32,6 +33,7 @@ from shared.events import (
     ReplyDeltaEvent,
     ReplyGeneratedEvent,
 )
+from shared.kafka import ensure_topics
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 
@@ -84,6 +86,9 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
                 prefix,
                 after_s=cfg.replay_after_s,
                 attempts=cfg.replay_attempts,
+                recreate_topics=(
+                    partial(ensure_topics, cfg.kafka) if cfg.kafka.create_topics else None
+                ),
             )
             _background(stack, replay.run(), "ingest-replay")
         owners = Owners(redis, prefix, cfg.owner_ttl_s)

@@ -34,7 +34,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -166,6 +166,7 @@ class TurnReplay:
         after_s: float,
         attempts: int,
         clock: Callable[[], float] = time.time,
+        recreate_topics: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.redis = redis
         self.bus = bus
@@ -181,6 +182,10 @@ class TurnReplay:
         self._take = redis.register_script(_TAKE_LUA)
         self._retry = redis.register_script(_RETRY_LUA)
         self._clock = clock
+        self.recreate_topics = recreate_topics
+        """Run before a lost log's replay: the broker may be back without its topics, unseen
+        by the broker watch (a restart between two pings), and tansu keeps records sent to a
+        missing topic's partition where no consumer sees them until the topic is created."""
 
     def _now(self) -> float:
         return self._clock()
@@ -236,6 +241,11 @@ class TurnReplay:
         everything = self.log_lost
         self.log_lost = False
         reason = "broker_log_lost" if everything else "no_answer"
+        if everything and self.recreate_topics is not None:
+            try:
+                await self.recreate_topics()
+            except Exception:
+                log.warning("could not re-create the topics", exc_info=True)
         replayed = 0
         while True:
             now = self._now()
