@@ -379,6 +379,9 @@ class Chaos:
             bootstrap_servers=settings.bootstrap_servers,
             enable_auto_commit=False,
             fetch_max_wait_ms=50,
+            # A broker that lost its log starts the topic again at offset 0: read the new log
+            # from its start instead of skipping to its end.
+            auto_offset_reset="earliest",
         )
         await consumer.start()
         try:

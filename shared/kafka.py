@@ -158,6 +158,8 @@ class BrokerWatch:
         self.timeout_s = timeout_s
         self.up = True
         self.since = time.monotonic()
+        self.outages = 0
+        """How many times the broker was seen going down (ingest replays what it held)."""
 
     async def check(self) -> bool:
         """Ping the broker once and record the outcome; True when it answered."""
@@ -172,6 +174,7 @@ class BrokerWatch:
                 log.warning("broker is back")
                 await self._recreate_topics()
             else:
+                self.outages += 1
                 log.warning("broker is down: publishing is refused until it is back")
         return answered
 

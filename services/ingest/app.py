@@ -89,6 +89,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
                 recreate_topics=(
                     partial(ensure_topics, cfg.kafka) if cfg.kafka.create_topics else None
                 ),
+                watch=infra.bus.watch,
             )
             _background(stack, replay.run(), "ingest-replay")
         owners = Owners(redis, prefix, cfg.owner_ttl_s)

@@ -15,6 +15,8 @@ For each message, in this order:
    claim unmarked: the client's resend then publishes the claimed event (same id, so the
    pipeline treats a second copy as a redelivery) instead of acknowledging a turn that never
    left the edge.
+6. the turn is kept in Redis until its reply comes back, and published again (same event) if
+   the broker lost it (`services/ingest/replay.py`).
 """
 
 from __future__ import annotations

@@ -14,7 +14,10 @@ election). So:
   agent gets suggestions) settles it: both keys are deleted;
 - `TurnReplay.publish` watches the offsets the broker gives the edge's own records: a
   partition handing out an offset at or below one it had already given (`LogWatch`) is a
-  broker that came back without its log, and every pending turn is published again at once;
+  broker that came back without its log, and every pending turn is published again at once
+  (after re-creating the topics); so is every pending turn when the broker watch saw the
+  broker go down and come back (a restart faster than its one-second ping is caught by the
+  offsets, or by the timeout when no record lands on a partition used before);
 - every second the due turns are published again (`no_answer`: a hop lost it some other
   way, or is very slow), at most `replay_attempts` times; then the turn is given up, logged
   and counted.
@@ -42,7 +45,7 @@ from aiokafka.structs import RecordMetadata
 from prometheus_client import Counter
 
 from shared.events import Envelope, TurnReceivedEvent
-from shared.kafka import EventBus
+from shared.kafka import BrokerWatch, EventBus
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +63,9 @@ BATCH = 200
 
 REPLAYED = Counter(
     "cbd_ingest_turns_replayed_total",
-    "Accepted turns published again by the edge: `broker_log_lost` (the broker came back "
-    "without its log) or `no_answer` (no reply within CBD_INGEST_REPLAY_AFTER_S).",
+    "Accepted turns published again by the edge: `broker_log_lost` (the broker handed out an "
+    "offset again), `broker_back` (the broker watch saw an outage end) or `no_answer` (no "
+    "reply within CBD_INGEST_REPLAY_AFTER_S).",
     ["reason"],
 )
 ABANDONED = Counter(
@@ -167,6 +171,7 @@ class TurnReplay:
         attempts: int,
         clock: Callable[[], float] = time.time,
         recreate_topics: Callable[[], Awaitable[None]] | None = None,
+        watch: BrokerWatch | None = None,
     ) -> None:
         self.redis = redis
         self.bus = bus
@@ -183,6 +188,11 @@ class TurnReplay:
         self._retry = redis.register_script(_RETRY_LUA)
         self._clock = clock
         self.recreate_topics = recreate_topics
+        self.broker_watch = watch
+        """The broker watch: an outage it saw may have cost the log, so what is pending is
+        replayed when the broker is back (a durable broker's copies are then duplicates, which
+        every hop absorbs)."""
+        self._outages = watch.outages if watch is not None else 0
         """Run before a lost log's replay: the broker may be back without its topics, unseen
         by the broker watch (a restart between two pings), and tansu keeps records sent to a
         missing topic's partition where no consumer sees them until the topic is created."""
@@ -238,9 +248,15 @@ class TurnReplay:
 
     async def replay_due(self) -> int:
         """Publish the turns that are due (all of them after a lost log); return how many."""
+        reason = "broker_log_lost" if self.log_lost else "no_answer"
+        broker = self.broker_watch
+        if broker is not None and broker.up and broker.outages != self._outages:
+            self._outages = broker.outages
+            if not self.log_lost:
+                reason = "broker_back"
+                self.log_lost = True
         everything = self.log_lost
         self.log_lost = False
-        reason = "broker_log_lost" if everything else "no_answer"
         if everything and self.recreate_topics is not None:
             try:
                 await self.recreate_topics()

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import httpx
@@ -30,7 +31,7 @@ from cbd.procs import tcp_open
 from cbd.runtime import Platform
 from services.ingest.replay import ABANDONED, REPLAYED, TurnReplay, pending_key
 from shared.events import ReplyGenerated, ReplyGeneratedEvent, Role, TurnReceivedEvent
-from shared.kafka import BrokerUnavailable, EventBus
+from shared.kafka import BrokerUnavailable, BrokerWatch, EventBus
 from shared.settings import KafkaSettings
 from shared.topics import Topic
 from tests.kit import RecordingBus, turn_received
@@ -261,3 +262,14 @@ async def test_replay_rounds_count_attempts_give_up_and_wait_out_a_broker_outage
     assert await replay.replay_due() == 2
     assert not replay.log_lost
     assert REPLAYED.labels("broker_log_lost")._value.get() >= 2
+
+    # An outage the broker watch saw: once the broker is back, everything pending goes again.
+    watch = SimpleNamespace(up=False, outages=0)
+    replay.broker_watch = cast(BrokerWatch, watch)
+    watch.outages += 1
+    assert await replay.replay_due() == 0  # still down
+    watch.up = True
+    back = REPLAYED.labels("broker_back")._value.get()
+    assert await replay.replay_due() == 2
+    assert REPLAYED.labels("broker_back")._value.get() == back + 2
+    assert await replay.replay_due() == 0
