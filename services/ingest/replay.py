@@ -19,8 +19,8 @@ election). So:
   broker go down and come back (a restart faster than its one-second ping is caught by the
   offsets, or by the timeout when no record lands on a partition used before);
 - every second the due turns are published again (`no_answer`: a hop lost it some other
-  way, or is very slow), at most `replay_attempts` times; then the turn is given up, logged
-  and counted.
+  way, or is very slow), at most `replay_attempts` times (replays after a lost log do not
+  count); then the turn is given up, logged and counted.
 
 A replay is the same event, same event id: every hop derives its ids from it
 (`Envelope.derive`), so a hop that did see the turn finds its own earlier work (the ticket
@@ -77,10 +77,11 @@ LOG_LOSSES = Counter(
     "Times the broker handed the edge an offset it had handed out before (its log was lost).",
 )
 
-# Take up to ARGV[2] turns due by ARGV[1]: count the attempt and schedule the next one at
-# ARGV[3]; a turn past ARGV[4] attempts is deleted and returned with an empty event; an
-# index entry whose turn is gone (answered, erased, expired) is dropped. One script, so two
-# replicas never take the same turn in the same round.
+# Take up to ARGV[2] turns due by ARGV[1]: count the attempt (ARGV[5]: 1, or 0 when the
+# broker lost the turn, which is no sign that the turn itself cannot be answered) and schedule
+# the next one at ARGV[3]; a turn past ARGV[4] attempts is deleted and returned with an empty
+# event; an index entry whose turn is gone (answered, erased, expired) is dropped. One
+# script, so two replicas never take the same turn in the same round.
 _TAKE_LUA = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local out = {}
@@ -89,7 +90,7 @@ for _, key in ipairs(due) do
     if not event then
         redis.call('ZREM', KEYS[1], key)
     else
-        local attempts = redis.call('HINCRBY', key, 'attempts', 1)
+        local attempts = redis.call('HINCRBY', key, 'attempts', ARGV[5])
         if attempts > tonumber(ARGV[4]) then
             redis.call('DEL', key)
             redis.call('ZREM', KEYS[1], key)
@@ -103,11 +104,11 @@ end
 return out
 """
 
-# A replay that could not be published does not count as an attempt, and is due again at
-# ARGV[1], unless the turn was answered (deleted) meanwhile.
+# A replay that could not be published does not count as an attempt (ARGV[2]: what the take
+# counted), and is due again at ARGV[1], unless the turn was answered (deleted) meanwhile.
 _RETRY_LUA = """
 if redis.call('EXISTS', KEYS[2]) == 1 then
-    redis.call('HINCRBY', KEYS[2], 'attempts', -1)
+    redis.call('HINCRBY', KEYS[2], 'attempts', -tonumber(ARGV[2]))
     redis.call('ZADD', KEYS[1], ARGV[1], KEYS[2])
 end
 return 0
@@ -267,7 +268,13 @@ class TurnReplay:
             now = self._now()
             taken = await self._take(
                 keys=[self.due_key],
-                args=["+inf" if everything else now, BATCH, now + self.after_s, self.attempts],
+                args=[
+                    "+inf" if everything else now,
+                    BATCH,
+                    now + self.after_s,
+                    self.attempts,
+                    0 if everything else 1,
+                ],
             )
             for raw_key, raw_event, attempts in taken or []:
                 key = _text(raw_key)
@@ -280,7 +287,7 @@ class TurnReplay:
                     await self.publish(event)
                 except Exception:
                     log.warning("could not replay %s; trying again soon", key, exc_info=True)
-                    await self._retry_soon(key)
+                    await self._retry_soon(key, counted=not everything)
                     # The broker is still away: the rest wait for the next round, and a lost
                     # log's full replay is not done until they are out.
                     self.log_lost = self.log_lost or everything
@@ -290,9 +297,11 @@ class TurnReplay:
             if len(taken or []) < BATCH:
                 return replayed
 
-    async def _retry_soon(self, key: str) -> None:
+    async def _retry_soon(self, key: str, *, counted: bool) -> None:
         try:
-            await self._retry(keys=[self.due_key, key], args=[self._now() + RETRY_S])
+            await self._retry(
+                keys=[self.due_key, key], args=[self._now() + RETRY_S, 1 if counted else 0]
+            )
         except Exception:
             log.warning("could not reschedule %s (Redis)", key, exc_info=True)
 

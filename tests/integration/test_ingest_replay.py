@@ -262,6 +262,16 @@ async def test_replay_rounds_count_attempts_give_up_and_wait_out_a_broker_outage
     assert await replay.replay_due() == 2
     assert not replay.log_lost
     assert REPLAYED.labels("broker_log_lost")._value.get() >= 2
+    # The broker lost them: no sign the turns cannot be answered, so no attempt is spent.
+    assert (
+        await redis.hget(
+            pending_key(
+                replay.prefix, others[1].conversation_id, others[1].payload.message.turn_id
+            ),
+            "attempts",
+        )
+        == "0"
+    )
 
     # An outage the broker watch saw: once the broker is back, everything pending goes again.
     watch = SimpleNamespace(up=False, outages=0)
