@@ -6,8 +6,9 @@ turn is a new customer on the web chat who asks for a person, so all six service
 hops run and the LLM is out of the path. Meanwhile it kills a random service (`kill -9`), waits
 until replies flow again, pauses a random moment, and kills again. `--targets ...,broker`
 kills the broker too; with the default in-memory broker storage a broker kill loses what the
-broker held, and tansu's durable S3 storage does not keep up with this load on a small machine
-(docs/architecture.md), so broker kills are opt-in.
+broker held, which ingest publishes again (services/ingest/replay.py), and tansu's durable S3
+storage does not keep up with this load on a small machine (docs/architecture.md). Broker kills
+stay opt-in here; the short form in CI (tests/e2e/test_chaos.py) kills the broker twice.
 
 Every turn is followed twice, by turn id: at the customer's WebSocket (a client that resends
 its message with the same `client_message_id` until it is accepted, and reconnects with
