@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from cbd import deadletter, emotion, evaluate, learning, reply_rubric, security, training
+from cbd import deadletter, emotion, evaluate, issues, learning, reply_rubric, security, training
 from cbd.procs import ProcessFailed
 from cbd.runtime import DEFAULT_PORTS, Platform
 from cbd.serve import SERVICES, serve
@@ -21,6 +21,7 @@ CARE_COMMANDS: dict[tuple[str, str], Callable[[argparse.Namespace], int]] = {
     ("evaluate", "report"): evaluate.main,
     ("evaluate", "scenarios"): evaluate.main,
     ("evaluate", "replies"): reply_rubric.main,
+    ("evaluate", "issues"): issues.main,
     ("export", "training"): training.main,
     ("learning", "report"): learning.main,
 }
@@ -82,7 +83,7 @@ def run(run_dir: Path, port_offset: int = 0, broker_storage: BrokerStorage = "s3
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one line per subcommand)
     """Entry point of the `cbd` command."""
     parser = argparse.ArgumentParser(prog="cbd", description="Care-by-Design platform tools.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     p_rep.add_argument(
         "--scripted-only", action="store_true", help="only the scenarios whose turns give a reply"
     )
+    issues.add_parser(eval_sub)
     p_export = sub.add_parser("export", help="export data sets")
     export_sub = p_export.add_subparsers(dest="action", required=True)
     training.add_parser(export_sub)

@@ -377,6 +377,9 @@ class ReplyDelta(_Model):
     reply_id: uuid.UUID
     seq: int
     text: str
+    withdrawn: bool = False
+    """The reply stops here and no final reply follows (a person took the conversation
+    while the bot was writing): channels take back what streamed of it."""
 
 
 class ReplyFlag(StrEnum):

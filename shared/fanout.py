@@ -33,6 +33,8 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 
+from shared.erasure import LATE, LATE_LUA, LateCheck
+
 log = logging.getLogger(__name__)
 
 FrameId = tuple[int, int]
@@ -52,6 +54,25 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', ARGV[1], '{"id":"' .. id .. '","frame":' .. ARGV[2] .. '}')
 return id
 """
+
+# The same with an erasure check first (`shared.erasure.LATE_LUA`): KEYS[2] is the once key
+# (used when ARGV[5] is '1'), KEYS[3..] the receipts. 0: the frame is about a customer erased
+# before it came, and is neither kept nor published.
+_PUBLISH_BUFFERED_CHECKED_LUA = (
+    LATE_LUA
+    + """
+if late(3, ARGV[6], ARGV[7], ARGV[8]) then
+    return 0
+end
+if ARGV[5] == '1' and not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[4]) then
+    return false
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'frame', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[1], '{"id":"' .. id .. '","frame":' .. ARGV[2] .. '}')
+return id
+"""
+)
 
 
 def parse_frame_id(value: str) -> FrameId:
@@ -114,12 +135,21 @@ class Fanout:
         self.buffer_ttl_s = buffer_ttl_s
         self._ready = asyncio.Event()
         self._publish_buffered = redis.register_script(_PUBLISH_BUFFERED_LUA)
+        self._publish_checked = redis.register_script(_PUBLISH_BUFFERED_CHECKED_LUA)
 
     def buffer_key(self, key: str) -> str:
         """The Redis stream holding `key`'s recent frames (only meaningful with a buffer)."""
         return f"{self.key_prefix}{self.buffer}:{key}"
 
-    async def publish(self, key: str, frame: dict[str, Any], *, once: str = "") -> str | None:
+    async def publish(
+        self,
+        key: str,
+        frame: dict[str, Any],
+        *,
+        once: str = "",
+        late: LateCheck | None = None,
+        store: str = "",
+    ) -> str | None:
         """Offer a frame to every replica; with a buffer, keep it and return its frame id.
 
         With `once` (a buffered fanout only), a frame published under the same `once` before,
@@ -127,10 +157,35 @@ class Fanout:
         at-least-once consumer that redelivers an event (killed after publishing, before
         committing) does not show the customer the same reply twice. The check and the
         publish are one Lua script, so no kill between them can lose the frame.
+
+        With `late` (a buffered fanout only), a frame about a customer erased before it came
+        is neither buffered nor published (None; counted under `store`), checked in the same
+        script (`shared.erasure.RedisReceipts`).
         """
         if self.buffer is None:
             await self.redis.publish(self.prefix + key, json.dumps(frame))
             return None
+        if late is not None:
+            buffer = self.buffer_key(key)
+            checked = await self._publish_checked(
+                keys=[buffer, f"{self.key_prefix}{self.buffer}-once:{once}", *late.keys],
+                args=[
+                    self.prefix + key,
+                    json.dumps(frame),
+                    self.buffer_maxlen,
+                    self.buffer_ttl_s,
+                    "1" if once else "",
+                    late.origin,
+                    late.skew,
+                    late.ttl,
+                ],
+            )
+            if checked == 0:
+                LATE.labels(store).inc()
+                return None
+            if checked is None:
+                return None
+            return checked.decode() if isinstance(checked, bytes) else str(checked)
         keys = [self.buffer_key(key)]
         if once:
             keys.append(f"{self.key_prefix}{self.buffer}-once:{once}")

@@ -22,7 +22,7 @@ import time
 from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import httpx
 from prometheus_client import Counter, Histogram
@@ -46,6 +46,23 @@ LLM_RETRIES = Counter("cbd_llm_retries_total", "LLM requests retried before any 
 # Failures worth another attempt: the server refused, was overloaded or broke, before any
 # text came. A first-token timeout is not retried: its budget is the customer's wait.
 RETRYABLE = frozenset({"connection", "http_429", "http_500", "http_502", "http_503", "http_504"})
+
+
+@dataclass
+class StreamEnd:
+    """How a streamed reply ended, filled in by `ChatClient.stream` for its caller.
+
+    The text alone cannot tell a reply that ended from one the server cut at `max_tokens`
+    (which stops mid-sentence, even mid-word or inside markup).
+    """
+
+    finish_reason: str | None = None
+    """The server's last `finish_reason`: `stop`, `length` (cut at the token limit)..."""
+
+    @property
+    def cut(self) -> bool:
+        """The server stopped the reply at the token limit, not where the model ended it."""
+        return self.finish_reason == "length"
 
 
 class LLMUnavailable(Exception):
@@ -140,8 +157,11 @@ class ChatClient:
         max_tokens: int,
         temperature: float,
         top_p: float,
+        end: StreamEnd | None = None,
     ) -> AsyncGenerator[str, None]:
         """Yield the reply's text as it is generated; raise LLMUnavailable on failure.
+
+        `end`, when given, receives the server's finish reason once the stream is over.
 
         A request that fails before any text is retried (`retries` times, with backoff)
         while the first-token budget lasts; once text has streamed it is never retried, since
@@ -154,7 +174,9 @@ class ChatClient:
             raise LLMUnavailable("circuit_open", "the LLM server failed repeatedly; waiting")
         verdict = _BreakerVerdict(breaker)
         try:
-            async with aclosing(self._with_retries(messages, max_tokens, temperature, top_p)) as it:
+            async with aclosing(
+                self._with_retries(messages, max_tokens, temperature, top_p, end)
+            ) as it:
                 async for text in it:
                     yield text
             verdict.success()
@@ -277,7 +299,12 @@ class ChatClient:
         return resp
 
     async def _with_retries(
-        self, messages: Sequence[ChatMessage], max_tokens: int, temperature: float, top_p: float
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        end: StreamEnd | None,
     ) -> AsyncGenerator[str, None]:
         give_up_at = time.perf_counter() + self.first_token_timeout_s
         attempt = 0
@@ -286,7 +313,11 @@ class ChatClient:
             try:
                 async with aclosing(
                     self._stream_once(
-                        messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p
+                        messages,
+                        max_tokens=max_tokens,
+                        temperature=temperature,
+                        top_p=top_p,
+                        end=end,
                     )
                 ) as it:
                     async for text in it:
@@ -313,6 +344,7 @@ class ChatClient:
         max_tokens: int,
         temperature: float,
         top_p: float,
+        end: StreamEnd | None = None,
     ) -> AsyncGenerator[str, None]:
         """One streamed request, without retries."""
         body = self._body(messages, max_tokens, temperature, top_p=top_p, stream=True)
@@ -335,9 +367,11 @@ class ChatClient:
                         line = await asyncio.wait_for(anext(lines), remaining)
                     except StopAsyncIteration:
                         break
-                    text, done = _parse_sse_line(line)
+                    text, done, finish_reason = _parse_sse_line(line)
                     if done:
                         break
+                    if finish_reason is not None and end is not None:
+                        end.finish_reason = finish_reason
                     if text:
                         if first:
                             LLM_TTFT.observe(time.perf_counter() - started)
@@ -387,27 +421,42 @@ class _BreakerVerdict:
             self.breaker.release_trial()
 
 
-def _parse_sse_line(line: str) -> tuple[str, bool]:
-    """The text in one server-sent-events line, and whether the stream has ended.
+class SseLine(NamedTuple):
+    """What one server-sent-events line says."""
+
+    text: str
+    done: bool
+    """`[DONE]`: the stream is over."""
+    finish_reason: str | None = None
+
+
+def _parse_sse_line(line: str) -> SseLine:
+    """The text in one server-sent-events line, whether the stream has ended, and the
+    finish reason when the chunk carries one.
 
     Anything that is not a well-formed chunk carries no text: a server that sends keep-alive
     comments or odd JSON must not turn into an exception in the middle of a reply.
     """
     if not line.startswith("data:"):
-        return "", False
+        return SseLine("", False)
     data = line[5:].strip()
     if data == "[DONE]":
-        return "", True
+        return SseLine("", True)
     try:
         chunk = json.loads(data)
     except (ValueError, RecursionError):
-        return "", False
+        return SseLine("", False)
     choices = chunk.get("choices") if isinstance(chunk, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        return "", False
+        return SseLine("", False)
     delta = choices[0].get("delta")
     content = delta.get("content") if isinstance(delta, dict) else None
-    return (content if isinstance(content, str) else ""), False
+    reason = choices[0].get("finish_reason")
+    return SseLine(
+        content if isinstance(content, str) else "",
+        False,
+        reason if isinstance(reason, str) else None,
+    )
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,7 @@ class AuditHandlers:
             [erased.erased_customer_id, *erased.identities],
             erased.conversation_ids,
             tenant=event.tenant,
+            erased_at=erased.requested_at,
         )
         ERASURES.inc()
         log.info("erased %d audit records for one customer", count)

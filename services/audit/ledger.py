@@ -8,16 +8,22 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from shared.db import Pool
-from shared.events import DEFAULT_TENANT
+from shared.erasure import LATE, Receipts, Subject
+from shared.events import DEFAULT_TENANT, utcnow
 
 log = logging.getLogger(__name__)
 
 GENESIS = b"\x00"
+
+CHAIN_LOCK = "cbd_audit_chain"
+"""The advisory lock every writer of the chain holds; an erasure holds it too, so a record
+checks the erasure receipts either before an erasure or after it committed, never between."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,7 @@ class Ledger:
         self.eraser = eraser or pg
         self.key = key.encode()
         self.key_id = key_id(self.key)
+        self.receipts = Receipts("audit.erasure_receipts", CHAIN_LOCK)
 
     async def append(self, record: Record) -> bool:
         """Record it once; False when this topic/partition/offset is already recorded."""
@@ -168,7 +175,7 @@ class Ledger:
         async with self.pg.acquire() as conn, conn.transaction():
             # Every writer takes this lock first, so nothing can be inserted between the
             # existence check and the insert below: the chain computed here is the one stored.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cbd_audit_chain'))")
+            await self.receipts.hold(conn)
             prev = await _head(conn)
             rows = await conn.fetch(
                 """
@@ -180,7 +187,7 @@ class Ledger:
             )
             seen = {(row[0], row[1], row[2]) for row in rows}
             results: list[bool] = []
-            args: list[tuple[Any, ...]] = []
+            new: list[tuple[Record, dict[str, Any] | None, dict[str, Any]]] = []
             for record, payload in parsed:
                 position = (record.topic, record.partition, record.offset)
                 if position in seen:
@@ -188,10 +195,16 @@ class Ledger:
                     continue
                 seen.add(position)
                 envelope = payload if payload is not None else subject(record.body)
+                new.append((record, payload, envelope))
+                results.append(True)
+            late = await self.receipts.late(conn, [Subject.of_record(e) for _, _, e in new])
+            args: list[tuple[Any, ...]] = []
+            for (record, payload, envelope), erased in zip(new, late, strict=True):
                 body_sha256 = hashlib.sha256(record.body).digest()
                 new_hash = chain_hash_v3(self.key, prev, record, body_sha256)
-                args.append(self._row(record, payload, envelope, prev, new_hash, body_sha256))
-                results.append(True)
+                args.append(
+                    self._row(record, payload, envelope, prev, new_hash, body_sha256, erased)
+                )
                 prev = new_hash
             if not args:
                 return results
@@ -201,8 +214,8 @@ class Ledger:
                 """
                 INSERT INTO audit.events (topic, kafka_partition, kafka_offset, event_id,
                     event_type, conversation_id, trace_id, body, payload, prev_hash, hash,
-                    body_sha256, chain_version, customer_id, key_id)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 3, $13, $14)
+                    body_sha256, chain_version, customer_id, key_id, erased_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 3, $13, $14, $15)
                 """,
                 args,
             )
@@ -227,23 +240,32 @@ class Ledger:
         prev: bytes,
         new_hash: bytes,
         body_sha256: bytes,
+        erased: bool,
     ) -> tuple[Any, ...]:
-        """One `audit.events` row's values, in the INSERTs' column order."""
+        """One `audit.events` row's values, in the INSERTs' column order.
+
+        `erased`: the record is about a customer erased before it arrived, so it is stored as
+        `erase` leaves a record (no body, payload, conversation or customer; its digest and
+        chain hash as for any record), and the chain verifies as before.
+        """
+        if erased:
+            LATE.labels("audit.events").inc()
         return (
             record.topic,
             record.partition,
             record.offset,
             _uuid(envelope),
             _text(envelope, "event_type"),
-            _text(envelope, "conversation_id"),
+            None if erased else _text(envelope, "conversation_id"),
             _text(envelope, "trace_id"),
-            record.body,
-            payload,
+            b"" if erased else record.body,
+            None if erased else payload,
             prev,
             new_hash,
             body_sha256,
-            _customer(envelope),
+            None if erased else _customer(envelope),
             self.key_id,
+            utcnow() if erased else None,
         )
 
     async def _insert(self, record: Record, payload: dict[str, Any] | None) -> bool:
@@ -252,20 +274,30 @@ class Ledger:
         envelope = payload if payload is not None else subject(record.body)
         async with self.pg.acquire() as conn, conn.transaction():
             # One writer at a time extends the chain; an advisory lock needs no UPDATE right.
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cbd_audit_chain'))")
+            await self.receipts.hold(conn)
+            known = await conn.fetchval(
+                "SELECT true FROM audit.events "
+                "WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3",
+                record.topic,
+                record.partition,
+                record.offset,
+            )
+            if known:
+                return False
             prev = await _head(conn)
             body_sha256 = hashlib.sha256(record.body).digest()
             new_hash = chain_hash_v3(self.key, prev, record, body_sha256)
+            (erased,) = await self.receipts.late(conn, [Subject.of_record(envelope)])
             seq = await conn.fetchval(
                 """
                 INSERT INTO audit.events (topic, kafka_partition, kafka_offset, event_id,
                     event_type, conversation_id, trace_id, body, payload, prev_hash, hash,
-                    body_sha256, chain_version, customer_id, key_id)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 3, $13, $14)
+                    body_sha256, chain_version, customer_id, key_id, erased_at)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 3, $13, $14, $15)
                 ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING
                 RETURNING seq
                 """,
-                *self._row(record, payload, envelope, prev, new_hash, body_sha256),
+                *self._row(record, payload, envelope, prev, new_hash, body_sha256, erased),
             )
             if seq is None:
                 return False
@@ -327,6 +359,7 @@ class Ledger:
         conversation_ids: list[str],
         *,
         tenant: str = DEFAULT_TENANT,
+        erased_at: datetime | None = None,
     ) -> int:
         """Erase the content of every record about these customers; return records erased.
 
@@ -335,8 +368,19 @@ class Ledger:
         Customer ids count within `tenant` (records from before tenants are the default
         tenant's): another tenant's customer with the same id keeps their records. A record
         whose body jsonb could not hold names no tenant, and is erased when its ids match.
+
+        The erasure's receipts (`erased_at`: when it was asked for) commit with it, under the
+        chain's lock, so a record about these customers appended later is stored erased.
         """
         async with self.eraser.acquire() as conn, conn.transaction():
+            await self.receipts.hold(conn)
+            await self.receipts.record(
+                conn,
+                tenant=tenant,
+                customers=customer_ids,
+                conversations=conversation_ids,
+                erased_at=erased_at or utcnow(),
+            )
             # First the records, by id: every column a record's subject was kept in, whether
             # or not its JSON could be stored (bodies with \\u0000 have no payload).
             seqs = await conn.fetch(

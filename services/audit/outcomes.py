@@ -34,6 +34,7 @@ from prometheus_client import Counter, Histogram
 
 from services.audit.care_settings import CareSettings
 from shared import db
+from shared.erasure import Receipts, Subject
 from shared.events import (
     Channel,
     CloseReason,
@@ -101,6 +102,11 @@ REVIEW_QUEUED = Counter(
 )
 
 
+CARE_RECEIPTS = Receipts("audit.erasure_receipts", "cbd_care_erasure")
+"""Audit's erasure receipts (the ledger writes them too) under the care tables' own lock,
+which every write of customer data to `care.*` holds shared."""
+
+
 def label_values(row: Any) -> list[str]:
     """Metric label values from a conversation row ("none" where unknown)."""
     return [
@@ -145,6 +151,7 @@ class Outcomes:
         self.pg = pg
         self.bus = bus
         self.settings = settings
+        self.receipts = CARE_RECEIPTS
 
     # ---- events in -------------------------------------------------------------------------
 
@@ -153,6 +160,8 @@ class Outcomes:
         turn = event.payload
         at = turn.message.received_at
         async with self.pg.acquire() as conn, conn.transaction():
+            if await self.receipts.check(conn, Subject.of(event), "care.turns"):
+                return  # about a customer erased before it arrived: nothing is kept
             row = await conn.fetchrow(
                 """
                 INSERT INTO care.conversations AS c
@@ -307,6 +316,8 @@ class Outcomes:
         reply = event.payload
         at = event.occurred_at
         async with self.pg.acquire() as conn, conn.transaction():
+            if await self.receipts.check(conn, Subject.of(event), "care.replies"):
+                return  # about a customer erased before it arrived: nothing is kept
             inserted = await conn.fetchval(
                 """
                 INSERT INTO care.replies (reply_id, turn_id, conversation_id, customer_id,
@@ -368,6 +379,8 @@ class Outcomes:
         """
         fb = event.payload
         async with self.pg.acquire() as conn, conn.transaction():
+            if await self.receipts.check(conn, Subject.of(event), "care.feedback"):
+                return  # about a customer erased before it arrived: nothing is kept
             inserted = await conn.fetchval(
                 """
                 INSERT INTO care.feedback (event_id, conversation_id, customer_id, reply_id,
@@ -436,6 +449,8 @@ class Outcomes:
         resolved = closed.disposition not in self.settings.unresolved_dispositions
         at = event.occurred_at
         async with self.pg.acquire() as conn, conn.transaction():
+            if await self.receipts.check(conn, Subject.of(event), "care.conversations"):
+                return  # about a customer erased before it arrived: nothing is kept
             row = await conn.fetchrow(
                 """
                 INSERT INTO care.conversations AS c (conversation_id, customer_id, channel,
@@ -475,12 +490,22 @@ class Outcomes:
         """Delete the customer's care rows: their words, scores of their replies, follow-ups.
 
         Customer ids count within the erased customer's tenant: another tenant's customer with
-        the same id keeps their rows.
+        the same id keeps their rows. The erasure's receipts commit with the deletes, so a
+        record about the customer still in flight is dropped when it arrives (a redelivered
+        erasure rewrites the same receipts and deletes nothing more).
         """
         erased = event.payload
         ids = [erased.erased_customer_id, *erased.identities]
         convs = erased.conversation_ids
         async with self.pg.acquire() as conn, conn.transaction():
+            await self.receipts.hold(conn)
+            await self.receipts.record(
+                conn,
+                tenant=event.tenant,
+                customers=ids,
+                conversations=convs,
+                erased_at=erased.requested_at,
+            )
             await conn.execute(
                 """
                 DELETE FROM care.reviews WHERE reply_id IN (

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from prometheus_client import Histogram
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
+from services.audit.outcomes import CARE_RECEIPTS
 from shared import db
 from shared.events import (
     DEFAULT_TENANT,
@@ -168,6 +169,9 @@ class ReviewDesk:
         stored and the reviewer can send again.
         """
         async with self.pg.acquire() as conn, conn.transaction():
+            # A review either commits before an erasure of the reply's customer (and goes with
+            # the reply) or finds the reply gone: never a review left behind by one.
+            await CARE_RECEIPTS.share(conn)
             reply = await conn.fetchrow(
                 "SELECT r.* FROM care.review_items i JOIN care.replies r USING (reply_id) "
                 "WHERE i.reply_id = $1 AND r.tenant = ANY($2::text[])",

@@ -25,12 +25,13 @@ class AuditSettings(ServiceSettings):
     chain_key: SecretStr = SecretStr(DEV_CHAIN_KEY)
     """The HMAC key of the audit chain (32+ random bytes in production). Keep it apart from
     the database: whoever holds it and can write the table could forge the chain."""
-    fetch_max_wait_ms: int | None = Field(default=None, ge=1)
-    """How long audit's consumers let a fetch wait (unset: `CBD_KAFKA_FETCH_MAX_WAIT_MS`).
-    Audit is off the reply path, so a longer wait saves idle polling (see "CPU per turn"), but
-    not by default: at 500 ms a reply still in flight when its customer asked for erasure
-    reached audit's and the care loop's tables after the erasure had run (the e2e erasure scan
-    found it), so records can outlive an erasure until erasure covers late arrivals."""
+    fetch_max_wait_ms: int | None = Field(default=500, ge=1)
+    """How long audit's consumers let a fetch wait (None: `CBD_KAFKA_FETCH_MAX_WAIT_MS`).
+    Audit is off the reply path, so the longer wait saves idle polling (see "CPU per turn"):
+    its records land up to half a second later. It was the default once before and was
+    taken back when a reply still in flight at its customer's erasure reached audit's and the
+    care loop's tables after the erasure had run; erasure receipts now store such late
+    records erased (`shared.erasure`), so the wait no longer decides what outlives an erasure."""
     eraser_dsn: SecretStr | None = None
     """PostgreSQL as the `cbd_audit_eraser` role, for erasures; unset: the service's own DSN
     (production: the service connects as an insert-only `cbd_audit_writer` member)."""

@@ -14,7 +14,7 @@ from services.emotion.trajectory import (
     previous_texts,
     record_turn,
 )
-from shared.erasure import ERASURES, conversation_keys, delete_keys
+from shared.erasure import ERASURES, Subject, conversation_keys, delete_keys
 from shared.events import (
     CustomerErasedEvent,
     EmotionTrajectory,
@@ -78,7 +78,8 @@ class EmotionHandlers:
         if mood is not None:
             trajectory = record_turn(mood, turn_id, message.text, analysis)
             try:
-                await self.trajectories.save(event.conversation_id, mood)
+                # Not for a customer erased while this turn was in flight (memory drops it).
+                await self.trajectories.save(event.conversation_id, mood, subject=Subject.of(event))
             except RedisError:
                 log.warning("could not store the trajectory (Redis)", exc_info=True)
         await self.bus.publish(
@@ -89,8 +90,10 @@ class EmotionHandlers:
         )
 
     async def on_customer_erased(self, event: CustomerErasedEvent) -> None:
-        """Forget the erased customer's conversation moods."""
+        """Forget the erased customer's conversation moods; receipts first, so a turn still in
+        flight stores no mood again."""
         store = self.trajectories
+        await store.receipts.record(event)
         await delete_keys(
             store.redis, conversation_keys(event, store.prefix, ["emotion:{conversation}"])
         )

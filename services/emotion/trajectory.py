@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
+from shared.erasure import RedisReceipts, Subject
 from shared.events import EmotionAnalysis, EmotionLabel, EmotionTrajectory, Trend
 
 SMOOTHING = 0.5
@@ -131,6 +132,7 @@ class TrajectoryStore:
         self.redis = redis
         self.prefix = key_prefix
         self.ttl_s = ttl_s
+        self.receipts = RedisReceipts(redis, key_prefix)
 
     def _key(self, conversation_id: str) -> str:
         return f"{self.prefix}emotion:{conversation_id}"
@@ -142,9 +144,18 @@ class TrajectoryStore:
             return ConversationMood()
         return ConversationMood(**json.loads(raw))
 
-    async def save(self, conversation_id: str, mood: ConversationMood) -> None:
-        """Store the mood and renew its TTL."""
-        await self.redis.set(self._key(conversation_id), json.dumps(mood.__dict__), ex=self.ttl_s)
+    async def save(
+        self, conversation_id: str, mood: ConversationMood, *, subject: Subject | None = None
+    ) -> bool:
+        """Store the mood and renew its TTL; with `subject` (the turn), not when the turn is
+        about a customer erased before it arrived (False; `shared.erasure.RedisReceipts`)."""
+        value = json.dumps(mood.__dict__)
+        if subject is None:
+            await self.redis.set(self._key(conversation_id), value, ex=self.ttl_s)
+            return True
+        return await self.receipts.set_unless_late(
+            self._key(conversation_id), value, self.ttl_s, subject, "emotion.trajectories"
+        )
 
 
 def previous_texts(mood: ConversationMood, turn_id: str) -> list[str]:

@@ -25,6 +25,7 @@ from prometheus_client import Counter, Histogram
 
 from shared import ownership
 from shared.db import Pool
+from shared.erasure import LateRecord, Receipts, Subject
 from shared.events import (
     DEFAULT_TENANT,
     Envelope,
@@ -177,6 +178,7 @@ class Desk:
         # A change of owner commits with its mirror message; the relay (run by the app)
         # mirrors what could not be mirrored right after the commit.
         self.outbox = Outbox(pg, "escalation", {OWNERSHIP: self._deliver}, service="escalation")
+        self.receipts = Receipts("escalation.erasure_receipts", "cbd_escalation_erasure")
 
     async def erase(
         self,
@@ -184,13 +186,24 @@ class Desk:
         conversation_ids: list[str],
         *,
         tenant: str = DEFAULT_TENANT,
+        erased_at: datetime | None = None,
     ) -> int:
         """Delete the tickets and ownership of an erased customer; return tickets deleted.
 
         Customer ids count within the erased customer's tenant only: another tenant's
-        customer with the same id keeps their tickets.
+        customer with the same id keeps their tickets. The erasure's receipts (`erased_at`:
+        when it was asked for) commit with the deletes, so a turn or reply about the customer
+        still in flight opens nothing when it arrives.
         """
         async with self.pg.acquire() as conn, conn.transaction():
+            await self.receipts.hold(conn)
+            await self.receipts.record(
+                conn,
+                tenant=tenant,
+                customers=customer_ids,
+                conversations=conversation_ids,
+                erased_at=erased_at or utcnow(),
+            )
             conversations = [
                 r["conversation_id"]
                 for r in await conn.fetch(
@@ -252,71 +265,87 @@ class Desk:
 
         `policy` is called with the customer turns the bot has had since it last took the
         conversation (from the start, or from a person's hand-back). Opening a ticket is
-        idempotent per turn event: a redelivered turn finds its ticket.
+        idempotent per turn event: a redelivered turn finds its ticket. A turn of a customer
+        erased before it arrived stores nothing and raises `LateRecord`.
         """
-        turn = event.payload
         async with self.pg.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """
-                INSERT INTO escalation.conversations (conversation_id, customer_id, channel, tenant)
-                VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id) DO NOTHING
-                """,
-                event.conversation_id,
-                event.customer_id,
-                event.channel.value,
-                event.tenant,
+            late = await self.receipts.check(conn, Subject.of(event), "escalation.tickets")
+            if not late:
+                decision, mirror = await self._route(conn, event, policy)
+        if late:
+            raise LateRecord("escalation.tickets")
+        if mirror is not None:
+            await self.outbox.deliver_now([mirror])
+        return decision
+
+    async def _route(
+        self,
+        conn: Any,
+        event: TurnContextualizedEvent,
+        policy: Callable[[int], RoutingDecision],
+    ) -> tuple[RoutingDecision, Message | None]:
+        turn = event.payload
+        await conn.execute(
+            """
+            INSERT INTO escalation.conversations (conversation_id, customer_id, channel, tenant)
+            VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id) DO NOTHING
+            """,
+            event.conversation_id,
+            event.customer_id,
+            event.channel.value,
+            event.tenant,
+        )
+        conv = await conn.fetchrow(
+            "SELECT * FROM escalation.conversations WHERE conversation_id = $1 FOR UPDATE",
+            event.conversation_id,
+        )
+        assert conv is not None
+        opened = await conn.fetchrow(
+            "SELECT ticket_id FROM escalation.tickets WHERE opened_by_event = $1",
+            event.event_id,
+        )
+        # A redelivered turn must not count twice towards the bot's run.
+        counted = conv["last_turn_id"] == turn.message.turn_id
+        bot_turns = conv["bot_turns"] + (0 if counted or conv["owner"] != "bot" else 1)
+        await conn.execute(
+            "UPDATE escalation.conversations SET last_turn_id = $2, bot_turns = $3, "
+            "updated_at = now() WHERE conversation_id = $1",
+            event.conversation_id,
+            turn.message.turn_id,
+            bot_turns,
+        )
+        if conv["owner"] != "bot" and opened is None:
+            handoff = await self._current_handoff(conn, event, conv)
+            held = RoutingDecision(
+                target=RouteTarget.HUMAN,
+                reasons=[RouteReason(code=HUMAN_OWNS, detail=_owner_detail(conv))],
+                policy="ownership",
+                epoch=conv["epoch"],
+                handoff=handoff,
             )
-            conv = await conn.fetchrow(
-                "SELECT * FROM escalation.conversations WHERE conversation_id = $1 FOR UPDATE",
-                event.conversation_id,
+            return held, None
+        policy_decision = policy(bot_turns)
+        if policy_decision.target is RouteTarget.BOT:
+            return policy_decision.model_copy(update={"epoch": conv["epoch"]}), None
+        if opened is not None:
+            ticket_id = opened["ticket_id"]
+            epoch = conv["epoch"]
+        else:
+            ticket_id, epoch = await self._open_ticket(
+                conn,
+                event,
+                conv,
+                # This turn's reply is the handoff notice (`Handoff.new`).
+                announced=True,
+                reasons=policy_decision.reasons,
+                risk=turn.trajectory.escalation_risk if turn.trajectory else 0.0,
+                text=turn.message.text,
+                tier=turn.context.customer_tier,
+                intent=turn.intent,
             )
-            assert conv is not None
-            opened = await conn.fetchrow(
-                "SELECT ticket_id FROM escalation.tickets WHERE opened_by_event = $1",
-                event.event_id,
-            )
-            # A redelivered turn must not count twice towards the bot's run.
-            counted = conv["last_turn_id"] == turn.message.turn_id
-            bot_turns = conv["bot_turns"] + (0 if counted or conv["owner"] != "bot" else 1)
-            await conn.execute(
-                "UPDATE escalation.conversations SET last_turn_id = $2, bot_turns = $3, "
-                "updated_at = now() WHERE conversation_id = $1",
-                event.conversation_id,
-                turn.message.turn_id,
-                bot_turns,
-            )
-            if conv["owner"] != "bot" and opened is None:
-                handoff = await self._current_handoff(conn, event, conv)
-                return RoutingDecision(
-                    target=RouteTarget.HUMAN,
-                    reasons=[RouteReason(code=HUMAN_OWNS, detail=_owner_detail(conv))],
-                    policy="ownership",
-                    epoch=conv["epoch"],
-                    handoff=handoff,
-                )
-            policy_decision = policy(bot_turns)
-            if policy_decision.target is RouteTarget.BOT:
-                return policy_decision.model_copy(update={"epoch": conv["epoch"]})
-            if opened is not None:
-                ticket_id = opened["ticket_id"]
-                epoch = conv["epoch"]
-            else:
-                ticket_id, epoch = await self._open_ticket(
-                    conn,
-                    event,
-                    conv,
-                    # This turn's reply is the handoff notice (`Handoff.new`).
-                    announced=True,
-                    reasons=policy_decision.reasons,
-                    risk=turn.trajectory.escalation_risk if turn.trajectory else 0.0,
-                    text=turn.message.text,
-                    tier=turn.context.customer_tier,
-                    intent=turn.intent,
-                )
-            position = await self._position(conn, ticket_id)
-            mirror = await self._stage(conn, event.conversation_id, "queued", epoch)
-        await self.outbox.deliver_now([mirror])
-        return policy_decision.model_copy(
+        position = await self._position(conn, ticket_id)
+        mirror = await self._stage(conn, event.conversation_id, "queued", epoch)
+        decision = policy_decision.model_copy(
             update={
                 "epoch": epoch,
                 "handoff": Handoff(
@@ -328,14 +357,18 @@ class Desk:
                 ),
             }
         )
+        return decision, mirror
 
     async def open_for_reply(self, event: ReplyGeneratedEvent, reason: RouteReason) -> bool:
         """Queue the conversation when a bot reply was flagged as needing a person.
 
-        Idempotent per reply event; False when a person already has the conversation. The
-        ticket is not announced yet (see `_current_handoff`).
+        Idempotent per reply event; False when a person already has the conversation, or the
+        customer was erased before the reply arrived. The ticket is not announced yet (see
+        `_current_handoff`).
         """
         async with self.pg.acquire() as conn, conn.transaction():
+            if await self.receipts.check(conn, Subject.of(event), "escalation.tickets"):
+                return False
             await conn.execute(
                 """
                 INSERT INTO escalation.conversations (conversation_id, customer_id, channel, tenant)

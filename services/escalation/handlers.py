@@ -7,7 +7,7 @@ from prometheus_client import Counter, Histogram
 from services.escalation.desk import Desk
 from services.escalation.live import ConsoleFeed, message_frame
 from services.escalation.policy import PolicyStore, decide
-from shared.erasure import ERASURES
+from shared.erasure import ERASURES, LateRecord
 from shared.events import (
     AssistSuggestedEvent,
     CustomerErasedEvent,
@@ -47,16 +47,21 @@ class EscalationHandlers:
         """Decide the route (a person who owns the conversation keeps it) and publish it."""
         turn = event.payload
         policy = self.policies.current()
-        decision = await self.desk.route(
-            event,
-            lambda bot_turns: decide(
-                turn,
-                policy,
-                bot_turns=bot_turns,
-                customer_tier=turn.context.customer_tier,
-                conversation_id=event.conversation_id,
-            ),
-        )
+        try:
+            decision = await self.desk.route(
+                event,
+                lambda bot_turns: decide(
+                    turn,
+                    policy,
+                    bot_turns=bot_turns,
+                    customer_tier=turn.context.customer_tier,
+                    conversation_id=event.conversation_id,
+                ),
+            )
+        except LateRecord:
+            # The customer was erased while this turn was in flight: nobody answers it, so
+            # no reply, ticket or console frame about them appears after the erasure.
+            return
         DECISIONS.labels(decision.target.value).inc()
         opened = decision.handoff is not None and decision.handoff.new
         if opened:
@@ -143,5 +148,6 @@ class EscalationHandlers:
             [erased.erased_customer_id, *erased.identities],
             erased.conversation_ids,
             tenant=event.tenant,
+            erased_at=erased.requested_at,
         )
         ERASURES.inc()

@@ -44,6 +44,7 @@ from services.generation.guardrails import (
     mask_sensitive,
     sentence_ends,
     split_sentences,
+    whole_sentences,
 )
 from services.generation.knowledge import KnowledgeBase
 from services.generation.playbooks import PlaybookMatch, cue_pattern
@@ -565,9 +566,19 @@ class CheckedStream:
         self.sent.append(text)
         return text
 
-    def finish(self) -> tuple[str, str, CareReport, Verdict]:
+    def finish(self, *, cut: bool = False) -> tuple[str, str, CareReport, Verdict]:
         """The stream ended: (last text to show, the final text, the care report, the
-        guardrails' verdict). A failed report or a leak means the final text is unusable."""
+        guardrails' verdict). A failed report or a leak means the final text is unusable.
+
+        A reply the server `cut` at its token limit ends at its last whole sentence (what
+        streamed already was whole sentences, so nothing shown is taken back unless a list
+        number or a line without an end was released).
+        """
+        replaced = False
+        if cut and self.reason != "care":
+            whole = whole_sentences(self.raw)
+            replaced = len(whole) < self.released
+            self.raw = whole
         verdict = self.rails.check(self.raw.strip())
         if self.reason == "care":
             return "", "", CareReport(tuple(self.findings)), verdict
@@ -576,7 +587,7 @@ class CheckedStream:
         report = self.check.whole(verdict.text)
         if not report.passed:
             return "", "", report, verdict
-        if self.reason == "commitment" or FLAG_NEEDS_APPROVAL in verdict.flags:
+        if replaced or self.reason == "commitment" or FLAG_NEEDS_APPROVAL in verdict.flags:
             # The final reply (with the approval line) replaces what streamed.
             return "", verdict.text, report, verdict
         rest, _ = mask_sensitive(self.raw[self.released :])

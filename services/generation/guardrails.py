@@ -315,6 +315,27 @@ class Guardrails:
         return StreamGuard(self)
 
 
+# A sentence's last punctuation, with any closing quote or bracket, before a space or the end.
+# "1." at the start of a line is a list item's number, not a sentence's end.
+_TERMINAL = compile_linear(r"[.!?]+[\"')\]]*(?:\s|$)")
+_LIST_NUMBER = compile_linear(r"(?m)^[ \t]*[0-9]{1,3}[.)]\s")
+
+
+def whole_sentences(text: str) -> str:
+    """`text` up to the end of its last whole sentence, for a reply the server cut at its
+    token limit (it stops mid-sentence, mid-word or inside markup such as "1. **").
+
+    Text with no sentence end at all is kept as it is (trailing space removed): a few
+    unfinished words say more than nothing.
+    """
+    numbers = {m.end() for m in _LIST_NUMBER.finditer(text)}
+    last = 0
+    for m in _TERMINAL.finditer(text):
+        if m.end() not in numbers:
+            last = m.end()
+    return (text[:last] if last else text).rstrip()
+
+
 def split_sentences(text: str) -> list[str]:
     """Sentences with their leading whitespace and ending punctuation; joined they are text."""
     parts: list[str] = []
@@ -403,12 +424,21 @@ class StreamGuard:
         self.sent.append(text)
         return text
 
-    def finish(self) -> tuple[str, Verdict]:
+    def finish(self, *, cut: bool = False) -> tuple[str, Verdict]:
         """The stream ended: the last text to send (if any) and the final reply's verdict.
 
         When nothing was stopped or changed, the final text is exactly what streamed, so the
-        customer never sees the reply jump.
+        customer never sees the reply jump. A reply the server `cut` at its token limit ends
+        at its last whole sentence; when some of what streamed goes, the final reply replaces
+        what streamed.
         """
+        if cut and not self.stopped:
+            whole = whole_sentences(self.raw)
+            if len(whole) < self.released:
+                verdict = self.rails.check(whole)
+                if verdict.leak is None:
+                    return "", verdict
+            self.raw = whole
         verdict = self.rails.check(self.raw.strip())
         if self.stopped or verdict.leak is not None:
             return "", verdict

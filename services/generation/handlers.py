@@ -24,6 +24,7 @@ from services.generation.guardrails import (
     StreamGuard,
     TenantPolicy,
     Verdict,
+    whole_sentences,
 )
 from services.generation.knowledge import KnowledgeBase
 from services.generation.playbooks import PlaybookLibrary
@@ -54,7 +55,7 @@ from shared.events import (
     utcnow,
 )
 from shared.kafka import EventBus
-from shared.llm import ChatClient, ChatMessage, LLMUnavailable
+from shared.llm import ChatClient, ChatMessage, LLMUnavailable, StreamEnd
 from shared.metrics import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,10 @@ log = logging.getLogger(__name__)
 MAX_PENDING_ASSISTS = 8
 
 REPLIES = Counter("cbd_replies_total", "Replies published, by kind.", ["kind"])
+REPLIES_CUT = Counter(
+    "cbd_replies_cut_total",
+    "LLM drafts the server stopped at the token limit, ended at their last whole sentence.",
+)
 REPLY_VARIANTS = Counter(
     "cbd_replies_by_variant_total", "Bot replies by prompt variant (A/B).", ["variant"]
 )
@@ -198,6 +203,8 @@ class _Stream:
     suppressed: bool = False
     tokens: int = 0
     ttft_ms: float | None = None
+    end: StreamEnd = field(default_factory=StreamEnd)
+    """How the LLM's stream ended (cut at the token limit or not)."""
 
 
 class GenerationHandlers:
@@ -309,16 +316,23 @@ class GenerationHandlers:
         return True
 
     async def _complete(self, messages: list[ChatMessage], max_tokens: int) -> str:
-        """A whole completion, not streamed to anyone (suggestions, regenerations)."""
+        """A whole completion, not streamed to anyone (suggestions, regenerations); one the
+        server cut at the token limit ends at its last whole sentence."""
+        end = StreamEnd()
         async with aclosing(
             self.llm.stream(
                 messages,
                 max_tokens=max_tokens,
                 temperature=self.settings.temperature,
                 top_p=self.settings.top_p,
+                end=end,
             )
         ) as pieces:
-            return "".join([piece async for piece in pieces]).strip()
+            text = "".join([piece async for piece in pieces])
+        if end.cut:
+            REPLIES_CUT.inc()
+            return whole_sentences(text)
+        return text.strip()
 
     async def _assist(self, event: TurnRoutedEvent) -> None:
         """Draft a reply and coaching tips for the person handling the conversation.
@@ -409,6 +423,7 @@ class GenerationHandlers:
         if final is None or state.suppressed or not await self._bot_may_speak(event):
             # A person took the conversation while the bot was writing: they answer it.
             REPLIES.labels("suppressed").inc()
+            await self._withdraw(event, state)
             return
         if final.verdict is CareVerdict.FALLBACK:
             REPLIES.labels("fallback").inc()
@@ -440,7 +455,7 @@ class GenerationHandlers:
         guard = self.rails.stream()
         if not await self._pump(event, prompt, state, guard):
             return None
-        rest, verdict = guard.finish()
+        rest, verdict = guard.finish(cut=self._cut(state))
         if rest:
             state.pending.append(rest)
         # Acknowledged, so the final reply is not published ahead of the last slice.
@@ -461,7 +476,7 @@ class GenerationHandlers:
         guard = CheckedStream(self.rails, check)
         if not await self._pump(event, prompt, state, guard):
             return None
-        rest, text, report, verdict = await asyncio.to_thread(guard.finish)
+        rest, text, report, verdict = await asyncio.to_thread(guard.finish, cut=self._cut(state))
         if rest:
             state.pending.append(rest)
         await self._flush(event, state, confirm=True)
@@ -595,6 +610,7 @@ class GenerationHandlers:
                 max_tokens=self.settings.max_tokens,
                 temperature=self.settings.temperature,
                 top_p=self.settings.top_p,
+                end=state.end,
             )
         ) as pieces:
             async for text in pieces:
@@ -615,6 +631,28 @@ class GenerationHandlers:
                         return False
                     await self._flush(event, state)
         return True
+
+    @staticmethod
+    def _cut(state: _Stream) -> bool:
+        """Whether the server cut this reply at the token limit (counted once)."""
+        if state.end.cut:
+            REPLIES_CUT.inc()
+        return state.end.cut
+
+    async def _withdraw(self, event: TurnRoutedEvent, state: _Stream) -> None:
+        """Take back the slices already streamed of a reply that will not be finished, so
+        the customer is not left with half a sentence above the person's answer."""
+        if state.seq == 0:
+            return
+        delta = ReplyDelta(
+            turn_id=event.payload.message.turn_id,
+            reply_id=state.reply_id,
+            seq=state.seq,
+            text="",
+            withdrawn=True,
+        )
+        await self.bus.publish(event.derive(ReplyDeltaEvent, delta, part=f":{state.seq}"))
+        state.seq += 1
 
     async def _flush(
         self, event: TurnRoutedEvent, state: _Stream, *, confirm: bool = False

@@ -112,7 +112,8 @@ class ConnectionHub:
         reply_id = str(frame.get("reply_id"))
         if frame.get("type") == "delta" and reply_id in finished:
             return True
-        if frame.get("type") == "reply" and reply_id not in finished:
+        # A withdrawn reply is finished too: it goes out, and nothing of the reply after it.
+        if (frame.get("type") == "reply" or frame.get("withdrawn")) and reply_id not in finished:
             finished.append(reply_id)
         return False
 
@@ -169,7 +170,11 @@ class ConnectionHub:
         sub = self._sockets.get(conversation_id, {}).get(ws)
         if sub is None:
             return 0
-        finished = {str(f.get("reply_id")) for f in replay if f.get("type") == "reply"}
+        # A reply's deltas are skipped when its final frame is in the replay, and all of a
+        # withdrawn reply: a client drawing the buffer afresh never shows it at all.
+        finished = {
+            str(f.get("reply_id")) for f in replay if f.get("type") == "reply" or f.get("withdrawn")
+        }
         sent = 0
         for frame in replay:
             late = self._late_delta(conversation_id, frame)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cached_property
+
 from prometheus_client import Histogram
 
 from services.ingest.channels.replies import ChannelReplies
@@ -10,7 +12,7 @@ from services.ingest.delivery import FRAME_BUFFER_TEMPLATE, Fanout
 from services.ingest.intake import ENDED_TEMPLATE
 from services.ingest.ownership import OWNER_TEMPLATE
 from services.ingest.replay import PENDING_TEMPLATE, TurnReplay
-from shared.erasure import ERASURES, conversation_keys, delete_keys
+from shared.erasure import ERASURES, RedisReceipts, Subject, conversation_keys, delete_keys
 from shared.events import (
     AssistSuggestedEvent,
     ConversationClosedEvent,
@@ -46,18 +48,28 @@ class IngestHandlers:
         self.survey = survey
         self.replay = replay
 
+    @cached_property
+    def receipts(self) -> RedisReceipts:
+        """Erasure receipts beside the frame buffers they guard (made on first use)."""
+        return RedisReceipts(self.fanout.redis, self.key_prefix)
+
     async def on_reply_delta(self, event: ReplyDeltaEvent) -> None:
         """Stream a slice of a reply still being written."""
         delta = event.payload
+        frame: dict[str, object] = {
+            "type": "delta",
+            "turn_id": str(delta.turn_id),
+            "reply_id": str(delta.reply_id),
+            "seq": delta.seq,
+            "text": delta.text,
+        }
+        if delta.withdrawn:
+            frame["withdrawn"] = True
         await self.fanout.publish(
             event.conversation_id,
-            {
-                "type": "delta",
-                "turn_id": str(delta.turn_id),
-                "reply_id": str(delta.reply_id),
-                "seq": delta.seq,
-                "text": delta.text,
-            },
+            frame,
+            late=self.receipts.check(Subject.of(event)),
+            store="ingest.frames",
         )
 
     async def on_reply_generated(self, event: ReplyGeneratedEvent) -> None:
@@ -83,6 +95,9 @@ class IngestHandlers:
             # A redelivered reply event (ingest killed before committing) shows nothing twice,
             # nor does the reply to a replayed turn: its reply id is derived from the turn's.
             once=f"reply:{reply.reply_id}",
+            # Nor is a reply to a customer erased meanwhile kept in the conversation's buffer.
+            late=self.receipts.check(Subject.of(event)),
+            store="ingest.frames",
         )
         if self.replay is not None:
             # After the delivery: a turn settled but not delivered would be lost for good.
@@ -101,7 +116,11 @@ class IngestHandlers:
 
     async def on_customer_erased(self, event: CustomerErasedEvent) -> None:
         """Forget the erased customer's message-id claims, buffered frames, ownership and
-        unanswered turns."""
+        unanswered turns.
+
+        The receipts go first, so a reply still in flight is not buffered again.
+        """
+        await self.receipts.record(event)
         patterns = conversation_keys(
             event,
             self.key_prefix,

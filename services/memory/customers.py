@@ -21,10 +21,11 @@ import numpy.typing as npt
 import redis.asyncio as aioredis
 
 from services.memory.extraction import Extraction, IssueRaised, IssueResolved, Learned
-from services.memory.turns import conversation_key, meaning_key
+from services.memory.turns import ERASURE_LOCK, RECEIPTS, conversation_key, meaning_key
 from shared.db import Pool
 from shared.embedding import Embedder, to_pgvector
-from shared.events import DEFAULT_TENANT, EmotionAnalysis
+from shared.erasure import LATE, LateRecord, Receipts, Subject, customer_key
+from shared.events import DEFAULT_TENANT, EmotionAnalysis, utcnow
 
 IDENTITY_KINDS = ("phone", "whatsapp", "email", "web", "sms", "voice")
 """Prefixes of channel identities (`phone:447700900123`); anything else is the tenant's own id."""
@@ -79,6 +80,7 @@ class CustomerStore:
         self.embedder = embedder
         self.key_prefix = key_prefix
         self.identity_ttl_s = identity_ttl_s
+        self.receipts = Receipts(RECEIPTS, ERASURE_LOCK)
 
     def _identity_key(self, tenant: str, identity: str) -> str:
         # Tenant ids and identities never hold "/" (the envelope's Identifier), so the key is
@@ -86,8 +88,14 @@ class CustomerStore:
         scope = "" if tenant == DEFAULT_TENANT else f"{tenant}/"
         return f"{self.key_prefix}mem:identity:{scope}{identity}"
 
-    async def resolve(self, identity: str, *, tenant: str = DEFAULT_TENANT) -> str:
-        """The tenant's customer this channel identity belongs to, created on first contact."""
+    async def resolve(
+        self, identity: str, *, tenant: str = DEFAULT_TENANT, subject: Subject | None = None
+    ) -> str:
+        """The tenant's customer this channel identity belongs to, created on first contact.
+
+        With `subject` (the turn that asks), a first contact that is in fact a turn of an
+        erased customer, arriving after the erasure, creates nothing and raises `LateRecord`.
+        """
         cached = await self.redis.get(self._identity_key(tenant, identity))
         if cached:
             return cached.decode() if isinstance(cached, bytes) else str(cached)
@@ -99,6 +107,10 @@ class CustomerStore:
             )
             if customer is None:
                 async with conn.transaction():
+                    if subject is not None and await self.receipts.check(
+                        conn, subject, "memory.customers"
+                    ):
+                        raise LateRecord("memory.customers")
                     await conn.execute(
                         "INSERT INTO memory.customers (tenant, customer_id) VALUES ($1, $2) "
                         "ON CONFLICT (tenant, customer_id) DO NOTHING",
@@ -222,25 +234,39 @@ class CustomerStore:
         purchase_summary: str | None,
         tenant: str = DEFAULT_TENANT,
     ) -> None:
-        """Keep what the CRM said (a fact it did not give keeps its earlier value) and when."""
-        await self.pg.execute(
-            """
-            INSERT INTO memory.customers AS c
-                (tenant, customer_id, tier, lifetime_value, purchase_summary, crm_synced_at)
-            VALUES ($1, $2, $3, $4::numeric, $5, now())
-            ON CONFLICT (tenant, customer_id) DO UPDATE SET
-                tier = COALESCE(EXCLUDED.tier, c.tier),
-                lifetime_value = COALESCE(EXCLUDED.lifetime_value, c.lifetime_value),
-                purchase_summary = COALESCE(EXCLUDED.purchase_summary, c.purchase_summary),
-                crm_synced_at = now(),
-                updated_at = now()
-            """,
-            tenant,
-            customer_id,
-            tier,
-            lifetime_value,
-            purchase_summary,
-        )
+        """Keep what the CRM said (a fact it did not give keeps its earlier value) and when.
+
+        A sync still running when its customer was erased does not bring the profile back:
+        with an erasure receipt for the customer, only a profile that exists again (they
+        came back) is updated.
+        """
+        async with self.pg.acquire() as conn, conn.transaction():
+            await self.receipts.share(conn)
+            kept = await conn.fetchval(
+                f"""
+                INSERT INTO memory.customers AS c
+                    (tenant, customer_id, tier, lifetime_value, purchase_summary, crm_synced_at)
+                SELECT $1, $2, $3, $4::numeric, $5, now()
+                WHERE EXISTS (
+                        SELECT 1 FROM memory.customers WHERE tenant = $1 AND customer_id = $2)
+                    OR NOT EXISTS (SELECT 1 FROM {RECEIPTS} WHERE key = $6)
+                ON CONFLICT (tenant, customer_id) DO UPDATE SET
+                    tier = COALESCE(EXCLUDED.tier, c.tier),
+                    lifetime_value = COALESCE(EXCLUDED.lifetime_value, c.lifetime_value),
+                    purchase_summary = COALESCE(EXCLUDED.purchase_summary, c.purchase_summary),
+                    crm_synced_at = now(),
+                    updated_at = now()
+                RETURNING true
+                """,  # noqa: S608 (the table name is a constant)
+                tenant,
+                customer_id,
+                tier,
+                lifetime_value,
+                purchase_summary,
+                customer_key(tenant, customer_id),
+            )
+        if not kept:
+            LATE.labels("memory.customers").inc()
 
     async def crm_asked(self, customer_id: str, *, tenant: str = DEFAULT_TENANT) -> None:
         """Note that the CRM was asked (and knew nothing): not asked again until it is due."""
@@ -503,8 +529,12 @@ class CustomerStore:
 
         `record(conn, identities, conversations)` runs inside the deleting transaction, so
         what must follow the erasure (its event, its receipt) commits with it or not at all.
+        So do the erasure receipts that a turn still in flight is checked against
+        (`shared.erasure.Receipts`): it stores nothing when it arrives.
         """
         async with self.pg.acquire() as conn, conn.transaction():
+            # Before anything is read: a turn being stored now commits first and is erased.
+            await self.receipts.hold(conn)
             found = await conn.fetchval(
                 "SELECT true FROM memory.customers WHERE tenant = $1 AND customer_id = $2 "
                 "FOR UPDATE",
@@ -549,6 +579,13 @@ class CustomerStore:
                 "DELETE FROM memory.customers WHERE tenant = $1 AND customer_id = $2",
                 tenant,
                 customer_id,
+            )
+            await self.receipts.record(
+                conn,
+                tenant=tenant,
+                customers={*identities, customer_id},
+                conversations=conversations,
+                erased_at=utcnow(),
             )
             if record is not None:
                 await record(conn, sorted({*identities, customer_id}), conversations)

@@ -15,6 +15,7 @@ from services.memory.customers import CustomerStore, TurnFacts
 from services.memory.extraction import LlmExtractor, RuleExtractor
 from services.memory.turns import StoredTurn, TurnStore, with_similarity
 from shared.embedding import Embedder
+from shared.erasure import LateRecord, Subject
 from shared.events import (
     ReplyGeneratedEvent,
     Role,
@@ -75,12 +76,25 @@ class MemoryHandlers:
         self.crm = crm
 
     async def on_turn_analyzed(self, event: TurnAnalyzedEvent) -> None:
-        """Resolve the customer, store and learn from the turn, publish it with its context."""
+        """Resolve the customer, store and learn from the turn, publish it with its context.
+
+        A turn of a customer erased while it was in flight is stored nowhere and goes no
+        further (counted in `cbd_erasure_late_records_total`).
+        """
+        try:
+            await self._contextualize(event)
+        except LateRecord:
+            log.info("a turn of an erased customer arrived after the erasure; dropped")
+
+    async def _contextualize(self, event: TurnAnalyzedEvent) -> None:
         started = time.perf_counter()
         message = event.payload.message
         # Everything below is read and written within the tenant the edge verified.
         tenant = event.tenant
-        customer_id = await self.customers.resolve(event.customer_id, tenant=tenant)
+        identity = event.customer_id
+        customer_id = await self.customers.resolve(
+            identity, tenant=tenant, subject=Subject.of(event)
+        )
         if customer_id != event.customer_id:
             # From here on the turn belongs to the customer, whichever channel it came from.
             event = event.model_copy(update={"customer_id": customer_id})
@@ -108,6 +122,7 @@ class MemoryHandlers:
                 ),
                 meaning=vector,
             ),
+            subject=Subject.of(event, identity),
         )
         history = with_similarity(history, meanings, vector)
         if self.crm is not None:
@@ -176,15 +191,19 @@ class MemoryHandlers:
             ISSUES_SEEN.labels("resolved").inc()
 
     async def on_reply_generated(self, event: ReplyGeneratedEvent) -> None:
-        """Store a bot, agent or system reply as a turn of the conversation."""
+        """Store a bot, agent or system reply as a turn of the conversation (not when its
+        customer was erased while it was in flight)."""
         reply = event.payload
-        await self.turns.record(
-            event,
-            StoredTurn(
-                turn_key=reply.reply_id,
-                role=reply.author,
-                text=reply.text,
-                occurred_at=event.occurred_at,
-                in_reply_to=reply.turn_id,
-            ),
-        )
+        try:
+            await self.turns.record(
+                event,
+                StoredTurn(
+                    turn_key=reply.reply_id,
+                    role=reply.author,
+                    text=reply.text,
+                    occurred_at=event.occurred_at,
+                    in_reply_to=reply.turn_id,
+                ),
+            )
+        except LateRecord:
+            log.info("a reply to an erased customer arrived after the erasure; not stored")

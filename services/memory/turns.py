@@ -18,9 +18,16 @@ import numpy.typing as npt
 import redis.asyncio as aioredis
 
 from shared.db import Pool
+from shared.erasure import LateRecord, Receipts, Subject
 from shared.events import DEFAULT_TENANT, Envelope, HistoryTurn, Role
 
 ContextSource = Literal["cache", "database", "empty"]
+
+
+RECEIPTS = "memory.erasure_receipts"
+"""Memory's erasure receipts (`shared.erasure.Receipts`), checked before a turn is stored."""
+ERASURE_LOCK = "cbd_memory_erasure"
+"""The lock an erasure holds exclusively and every checked write of memory's holds shared."""
 
 
 def conversation_key(key_prefix: str, tenant: str, conversation_id: str) -> str:
@@ -104,62 +111,78 @@ class TurnStore:
         self.key_prefix = key_prefix
         self.keep = keep
         self.ttl_s = ttl_s
+        self.receipts = Receipts(RECEIPTS, ERASURE_LOCK)
 
     def _key(self, tenant: str, conversation_id: str) -> str:
         return conversation_key(self.key_prefix, tenant, conversation_id)
 
-    async def record(self, event: Envelope, turn: StoredTurn) -> bool:
-        """Store the turn; False when it was already stored (a redelivered event)."""
+    async def record(
+        self, event: Envelope, turn: StoredTurn, *, subject: Subject | None = None
+    ) -> bool:
+        """Store the turn; False when it was already stored (a redelivered event).
+
+        Raises `LateRecord`, storing nothing, when the turn is about a customer erased before
+        it arrived (`subject`: who it is about, by default the event's customer and
+        conversation).
+        """
         async with self.pg.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """
-                INSERT INTO memory.customers (tenant, customer_id) VALUES ($1, $2)
-                ON CONFLICT (tenant, customer_id) DO UPDATE SET last_seen_at = now()
-                """,
-                event.tenant,
-                event.customer_id,
-            )
-            await conn.execute(
-                """
-                INSERT INTO memory.conversations
-                    (conversation_id, customer_id, channel, started_at, last_activity_at, tenant)
-                VALUES ($1, $2, $3, $4, $4, $5)
-                ON CONFLICT (conversation_id)
-                DO UPDATE SET last_activity_at = GREATEST(
-                    memory.conversations.last_activity_at, EXCLUDED.last_activity_at)
-                WHERE memory.conversations.tenant = EXCLUDED.tenant
-                """,
-                event.conversation_id,
-                event.customer_id,
-                event.channel.value,
-                turn.occurred_at,
-                event.tenant,
-            )
-            inserted = await conn.fetchval(
-                """
-                INSERT INTO memory.turns (turn_key, conversation_id, customer_id, role, text,
-                    channel, in_reply_to, emotion, event_id, trace_id, occurred_at, tenant)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                ON CONFLICT (turn_key) DO NOTHING
-                RETURNING true
-                """,
-                turn.turn_key,
-                event.conversation_id,
-                event.customer_id,
-                turn.role.value,
-                turn.text,
-                event.channel.value,
-                turn.in_reply_to,
-                turn.emotion,
-                event.event_id,
-                event.trace_id,
-                turn.occurred_at,
-                event.tenant,
-            )
-        if not inserted:
-            return False
-        await self._cache(event.tenant, event.conversation_id, turn)
-        return True
+            late = await self.receipts.check(conn, subject or Subject.of(event), "memory.turns")
+            inserted = False if late else await self._insert(conn, event, turn)
+            if inserted:
+                # Cached before the commit: an erasure waits for this transaction to commit
+                # and then deletes the conversation's keys, this entry with them.
+                await self._cache(event.tenant, event.conversation_id, turn)
+        if late:
+            raise LateRecord("memory.turns")
+        return bool(inserted)
+
+    async def _insert(self, conn: Any, event: Envelope, turn: StoredTurn) -> bool:
+        await conn.execute(
+            """
+            INSERT INTO memory.customers (tenant, customer_id) VALUES ($1, $2)
+            ON CONFLICT (tenant, customer_id) DO UPDATE SET last_seen_at = now()
+            """,
+            event.tenant,
+            event.customer_id,
+        )
+        await conn.execute(
+            """
+            INSERT INTO memory.conversations
+                (conversation_id, customer_id, channel, started_at, last_activity_at, tenant)
+            VALUES ($1, $2, $3, $4, $4, $5)
+            ON CONFLICT (conversation_id)
+            DO UPDATE SET last_activity_at = GREATEST(
+                memory.conversations.last_activity_at, EXCLUDED.last_activity_at)
+            WHERE memory.conversations.tenant = EXCLUDED.tenant
+            """,
+            event.conversation_id,
+            event.customer_id,
+            event.channel.value,
+            turn.occurred_at,
+            event.tenant,
+        )
+        inserted = await conn.fetchval(
+            """
+            INSERT INTO memory.turns (turn_key, conversation_id, customer_id, role, text,
+                channel, in_reply_to, emotion, event_id, trace_id, occurred_at, tenant)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+            ON CONFLICT (turn_key) DO NOTHING
+            RETURNING true
+            """,
+            turn.turn_key,
+            event.conversation_id,
+            event.customer_id,
+            turn.role.value,
+            turn.text,
+            event.channel.value,
+            turn.in_reply_to,
+            turn.emotion,
+            event.event_id,
+            event.trace_id,
+            turn.occurred_at,
+            event.tenant,
+        )
+        return bool(inserted)
 
     async def _cache(self, tenant: str, conversation_id: str, turn: StoredTurn) -> None:
         entry = HistoryTurn(role=turn.role, text=turn.text, at=turn.occurred_at)

@@ -47,7 +47,7 @@ from shared.events import (
     TurnRoutedEvent,
 )
 from shared.kafka import EventBus
-from shared.llm import ChatClient, ChatMessage
+from shared.llm import ChatClient, ChatMessage, StreamEnd
 from tests.e2e.test_turn_path import frames_until_reply, wait_for_rows, ws_url
 from tests.kit import RecordingBus
 from tests.unit.test_generation_handlers import routed_event
@@ -188,6 +188,24 @@ def assert_cared_for(
     assert scored.grounding_violations == [], (reply.text, deltas)
     assert scored.unkind == [], (reply.text, deltas)
     assert scored.acknowledged in (None, True), reply.text
+
+
+async def test_the_real_server_says_when_it_cut_a_reply(real_llm: SpyClient) -> None:
+    # The generation handlers end a cut reply at its last whole sentence only if the server
+    # reports the cut; a server that never sent `finish_reason` would leave "1. **" endings.
+    messages = [ChatMessage("user", "List ten fruits, one per line, each with a sentence.")]
+    end = StreamEnd()
+    pieces = [
+        p
+        async for p in real_llm.client.stream(
+            messages, max_tokens=4, temperature=0.0, top_p=1.0, end=end
+        )
+    ]
+    text = "".join(pieces)
+    assert end.finish_reason in {"stop", "length"}, end
+    # Four words are at least four tokens: the limit, not the model, ended the reply.
+    if len(text.split()) >= 4:
+        assert end.cut, (text, end)
 
 
 async def test_the_injection_corpus_never_leaks_the_canary(real_llm: SpyClient) -> None:

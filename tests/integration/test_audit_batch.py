@@ -3,7 +3,9 @@ as appending one record at a time."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -67,8 +69,18 @@ async def test_json_that_jsonb_refuses_falls_back_to_one_at_a_time(ledger: Ledge
 
 async def test_an_erasure_in_a_batch_erases_what_came_before_it_only(ledger: Ledger) -> None:
     handlers = AuditHandlers(ledger)
+    asked = utcnow()
     before = b'{"event_id": "a", "conversation_id": "conv-sam", "customer_id": "sam"}'
-    after = b'{"event_id": "b", "conversation_id": "conv-sam2", "customer_id": "sam"}'
+    # Sam writing again after the erasure, in a new conversation (an in-flight record from
+    # before it would be stored erased by its receipt: see test_erasure_late_records.py).
+    after = json.dumps(
+        {
+            "event_id": "b",
+            "conversation_id": "conv-sam2",
+            "customer_id": "sam",
+            "occurred_at": (asked + timedelta(minutes=1)).isoformat(),
+        }
+    ).encode()
     erasure = CustomerErasedEvent.create(
         conversation_id="conv-sam",
         customer_id="sam",
@@ -77,7 +89,7 @@ async def test_an_erasure_in_a_batch_erases_what_came_before_it_only(ledger: Led
             erased_customer_id="sam",
             conversation_ids=["conv-sam"],
             requested_by="test",
-            requested_at=utcnow(),
+            requested_at=asked,
         ),
     )
     await handlers.on_records(

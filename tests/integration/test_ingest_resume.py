@@ -224,6 +224,24 @@ async def test_replay_sends_a_finished_reply_without_its_deltas_or_late_slices(
     assert await hub.send("conv-e", delta("r1", 2, " can")) == 0
 
 
+async def test_replay_leaves_out_a_withdrawn_reply_entirely(
+    redis_client: aioredis.Redis, prefix: str
+) -> None:
+    # A person took over while the bot was writing: a page drawn afresh never shows the
+    # half reply, nor the withdrawal that took it back.
+    fanout = conversation_fanout(redis_client, prefix, ConnectionHub())
+    hub = ConnectionHub()
+    await fanout.publish("conv-w", delta("r1", 0, "Let me"))
+    await fanout.publish("conv-w", delta("r1", 1, "") | {"withdrawn": True})
+    await fanout.publish("conv-w", reply("r2", "Hi, I'm Dana from the team."))
+
+    ws = Socket()
+    hub.add("conv-w", ws, after=(0, 0))  # type: ignore[arg-type]
+    await hub.resume("conv-w", ws, await fanout.replay("conv-w", (0, 0)))  # type: ignore[arg-type]
+
+    assert [(f["type"], f["reply_id"]) for f in ws.frames[:-1]] == [("reply", "r2")]
+
+
 async def test_frames_published_while_the_listener_lost_redis_reach_connected_sockets(
     stack_env: dict[str, str], prefix: str
 ) -> None:

@@ -44,6 +44,7 @@ async def test_migrations_apply_once_and_refuse_edited_history(
         "003_outbox",
         "004_tenant_scope",
         "005_crm_sync",
+        "006_erasure_receipts",
     ]
     assert await db.migrate(pool, "memory", MEMORY_MIGRATIONS) == []
     edited = tmp_path / "migrations"

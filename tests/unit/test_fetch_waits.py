@@ -34,9 +34,9 @@ def test_background_topics_use_the_background_fetch_wait() -> None:
 
 def test_audit_polls_with_its_own_fetch_wait() -> None:
     kafka = KafkaSettings(fetch_max_wait_ms=100)
-    # By default audit polls like the rest (a longer wait let in-flight records outlive an
-    # erasure); an operator may set its own.
-    assert with_own_fetch_wait(AuditSettings(kafka=kafka)).kafka.fetch_max_wait_ms == 100
+    # Off the reply path, audit waits longer by default (erasure receipts, not the wait,
+    # keep in-flight records from outliving an erasure); an operator may set its own.
+    assert with_own_fetch_wait(AuditSettings(kafka=kafka)).kafka.fetch_max_wait_ms == 500
     own = with_own_fetch_wait(AuditSettings(kafka=kafka, fetch_max_wait_ms=450))
     assert own.kafka.fetch_max_wait_ms == 450
     # Unset: the platform-wide wait, as before.

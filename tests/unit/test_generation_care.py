@@ -33,7 +33,7 @@ from shared.events import (
     RouteTarget,
 )
 from shared.kafka import EventBus
-from shared.llm import ChatClient, ChatMessage
+from shared.llm import ChatClient, ChatMessage, StreamEnd
 from tests.kit import RecordingBus
 from tests.unit.test_generation_handlers import CANARY, routed_event
 from tests.unit.test_generation_prompt import NOW, routed
@@ -46,15 +46,21 @@ class ScriptLLM:
 
     model = "script"
 
-    def __init__(self, *scripts: str) -> None:
+    def __init__(self, *scripts: str, cut: bool = False) -> None:
         self.scripts = list(scripts)
         self.prompts: list[list[ChatMessage]] = []
+        self.cut = cut
+        """Every script ends as one the server stopped at the token limit."""
 
-    async def stream(self, messages: Sequence[ChatMessage], **_: Any) -> AsyncIterator[str]:
+    async def stream(
+        self, messages: Sequence[ChatMessage], *, end: StreamEnd | None = None, **_: Any
+    ) -> AsyncIterator[str]:
         self.prompts.append(list(messages))
         text = self.scripts[min(len(self.prompts) - 1, len(self.scripts) - 1)]
         for word in re.findall(r"\S+\s*", text):
             yield word
+        if end is not None:
+            end.finish_reason = "length" if self.cut else "stop"
 
 
 def cfg(**overrides: Any) -> GenerationSettings:
@@ -79,10 +85,15 @@ def check_for(kit: CareKit, prompts: PromptBuilder, text: str, **kwargs: Any) ->
 
 
 async def answer(
-    kit: CareKit, text: str, *scripts: str, mode: ReplyMode = ReplyMode.LLM_CHECKED, **kwargs: Any
+    kit: CareKit,
+    text: str,
+    *scripts: str,
+    mode: ReplyMode = ReplyMode.LLM_CHECKED,
+    cut: bool = False,
+    **kwargs: Any,
 ) -> tuple[RecordingBus, ScriptLLM]:
     bus = RecordingBus()
-    llm = ScriptLLM(*scripts)
+    llm = ScriptLLM(*scripts, cut=cut)
     handlers = GenerationHandlers(
         cast(EventBus, bus), cast(ChatClient, llm), cfg(reply_mode=mode), care=kit
     )
@@ -376,6 +387,26 @@ async def test_two_failures_end_in_a_composed_reply(kit: CareKit) -> None:
     assert reply.model is None
     assert len(llm.prompts) == 2
     assert all("You can get a purple card" not in text for text in shown(bus))
+
+
+@pytest.mark.parametrize("mode", [ReplyMode.LLM_CHECKED, ReplyMode.LLM])
+async def test_a_reply_cut_at_the_token_limit_ends_at_its_last_whole_sentence(
+    kit: CareKit, mode: ReplyMode
+) -> None:
+    # The small model's reply as CI's SMS test received it: stopped by max_tokens in a list.
+    draft = "Standard delivery takes 3 to 5 working days. Here is what you can do:\n\n1. **Che"
+    bus, _ = await answer(kit, "How long does standard delivery take?", draft, mode=mode, cut=True)
+    [reply] = [r.payload for r in bus.replies()]
+    assert reply.text == "Standard delivery takes 3 to 5 working days."
+    assert reply.care_verdict in {CareVerdict.PASSED, CareVerdict.UNCHECKED}
+
+
+async def test_a_reply_that_ended_by_itself_is_kept_whole(kit: CareKit) -> None:
+    # Not cut: a last sentence without a full stop is the model's choice, not the limit's.
+    draft = "Standard delivery takes 3 to 5 working days. Express takes 1 working day"
+    bus, _ = await answer(kit, "How long does standard delivery take?", draft, mode=ReplyMode.LLM)
+    [reply] = [r.payload for r in bus.replies()]
+    assert reply.text == draft
 
 
 async def test_a_reply_that_leaks_twice_is_composed_and_stays_with_the_bot(kit: CareKit) -> None:

@@ -15,6 +15,7 @@ from services.generation.guardrails import (
     luhn_valid,
     mask_sensitive,
     split_sentences,
+    whole_sentences,
 )
 from services.generation.handlers import build_prompting
 from services.generation.settings import PACKAGE_DIR, GenerationSettings
@@ -188,6 +189,43 @@ def test_the_tenant_policy_decides_what_needs_approval(tmp_path: object) -> None
     strict = Guardrails(CANARY, [], TenantPolicy(approval_required=("replacement",)))
     assert strict.is_commitment("I'll send a replacement today.")
     assert not strict.is_commitment("I'll refund you today.")
+
+
+@pytest.mark.parametrize(
+    ("text", "whole"),
+    [
+        ("Sorry about that. Here is what I found:\n\n1. **", "Sorry about that."),
+        ("Your order shipped! It should arrive tomo", "Your order shipped!"),
+        ('He said "it left today." Then the van bro', 'He said "it left today."'),
+        ("Steps:\n1. Open the app.\n2. Tap", "Steps:\n1. Open the app."),
+        ("1. Open the app\n2. Tap", "1. Open the app\n2. Tap"),
+        ("No sentence ends here at all ", "No sentence ends here at all"),
+        ("It costs 4.99 today. Shi", "It costs 4.99 today."),
+        ("All done.", "All done."),
+        ("", ""),
+    ],
+)
+def test_whole_sentences_drops_what_the_token_limit_cut(text: str, whole: str) -> None:
+    assert whole_sentences(text) == whole
+
+
+def test_a_cut_reply_is_replaced_by_its_whole_sentences(rails: Guardrails) -> None:
+    guard = rails.stream()
+    for piece in ["Sorry about that. ", "Here is what ", "I found:\n\n1. **"]:
+        guard.feed(piece)
+    rest, verdict = guard.finish(cut=True)
+    # Some of what streamed goes: nothing more is sent, the final reply replaces it.
+    assert rest == ""
+    assert verdict.text == "Sorry about that."
+
+
+def test_a_cut_reply_whose_streamed_text_was_whole_ends_as_streamed(rails: Guardrails) -> None:
+    guard = rails.stream()
+    streamed = guard.feed("Sorry about that. Your parcel is on its way. ")
+    rest, verdict = guard.finish(cut=True)
+    assert (
+        (streamed + rest).strip() == verdict.text == "Sorry about that. Your parcel is on its way."
+    )
 
 
 def test_split_sentences_keeps_every_character() -> None:

@@ -33,7 +33,7 @@ from shared.events import (
     TurnRoutedEvent,
 )
 from shared.kafka import EventBus
-from shared.llm import ChatClient, ChatMessage, LLMUnavailable
+from shared.llm import ChatClient, ChatMessage, LLMUnavailable, StreamEnd
 from shared.topics import Topic
 from tests.kit import RecordingBus
 
@@ -55,6 +55,7 @@ class FakeLLM:
         max_tokens: int,
         temperature: float,
         top_p: float,
+        end: StreamEnd | None = None,
     ) -> AsyncIterator[str]:
         self.calls.append(
             {
@@ -309,6 +310,13 @@ async def test_a_person_taking_over_mid_reply_silences_the_bot() -> None:
     llm = FakeLLM(["Let ", "me ", "check ", "that."])
     bus = await run_fenced(routed_event(RouteTarget.BOT), llm, FakeFence(allowed=2))
     assert bus.replies() == []
+    # What streamed is taken back: the last slice withdraws the reply, after the others.
+    deltas = [d.payload for d in bus.deltas()]
+    assert deltas, "the fence allowed the first slices"
+    assert [d.withdrawn for d in deltas] == [False] * (len(deltas) - 1) + [True]
+    assert [d.seq for d in deltas] == list(range(len(deltas)))
+    assert len({d.reply_id for d in deltas}) == 1
+    assert deltas[-1].text == ""
 
 
 async def test_a_turn_routed_after_a_takeover_gets_no_bot_reply() -> None:

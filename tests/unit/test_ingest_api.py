@@ -337,14 +337,17 @@ def test_binary_frame_gets_an_error_frame(client: TestClient) -> None:
         assert 400 <= frame["status"] < 500
 
 
+class Socket:
+    """Records the frames a hub sends it."""
+
+    def __init__(self) -> None:
+        self.frames: list[dict[str, object]] = []
+
+    async def send_json(self, frame: dict[str, object]) -> None:
+        self.frames.append(frame)
+
+
 async def test_hub_drops_deltas_that_arrive_after_their_reply() -> None:
-    class Socket:
-        def __init__(self) -> None:
-            self.frames: list[dict[str, object]] = []
-
-        async def send_json(self, frame: dict[str, object]) -> None:
-            self.frames.append(frame)
-
     hub = ConnectionHub()
     ws = Socket()
     hub.add("conv-1", ws)  # type: ignore[arg-type]
@@ -358,6 +361,17 @@ async def test_hub_drops_deltas_that_arrive_after_their_reply() -> None:
         ("reply", "r1"),
         ("delta", "r2"),
     ]
+
+
+async def test_hub_sends_a_withdrawal_then_drops_the_rest_of_that_reply() -> None:
+    hub = ConnectionHub()
+    ws = Socket()
+    hub.add("conv-1", ws)  # type: ignore[arg-type]
+    await hub.send("conv-1", {"type": "delta", "reply_id": "r1", "seq": 0, "text": "Let me"})
+    withdrawal = {"type": "delta", "reply_id": "r1", "seq": 1, "text": "", "withdrawn": True}
+    assert await hub.send("conv-1", withdrawal) == 1
+    assert await hub.send("conv-1", {"type": "delta", "reply_id": "r1", "seq": 2, "text": "x"}) == 0
+    assert [f["seq"] for f in ws.frames] == [0, 1]
 
 
 # --- ownership, as a second customer would try it ---------------------------------------------

@@ -155,7 +155,7 @@ async def test_an_accepted_turn_is_kept_until_its_reply_comes_back() -> None:
     assert await redis.zscore(P + "pending-due", key) == 1000.0 + 60
     assert await redis.ttl(key) > 0
 
-    handlers = IngestHandlers(cast(Fanout, _NoFanout()), P, replay=replay)
+    handlers = IngestHandlers(cast(Fanout, _NoFanout(redis)), P, replay=replay)
     reply = kept.derive(
         ReplyGeneratedEvent,
         ReplyGenerated(
@@ -179,7 +179,7 @@ async def test_agent_suggestions_settle_a_turn_a_person_holds() -> None:
     event = bus.events(TurnReceivedEvent)[0]
     assert await redis.zcard(P + "pending-due") == 1
 
-    handlers = IngestHandlers(cast(Fanout, _NoFanout()), P, replay=replay)
+    handlers = IngestHandlers(cast(Fanout, _NoFanout(redis)), P, replay=replay)
     await handlers.on_assist_suggested(assist_suggested(event))
 
     assert await redis.zcard(P + "pending-due") == 0

@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from services.generation.breaker import BreakerState, CircuitBreaker
 from services.memory.extraction import LlmExtractor
-from shared.llm import ChatClient, ChatMessage, LLMUnavailable, _parse_sse_line
+from shared.llm import ChatClient, ChatMessage, LLMUnavailable, StreamEnd, _parse_sse_line
 
 PIECES = ["Hello", ",", " I'm", " sorry", " to hear that."]
 FIRST_TOKEN_TIMEOUT_S = 0.3
@@ -67,7 +67,22 @@ def chunk(content: str | None = None, *, role: str | None = None) -> str:
     ],
 )
 def test_parse_sse_line(line: str, expected: tuple[str, bool]) -> None:
-    assert _parse_sse_line(line) == expected
+    parsed = _parse_sse_line(line)
+    assert (parsed.text, parsed.done) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ('data: {"choices":[{"delta":{},"finish_reason":"length"}]}', "length"),
+        ('data: {"choices":[{"delta":{"content":"."},"finish_reason":"stop"}]}', "stop"),
+        ('data: {"choices":[{"delta":{"content":"x"},"finish_reason":null}]}', None),
+        ('data: {"choices":[{"finish_reason":7}]}', None),
+        ("data: [DONE]", None),
+    ],
+)
+def test_parse_sse_line_reads_the_finish_reason(line: str, reason: str | None) -> None:
+    assert _parse_sse_line(line).finish_reason == reason
 
 
 @pytest.mark.parametrize(
@@ -75,7 +90,7 @@ def test_parse_sse_line(line: str, expected: tuple[str, bool]) -> None:
     ["data: []", 'data: "text"', "data: 5", 'data: {"choices":[null]}', 'data: {"choices":[1]}'],
 )
 def test_parse_sse_line_tolerates_valid_json_of_the_wrong_shape(line: str) -> None:
-    assert _parse_sse_line(line) == ("", False)
+    assert _parse_sse_line(line) == ("", False, None)
 
 
 # --- the fake server ------------------------------------------------------------------------
@@ -93,6 +108,7 @@ class FakeLLM:
         return Starlette(
             routes=[
                 Route("/ok/chat/completions", self.ok, methods=["POST"]),
+                Route("/cut/chat/completions", self.cut, methods=["POST"]),
                 Route("/slow/chat/completions", self.slow, methods=["POST"]),
                 Route("/stall/chat/completions", self.stall, methods=["POST"]),
                 Route("/drip/chat/completions", self.drip, methods=["POST"]),
@@ -140,6 +156,17 @@ class FakeLLM:
             for piece in PIECES:
                 yield chunk(piece)
             yield sse({"choices": [{"delta": {}, "finish_reason": "stop"}]})
+            yield "data: [DONE]\n\n"
+
+        return self._stream(body())
+
+    async def cut(self, request: Request) -> Response:
+        """Stopped at the token limit, as vLLM and llama.cpp say it: `finish_reason` length."""
+        await self._record(request)
+
+        async def body() -> AsyncIterator[str]:
+            yield chunk("Here is what I found:\n\n1. **")
+            yield sse({"choices": [{"delta": {}, "finish_reason": "length"}]})
             yield "data: [DONE]\n\n"
 
         return self._stream(body())
@@ -301,6 +328,23 @@ async def test_streams_pieces_in_order(server_url: str, fake: FakeLLM) -> None:
         {"role": "system", "content": "be kind"},
         {"role": "user", "content": "<customer>hi</customer>"},
     ]
+
+
+@pytest.mark.parametrize(("route", "reason"), [("/ok", "stop"), ("/cut", "length")])
+async def test_the_stream_tells_its_caller_how_it_ended(
+    server_url: str, route: str, reason: str
+) -> None:
+    client = client_for(server_url + route)
+    end = StreamEnd()
+    try:
+        pieces = [
+            p async for p in client.stream(MESSAGES, max_tokens=8, temperature=0, top_p=1, end=end)
+        ]
+    finally:
+        await client.aclose()
+    assert pieces
+    assert end.finish_reason == reason
+    assert end.cut is (reason == "length")
 
 
 async def test_stream_ending_without_done_still_returns_what_came(server_url: str) -> None:

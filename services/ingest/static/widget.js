@@ -510,9 +510,17 @@
 
   function onDelta(f) {
     if (!f.reply_id) return;
-    turnAnswered(f.turn_id);
     var existing = replies.get(f.reply_id);
     if (existing && existing.final) return; // the complete reply is already shown
+    if (f.withdrawn === true) {
+      // A person took over while the assistant was writing: its half reply is taken back
+      // (the person answers); remembered as final so a late slice draws nothing.
+      if (existing) existing.el.remove();
+      replies.set(f.reply_id, existing || { el: el('div', 'msg'), chunks: new Map() });
+      replies.get(f.reply_id).final = true;
+      return;
+    }
+    turnAnswered(f.turn_id);
     var r = replyBubble(f.reply_id, f.turn_id, existing ? null : 'bot');
     var seq = typeof f.seq === 'number' ? f.seq : r.chunks.size;
     if (r.chunks.has(seq)) return;
