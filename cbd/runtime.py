@@ -29,6 +29,10 @@ EMBEDDED_DEFAULTS = {
     # on a GPU takes milliseconds; the production budget would send every cold turn to the
     # fallback. The environment still wins.
     "CBD_GENERATION_FIRST_TOKEN_TIMEOUT_S": "20",
+    # A bot turn queued behind others on the one-request-at-a-time CPU model can take minutes;
+    # replaying it after 120 s would only queue a second LLM call behind the first (the edge
+    # shows one reply either way). A lost log is still replayed at once.
+    "CBD_INGEST_REPLAY_AFTER_S": "600",
 }
 
 FAST_FAILOVER = {

@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.structs import RecordMetadata
 from faststream import AckPolicy, ContextRepo
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.message import StreamMessage
@@ -157,6 +158,8 @@ class BrokerWatch:
         self.timeout_s = timeout_s
         self.up = True
         self.since = time.monotonic()
+        self.outages = 0
+        """How many times the broker was seen going down (ingest replays what it held)."""
 
     async def check(self) -> bool:
         """Ping the broker once and record the outcome; True when it answered."""
@@ -171,6 +174,7 @@ class BrokerWatch:
                 log.warning("broker is back")
                 await self._recreate_topics()
             else:
+                self.outages += 1
                 log.warning("broker is down: publishing is refused until it is back")
         return answered
 
@@ -209,15 +213,17 @@ class EventBus:
         if self.watch is not None and not self.watch.up:
             raise BrokerUnavailable("the event broker is unavailable")
 
-    async def publish(self, event: Envelope, /, *, confirm: bool = True) -> None:
+    async def publish(self, event: Envelope, /, *, confirm: bool = True) -> RecordMetadata | None:
         """Publish one event on its type's topic; with `confirm` wait until the broker has it.
 
         The topic is derived from the event's type (`Topic.for_event`), so the two cannot
         disagree. Raises `BrokerUnavailable` at once while the broker is known to be down.
+        Returns where the broker put it (partition, offset) when confirmed: ingest watches
+        those offsets to notice a broker that came back without its log.
         """
         topic = Topic.for_event(event)
         self._refuse_if_down()
-        await self.broker.publish(
+        sent = await self.broker.publish(
             event.model_dump_json().encode(),
             topic=self.settings.topic(topic),
             key=event.conversation_id.encode(),
@@ -230,6 +236,7 @@ class EventBus:
             no_confirm=not confirm,
         )
         metrics.EVENTS_PUBLISHED.labels(self.service, topic.value).inc()
+        return sent if isinstance(sent, RecordMetadata) else None
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         """Send an unprocessable message, with its reason, to the dead-letter topic."""

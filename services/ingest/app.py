@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import Any
 
 import httpx
@@ -21,15 +22,18 @@ from services.ingest.edge import EdgeGuard
 from services.ingest.handlers import IngestHandlers
 from services.ingest.intake import Intake
 from services.ingest.ownership import Owners
+from services.ingest.replay import TurnReplay
 from services.ingest.routers import channels, ending, feedback, messages, pages, socket
 from services.ingest.settings import IngestSettings
 from shared import http
 from shared.events import (
+    AssistSuggestedEvent,
     ConversationClosedEvent,
     CustomerErasedEvent,
     ReplyDeltaEvent,
     ReplyGeneratedEvent,
 )
+from shared.kafka import ensure_topics
 from shared.service import Infra, ServiceSpec, build_app
 from shared.topics import Topic
 
@@ -74,7 +78,22 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         _background(stack, fanout.run(), "ingest-delivery")
         await fanout.wait_listening()
         guard = EdgeGuard(cfg, redis)
-        intake = Intake(cfg, infra.bus, redis, guard, Owners(redis, prefix, cfg.owner_ttl_s))
+        replay = None
+        if cfg.replay_turns:
+            replay = TurnReplay(
+                redis,
+                infra.bus,
+                prefix,
+                after_s=cfg.replay_after_s,
+                attempts=cfg.replay_attempts,
+                recreate_topics=(
+                    partial(ensure_topics, cfg.kafka) if cfg.kafka.create_topics else None
+                ),
+                watch=infra.bus.watch,
+            )
+            _background(stack, replay.run(), "ingest-replay")
+        owners = Owners(redis, prefix, cfg.owner_ttl_s)
+        intake = Intake(cfg, infra.bus, redis, guard, owners, replay)
         _background(stack, intake.bursts.run(), "ingest-bursts")
         conversations = Conversations(redis, prefix, cfg.conversation_idle_s)
         voice = VoiceReplies(redis, prefix)
@@ -82,11 +101,16 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         outbound = MessagingOutbound(cfg, redis, client)
         survey = MessagingSurvey(cfg, redis, conversations, outbound, intake)
         handlers = IngestHandlers(
-            fanout, prefix, ChannelReplies(conversations, outbound, voice), survey
+            fanout, prefix, ChannelReplies(conversations, outbound, voice), survey, replay
         )
         infra.subscribe(Topic.REPLY_DELTA, ReplyDeltaEvent, handlers.on_reply_delta)
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)
         infra.subscribe(Topic.CUSTOMER_ERASED, CustomerErasedEvent, handlers.on_customer_erased)
+        if replay is not None:
+            # Turns a person holds get suggestions, not a reply: that settles them.
+            infra.subscribe(
+                Topic.ASSIST_SUGGESTED, AssistSuggestedEvent, handlers.on_assist_suggested
+            )
         infra.subscribe(
             Topic.CONVERSATION_CLOSED, ConversationClosedEvent, handlers.on_conversation_closed
         )

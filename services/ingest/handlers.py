@@ -11,8 +11,10 @@ from services.ingest.channels.survey import MessagingSurvey
 from services.ingest.delivery import FRAME_BUFFER_TEMPLATE, Fanout
 from services.ingest.intake import ENDED_TEMPLATE
 from services.ingest.ownership import OWNER_TEMPLATE
+from services.ingest.replay import PENDING_TEMPLATE, TurnReplay
 from shared.erasure import ERASURES, RedisReceipts, Subject, conversation_keys, delete_keys
 from shared.events import (
+    AssistSuggestedEvent,
     ConversationClosedEvent,
     CustomerErasedEvent,
     ReplyDeltaEvent,
@@ -38,11 +40,13 @@ class IngestHandlers:
         key_prefix: str,
         channels: ChannelReplies | None = None,
         survey: MessagingSurvey | None = None,
+        replay: TurnReplay | None = None,
     ) -> None:
         self.fanout = fanout
         self.key_prefix = key_prefix
         self.channels = channels
         self.survey = survey
+        self.replay = replay
 
     @cached_property
     def receipts(self) -> RedisReceipts:
@@ -88,12 +92,21 @@ class IngestHandlers:
                 "text": reply.text,
                 "flags": reply.flags,
             },
-            # A redelivered reply event (ingest killed before committing) shows nothing twice.
+            # A redelivered reply event (ingest killed before committing) shows nothing twice,
+            # nor does the reply to a replayed turn: its reply id is derived from the turn's.
             once=f"reply:{reply.reply_id}",
             # Nor is a reply to a customer erased meanwhile kept in the conversation's buffer.
             late=self.receipts.check(Subject.of(event)),
             store="ingest.frames",
         )
+        if self.replay is not None:
+            # After the delivery: a turn settled but not delivered would be lost for good.
+            await self.replay.answered(event.conversation_id, reply.turn_id)
+
+    async def on_assist_suggested(self, event: AssistSuggestedEvent) -> None:
+        """A person holds the conversation and has suggestions for this turn: it arrived."""
+        if self.replay is not None:
+            await self.replay.answered(event.conversation_id, event.payload.turn_id)
 
     async def on_conversation_closed(self, event: ConversationClosedEvent) -> None:
         """A closed SMS or WhatsApp conversation: ask its customer the closing question."""
@@ -102,7 +115,8 @@ class IngestHandlers:
             await self.survey.ask(event)
 
     async def on_customer_erased(self, event: CustomerErasedEvent) -> None:
-        """Forget the erased customer's message-id claims, buffered frames and ownership.
+        """Forget the erased customer's message-id claims, buffered frames, ownership and
+        unanswered turns.
 
         The receipts go first, so a reply still in flight is not buffered again.
         """
@@ -110,7 +124,13 @@ class IngestHandlers:
         patterns = conversation_keys(
             event,
             self.key_prefix,
-            ["cmid:{conversation}:*", FRAME_BUFFER_TEMPLATE, OWNER_TEMPLATE, ENDED_TEMPLATE],
+            [
+                "cmid:{conversation}:*",
+                FRAME_BUFFER_TEMPLATE,
+                OWNER_TEMPLATE,
+                ENDED_TEMPLATE,
+                PENDING_TEMPLATE + ":*",
+            ],
         )
         await delete_keys(self.fanout.redis, patterns)
         if self.channels is not None:

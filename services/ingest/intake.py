@@ -15,6 +15,8 @@ For each message, in this order:
    claim unmarked: the client's resend then publishes the claimed event (same id, so the
    pipeline treats a second copy as a redelivery) instead of acknowledging a turn that never
    left the edge.
+6. the turn is kept in Redis until its reply comes back, and published again (same event) if
+   the broker lost it (`services/ingest/replay.py`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pydantic import AfterValidator, BeforeValidator, StringConstraints
 from services.ingest.channels.bursts import BurstMerger
 from services.ingest.edge import EdgeGuard
 from services.ingest.ownership import Owners, Party
+from services.ingest.replay import TurnReplay
 from services.ingest.settings import IngestSettings
 from shared.events import (
     MAX_MESSAGE_CHARS,
@@ -240,12 +243,15 @@ class Intake:
         redis: aioredis.Redis,
         guard: EdgeGuard,
         owners: Owners,
+        replay: TurnReplay | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
         self.redis = redis
         self.guard = guard
         self.owners = owners
+        self.replay = replay
+        """Keeps accepted turns until answered and watches the broker's offsets (None: off)."""
         self.prefix = settings.redis.key_prefix
         self.bursts = BurstMerger(redis, self.prefix, settings.burst_window_ms, self._burst)
         """Messaging fragments wait here; `bursts.run()` publishes each burst as one turn."""
@@ -302,10 +308,15 @@ class Intake:
             if earlier is not None:
                 MESSAGES.labels(channel.value, "duplicate").inc()
                 return await self._earlier(claim, earlier, channel, text)
+        if self.replay is not None:
+            # Kept before it is published: a replica killed in between leaves it to replay.
+            await self.replay.accepted(event)
         try:
             await self._publish(event, claim, "the message")
         except ApiError:
             MESSAGES.labels(channel.value, "broker_error").inc()
+            if self.replay is not None:
+                await self.replay.forget(event)
             raise
         await self._mark_published(claim, event)
         MESSAGES.labels(channel.value, "accepted").inc()
@@ -326,7 +337,10 @@ class Intake:
         publishing it): the same event, so nothing the customer sent is lost, and a second copy
         is a redelivery of one id."""
         try:
-            await self.bus.publish(event)
+            if self.replay is not None:
+                await self.replay.publish(event)  # watching the offsets for a lost log
+            else:
+                await self.bus.publish(event)
         except Exception as exc:
             log.exception("could not publish %s", event.event_type)
             counter.labels(channel.value, "broker_error").inc()
@@ -507,7 +521,10 @@ class Intake:
     async def _publish(self, event: Envelope, claim: str | None, what: str) -> None:
         """Publish; on failure release the client message id, so the client's retry is new."""
         try:
-            await self.bus.publish(event)
+            if self.replay is not None:
+                await self.replay.publish(event)  # watching the offsets for a lost log
+            else:
+                await self.bus.publish(event)
         except Exception as exc:
             log.exception("could not publish %s", event.event_type)
             if claim is not None:

@@ -113,6 +113,16 @@ class IngestSettings(ServiceSettings):
     whatsapp_template_language: str = "en"
     """The language code of the templates, for Meta's Cloud API."""
 
+    replay_turns: bool = True
+    """Keep every accepted turn in Redis until it is answered, and publish it again when the
+    broker lost it (services/ingest/replay.py)."""
+    replay_after_s: float = Field(default=120.0, ge=5.0)
+    """A turn with no reply (nor agent suggestion) this long after it was accepted, or after
+    its last replay, is published again (a broker that lost its log: at once)."""
+    replay_attempts: int = Field(default=3, ge=1, le=20)
+    """Replays of one turn before it is given up (logged and counted in
+    `cbd_ingest_turns_replay_abandoned_total`)."""
+
     @model_validator(mode="after")
     def _keys_in_production(self) -> Self:
         if self.environment == "production":
