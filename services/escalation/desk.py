@@ -278,13 +278,9 @@ class Desk:
             await self.outbox.deliver_now([mirror])
         return decision
 
-    async def _route(
-        self,
-        conn: Any,
-        event: TurnContextualizedEvent,
-        policy: Callable[[int], RoutingDecision],
-    ) -> tuple[RoutingDecision, Message | None]:
-        turn = event.payload
+    @staticmethod
+    async def _lock_conversation(conn: Any, event: Envelope) -> Any:
+        """The event's conversation row, created if new, locked for this transaction."""
         await conn.execute(
             """
             INSERT INTO escalation.conversations (conversation_id, customer_id, channel, tenant)
@@ -300,6 +296,16 @@ class Desk:
             event.conversation_id,
         )
         assert conv is not None
+        return conv
+
+    async def _route(
+        self,
+        conn: Any,
+        event: TurnContextualizedEvent,
+        policy: Callable[[int], RoutingDecision],
+    ) -> tuple[RoutingDecision, Message | None]:
+        turn = event.payload
+        conv = await self._lock_conversation(conn, event)
         opened = await conn.fetchrow(
             "SELECT ticket_id FROM escalation.tickets WHERE opened_by_event = $1",
             event.event_id,
@@ -369,21 +375,7 @@ class Desk:
         async with self.pg.acquire() as conn, conn.transaction():
             if await self.receipts.check(conn, Subject.of(event), "escalation.tickets"):
                 return False
-            await conn.execute(
-                """
-                INSERT INTO escalation.conversations (conversation_id, customer_id, channel, tenant)
-                VALUES ($1, $2, $3, $4) ON CONFLICT (conversation_id) DO NOTHING
-                """,
-                event.conversation_id,
-                event.customer_id,
-                event.channel.value,
-                event.tenant,
-            )
-            conv = await conn.fetchrow(
-                "SELECT * FROM escalation.conversations WHERE conversation_id = $1 FOR UPDATE",
-                event.conversation_id,
-            )
-            assert conv is not None
+            conv = await self._lock_conversation(conn, event)
             if conv["owner"] != "bot":
                 return False
             if await conn.fetchval(
