@@ -436,6 +436,9 @@ class ReplyFlag(StrEnum):
     placeholders, its instructions paraphrased."""
     WRONG_LANGUAGE = "wrong_language"
     """Written in another language than the customer's."""
+    CUT = "cut"
+    """The LLM server stopped the reply at its token limit: it ends at its last whole
+    sentence, and replaces what streamed when some of that was taken off."""
 
 
 class CareVerdict(StrEnum):

@@ -455,7 +455,8 @@ class GenerationHandlers:
         guard = self.rails.stream()
         if not await self._pump(event, prompt, state, guard):
             return None
-        rest, verdict = guard.finish(cut=self._cut(state))
+        cut = self._cut(state)
+        rest, verdict = guard.finish(cut=cut)
         if rest:
             state.pending.append(rest)
         # Acknowledged, so the final reply is not published ahead of the last slice.
@@ -467,6 +468,9 @@ class GenerationHandlers:
         report = await asyncio.to_thread(check.whole, reply)
         self._count_draft("first", report)
         flags = [*flags, *(f.value for f in report.flags if f.value not in flags)]
+        if cut and verdict.leak is None:
+            # The streamed draft is the reply, ended early: say so (it may replace the stream).
+            flags.append(ReplyFlag.CUT.value)
         return _Final(reply, flags, CareVerdict.UNCHECKED, list(report.findings), report.relevance)
 
     async def _checked(
@@ -476,7 +480,8 @@ class GenerationHandlers:
         guard = CheckedStream(self.rails, check)
         if not await self._pump(event, prompt, state, guard):
             return None
-        rest, text, report, verdict = await asyncio.to_thread(guard.finish, cut=self._cut(state))
+        cut = self._cut(state)
+        rest, text, report, verdict = await asyncio.to_thread(guard.finish, cut=cut)
         if rest:
             state.pending.append(rest)
         await self._flush(event, state, confirm=True)
@@ -489,7 +494,8 @@ class GenerationHandlers:
             )
         self._count_draft("first", report, leaked=verdict.leak is not None)
         if not findings and text:
-            return _Final(text, list(verdict.flags), CareVerdict.PASSED, [], report.relevance)
+            flags = [*verdict.flags, *([ReplyFlag.CUT.value] if cut else [])]
+            return _Final(text, flags, CareVerdict.PASSED, [], report.relevance)
         empty = not findings and not text
         if empty:
             # Nothing usable came back: nothing to regenerate from, compose.

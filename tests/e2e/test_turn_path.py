@@ -93,10 +93,12 @@ async def test_posted_message_streams_reply_and_is_stored_and_audited(platform: 
     assert "llm_fallback" not in reply["flags"], reply
     assert reply["text"].strip()
     # The care check releases sentences that pass; a draft that fails is regenerated or
-    # composed and its reply replaces what streamed. Otherwise what streamed is the beginning
-    # of the reply the customer finally sees (a slice that loses the race with the final reply
-    # is dropped by ingest, never shown after it). Which happens depends on the model's words.
-    if not {"regenerated", "composed", "replaced", "care_failed"} & set(reply["flags"]):
+    # composed, and a draft the server cut at its token limit ends at its last whole sentence:
+    # either reply replaces what streamed. Otherwise what streamed is the beginning of the
+    # reply the customer finally sees (a slice that loses the race with the final reply is
+    # dropped by ingest, never shown after it). Which happens depends on the model's words.
+    replacing = {"regenerated", "composed", "replaced", "care_failed", "cut"}
+    if not replacing & set(reply["flags"]):
         assert deltas, f"the reply was not streamed: {frames}"
         streamed = "".join(d["text"] for d in sorted(deltas, key=lambda d: d["seq"]))
         assert streamed.strip()

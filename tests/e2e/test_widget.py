@@ -200,7 +200,12 @@ async def test_widget_streams_survives_a_drop_mid_reply_resumes_and_sends_the_ra
         # (A slow LLM on a busy machine may be cut off and replaced by the caring fallback,
         # which by design does not continue what had streamed.)
         for text in streamed:
-            assert final_text.startswith(text.strip()), (samples, final_text)
+            if "cut" in flags and len(text.strip()) > len(final_text):
+                # Cut at the token limit: the reply is what streamed, up to its last whole
+                # sentence, and replaced the longer streamed text.
+                assert text.startswith(final_text), (samples, final_text)
+            else:
+                assert final_text.startswith(text.strip()), (samples, final_text)
     assert samples[-1]["text"].strip() == final_text
     assert not samples[-1]["streaming"]
 

@@ -399,6 +399,7 @@ async def test_a_reply_cut_at_the_token_limit_ends_at_its_last_whole_sentence(
     [reply] = [r.payload for r in bus.replies()]
     assert reply.text == "Standard delivery takes 3 to 5 working days."
     assert reply.care_verdict in {CareVerdict.PASSED, CareVerdict.UNCHECKED}
+    assert ReplyFlag.CUT in reply.flags
 
 
 async def test_a_reply_that_ended_by_itself_is_kept_whole(kit: CareKit) -> None:
@@ -407,6 +408,7 @@ async def test_a_reply_that_ended_by_itself_is_kept_whole(kit: CareKit) -> None:
     bus, _ = await answer(kit, "How long does standard delivery take?", draft, mode=ReplyMode.LLM)
     [reply] = [r.payload for r in bus.replies()]
     assert reply.text == draft
+    assert ReplyFlag.CUT not in reply.flags
 
 
 async def test_a_reply_that_leaks_twice_is_composed_and_stays_with_the_bot(kit: CareKit) -> None:
