@@ -128,6 +128,15 @@ async def test_second_turn_carries_the_conversation_so_far(platform: Platform) -
             await ws.send(json.dumps({"type": "message", "text": text}))
             frames = await frames_until_reply(ws)
             assert frames[0]["type"] == "accepted"
+            # Memory stores the reply from the reply topic, apart from the socket that showed
+            # it: a message sent the instant the reply appears can reach memory first (see
+            # "Known limits"). What is checked here is that a stored reply is carried.
+            await wait_for_rows(
+                dsn,
+                "SELECT 1 FROM memory.turns WHERE conversation_id = $1 AND role = 'bot'",
+                conversation_id,
+                expect=1,
+            )
     rows = await wait_for_rows(
         dsn,
         "SELECT payload FROM audit.events WHERE conversation_id = $1 "
