@@ -187,7 +187,9 @@ class Receipts:
         erased_at: datetime,
     ) -> None:
         """Write the erasure's receipts (idempotent: a redelivered erasure keeps the latest
-        time) and drop receipts past their retention. Call after `hold`."""
+        time) and drop receipts past their retention, holding the erasure lock (taken here if
+        the transaction has not taken it yet: an advisory lock is re-entrant)."""
+        await self.hold(conn)
         # One row per key: the erased id is also among its own identities.
         kinds = {customer_key(tenant, c): "customer" for c in customers}
         kinds.update({conversation_key(c): "conversation" for c in conversations})

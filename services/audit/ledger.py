@@ -373,7 +373,6 @@ class Ledger:
         chain's lock, so a record about these customers appended later is stored erased.
         """
         async with self.eraser.acquire() as conn, conn.transaction():
-            await self.receipts.hold(conn)
             await self.receipts.record(
                 conn,
                 tenant=tenant,

@@ -498,7 +498,6 @@ class Outcomes:
         ids = [erased.erased_customer_id, *erased.identities]
         convs = erased.conversation_ids
         async with self.pg.acquire() as conn, conn.transaction():
-            await self.receipts.hold(conn)
             await self.receipts.record(
                 conn,
                 tenant=event.tenant,

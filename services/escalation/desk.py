@@ -196,7 +196,6 @@ class Desk:
         still in flight opens nothing when it arrives.
         """
         async with self.pg.acquire() as conn, conn.transaction():
-            await self.receipts.hold(conn)
             await self.receipts.record(
                 conn,
                 tenant=tenant,
