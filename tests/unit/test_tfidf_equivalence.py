@@ -143,15 +143,20 @@ def _queries(texts: list[str]) -> list[str]:
     return messages + texts[:400] + HOSTILE
 
 
-def test_the_knowledge_index_is_fitted_as_scikit_learn_fits_it(texts: list[str]) -> None:
-    documents = _knowledge_documents()
-    reference = TfidfVectorizer(
+def _knowledge_reference() -> TfidfVectorizer:
+    """scikit-learn's vectorizer set up as generation's knowledge index was before numpy."""
+    return TfidfVectorizer(
         tokenizer=tokenize,
         token_pattern=None,
         lowercase=False,
         ngram_range=(1, 2),
         sublinear_tf=True,
     )
+
+
+def test_the_knowledge_index_is_fitted_as_scikit_learn_fits_it(texts: list[str]) -> None:
+    documents = _knowledge_documents()
+    reference = _knowledge_reference()
     matrix = reference.fit_transform(documents)
     ours = TfidfTransform.fit(ANALYZER, documents, sublinear_tf=True)
     assert ours.vocabulary == reference.vocabulary_
@@ -164,13 +169,7 @@ def test_the_knowledge_index_is_fitted_as_scikit_learn_fits_it(texts: list[str])
 def test_retrieval_scores_equal_scikit_learns(texts: list[str]) -> None:
     base = KnowledgeBase.load(KNOWLEDGE_DIR, "demo")
     documents = _knowledge_documents()
-    reference = TfidfVectorizer(
-        tokenizer=tokenize,
-        token_pattern=None,
-        lowercase=False,
-        ngram_range=(1, 2),
-        sublinear_tf=True,
-    )
+    reference = _knowledge_reference()
     matrix = reference.fit_transform(documents)
     hits = 0
     for query in _queries(texts):
