@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 import uvicorn
 from pydantic import SecretStr
 
 from cbd.crm_standin import create_app as crm_app
 from cbd.procs import free_port
+from services.escalation.desk import Desk
 from shared import db
 from shared.settings import PostgresSettings
+
+ESCALATION_MIGRATIONS = Path(__file__).resolve().parents[2] / "services/escalation/migrations"
 
 MEMORY_MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "memory" / "migrations"
 
@@ -47,3 +52,18 @@ def crm_url() -> Iterator[str]:
     yield url
     server.should_exit = True
     thread.join(timeout=5)
+
+
+@pytest.fixture
+async def desk(fresh_db: str, redis_client: aioredis.Redis) -> AsyncIterator[Desk]:
+    """Escalation's desk on a freshly migrated database and its own Redis key prefix."""
+    pool = await db.create_pool(PostgresSettings(dsn=SecretStr(fresh_db)))
+    await db.migrate(pool, "escalation", ESCALATION_MIGRATIONS)
+    yield Desk(
+        pool,
+        redis_client,
+        key_prefix=f"it-{uuid.uuid4().hex[:6]}:",
+        handle_minutes=4,
+        agents_on_shift=2,
+    )
+    await pool.close()

@@ -14,13 +14,11 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import REGISTRY
-from pydantic import SecretStr
 
 from services.audit.care_settings import CareSettings
 from services.audit.handlers import AuditHandlers
@@ -72,14 +70,12 @@ from shared.events import (
 )
 from shared.fanout import Fanout
 from shared.kafka import EventBus
-from shared.settings import PostgresSettings
 from tests.integration.care_support import care_pool, reply, routed
 from tests.kit import RecordingBus, reply_generated
 
 pytestmark = pytest.mark.integration
 
 SECRET = "my card ends 4242 and I live at 7 Elm Street"
-ESCALATION_MIGRATIONS = Path(__file__).resolve().parents[2] / "services/escalation/migrations"
 
 
 def late_count(store: str) -> float:
@@ -243,20 +239,6 @@ async def test_the_care_tables_drop_what_arrives_after_the_erasure(pool: db.Pool
 
 
 # ---- escalation -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def desk(fresh_db: str, redis_client: aioredis.Redis) -> AsyncIterator[Desk]:
-    pool = await db.create_pool(PostgresSettings(dsn=SecretStr(fresh_db)))
-    await db.migrate(pool, "escalation", ESCALATION_MIGRATIONS)
-    yield Desk(
-        pool,
-        redis_client,
-        key_prefix=f"it-{uuid.uuid4().hex[:6]}:",
-        handle_minutes=4,
-        agents_on_shift=2,
-    )
-    await pool.close()
 
 
 def contextualized(conversation: str, customer: str, at: datetime) -> TurnContextualizedEvent:

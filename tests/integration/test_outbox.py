@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,7 +17,6 @@ import pytest
 import redis.asyncio as aioredis
 from aiokafka.errors import KafkaConnectionError
 from fastapi import FastAPI
-from pydantic import SecretStr
 
 from services.escalation.desk import OWNERSHIP, Desk
 from services.memory.api import customer_router
@@ -30,14 +28,13 @@ from shared.events import CustomerErasedEvent, RouteReason, RouteTarget, Routing
 from shared.http import install, provide
 from shared.kafka import EventBus, ensure_topics, make_broker
 from shared.outbox import EVENT, Deliver, Message, Outbox, publishing
-from shared.settings import KafkaSettings, PostgresSettings
+from shared.settings import KafkaSettings
 from shared.topics import Topic
 from tests.kit import analyzed, contextualized, read_topic, turn_received
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "outbox-admin"
-ESCALATION_MIGRATIONS = Path(__file__).resolve().parents[2] / "services/escalation/migrations"
 
 
 class Outage:
@@ -144,20 +141,6 @@ async def test_an_immediate_publish_leaves_nothing_for_the_relay(
     assert await outbox.pending() == 0
     records = await read_topic(isolated_kafka, Topic.CUSTOMER_ERASED, expect=1)
     assert [r["event_id"] for r in records] == [str(receipt.erasure_event_id)]
-
-
-@pytest.fixture
-async def desk(fresh_db: str, redis_client: aioredis.Redis) -> AsyncIterator[Desk]:
-    pool = await db.create_pool(PostgresSettings(dsn=SecretStr(fresh_db)))
-    await db.migrate(pool, "escalation", ESCALATION_MIGRATIONS)
-    yield Desk(
-        pool,
-        redis_client,
-        key_prefix=f"it-{uuid.uuid4().hex[:6]}:",
-        handle_minutes=4,
-        agents_on_shift=2,
-    )
-    await pool.close()
 
 
 def to_a_person(_: Any) -> RoutingDecision:
