@@ -137,7 +137,8 @@ class Ledger:
         self.receipts = Receipts("audit.erasure_receipts", CHAIN_LOCK)
 
     async def append(self, record: Record) -> bool:
-        """Record it once; False when this topic/partition/offset is already recorded."""
+        """Record it once; False when this record (its topic/partition/offset and bytes) is
+        already recorded."""
         payload = parse_object(record.body)
         try:
             return await self._insert(record, payload)
@@ -167,10 +168,12 @@ class Ledger:
             return [await self.append(record) for record in records]
 
     async def _insert_many(self, parsed: list[tuple[Record, dict[str, Any] | None]]) -> list[bool]:
-        positions = (
+        digests = [hashlib.sha256(r.body).digest() for r, _ in parsed]
+        keys = (
             [r.topic for r, _ in parsed],
             [r.partition for r, _ in parsed],
             [r.offset for r, _ in parsed],
+            digests,
         )
         async with self.pg.acquire() as conn, conn.transaction():
             # Every writer takes this lock first, so nothing can be inserted between the
@@ -179,28 +182,29 @@ class Ledger:
             prev = await _head(conn)
             rows = await conn.fetch(
                 """
-                SELECT e.topic, e.kafka_partition, e.kafka_offset FROM audit.events e
-                JOIN unnest($1::text[], $2::int[], $3::bigint[]) AS u(t, p, o)
+                SELECT e.topic, e.kafka_partition, e.kafka_offset, e.body_sha256
+                FROM audit.events e
+                JOIN unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[]) AS u(t, p, o, d)
                   ON e.topic = u.t AND e.kafka_partition = u.p AND e.kafka_offset = u.o
+                 AND e.body_sha256 = u.d
                 """,
-                *positions,
+                *keys,
             )
-            seen = {(row[0], row[1], row[2]) for row in rows}
+            seen = {(row[0], row[1], row[2], bytes(row[3])) for row in rows}
             results: list[bool] = []
-            new: list[tuple[Record, dict[str, Any] | None, dict[str, Any]]] = []
-            for record, payload in parsed:
-                position = (record.topic, record.partition, record.offset)
-                if position in seen:
+            new: list[tuple[Record, dict[str, Any] | None, dict[str, Any], bytes]] = []
+            for (record, payload), body_sha256 in zip(parsed, digests, strict=True):
+                key = (record.topic, record.partition, record.offset, body_sha256)
+                if key in seen:
                     results.append(False)
                     continue
-                seen.add(position)
+                seen.add(key)
                 envelope = payload if payload is not None else subject(record.body)
-                new.append((record, payload, envelope))
+                new.append((record, payload, envelope, body_sha256))
                 results.append(True)
-            late = await self.receipts.late(conn, [Subject.of_record(e) for _, _, e in new])
+            late = await self.receipts.late(conn, [Subject.of_record(e) for _, _, e, _ in new])
             args: list[tuple[Any, ...]] = []
-            for (record, payload, envelope), erased in zip(new, late, strict=True):
-                body_sha256 = hashlib.sha256(record.body).digest()
+            for (record, payload, envelope, body_sha256), erased in zip(new, late, strict=True):
                 new_hash = chain_hash_v3(self.key, prev, record, body_sha256)
                 args.append(
                     self._row(record, payload, envelope, prev, new_hash, body_sha256, erased)
@@ -223,12 +227,14 @@ class Ledger:
                 """
                 INSERT INTO audit.chain_heads (seq, hash)
                 SELECT e.seq, e.hash FROM audit.events e
-                JOIN unnest($1::text[], $2::int[], $3::bigint[]) AS u(t, p, o)
+                JOIN unnest($1::text[], $2::int[], $3::bigint[], $4::bytea[]) AS u(t, p, o, d)
                   ON e.topic = u.t AND e.kafka_partition = u.p AND e.kafka_offset = u.o
+                 AND e.body_sha256 = u.d
                 """,
                 [a[0] for a in args],
                 [a[1] for a in args],
                 [a[2] for a in args],
+                [a[11] for a in args],
             )
         return results
 
@@ -275,17 +281,18 @@ class Ledger:
         async with self.pg.acquire() as conn, conn.transaction():
             # One writer at a time extends the chain; an advisory lock needs no UPDATE right.
             await self.receipts.hold(conn)
+            body_sha256 = hashlib.sha256(record.body).digest()
             known = await conn.fetchval(
-                "SELECT true FROM audit.events "
-                "WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3",
+                "SELECT true FROM audit.events WHERE topic = $1 AND kafka_partition = $2 "
+                "AND kafka_offset = $3 AND body_sha256 = $4",
                 record.topic,
                 record.partition,
                 record.offset,
+                body_sha256,
             )
             if known:
                 return False
             prev = await _head(conn)
-            body_sha256 = hashlib.sha256(record.body).digest()
             new_hash = chain_hash_v3(self.key, prev, record, body_sha256)
             (erased,) = await self.receipts.late(conn, [Subject.of_record(envelope)])
             seq = await conn.fetchval(
@@ -294,7 +301,7 @@ class Ledger:
                     event_type, conversation_id, trace_id, body, payload, prev_hash, hash,
                     body_sha256, chain_version, customer_id, key_id, erased_at)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 3, $13, $14, $15)
-                ON CONFLICT (topic, kafka_partition, kafka_offset) DO NOTHING
+                ON CONFLICT (topic, kafka_partition, kafka_offset, body_sha256) DO NOTHING
                 RETURNING seq
                 """,
                 *self._row(record, payload, envelope, prev, new_hash, body_sha256, erased),

@@ -52,6 +52,23 @@ async def test_a_batch_extends_the_same_chain_and_skips_what_is_recorded(ledger:
     assert heads - heads_before == 6, "one head per record, as one at a time"
 
 
+async def test_a_broker_that_lost_its_log_reuses_positions_and_nothing_new_is_skipped(
+    ledger: Ledger,
+) -> None:
+    # An embedded broker on in-memory storage, killed, starts its offsets from zero again: the
+    # new records sit at positions the old ones hold. Keyed by position alone, they were skipped.
+    before = [Record("turn.received", 0, n, b'{"n": %d}' % n) for n in range(3)]
+    assert await ledger.append_many(before) == [True] * 3
+    after = [Record("turn.received", 0, n, b'{"n": %d, "log": 2}' % n) for n in range(2)]
+    assert await ledger.append_many(after) == [True, True]
+    assert await ledger.append(Record("turn.received", 0, 2, b'{"n": 2, "log": 2}')) is True
+    # Delivered again (same position, same bytes), whichever way: recorded once.
+    assert await ledger.append_many([*before, *after]) == [False] * 5
+    assert await ledger.append(after[0]) is False
+    assert await ledger.pg.fetchval("SELECT count(*) FROM audit.events") == 6
+    assert await ledger.verify() == (True, 6)
+
+
 async def test_json_that_jsonb_refuses_falls_back_to_one_at_a_time(ledger: Ledger) -> None:
     # Python reads a lone surrogate escape; jsonb refuses it, so that record is kept as bytes.
     refused = b'{"event_id": "y", "text": "\\ud800"}'
