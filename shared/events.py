@@ -335,6 +335,10 @@ class TurnReceived(_Model):
     """Payload of turn.received."""
 
     message: CustomerMessage
+    after_reply_id: uuid.UUID | None = None
+    """The last reply the edge delivered in this conversation before this message: what the
+    customer had seen. Memory waits, briefly, until it has stored that reply, so the context
+    of a message sent the instant a reply appeared includes it."""
 
 
 class TurnAnalyzed(TurnReceived):

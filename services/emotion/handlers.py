@@ -85,7 +85,12 @@ class EmotionHandlers:
         await self.bus.publish(
             event.derive(
                 TurnAnalyzedEvent,
-                TurnAnalyzed(message=message, emotion=analysis, trajectory=trajectory),
+                TurnAnalyzed(
+                    message=message,
+                    emotion=analysis,
+                    trajectory=trajectory,
+                    after_reply_id=event.payload.after_reply_id,
+                ),
             ),
         )
 

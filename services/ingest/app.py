@@ -25,6 +25,7 @@ from services.ingest.ownership import Owners
 from services.ingest.replay import TurnReplay
 from services.ingest.routers import channels, ending, feedback, messages, pages, socket
 from services.ingest.settings import IngestSettings
+from services.ingest.shown import LastShown
 from shared import http
 from shared.events import (
     AssistSuggestedEvent,
@@ -93,7 +94,9 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
             )
             _background(stack, replay.run(), "ingest-replay")
         owners = Owners(redis, prefix, cfg.owner_ttl_s)
-        intake = Intake(cfg, infra.bus, redis, guard, owners, replay)
+        # Kept as long as a conversation stays open without a message.
+        shown = LastShown(redis, prefix, cfg.conversation_idle_s)
+        intake = Intake(cfg, infra.bus, redis, guard, owners, replay, shown)
         _background(stack, intake.bursts.run(), "ingest-bursts")
         conversations = Conversations(redis, prefix, cfg.conversation_idle_s)
         voice = VoiceReplies(redis, prefix)
@@ -101,7 +104,7 @@ def create_app(settings: IngestSettings | None = None) -> FastAPI:
         outbound = MessagingOutbound(cfg, redis, client)
         survey = MessagingSurvey(cfg, redis, conversations, outbound, intake)
         handlers = IngestHandlers(
-            fanout, prefix, ChannelReplies(conversations, outbound, voice), survey, replay
+            fanout, prefix, ChannelReplies(conversations, outbound, voice), survey, replay, shown
         )
         infra.subscribe(Topic.REPLY_DELTA, ReplyDeltaEvent, handlers.on_reply_delta)
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)

@@ -12,6 +12,7 @@ from services.ingest.delivery import FRAME_BUFFER_TEMPLATE, Fanout
 from services.ingest.intake import ENDED_TEMPLATE
 from services.ingest.ownership import OWNER_TEMPLATE
 from services.ingest.replay import PENDING_TEMPLATE, TurnReplay
+from services.ingest.shown import SHOWN_TEMPLATE, LastShown
 from shared.erasure import ERASURES, RedisReceipts, Subject, conversation_keys, delete_keys
 from shared.events import (
     AssistSuggestedEvent,
@@ -41,12 +42,14 @@ class IngestHandlers:
         channels: ChannelReplies | None = None,
         survey: MessagingSurvey | None = None,
         replay: TurnReplay | None = None,
+        shown: LastShown | None = None,
     ) -> None:
         self.fanout = fanout
         self.key_prefix = key_prefix
         self.channels = channels
         self.survey = survey
         self.replay = replay
+        self.shown = shown
 
     @cached_property
     def receipts(self) -> RedisReceipts:
@@ -99,6 +102,8 @@ class IngestHandlers:
             late=self.receipts.check(Subject.of(event)),
             store="ingest.frames",
         )
+        if self.shown is not None:
+            await self.shown.record(event.conversation_id, reply.reply_id)
         if self.replay is not None:
             # After the delivery: a turn settled but not delivered would be lost for good.
             await self.replay.answered(event.conversation_id, reply.turn_id)
@@ -130,6 +135,7 @@ class IngestHandlers:
                 OWNER_TEMPLATE,
                 ENDED_TEMPLATE,
                 PENDING_TEMPLATE + ":*",
+                SHOWN_TEMPLATE,
             ],
         )
         await delete_keys(self.fanout.redis, patterns)

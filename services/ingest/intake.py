@@ -37,6 +37,7 @@ from services.ingest.edge import EdgeGuard
 from services.ingest.ownership import Owners, Party
 from services.ingest.replay import TurnReplay
 from services.ingest.settings import IngestSettings
+from services.ingest.shown import LastShown
 from shared.events import (
     MAX_MESSAGE_CHARS,
     Channel,
@@ -244,6 +245,7 @@ class Intake:
         guard: EdgeGuard,
         owners: Owners,
         replay: TurnReplay | None = None,
+        shown: LastShown | None = None,
     ) -> None:
         self.settings = settings
         self.bus = bus
@@ -252,6 +254,8 @@ class Intake:
         self.owners = owners
         self.replay = replay
         """Keeps accepted turns until answered and watches the broker's offsets (None: off)."""
+        self.shown = shown
+        """The last reply each conversation showed, named on the next turn (None: not named)."""
         self.prefix = settings.redis.key_prefix
         self.bursts = BurstMerger(redis, self.prefix, settings.burst_window_ms, self._burst)
         """Messaging fragments wait here; `bursts.run()` publishes each burst as one turn."""
@@ -292,7 +296,10 @@ class Intake:
             channel=channel,
             tenant=party.tenant,
             payload=TurnReceived(
-                message=CustomerMessage(turn_id=uuid.uuid4(), text=text, received_at=utcnow())
+                message=CustomerMessage(turn_id=uuid.uuid4(), text=text, received_at=utcnow()),
+                after_reply_id=(
+                    await self.shown.last(conversation_id) if self.shown is not None else None
+                ),
             ),
         )
         accepted = Accepted(

@@ -101,6 +101,7 @@ def create_app(settings: MemorySettings | None = None) -> FastAPI:
             keep=cfg.recent_turns,
             llm_extractor=llm_extractor,
             crm=crm,
+            reply_wait_s=cfg.reply_wait_s,
         )
         infra.subscribe(Topic.TURN_ANALYZED, TurnAnalyzedEvent, handlers.on_turn_analyzed)
         infra.subscribe(Topic.REPLY_GENERATED, ReplyGeneratedEvent, handlers.on_reply_generated)

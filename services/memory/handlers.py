@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -28,6 +29,15 @@ from shared.intent import IntentReader
 from shared.kafka import EventBus
 
 log = logging.getLogger(__name__)
+
+REPLY_WAITS = Counter(
+    "cbd_memory_reply_waits_total",
+    "Turns naming the reply their customer saw, by whether it was already stored, stored "
+    "while the turn waited, or still missing when the wait ran out (context without it).",
+    ["outcome"],
+)
+REPLY_POLL_S = 0.02
+"""How often a waiting turn looks for the reply: a reply is one short transaction away."""
 
 MEMORIES_LEARNED = Counter(
     "cbd_memory_memories_learned_total", "Memories written or updated, by kind", ["kind"]
@@ -63,6 +73,7 @@ class MemoryHandlers:
         llm_extractor: LlmExtractor | None = None,
         intents: IntentReader | None = None,
         crm: CrmSync | None = None,
+        reply_wait_s: float = 2.0,
     ) -> None:
         self.bus = bus
         self.turns = turns
@@ -74,6 +85,7 @@ class MemoryHandlers:
         self.keep = keep
         self.intents = intents or IntentReader(embedder)
         self.crm = crm
+        self.reply_wait_s = reply_wait_s
 
     async def on_turn_analyzed(self, event: TurnAnalyzedEvent) -> None:
         """Resolve the customer, store and learn from the turn, publish it with its context.
@@ -98,6 +110,7 @@ class MemoryHandlers:
         if customer_id != event.customer_id:
             # From here on the turn belongs to the customer, whichever channel it came from.
             event = event.model_copy(update={"customer_id": customer_id})
+        await self._await_reply(event)
         history, source = await self.turns.recent(event.conversation_id, tenant=tenant)
         meanings = await self.turns.meanings(event.conversation_id, tenant=tenant)
         # On redelivery the turn may already be in the history: it is this turn, not context.
@@ -189,6 +202,24 @@ class MemoryHandlers:
             ISSUES_SEEN.labels("raised").inc()
         for _ in found.resolved:
             ISSUES_SEEN.labels("resolved").inc()
+
+    async def _await_reply(self, event: TurnAnalyzedEvent) -> None:
+        """Wait, up to `reply_wait_s`, until the reply the customer saw before this message
+        is stored, so the context has it (the reply reaches memory in one hop, the message
+        in two, and a quick customer can overtake it)."""
+        reply_id = event.payload.after_reply_id
+        if reply_id is None:
+            return
+        deadline = time.monotonic() + self.reply_wait_s
+        outcome = "stored"
+        while not await self.turns.has(reply_id, tenant=event.tenant):
+            if time.monotonic() >= deadline:
+                outcome = "timeout"
+                log.warning("the reply before this turn is not stored yet; context without it")
+                break
+            outcome = "waited"
+            await asyncio.sleep(REPLY_POLL_S)
+        REPLY_WAITS.labels(outcome).inc()
 
     async def on_reply_generated(self, event: ReplyGeneratedEvent) -> None:
         """Store a bot, agent or system reply as a turn of the conversation (not when its

@@ -60,6 +60,11 @@ class MemorySettings(ServiceSettings):
     """How long a turn waits for a due CRM sync before going on without it (the sync finishes
     in the background and the next turn has it): a slow CRM never holds a reply up for long."""
 
+    reply_wait_s: float = Field(default=2.0, ge=0.0, le=30.0)
+    """How long a turn waits for the reply its customer saw to be stored before its context is
+    read (`TurnReceived.after_reply_id`); after that it goes on without it, and
+    `cbd_memory_reply_waits_total{outcome="timeout"}` counts it."""
+
     @model_validator(mode="after")
     def _no_dev_admin_in_production(self) -> Self:
         if self.environment == "production":

@@ -198,6 +198,13 @@ class TurnStore:
                 pipe.expire(meanings, self.ttl_s)
             await pipe.execute()
 
+    async def has(self, turn_key: uuid.UUID, *, tenant: str = DEFAULT_TENANT) -> bool:
+        """Whether the turn (a message or reply, by its key) is stored and committed."""
+        found = await self.pg.fetchval(
+            "SELECT true FROM memory.turns WHERE turn_key = $1 AND tenant = $2", turn_key, tenant
+        )
+        return bool(found)
+
     async def meanings(self, conversation_id: str, *, tenant: str = DEFAULT_TENANT) -> Meanings:
         """The cached embeddings of the conversation's latest customer turns."""
         key = meaning_key(self.key_prefix, tenant, conversation_id)

@@ -123,20 +123,24 @@ async def test_posted_message_streams_reply_and_is_stored_and_audited(platform: 
 async def test_second_turn_carries_the_conversation_so_far(platform: Platform) -> None:
     conversation_id, customer_id = new_ids()
     dsn = platform.stack.env()["CBD_PG_DSN"]
+    shown: list[str] = []
     async with websockets.connect(ws_url(platform, conversation_id, customer_id)) as ws:
         for text in ("My name is Sam.", "Can you help me with my order?"):
+            # Sent the instant the reply appears: memory stores that reply from the reply
+            # topic, one hop, while this message takes two, so the turn names the reply it
+            # follows and memory waits for it.
             await ws.send(json.dumps({"type": "message", "text": text}))
             frames = await frames_until_reply(ws)
             assert frames[0]["type"] == "accepted"
-            # Memory stores the reply from the reply topic, apart from the socket that showed
-            # it: a message sent the instant the reply appears can reach memory first (see
-            # "Known limits"). What is checked here is that a stored reply is carried.
-            await wait_for_rows(
-                dsn,
-                "SELECT 1 FROM memory.turns WHERE conversation_id = $1 AND role = 'bot'",
-                conversation_id,
-                expect=1,
-            )
+            shown.append(frames[-1]["reply_id"])
+    received = await wait_for_rows(
+        dsn,
+        "SELECT payload FROM audit.events WHERE conversation_id = $1 "
+        "AND event_type = 'turn.received' ORDER BY seq",
+        conversation_id,
+        expect=2,
+    )
+    assert [r["payload"]["payload"].get("after_reply_id") for r in received] == [None, shown[0]]
     rows = await wait_for_rows(
         dsn,
         "SELECT payload FROM audit.events WHERE conversation_id = $1 "
