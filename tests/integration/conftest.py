@@ -17,11 +17,18 @@ from cbd.crm_standin import create_app as crm_app
 from cbd.procs import free_port
 from services.escalation.desk import Desk
 from shared import db
+from shared.embedding import MiniLmEmbedder
 from shared.settings import PostgresSettings
 
 ESCALATION_MIGRATIONS = Path(__file__).resolve().parents[2] / "services/escalation/migrations"
 
 MEMORY_MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "memory" / "migrations"
+
+
+@pytest.fixture(scope="session")
+def embedder() -> MiniLmEmbedder:
+    """The bundled MiniLM embedder, loaded once for every test that reads meaning."""
+    return MiniLmEmbedder()
 
 
 @pytest.fixture

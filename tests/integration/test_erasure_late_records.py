@@ -298,11 +298,6 @@ async def test_escalation_opens_no_ticket_for_a_turn_or_reply_after_the_erasure(
 # ---- memory ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def embedder() -> MiniLmEmbedder:
-    return MiniLmEmbedder()
-
-
 async def test_a_late_turn_or_reply_does_not_bring_the_customer_back_into_memory(
     memory_pool: db.Pool, redis_client: aioredis.Redis, embedder: MiniLmEmbedder
 ) -> None:

@@ -19,11 +19,6 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def embedder() -> MiniLmEmbedder:
-    return MiniLmEmbedder()
-
-
-@pytest.fixture(scope="module")
 def extractor(embedder: MiniLmEmbedder) -> RuleExtractor:
     return RuleExtractor(embedder)
 

@@ -18,11 +18,6 @@ from shared.events import EmotionAnalysis, EmotionLabel, utcnow
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def embedder() -> MiniLmEmbedder:
-    return MiniLmEmbedder()
-
-
 async def _say(store: CustomerStore, customer: str, text: str, channel: str) -> TurnFacts:
     facts = TurnFacts(
         customer_id=customer,

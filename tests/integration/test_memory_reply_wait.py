@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, cast
+from typing import cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,7 +23,6 @@ from shared.events import (
     CustomerMessage,
     EmotionAnalysis,
     EmotionLabel,
-    Envelope,
     ReplyGenerated,
     ReplyGeneratedEvent,
     Role,
@@ -33,30 +32,16 @@ from shared.events import (
     utcnow,
 )
 from shared.kafka import EventBus
+from tests.kit import RecordingBus
 
 pytestmark = pytest.mark.integration
 
 
-class _Captured:
-    """Stands in for the bus's publish only: what is under test is memory's side."""
-
-    def __init__(self) -> None:
-        self.events: list[Envelope] = []
-
-    async def publish(self, event: Envelope, /, **_: Any) -> None:
-        self.events.append(event)
-
-
-@pytest.fixture(scope="module")
-def embedder() -> MiniLmEmbedder:
-    return MiniLmEmbedder()
-
-
 def _handlers(
     pool: db.Pool, redis: aioredis.Redis, embedder: MiniLmEmbedder, wait_s: float
-) -> tuple[MemoryHandlers, _Captured]:
+) -> tuple[MemoryHandlers, RecordingBus]:
     prefix = f"rw-{uuid.uuid4().hex[:6]}:"
-    bus = _Captured()
+    bus = RecordingBus()
     handlers = MemoryHandlers(
         cast(EventBus, bus),
         TurnStore(pool, redis, key_prefix=prefix, keep=12, ttl_s=600),
@@ -102,9 +87,8 @@ def _reply(first: TurnAnalyzedEvent, reply_id: uuid.UUID, text: str) -> ReplyGen
     )
 
 
-def _recent(bus: _Captured) -> list[tuple[str, str]]:
-    published = bus.events[-1]
-    assert isinstance(published, TurnContextualizedEvent)
+def _recent(bus: RecordingBus) -> list[tuple[str, str]]:
+    published = bus.events(TurnContextualizedEvent)[-1]
     return [(t.role.value, t.text) for t in published.payload.context.recent_turns]
 
 

@@ -46,11 +46,6 @@ class _Captured:
 
 
 @pytest.fixture(scope="module")
-def embedder() -> MiniLmEmbedder:
-    return MiniLmEmbedder()
-
-
-@pytest.fixture(scope="module")
 def analyzer() -> EmotionAnalyzer:
     return EmotionAnalyzer()
 

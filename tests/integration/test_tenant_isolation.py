@@ -54,11 +54,6 @@ CUSTOMER = "user-1"
 PHONE = "phone:447700900123"
 
 
-@pytest.fixture(scope="module")
-def embedder() -> MiniLmEmbedder:
-    return MiniLmEmbedder()
-
-
 @pytest.fixture
 def store(
     memory_pool: db.Pool, redis_client: aioredis.Redis, embedder: MiniLmEmbedder
