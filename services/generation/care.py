@@ -112,6 +112,16 @@ _REFERENCE = re.compile(
     r"|\b(?=[a-z]*\d)(?=\d*[a-z])[a-z]{1,5}\d{3,}[a-z0-9]*\b",
     re.IGNORECASE,
 )
+_NUMBER_WORD = (
+    r"one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|fifteen|twenty|thirty|"
+    r"forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand"
+)
+# An amount in words ("twenty pounds", "fifty percent"): grounded when a source says the same.
+_SPELLED_AMOUNT = re.compile(
+    rf"\b(?:{_NUMBER_WORD})(?:[\s-](?:and\s)?(?:{_NUMBER_WORD})){{0,4}}\s"
+    r"(?:pounds?|dollars?|euros?|pence|percent|per\scent)\b",
+    re.IGNORECASE,
+)
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 _ORDINAL_SUFFIX = re.compile(r"(?<=\d)(?:st|nd|rd|th)\b", re.IGNORECASE)
 
@@ -123,13 +133,34 @@ _DONE = (
     r"closed|reactivated|unlocked|approved|waived|redirected|rerouted|investigated|forwarded|"
     r"raised|logged|filed|created|opened|cleared|released|returned|expedited|upgraded"
 )
+# Doing it now, or promising to: what only an action could make true ("I'm refunding you",
+# "I'll cancel it"). Offers to look ("I'll check") are not here: they promise no outcome.
+_DOING = (
+    r"refunding|cancell?ing|processing|issuing|sending|resending|crediting|reversing|"
+    r"replacing|reshipping|arranging|booking|updating|changing|unlocking|reactivating|"
+    r"waiving|expediting|upgrading"
+)
+_PROMISED = (
+    r"refund|cancel|credit|reverse|replace|reship|waive|compensate|unlock|reactivate|"
+    r"reimburse|expedite|process"
+)
 # One quantifier per run of spaces after "I"/"we" (`\s*(?:\s+have|...)` split a run of
 # spaces every possible way: "and I" + 4,000 spaces took 0.18 s).
 _ACTION_CLAIM = re.compile(
-    rf"\b(?:i|we)(?:\s*'ve|\s+have|\s+had)\s+(?:already\s+|just\s+|now\s+|also\s+)?"
+    rf"\b(?:i|we)(?:\s*['\u2019]ve|\s+have|\s+had)\s+(?:already\s+|just\s+|now\s+|also\s+)?"
     rf"(?:gone\s+ahead\s+and\s+)?({_DONE})\b"
     rf"|\b(?:i|we)\s+(?:already\s+|just\s+)?({_DONE})\b(?!\s+(?:if|whether|that\s+you))"
+    rf"|\b(?:i|we)\s+went\s+ahead\s+and\s+({_DONE})\b"
     rf"|\b(?:has|have|is|are)\s+(?:now\s+|already\s+|just\s+)?(?:been\s+)({_DONE})\b"
+    # "Your order was cancelled", "your account is now unlocked", "the refund was issued".
+    rf"|\b(?:your|the)\s+(?:[a-z]+\s+){{0,2}}(?:was|were|is|are)\s+"
+    rf"(?:now\s+|just\s+|already\s+|successfully\s+|all\s+)?({_DONE})\b"
+    rf"|\b(?:our|the|my)\s+(?:team|staff|agents?|colleagues?)\s+(?:has\s+|have\s+)?"
+    rf"(?:already\s+|just\s+)?({_DONE})\b"
+    rf"|\b(?:i['\u2019]m|i\s+am|we['\u2019]re|we\s+are)\s+(?:now\s+|currently\s+|already\s+)?"
+    rf"({_DOING})\b"
+    rf"|\b(?:i|we)(?:['\u2019]ll|\s+will)\s+(?:now\s+|immediately\s+|go\s+ahead\s+and\s+)?"
+    rf"({_PROMISED})\b"
     r"|\bi\s+can\s+see\s+(?:that\s+)?(?:your|the)\s+(order|parcel|package|payment|account|"
     r"card|charge|refund|booking|delivery)",
     re.IGNORECASE,
@@ -233,6 +264,10 @@ def _claim_findings(sentence: str, sources: Sources) -> list[CareFinding]:
     found: list[CareFinding] = []
     for m in _ACTION_CLAIM.finditer(sentence):
         verb = next(g for g in m.groups() if g)
+        # Said in the knowledge or by the customer ("the store is closed on Sundays"): a
+        # quotation of a source, not a claim of our own.
+        if m.group(0).lower().replace("\u2019", "'") in sources.text:
+            continue
         if not sources.backs_action(verb):
             found.append(
                 CareFinding(
@@ -291,6 +326,9 @@ def _fact_findings(sentence: str, sources: Sources) -> list[CareFinding]:  # noq
             take(amount)
             if not sources.has_number(amount.group(0)):
                 miss("amount", amount.group(0))
+    for m in _SPELLED_AMOUNT.finditer(sentence):
+        if not sources.has_text(m.group(0)):
+            miss("amount", m.group(0))
     for m in _REFERENCE.finditer(sentence):
         if free(m) and any(ch.isdigit() for ch in m.group(0)):
             take(m)

@@ -147,6 +147,7 @@ def test_facts_from_the_sources_are_grounded(sentence: str) -> None:
         ("It will arrive on 12 December.", "date"),
         ("Your reference is ORD-55821.", "reference"),
         ("It takes 14 days.", "figure"),
+        ("You will get a refund of twenty-five pounds.", "amount"),
     ],
 )
 def test_invented_facts_are_caught(sentence: str, kind: str) -> None:
@@ -164,6 +165,14 @@ def test_invented_facts_are_caught(sentence: str, kind: str) -> None:
         "We refunded the charge this morning.",
         "Your refund has been processed.",
         "I can see your order is with the courier.",
+        # Said other ways: going ahead, the passive, the team, doing it now, promising it.
+        "I went ahead and refunded the charge.",
+        "Your order was cancelled this morning.",
+        "Your address is now updated.",
+        "Our team refunded the charge this morning.",
+        "I\u2019m processing your refund now.",
+        "I'll refund the charge right away.",
+        "We will reimburse the delivery fee.",
     ],
 )
 def test_claims_of_actions_need_an_action_result(sentence: str) -> None:
@@ -176,6 +185,8 @@ def test_claims_of_actions_need_an_action_result(sentence: str) -> None:
             "address updated",
             "refund processed",
             "refunded 4.99",
+            "order cancelled",
+            "delivery fee reimbursed",
             "courier ticket raised",
         ],
     )
@@ -193,10 +204,19 @@ def test_claims_of_actions_need_an_action_result(sentence: str) -> None:
         "Once it has been processed, a colleague will email you.",
         "I've passed this request to a colleague who can approve it.",
         "Would you like me to check whether it was sent?",
+        "I'll look into this with the courier.",
     ],
 )
 def test_offers_and_explanations_are_not_claims(sentence: str) -> None:
     assert grounding_findings(sentence, SOURCES) == []
+
+
+def test_a_claim_the_knowledge_itself_makes_is_a_quotation() -> None:
+    sentence = "The store is closed on Sundays."
+    [finding] = grounding_findings(sentence, SOURCES)
+    assert finding.flag is ReplyFlag.UNBACKED_ACTION
+    knowledge = Sources.of(["Opening hours: the store is closed on Sundays."])
+    assert grounding_findings(sentence, knowledge) == []
 
 
 # --- tone and acknowledgement ---------------------------------------------------------------
