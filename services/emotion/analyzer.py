@@ -324,9 +324,27 @@ def own_data_model(lexicon: LexiconAnalyzer | None = None) -> LearnedEmotionMode
     )
 
 
+_NEGATIONS = frozenset({"not", "no", "never"})
+
+
 def _content_phrases(phrases: Sequence[str]) -> list[str]:
-    """The phrases that carry meaning: "this is" or "do i" explain nothing to an agent."""
-    return [p for p in phrases if any(w not in _FUNCTION_WORDS for w in p.split())]
+    """The phrases that carry meaning, without the function words at their edges.
+
+    "this is" or "do i" explain nothing to an agent, and in "the new" or "me cry" only "new"
+    and "cry" do; a leading negation stays ("not happy"). A phrase that trims to one already
+    named is named once.
+    """
+    kept: list[str] = []
+    for phrase in phrases:
+        tokens = phrase.split()
+        while tokens and tokens[0] in _FUNCTION_WORDS and tokens[0] not in _NEGATIONS:
+            tokens.pop(0)
+        while tokens and tokens[-1] in _FUNCTION_WORDS:
+            tokens.pop()
+        trimmed = " ".join(tokens)
+        if trimmed and trimmed not in kept:
+            kept.append(trimmed)
+    return kept
 
 
 def _junk(text: str) -> bool:

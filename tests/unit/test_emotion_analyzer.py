@@ -225,7 +225,6 @@ def test_explanations_name_content_words_never_function_words_alone(
 def test_function_word_phrases_are_dropped_from_explanations() -> None:
     from services.emotion.analyzer import _content_phrases  # noqa: PLC0415 (the rule itself)
 
-    assert _content_phrases(["this is", "do i", "worst", "is broken", "the"]) == [
-        "worst",
-        "is broken",
-    ]
+    assert _content_phrases(
+        ["this is", "do i", "worst", "is broken", "the", "the new", "me cry", "cry", "not happy"]
+    ) == ["worst", "broken", "new", "cry", "not happy"]
