@@ -30,8 +30,11 @@ from shared.fanout import Fanout
 from shared.http import install, provide
 from shared.kafka import EventBus
 from tests.e2e.browser import fresh_page
-from tests.integration.conftest import MEMORY_MIGRATIONS
-from tests.integration.test_desk import decision, desk, turn_event  # noqa: F401 - fixture
+from tests.integration.conftest import (
+    MEMORY_MIGRATIONS,
+    desk,  # noqa: F401 - fixture
+)
+from tests.integration.test_desk import decision, turn_event
 from tests.kit import RecordingBus, eventually
 
 pytestmark = pytest.mark.e2e

@@ -32,7 +32,7 @@ from shared.kafka import EventBus
 from shared.settings import KafkaSettings
 from shared.topics import Topic
 from tests.integration.care_support import care_pool, read_topic, real_bus, reply, routed
-from tests.integration.test_desk import decision, desk, turn_event  # noqa: F401 - fixture
+from tests.integration.test_desk import decision, turn_event
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +42,7 @@ def sample(name: str, **labels: str) -> float:
 
 
 async def test_the_agent_rates_the_bots_part_once_and_audit_counts_it_by_variant(
-    desk: Desk,  # noqa: F811
+    desk: Desk,
     fresh_db: str,
     isolated_kafka: KafkaSettings,
 ) -> None:

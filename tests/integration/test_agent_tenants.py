@@ -29,7 +29,7 @@ from shared.events import AgentAssist, AssistSuggestedEvent, Channel, RouteTarge
 from shared.fanout import Fanout
 from shared.http import install, provide
 from shared.kafka import EventBus
-from tests.integration.test_desk import decision, desk, turn_event  # noqa: F401 - fixture
+from tests.integration.test_desk import decision, turn_event
 from tests.kit import RecordingBus
 
 pytestmark = pytest.mark.integration
@@ -51,7 +51,7 @@ class Console:
             self.heard.set()
 
 
-async def open_ticket(desk: Desk, tenant: str) -> uuid.UUID:  # noqa: F811
+async def open_ticket(desk: Desk, tenant: str) -> uuid.UUID:
     event = turn_event(f"{tenant}-{uuid.uuid4().hex[:8]}", "let me talk to a person")
     event = event.model_copy(update={"customer_id": CUSTOMER, "tenant": tenant})
     decided = await desk.route(event, lambda _: decision(RouteTarget.HUMAN))
@@ -68,7 +68,7 @@ def auth() -> AgentAuth:
 
 
 async def test_an_agent_never_sees_or_touches_another_tenants_ticket(
-    desk: Desk,  # noqa: F811
+    desk: Desk,
 ) -> None:
     acme_ticket = await open_ticket(desk, "acme")
     globex_ticket = await open_ticket(desk, "globex")
@@ -191,7 +191,7 @@ def test_the_development_agent_serves_the_development_tenants() -> None:
 
 
 async def test_the_development_agent_sees_the_chat_pages_and_keyless_tickets(
-    desk: Desk,  # noqa: F811
+    desk: Desk,
 ) -> None:
     settings = EscalationSettings()
     agents = AgentAuth(

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
-from pydantic import SecretStr
 
 from services.escalation.desk import HUMAN_OWNS, Desk, TicketConflict
-from shared import db
 from shared.events import (
     Channel,
     ConversationContext,
@@ -30,25 +25,8 @@ from shared.events import (
     TurnReceivedEvent,
     utcnow,
 )
-from shared.settings import PostgresSettings
 
 pytestmark = pytest.mark.integration
-
-MIGRATIONS = Path(__file__).resolve().parents[2] / "services" / "escalation" / "migrations"
-
-
-@pytest.fixture
-async def desk(fresh_db: str, redis_client: aioredis.Redis) -> AsyncIterator[Desk]:
-    pool = await db.create_pool(PostgresSettings(dsn=SecretStr(fresh_db)))
-    await db.migrate(pool, "escalation", MIGRATIONS)
-    yield Desk(
-        pool,
-        redis_client,
-        key_prefix=f"it-{uuid.uuid4().hex[:6]}:",
-        handle_minutes=4,
-        agents_on_shift=2,
-    )
-    await pool.close()
 
 
 def turn_event(conversation_id: str, text: str = "hello") -> TurnContextualizedEvent:

@@ -8,7 +8,7 @@ from services.escalation.desk import AgentSkills, Desk
 from shared.embedding import MiniLmEmbedder
 from shared.events import RouteTarget
 from shared.intent import IntentReader
-from tests.integration.test_desk import decision, desk, turn_event  # noqa: F401 - fixture
+from tests.integration.test_desk import decision, turn_event
 
 pytestmark = pytest.mark.integration
 
@@ -18,7 +18,7 @@ def reader() -> IntentReader:
     return IntentReader(MiniLmEmbedder())
 
 
-async def open_ticket(desk: Desk, reader: IntentReader, text: str) -> None:  # noqa: F811
+async def open_ticket(desk: Desk, reader: IntentReader, text: str) -> None:
     event = turn_event(f"conv-{abs(hash(text))}", text)
     event = event.model_copy(
         update={
@@ -29,7 +29,7 @@ async def open_ticket(desk: Desk, reader: IntentReader, text: str) -> None:  # n
 
 
 async def test_tickets_go_to_the_queue_of_their_skill(
-    desk: Desk,  # noqa: F811
+    desk: Desk,
     reader: IntentReader,
 ) -> None:
     await open_ticket(desk, reader, "I need a person: I was charged twice for my order")
@@ -49,7 +49,7 @@ async def test_tickets_go_to_the_queue_of_their_skill(
 
 
 async def test_a_turn_without_an_intent_lands_in_the_general_queue(
-    desk: Desk,  # noqa: F811
+    desk: Desk,
 ) -> None:
     await desk.route(
         turn_event("conv-plain", "agent please"), lambda _: decision(RouteTarget.HUMAN)
