@@ -37,6 +37,8 @@ with warnings.catch_warnings():
 
 LLM_MODEL_NAME = "smollm2-135m-instruct"
 BROKER_BUCKET = "tansu"
+TANSU_AUTO_CREATED_PARTITIONS = 4
+"""Partitions tansu gives a topic it creates on a metadata request (not configurable)."""
 POSTGRES_OS_USER = "pgserver"
 
 
@@ -199,6 +201,13 @@ class EmbeddedStack:
             "CBD_REDIS_URL": f"redis://127.0.0.1:{self.ports.redis}/0",
             "CBD_GENERATION_CONNECTOR_URL": f"http://127.0.0.1:{self.ports.crm}",
             "CBD_MEMORY_CONNECTOR_URL": f"http://127.0.0.1:{self.ports.crm}",
+            # Topics the services create get as many partitions as tansu gives a topic it
+            # creates by itself (any client's metadata request for a missing one), as
+            # docker-compose sets KAFKA_NUM_PARTITIONS to the services' count. After the broker
+            # loses its log the first publisher or subscriber back re-creates topics before the
+            # services' own re-creation can; with different counts, a conversation's events
+            # would be keyed onto different partitions by clients that saw different counts.
+            "CBD_KAFKA_PARTITIONS": str(TANSU_AUTO_CREATED_PARTITIONS),
         }
         if self.with_llm:
             env["CBD_GENERATION_LLM_BASE_URL"] = f"http://127.0.0.1:{self.ports.llm}/v1"

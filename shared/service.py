@@ -29,7 +29,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared import db, http, lag
+from shared import db, http, lag, rewind
 from shared.events import Envelope
 from shared.kafka import BrokerWatch, ConsumerSpec, EventBus, ensure_topics, make_broker, subscribe
 from shared.logging import configure_logging
@@ -206,6 +206,8 @@ def build_app(spec: ServiceSpec, *, startup_timeout_s: float = 60.0) -> FastAPI:
             stack.callback(watching.cancel)
             # Consumer lag on /metrics for dashboards and alerts (KEDA reads it from the broker).
             await stack.enter_async_context(lag.exporting(spec.name, broker))
+            # A broker back without its log: consumers past its end start it over.
+            await stack.enter_async_context(rewind.rewinding(spec.name, broker))
             # Routes see the clients only now, when everything they use has started; until
             # then (and again once stopping) they answer 503.
             provided: list[tuple[object, type[Any] | None]] = [
