@@ -41,14 +41,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 import websockets
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from redis.exceptions import RedisError
 
 from cbd.procs import http_ok, tcp_open
 from cbd.runtime import Platform
 from cbd.serve import SERVICES
 from cbd.stack import BrokerStorage
-from shared.settings import KafkaSettings
+from services.ingest.replay import DUE_KEY, PENDING_TEMPLATE
+from shared.rewind import rewind_past_end
+from shared.settings import KafkaSettings, RedisSettings
 from shared.topics import Topic
 
 HANDOFF_TEXT = "Please let me talk to a real person."
@@ -93,6 +97,9 @@ class Report:
     kills: list[Kill]
     topic_replies: dict[str, list[str]]
     duration_s: float
+    owed_at_end: int = 0
+    """Turns the edge still held unanswered (its replay queue) when the drain gave up: a
+    backlog that ran out of time, where a loss would be a turn the edge no longer holds."""
 
     @property
     def accepted(self) -> list[Turn]:
@@ -153,6 +160,7 @@ class Report:
             f"socket reconnects: {sum(t.reconnects for t in self.turns)})",
             f"never accepted        {len(self.never_accepted)}",
             f"lost at socket        {len(self.lost_at_socket)}",
+            f"still owed by ingest  {self.owed_at_end} (queued for replay when the drain ended)",
             f"duplicated at socket  {len(self.duplicated_at_socket)}",
             f"lost at reply topic   {len(self.lost_at_topic)}",
             f"duplicated at topic   {len(self.duplicated_at_topic)} "
@@ -257,13 +265,19 @@ class Chaos:
         killer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await killer
-        # Drain: a backlog is not a loss. Wait while replies keep coming, and give up only
-        # after `drain_s` without any (or after ten times that in all).
+        # Drain: a backlog is not a loss. Wait while replies keep coming or the edge still
+        # holds unanswered turns of this run (it replays them `CBD_INGEST_REPLAY_AFTER_S` after
+        # acceptance, which can leave a quiet window as long as `drain_s` on a loaded machine);
+        # give up after `drain_s` with neither, or after ten times that in all.
         deadline = time.monotonic() + 10 * self.drain_s
+        owed = 0
         while time.monotonic() < deadline:
             answered = sum(1 for t in self.turns if t.replies)
             _done, pending = await asyncio.wait(tasks, timeout=self.drain_s)
-            if not pending or sum(1 for t in self.turns if t.replies) == answered:
+            owed = await self._owed() if pending else 0
+            if not pending:
+                break
+            if sum(1 for t in self.turns if t.replies) == answered and not owed:
                 break
         for task in tasks:
             task.cancel()
@@ -276,7 +290,29 @@ class Chaos:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-        return Report(self.turns, self.kills, dict(self.topic_replies), self.duration_s)
+        return Report(
+            self.turns,
+            self.kills,
+            dict(self.topic_replies),
+            self.duration_s,
+            owed_at_end=owed,
+        )
+
+    async def _owed(self) -> int:
+        """How many of this run's turns ingest holds in its replay queue (accepted, no reply
+        yet); an unreadable Redis counts as none, so the drain falls back to its stall rule."""
+        env = self.platform.stack.env()
+        prefix = env.get("CBD_REDIS_KEY_PREFIX", RedisSettings.model_fields["key_prefix"].default)
+        marker = f"{prefix}{PENDING_TEMPLATE.format(conversation=f'chaos-{self.run_id}-')}"
+        client = aioredis.Redis.from_url(env["CBD_REDIS_URL"], socket_timeout=5)
+        try:
+            members = await client.zrange(f"{prefix}{DUE_KEY}", 0, -1)
+        except (OSError, RedisError):
+            return 0
+        finally:
+            await client.aclose()
+        names = (m.decode() if isinstance(m, bytes) else str(m) for m in members)
+        return sum(1 for name in names if name.startswith(marker))
 
     async def _kill_loop(self) -> None:
         await asyncio.sleep(self.first_kill_s)
@@ -393,6 +429,8 @@ class Chaos:
             # A broker that lost its log starts the topic again at offset 0: read the new log
             # from its start instead of skipping to its end.
             auto_offset_reset="earliest",
+            # A topic re-created after a lost log may have other partitions: see them soon.
+            metadata_max_age_ms=2000,
         )
         await consumer.start()
         try:
@@ -405,17 +443,19 @@ class Chaos:
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
             while True:
+                now = consumer.partitions_for_topic(topic) or set()
+                if new := [TopicPartition(topic, p) for p in sorted(now) if p >= len(tps)]:
+                    tps += new
+                    consumer.assign(tps)
+                    await consumer.seek_to_beginning(*new)
                 batches = await consumer.getmany(timeout_ms=500)
                 for records in batches.values():
                     for record in records:
                         self._note_reply(record.value, prefix)
-                for tp in tps:
-                    # A broker that lost its log starts the partition again at 0, and tansu
-                    # answers a fetch past its end with nothing rather than an out-of-range
-                    # error: read the new log from its start, not from the old position.
-                    end = consumer.highwater(tp)
-                    if end is not None and end < await consumer.position(tp):
-                        await consumer.seek_to_beginning(tp)
+                # A broker that lost its log starts the partition again at 0, and tansu
+                # answers a fetch past its end with nothing rather than an out-of-range
+                # error: read the new log from its start, as the services do.
+                await rewind_past_end("chaos", "reply-topic-reader", consumer)
         finally:
             await consumer.stop()
 
