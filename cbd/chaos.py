@@ -3,12 +3,12 @@
 `make chaos` (or `python -m cbd.chaos`) starts the platform on embedded servers, runs its
 supervisor (what `make run` does), and sends turns at a fixed rate whatever happens: each
 turn is a new customer on the web chat who asks for a person, so all six services and five
-hops run and the LLM is out of the path. Meanwhile it kills a random service (`kill -9`), waits
-until replies flow again, pauses a random moment, and kills again. `--targets ...,broker`
-kills the broker too; with the default in-memory broker storage a broker kill loses what the
-broker held, which ingest publishes again (services/ingest/replay.py), and tansu's durable S3
-storage does not keep up with this load on a small machine (docs/architecture.md). Broker kills
-stay opt-in here; the short form in CI (tests/e2e/test_chaos.py) kills the broker twice.
+hops run and the LLM is out of the path. Meanwhile it kills a random service or the broker
+(`kill -9`; `--targets` narrows the choice), waits until replies flow again, pauses a random
+moment, and kills again. With the default in-memory broker storage a broker kill loses what
+the broker held, which ingest publishes again (services/ingest/replay.py); tansu's durable S3
+storage does not keep up with this load on a small machine (docs/architecture.md). The short
+form in CI (tests/e2e/test_chaos.py) kills the broker twice.
 
 Every turn is followed twice, by turn id: at the customer's WebSocket (a client that resends
 its message with the same `client_message_id` until it is accepted, and reconnects with
@@ -21,6 +21,7 @@ non-zero on any loss or duplicate.
 
     make chaos                                   # 10 turns/s for 2 minutes
     .venv/bin/python -m cbd.chaos --rate 10 --duration 60 --seed 7
+    .venv/bin/python -m cbd.chaos --targets emotion,memory   # services only
     .venv/bin/python -m cbd.chaos --targets emotion,broker --broker-storage s3
 """
 
@@ -507,8 +508,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of load")
     parser.add_argument(
         "--targets",
-        default=",".join(SERVICES),
-        help=f"what may be killed (comma-separated, from {', '.join(TARGETS)})",
+        default=",".join(TARGETS),
+        help=f"what may be killed (comma-separated, from {', '.join(TARGETS)}; default: all)",
     )
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument(
