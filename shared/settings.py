@@ -94,6 +94,10 @@ class RedisSettings(BaseSettings):
 
     url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     key_prefix: str = "cbd:"
+    max_connections: int = Field(default=100, ge=1)
+    """Pooled connections per process; a command beyond them waits for one."""
+    pool_wait_s: float = Field(default=2.0, gt=0)
+    """How long a command waits for a pooled connection before it fails."""
 
 
 class ServiceSettings(BaseSettings):
