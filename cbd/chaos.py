@@ -71,6 +71,8 @@ class Turn:
     accepted_at: float | None = None
     turn_id: str | None = None
     refusals: int = 0
+    refused_with: dict[str, int] = field(default_factory=dict)
+    """Refusals by HTTP status (503: broker or a dependency down, 429: a rate limit)."""
     reconnects: int = 0
     replies: list[float] = field(default_factory=list)
 
@@ -157,7 +159,8 @@ class Report:
             f"turns sent            {len(self.turns)} over {self.duration_s:.0f} s "
             f"({len(self.turns) / max(self.duration_s, 1e-9):.1f}/s)",
             f"accepted              {len(self.accepted)} "
-            f"(refused then resent: {sum(t.refusals for t in self.turns)} times; "
+            f"(refused then resent: {sum(t.refusals for t in self.turns)} times"
+            f"{_by_status(self.turns)}; "
             f"socket reconnects: {sum(t.reconnects for t in self.turns)})",
             f"never accepted        {len(self.never_accepted)}",
             f"lost at socket        {len(self.lost_at_socket)}",
@@ -205,6 +208,14 @@ class Report:
                 )
         out.append("RESULT                " + ("PASS" if self.ok else "FAIL"))
         return out
+
+
+def _by_status(turns: Sequence[Turn]) -> str:
+    counts: dict[str, int] = defaultdict(int)
+    for turn in turns:
+        for status, n in turn.refused_with.items():
+            counts[status] += n
+    return " (" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + ")" if counts else ""
 
 
 def _secs(value: float | None) -> str:
@@ -404,6 +415,8 @@ class Chaos:
             elif kind == "error" and turn.turn_id is None:
                 # 503 while the broker is down: the widget resends with the same message id.
                 turn.refusals += 1
+                status = str(frame.get("status", "?"))
+                turn.refused_with[status] = turn.refused_with.get(status, 0) + 1
                 await asyncio.sleep(0.5)
                 await ws.send(message)
             elif kind == "reply" and frame.get("turn_id") == turn.turn_id:
@@ -481,6 +494,9 @@ def chaos_platform(
             # Every turn is a new customer from one address.
             "CBD_INGEST_CUSTOMER_RATE_PER_MIN": "100000",
             "CBD_INGEST_TENANT_RATE_PER_MIN": "1000000",
+            # ... and every connection from one address: at 10 turns/s the default 600 per
+            # minute refused most of the run's turns (429) and their reconnects stormed the edge.
+            "CBD_INGEST_IP_RATE_PER_MIN": "1000000",
             # The edge's safety net for a turn a hop lost without the broker losing its log
             # (services/ingest/replay.py) acts within the run's 30 s drain, not after 120 s.
             "CBD_INGEST_REPLAY_AFTER_S": "30",
