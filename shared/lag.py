@@ -28,6 +28,8 @@ from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from shared.background import running
+
 log = logging.getLogger(__name__)
 
 LAG_METRIC = "cbd_consumer_lag"
@@ -158,11 +160,8 @@ async def exporting(
                 log.warning("lag refresh failed", exc_info=True)
             await asyncio.sleep(max(0.5, interval_s - (time.monotonic() - started)))
 
-    task = asyncio.create_task(loop(), name=f"{service}-lag")
     try:
-        yield
+        async with running(loop(), f"{service}-lag"):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         collector.forget(service)

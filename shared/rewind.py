@@ -27,6 +27,7 @@ from typing import Any, Protocol, cast
 
 from prometheus_client import Counter
 
+from shared.background import running
 from shared.lag import consumers_of
 
 log = logging.getLogger(__name__)
@@ -101,10 +102,5 @@ async def rewinding(service: str, broker: Any, interval_s: float = 1.0) -> Async
             await check_all(service, broker)
             await asyncio.sleep(interval_s)
 
-    task = asyncio.create_task(loop(), name=f"{service}-rewind")
-    try:
+    async with running(loop(), f"{service}-rewind"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
