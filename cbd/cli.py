@@ -78,9 +78,18 @@ def run(run_dir: Path, port_offset: int = 0, broker_storage: BrokerStorage = "s3
     except KeyboardInterrupt:
         print("\nStopping...", flush=True)
     finally:
+        # A second Ctrl-C, or a SIGTERM after the first, used to cut the shutdown short and
+        # leave the servers running, holding the ports the next `make run` needs.
+        signal.signal(signal.SIGTERM, still_stopping)
+        signal.signal(signal.SIGINT, still_stopping)
         platform.stop()
         print("Stopped.", flush=True)
     return 0
+
+
+def still_stopping(_signum: int, _: FrameType | None) -> None:
+    """While `make run` shuts down: say so, and let the shutdown finish."""
+    print("Still stopping: the services and servers are shut down in turn.", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one line per subcommand)
