@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 from typing import cast
 
@@ -22,7 +23,9 @@ async def test_owed_counts_only_this_runs_queued_turns(
     ours = [pending_key("cbd:", f"chaos-{chaos.run_id}-{i}", f"t{i}") for i in range(3)]
     theirs = pending_key("cbd:", f"chaos-{other.run_id}-0", "t0")
     assert await chaos._owed() == 0
-    await redis_client.zadd(due, dict.fromkeys([*ours, theirs], 1.0))
+    # Due in an hour: a running ingest (the session's platform) replays what is due, and
+    # would take these made-up entries away.
+    await redis_client.zadd(due, dict.fromkeys([*ours, theirs], time.time() + 3600))
     try:
         assert await chaos._owed() == 3
         assert await other._owed() == 1
