@@ -70,11 +70,15 @@ class Turn:
     first_try: float = 0.0
     accepted_at: float | None = None
     turn_id: str | None = None
-    refusals: int = 0
     refused_with: dict[str, int] = field(default_factory=dict)
     """Refusals by HTTP status (503: broker or a dependency down, 429: a rate limit)."""
     reconnects: int = 0
     replies: list[float] = field(default_factory=list)
+
+    @property
+    def refusals(self) -> int:
+        """Times the platform refused this turn before accepting it."""
+        return sum(self.refused_with.values())
 
 
 @dataclass
@@ -286,9 +290,10 @@ class Chaos:
         while time.monotonic() < deadline:
             answered = sum(1 for t in self.turns if t.replies)
             _done, pending = await asyncio.wait(tasks, timeout=self.drain_s)
-            owed = await self._owed() if pending else 0
             if not pending:
+                owed = 0
                 break
+            owed = await self._owed()
             if sum(1 for t in self.turns if t.replies) == answered and not owed:
                 break
         for task in tasks:
@@ -313,18 +318,20 @@ class Chaos:
     async def _owed(self) -> int:
         """How many of this run's turns ingest holds in its replay queue (accepted, no reply
         yet); an unreadable Redis counts as none, so the drain falls back to its stall rule."""
-        env = self.platform.stack.env()
+        # The services' environment, so a key prefix set for them is the one read here.
+        env = self.platform.env()
         prefix = env.get("CBD_REDIS_KEY_PREFIX", RedisSettings.model_fields["key_prefix"].default)
         marker = f"{prefix}{PENDING_TEMPLATE.format(conversation=f'chaos-{self.run_id}-')}"
-        client = aioredis.Redis.from_url(env["CBD_REDIS_URL"], socket_timeout=5)
+        client = aioredis.Redis.from_url(
+            env["CBD_REDIS_URL"], socket_timeout=5, decode_responses=True
+        )
         try:
             members = await client.zrange(f"{prefix}{DUE_KEY}", 0, -1)
         except (OSError, RedisError):
             return 0
         finally:
             await client.aclose()
-        names = (m.decode() if isinstance(m, bytes) else str(m) for m in members)
-        return sum(1 for name in names if name.startswith(marker))
+        return sum(1 for name in members if str(name).startswith(marker))
 
     async def _kill_loop(self) -> None:
         await asyncio.sleep(self.first_kill_s)
@@ -414,7 +421,6 @@ class Chaos:
                 turn.accepted_at = self.now()
             elif kind == "error" and turn.turn_id is None:
                 # 503 while the broker is down: the widget resends with the same message id.
-                turn.refusals += 1
                 status = str(frame.get("status", "?"))
                 turn.refused_with[status] = turn.refused_with.get(status, 0) + 1
                 await asyncio.sleep(0.5)

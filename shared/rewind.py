@@ -22,13 +22,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import Any, Protocol, cast
 
 from prometheus_client import Counter
 
 from shared.background import running
-from shared.lag import consumers_of
+from shared.lag import LagSource, consumers_of
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +40,8 @@ REWINDS = Counter(
 )
 
 
-class RewindTarget(Protocol):
-    """The part of aiokafka's AIOKafkaConsumer that rewinding needs."""
-
-    def assignment(self) -> Iterable[Any]:
-        """The partitions this consumer owns now."""
-
-    def highwater(self, partition: Any) -> int | None:
-        """The partition's high-water mark as of the last fetch, or None before one."""
-
-    async def position(self, partition: Any) -> int:
-        """The offset of the next record this consumer will fetch."""
+class RewindTarget(LagSource, Protocol):
+    """The part of aiokafka's AIOKafkaConsumer that rewinding needs: lag's, and a seek."""
 
     async def seek_to_beginning(self, *partitions: Any) -> bool:
         """Fetch these partitions from their first record next."""

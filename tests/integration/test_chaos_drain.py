@@ -16,7 +16,7 @@ from services.ingest.replay import DUE_KEY, pending_key
 async def test_owed_counts_only_this_runs_queued_turns(
     stack_env: dict[str, str], redis_client: aioredis.Redis
 ) -> None:
-    platform = cast(Platform, SimpleNamespace(stack=SimpleNamespace(env=lambda: stack_env)))
+    platform = cast(Platform, SimpleNamespace(env=lambda: stack_env))
     chaos = Chaos(platform, rate=1, duration_s=1)
     other = Chaos(platform, rate=1, duration_s=1)
     due = f"cbd:{DUE_KEY}"
