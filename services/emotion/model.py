@@ -11,7 +11,9 @@ of such classifiers over one feature space, trained by `services.emotion.trainin
 expert fitted on the project's own customer-service examples, one on GoEmotions' Reddit
 comments, and a gate (a logistic regression telling the two kinds of text apart) that blends
 them per message. One classifier trained on both lost our domain (the public data outnumbers
-ours 50 to 1); routing keeps each expert good at the text it knows. It is loaded, after a
+ours 50 to 1); routing keeps each expert good at the text it knows. A meaning expert
+(`Meaning`, on static MiniLM vectors from `meaning.py`) is blended with the pair's output:
+it knows words neither expert was trained on. It is loaded, after a
 SHA-256 check, in well under a second, from plain arrays (vocabularies, IDF weights,
 coefficients), not a pickle, so loading it runs no code and survives library upgrades.
 
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from services.emotion.meaning import MeaningVectors
 from shared.events import EmotionAnalysis, EmotionLabel
 from shared.logistic import sigmoid, softmax
 from shared.tfidf import (
@@ -75,7 +78,9 @@ Row = tuple[Indices, Floats]
 OWN_MODEL_NAME = "tfidf-lexicon-logreg-v1"
 """One classifier trained at start-up on the project's own examples (the earlier default)."""
 ROUTED_MODEL_NAME = "tfidf-lexicon-routed-v2"
-"""The shipped routed model (own expert, GoEmotions expert, gate): the default."""
+"""The routed model (own expert, GoEmotions expert, gate) without the meaning expert."""
+MEANING_MODEL_NAME = "tfidf-lexicon-routed-meaning-v3"
+"""The shipped model: the routed pair blended with the meaning expert (`meaning.py`)."""
 
 
 MODEL_SIGNALS: tuple[str, ...] = (
@@ -178,6 +183,33 @@ class Gate:
     bias: float
 
 
+@dataclass(frozen=True)
+class Meaning:
+    """The meaning expert: a logistic regression on static sentence vectors (`meaning.py`).
+
+    Its probabilities are blended with the TF-IDF model's geometrically (a weighted mean of
+    log-probabilities), `weight` being its share: it moves a prediction where the n-grams
+    are unsure or never saw the words, and cannot outvote them where they are sure.
+    """
+
+    vectors: MeaningVectors
+    coef: Matrix
+    """One row per label in `LABELS` order, over the vectors' dimensions."""
+    intercept: Matrix
+    weight: float
+
+    def logits(self, texts: Sequence[str]) -> Matrix:
+        """The expert's logits, one row per text."""
+        x = self.vectors.vectors(texts).astype(np.float64)
+        return np.asarray(x @ self.coef.T + self.intercept, dtype=np.float64)
+
+
+def blend(probs: Matrix, logits: Matrix, weight: float) -> Matrix:
+    """Geometric blend: softmax((1 - weight) * log(probs) + weight * log(softmax(logits)))."""
+    # log(softmax(z)) is z less a constant per row, which the outer softmax drops.
+    return softmax((1.0 - weight) * np.log(np.maximum(probs, 1e-12)) + weight * logits)
+
+
 class LearnedEmotionModel:
     """TF-IDF + lexical features -> multinomial logistic regression(s) over the seven labels."""
 
@@ -192,6 +224,7 @@ class LearnedEmotionModel:
         *,
         lexical_weight: float = LEXICAL_WEIGHT,
         gate: Gate | None = None,
+        meaning: Meaning | None = None,
         name: str | None = None,
     ) -> None:
         """A fitted model; `coef` rows and `intercept` entries are in `LABELS` order."""
@@ -201,6 +234,7 @@ class LearnedEmotionModel:
         self.intercept = intercept
         self.lexical_weight = lexical_weight
         self.gate = gate
+        self.meaning = meaning
         # Transposed once, contiguous: `features @ coef.T` on a view copies the whole matrix
         # (megabytes) on every call, which was most of a single message's cost.
         self._second_t = None if gate is None else np.ascontiguousarray(gate.coef.T)
@@ -315,7 +349,10 @@ class LearnedEmotionModel:
         # Kept (texts and rows as one tuple, so threads never mix them) for the
         # explanation that follows: vectorising again was a third of a message's cost.
         self._last = (tuple(texts), words, chars)
-        return self.predict_features(x)
+        probs = self.predict_features(x)
+        if self.meaning is None or self.meaning.weight <= 0.0:
+            return probs
+        return blend(probs, self.meaning.logits(texts), self.meaning.weight)
 
     def predict_features(self, x: sparse.csr_matrix | SparseRows) -> Matrix:
         """Probabilities from `features(...)` rows, columns in `LABELS` order."""
@@ -384,6 +421,13 @@ class LearnedEmotionModel:
             arrays["second_intercept"] = self.gate.intercept.astype(np.float32)
             arrays["gate_weights"] = self.gate.weights.astype(np.float32)
             arrays["gate_bias"] = np.asarray([self.gate.bias], dtype=np.float32)
+        if self.meaning is not None:
+            vectors = self.meaning.vectors
+            arrays["meaning_table"] = vectors.table
+            arrays["meaning_scale"] = vectors.scale
+            arrays["meaning_piece_weight"] = vectors.weight
+            arrays["meaning_coef"] = self.meaning.coef.astype(np.float32)
+            arrays["meaning_intercept"] = self.meaning.intercept.astype(np.float32)
         folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -400,6 +444,7 @@ class LearnedEmotionModel:
             "name": self.name,
             "sha256": digest,
             "lexical_weight": self.lexical_weight,
+            "meaning_weight": None if self.meaning is None else self.meaning.weight,
             "labels": [label.value for label in LABELS],
             **about,
         }
@@ -437,6 +482,18 @@ class LearnedEmotionModel:
                     weights=arrays["gate_weights"].astype(np.float64),
                     bias=float(arrays["gate_bias"][0]),
                 )
+            meaning = None
+            if "meaning_table" in arrays:
+                meaning = Meaning(
+                    MeaningVectors(
+                        arrays["meaning_table"],
+                        arrays["meaning_scale"],
+                        arrays["meaning_piece_weight"],
+                    ),
+                    coef=arrays["meaning_coef"].astype(np.float64),
+                    intercept=arrays["meaning_intercept"].astype(np.float64),
+                    weight=float(manifest["meaning_weight"]),
+                )
         return cls(
             words,
             chars,
@@ -444,6 +501,7 @@ class LearnedEmotionModel:
             intercept,
             lexical_weight=float(manifest["lexical_weight"]),
             gate=gate,
+            meaning=meaning,
             name=str(manifest["name"]),
         )
 

@@ -154,7 +154,7 @@ async def test_second_turn_carries_the_conversation_so_far(platform: Platform) -
     assert recent[0]["text"] == "My name is Sam."
     # The emotion service keeps the conversation's trajectory across turns.
     assert second["payload"]["trajectory"]["turns"] == 2
-    assert second["payload"]["emotion"]["model"] == "tfidf-lexicon-routed-v2"
+    assert second["payload"]["emotion"]["model"] == "tfidf-lexicon-routed-meaning-v3"
 
 
 async def test_explicit_request_for_a_person_is_routed_to_a_human(platform: Platform) -> None:

@@ -9,16 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from services.emotion import dataset, training
+from services.emotion import dataset, meaning, training
 from services.emotion.analyzer import EmotionAnalyzer
 from services.emotion.lexicon import LexiconAnalyzer
 from services.emotion.model import (
     ARRAYS_FILE,
     LABELS,
     MANIFEST_FILE,
+    MEANING_MODEL_NAME,
     MODEL_DIR,
     OWN_MODEL_NAME,
-    ROUTED_MODEL_NAME,
     ArtefactError,
     Gate,
     LearnedEmotionModel,
@@ -44,7 +44,7 @@ def small() -> LearnedEmotionModel:
 def test_the_shipped_model_loads_and_names_itself() -> None:
     model = LearnedEmotionModel.load()
     manifest = json.loads((MODEL_DIR / MANIFEST_FILE).read_text(encoding="utf-8"))
-    assert model.name == manifest["name"] == ROUTED_MODEL_NAME
+    assert model.name == manifest["name"] == MEANING_MODEL_NAME
     assert model.coef.shape[0] == len(LABELS)
     assert model.gate is not None
     assert model.gate.coef.shape == model.coef.shape
@@ -52,7 +52,7 @@ def test_the_shipped_model_loads_and_names_itself() -> None:
 
 def test_the_settings_choose_the_shipped_or_the_own_data_model() -> None:
     assert load_model_from_settings("learned", None) is None  # the analyzer loads the default
-    assert EmotionAnalyzer().model_name == ROUTED_MODEL_NAME
+    assert EmotionAnalyzer().model_name == MEANING_MODEL_NAME
     own = load_model_from_settings("own", None)
     assert isinstance(own, LearnedEmotionModel)
     assert own.name == OWN_MODEL_NAME
@@ -168,6 +168,10 @@ def test_the_shipped_artefact_was_built_with_the_settings_in_the_code() -> None:
         "gate_threshold": training.GATE_THRESHOLD,
         "max_word_features": training.MAX_WORD_FEATURES,
         "max_char_features": training.MAX_CHAR_FEATURES,
+        "meaning_c": training.MEANING_C,
+        "meaning_own_weight": training.MEANING_OWN_WEIGHT,
+        "meaning_sif_a": meaning.SIF_A,
     }
+    assert manifest["meaning_weight"] == training.MEANING_WEIGHT
     assert manifest["lexical_weight"] == training.LEXICAL_WEIGHT
     assert manifest["trained_on"]["own train.jsonl"] == len(dataset.load("train"))

@@ -115,7 +115,15 @@ def test_the_emotion_probabilities_equal_scikit_learns(
     public = _classifier(model.gate.coef, model.gate.intercept, classes).predict_proba(x)
     gate = _classifier(model.gate.weights[None, :], np.asarray([model.gate.bias]), [0, 1])
     share = gate.predict_proba(x)[:, 1:]
-    expected = (1 - share) * own + share * public
+    routed = (1 - share) * own + share * public
+    # The meaning expert's probabilities, from scikit-learn too, blended geometrically.
+    assert model.meaning is not None
+    meaning = _classifier(model.meaning.coef, model.meaning.intercept, classes).predict_proba(
+        model.meaning.vectors.vectors(texts).astype(np.float64)
+    )
+    weight = model.meaning.weight
+    blended = np.exp((1 - weight) * np.log(routed) + weight * np.log(meaning))
+    expected = blended / blended.sum(axis=1, keepdims=True)
     ours = model.predict_proba(texts, lexical)
     assert np.abs(ours - expected).max() <= TOLERANCE
     assert np.array_equal(ours.argmax(axis=1), expected.argmax(axis=1))
