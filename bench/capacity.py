@@ -12,6 +12,11 @@ Prints p50/p99 from send to reply at the customer's socket (to the last relay's 
 chain), their ratio, and CPU milliseconds per turn for each service and server (psutil): all
 of it, and beyond what each process burns idle (consumers polling the broker) over the window.
 
+Each rate ends with a floor: the naive chain's CPU per turn plus one MiniLM embedding (the
+one piece of work every turn needs for memory's recall, timed here on the project's customer
+messages), and the most turns per second that floor allows on this machine's cores. The
+platform cannot cost less per turn than that without dropping a hop or the embedding.
+
     make bench                                              # 10, 30, 100 turns/s, 8 s each
     .venv/bin/python -m bench.capacity --rates 10,30 --seconds 20
 """
@@ -36,6 +41,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from cbd.procs import ManagedProcess, free_port, http_ok
 from cbd.runtime import Platform
+from services.emotion import dataset
+from shared.embedding import MiniLmEmbedder
 
 HANDOFF_TEXT = "Please let me talk to a real person."
 BOT_TEXT = "Hi, can you help me find my order?"
@@ -79,6 +86,19 @@ def above_idle(
         for k in after
         if k in before
     }
+
+
+def embedding_cpu_ms(texts: list[str], rounds: int = 3) -> float:
+    """CPU ms of one MiniLM embedding per text, one text per call as memory embeds a turn."""
+    embedder = MiniLmEmbedder()
+    embedder.embed(texts[:8])
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.process_time()
+        for text in texts:
+            embedder.embed([text])
+        best = min(best, (time.process_time() - started) / len(texts))
+    return 1000 * best
 
 
 def cpu_seconds(procs: dict[str, int | None]) -> dict[str, float]:
@@ -282,6 +302,8 @@ async def run(args: argparse.Namespace) -> None:
             ready=lambda: http_ok(f"http://127.0.0.1:{llm_port}/v1/models"),
         )
         chain = NaiveChain(platform, partitions=3)
+        embedding_ms = embedding_cpu_ms([ex.text for ex in dataset.load_heldout()])
+        print(f"one MiniLM embedding per turn: {embedding_ms:.1f} ms CPU (own heldout messages)")
         t0 = time.perf_counter()
         try:
             platform.stack.start()
@@ -342,6 +364,7 @@ async def run(args: argparse.Namespace) -> None:
                 }
                 windows.append(Window("naive", rate, sent, lat, cpu))
                 report(windows)
+                floor(windows[-1], embedding_ms)
         finally:
             await chain.stop()
             platform.stop()
@@ -370,6 +393,18 @@ def report(windows: list[Window]) -> None:
                 f"{k} {v:.1f}" for k, v in sorted(w.above_idle_ms.items(), key=lambda kv: -kv[1])
             )
             print(f"          above idle  {total:6.1f}: {parts}")
+    sys.stdout.flush()
+
+
+def floor(naive: Window, embedding_ms: float) -> None:
+    """Print the least CPU a turn can cost at this rate, and the rate that allows."""
+    chain_ms = sum(naive.cpu_ms.values())
+    least = chain_ms + embedding_ms
+    cores = psutil.cpu_count() or 1
+    print(
+        f"          floor       {least:6.1f}: naive chain {chain_ms:.1f} + one embedding "
+        f"{embedding_ms:.1f}; at most {1000 * cores / least:.0f} turns/s on {cores} cores"
+    )
     sys.stdout.flush()
 
 
