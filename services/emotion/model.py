@@ -200,7 +200,11 @@ class Meaning:
 
     def logits(self, texts: Sequence[str]) -> Matrix:
         """The expert's logits, one row per text."""
-        x = self.vectors.vectors(texts).astype(np.float64)
+        return self.logits_of(self.vectors.vectors(texts))
+
+    def logits_of(self, vectors: npt.NDArray[np.float32]) -> Matrix:
+        """The expert's logits for sentence vectors already computed (`MeaningVectors`)."""
+        x = vectors.astype(np.float64)
         return np.asarray(x @ self.coef.T + self.intercept, dtype=np.float64)
 
 
@@ -271,14 +275,16 @@ class LearnedEmotionModel:
 
     @staticmethod
     def fit_classifier(
-        features: sparse.csr_matrix | SparseRows,
+        features: sparse.csr_matrix | SparseRows | npt.NDArray[np.float32],
         labels: Sequence[EmotionLabel],
         c: float,
         sample_weight: npt.NDArray[np.float64] | None = None,
+        tol: float = 1e-3,
     ) -> tuple[Matrix, Matrix]:
         """Multinomial logistic regression; coefficients and intercepts in `LABELS` order.
 
-        Fitted by scikit-learn (imported here: training only)."""
+        Labels weigh the same in total unless `sample_weight` is given. Fitted by
+        scikit-learn (imported here: training only)."""
         from sklearn.linear_model import LogisticRegression  # noqa: PLC0415
 
         if isinstance(features, SparseRows):
@@ -286,7 +292,7 @@ class LearnedEmotionModel:
         classifier = LogisticRegression(
             C=c,
             max_iter=3000,
-            tol=1e-3,
+            tol=tol,
             class_weight=None if sample_weight is not None else "balanced",
             random_state=0,
         )

@@ -212,26 +212,14 @@ def fit_meaning(
 
     Not balanced by label, unlike the TF-IDF experts: on GoEmotions dev, balancing cost the
     blend about 0.04."""
-    x: meaning.Matrix = public
-    y = [label.value for label in public_labels]
+    x, labels = public, list(public_labels)
     weights = np.ones(len(public_labels))
     if own_weight > 0.0:
         x = np.vstack([public, own])
-        y += [label.value for label in own_labels]
+        labels += own_labels
         weights = np.r_[weights, np.full(len(own_labels), own_weight)]
-    classifier = LogisticRegression(C=MEANING_C, max_iter=3000, random_state=0)
-    classifier.fit(x, y, sample_weight=weights)
-    order = [list(classifier.classes_).index(label.value) for label in EmotionLabel]
-    return (
-        np.asarray(classifier.coef_[order], dtype=np.float64),
-        np.asarray(classifier.intercept_[order], dtype=np.float64),
-    )
-
-
-def meaning_logits(expert: tuple[Matrix, Matrix], x: meaning.Matrix) -> Matrix:
-    """The meaning expert's logits for rows of sentence vectors."""
-    coef, intercept = expert
-    return np.asarray(x.astype(np.float64) @ coef.T + intercept, dtype=np.float64)
+    # Sample weights (all given) leave labels unbalanced; scikit-learn's default tolerance.
+    return LearnedEmotionModel.fit_classifier(x, labels, MEANING_C, weights, tol=1e-4)
 
 
 def macro_f1(model: LearnedEmotionModel, items: Sequence[Item], lexical: LexicalCache) -> float:
@@ -267,7 +255,9 @@ def search() -> list[dict[str, float]]:
     go_dev_v = vectors.vectors([it.text for it in go_dev])
     go_train_labels = [it.label for it in go_train]
     log("meaning vectors built")
-    public_meaning = fit_meaning(go_train_v, go_train_labels, own_v[:0], [], 0.0)
+    public_meaning = Meaning(
+        vectors, *fit_meaning(go_train_v, go_train_labels, own_v[:0], [], 0.0), 0.0
+    )
     folds = np.asarray([own_fold(it.text) for it in own])
     own_labels = [it.label for it in own]
     predictions: dict[tuple[float, float, float, float], np.ndarray] = {}
@@ -295,11 +285,16 @@ def search() -> list[dict[str, float]]:
         alone_go.append(
             _macro_f1_of(go_dev_gold, fold_parts.base.predict_features(go_dev_x).argmax(1))
         )
+        # The blend's weight is the search's `share` below, so each expert's own is unused.
         experts = {
             w: public_meaning
             if w == 0.0
-            else fit_meaning(
-                go_train_v, go_train_labels, own_v[folds != k], [it.label for it in fitted], w
+            else Meaning(
+                vectors,
+                *fit_meaning(
+                    go_train_v, go_train_labels, own_v[folds != k], [it.label for it in fitted], w
+                ),
+                0.0,
             )
             for w in SEARCH_MEANING_OWN_WEIGHTS
         }
@@ -309,8 +304,8 @@ def search() -> list[dict[str, float]]:
                 routed_held = model.predict_features(held_x)
                 routed_go = model.predict_features(go_dev_x)
                 for own_weight, expert in experts.items():
-                    held_logits = meaning_logits(expert, own_v[held])
-                    go_logits = meaning_logits(expert, go_dev_v)
+                    held_logits = expert.logits_of(own_v[held])
+                    go_logits = expert.logits_of(go_dev_v)
                     for share in SEARCH_MEANING_WEIGHTS:
                         setting = (c, threshold, own_weight, share)
                         predicted = blend(routed_held, held_logits, share).argmax(1)
