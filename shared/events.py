@@ -531,6 +531,9 @@ class AgentAssist(_Model):
     """The care check's verdict on each suggestion, in the same order."""
     suggestion_findings: list[Annotated[list[CareFinding], Tolerant]] = []
     """What the care check found in each suggestion (the agent decides what to send)."""
+    replied: bool = False
+    """Generation also answered this turn on reply.generated (the handoff notice). The edge
+    then keeps the turn until that reply arrives: this event alone does not settle it."""
 
 
 class Envelope(_Model):

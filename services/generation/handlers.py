@@ -238,12 +238,12 @@ class GenerationHandlers:
         self._assist_slot = asyncio.Semaphore(1)
         self._assist_tasks: set[asyncio.Task[None]] = set()
 
-    async def _schedule_assist(self, event: TurnRoutedEvent) -> None:
+    async def _schedule_assist(self, event: TurnRoutedEvent, *, replied: bool) -> None:
         if len(self._assist_tasks) >= MAX_PENDING_ASSISTS:
             # Backlogged: coaching tips now, no suggestion, rather than stale help later.
-            await self._publish_assist(event, [], [])
+            await self._publish_assist(event, [], [], replied=replied)
             return
-        task = asyncio.create_task(self._assist(event), name="agent-assist")
+        task = asyncio.create_task(self._assist(event, replied=replied), name="agent-assist")
         self._assist_tasks.add(task)
         task.add_done_callback(self._assist_done)
 
@@ -281,14 +281,15 @@ class GenerationHandlers:
         reply_id = uuid.uuid5(event.event_id, "reply")
         if turn.route.target is RouteTarget.HUMAN:
             handoff = turn.route.handoff
-            if handoff is None or handoff.new or handoff.announce:
+            notice_due = handoff is None or handoff.new or handoff.announce
+            if notice_due:
                 notice = handoff_notice(handoff.eta_minutes if handoff else None)
                 await self._publish_reply(event, reply_id, Role.SYSTEM, notice, ["handoff"])
                 REPLIES.labels("handoff").inc()
             else:
                 # A person has this conversation: they answer, the bot stays quiet.
                 REPLIES.labels("silent_human_owns").inc()
-            await self._schedule_assist(event)
+            await self._schedule_assist(event, replied=notice_due)
             return
         if not await self._bot_may_speak(event):
             REPLIES.labels("suppressed").inc()
@@ -334,7 +335,7 @@ class GenerationHandlers:
             return whole_sentences(text)
         return text.strip()
 
-    async def _assist(self, event: TurnRoutedEvent) -> None:
+    async def _assist(self, event: TurnRoutedEvent, *, replied: bool) -> None:
         """Draft a reply and coaching tips for the person handling the conversation.
 
         The same machinery as a bot reply (care prompt, playbook, memory, knowledge,
@@ -346,7 +347,7 @@ class GenerationHandlers:
         suggestions: list[str] = []
         reports: list[CareReport] = []
         if not self._wants_suggestion(event):
-            await self._publish_assist(event, suggestions, reports)
+            await self._publish_assist(event, suggestions, reports, replied=replied)
             return
         prompt = self.prompts.build(turn, Variant.CARE, assist=True)
         try:
@@ -363,10 +364,15 @@ class GenerationHandlers:
         except LLMUnavailable as exc:
             # Tips alone still help; the agent writes the reply.
             log.warning("no suggested reply for the agent: %s", exc)
-        await self._publish_assist(event, suggestions, reports)
+        await self._publish_assist(event, suggestions, reports, replied=replied)
 
     async def _publish_assist(
-        self, event: TurnRoutedEvent, suggestions: list[str], reports: Sequence[CareReport]
+        self,
+        event: TurnRoutedEvent,
+        suggestions: list[str],
+        reports: Sequence[CareReport],
+        *,
+        replied: bool,
     ) -> None:
         turn = event.payload
         match = self.prompts.select_playbook(turn)
@@ -382,6 +388,7 @@ class GenerationHandlers:
                         CareVerdict.PASSED if r.passed else CareVerdict.FAILED for r in reports
                     ],
                     suggestion_findings=[list(r.findings) for r in reports],
+                    replied=replied,
                 ),
             ),
         )

@@ -109,8 +109,14 @@ class IngestHandlers:
             await self.replay.answered(event.conversation_id, reply.turn_id)
 
     async def on_assist_suggested(self, event: AssistSuggestedEvent) -> None:
-        """A person holds the conversation and has suggestions for this turn: it arrived."""
-        if self.replay is not None:
+        """A person holds the conversation and has suggestions for this turn: it arrived.
+
+        Unless the turn was also answered (the handoff notice): then that reply settles it.
+        The two travel on different topics, and a broker that loses its log can keep the
+        suggestions and lose the notice; settling on the suggestions would lose the notice
+        for good.
+        """
+        if self.replay is not None and not event.payload.replied:
             await self.replay.answered(event.conversation_id, event.payload.turn_id)
 
     async def on_conversation_closed(self, event: ConversationClosedEvent) -> None:

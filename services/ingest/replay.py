@@ -11,7 +11,9 @@ election). So:
   the sorted set `pending-due`, scored by when it is due again (`replay_after_s` later);
 - the first `reply.generated` for the turn (bot, handoff notice or agent) or
   `assist.suggested` (a person already holds the conversation: the bot stays quiet, the
-  agent gets suggestions) settles it: both keys are deleted;
+  agent gets suggestions) settles it: both keys are deleted. Suggestions sent beside a
+  handoff notice (`AgentAssist.replied`) do not: the two travel on different topics, and a
+  broker that loses its log can keep the suggestions and lose the notice;
 - `TurnReplay.publish` watches the offsets the broker gives the edge's own records: a
   partition handing out an offset at or below one it had already given (`LogWatch`) is a
   broker that came back without its log, and every pending turn is published again at once

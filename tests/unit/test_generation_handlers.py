@@ -148,6 +148,8 @@ async def test_human_route_sends_the_handoff_notice_and_assists_the_agent() -> N
     [assist] = bus.assists()
     assert assist.payload.suggestions == ["I'm sorry for the wait."]
     assert assist.payload.tips
+    # The notice answered the turn: the edge waits for it, not for these suggestions.
+    assert assist.payload.replied is True
     assert_envelope_follows(assist, event)
 
 
@@ -335,6 +337,8 @@ async def test_a_person_owning_the_conversation_means_no_reply_at_all() -> None:
     assert bus.deltas() == []
     [assist] = bus.assists()
     assert assist.payload.suggestions == ["Hi"]
+    # Nothing else answers the turn: the suggestions settle it at the edge.
+    assert assist.payload.replied is False
 
 
 async def test_assist_without_the_llm_still_coaches() -> None:

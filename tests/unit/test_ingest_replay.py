@@ -185,6 +185,26 @@ async def test_agent_suggestions_settle_a_turn_a_person_holds() -> None:
     assert await redis.zcard(P + "pending-due") == 0
 
 
+async def test_suggestions_beside_a_handoff_notice_leave_the_turn_to_the_notice() -> None:
+    """The notice (reply.generated) and the suggestions (assist.suggested) travel on two
+    topics; a broker that loses its log can keep the one and lose the other. Settled on the
+    suggestions, a lost notice would never be replayed."""
+    redis = fakeredis.FakeAsyncRedis(decode_responses=True)
+    bus = RecordingBus()
+    intake, replay = intake_with(redis, bus)
+    await intake.message("conv-3", Party("demo", "sam"), Channel.WEB, "A person, please")
+    event = bus.events(TurnReceivedEvent)[0]
+    plain = assist_suggested(event)
+    suggested = plain.model_copy(
+        update={"payload": plain.payload.model_copy(update={"replied": True})}
+    )
+
+    handlers = IngestHandlers(cast(Fanout, _NoFanout(redis)), P, replay=replay)
+    await handlers.on_assist_suggested(suggested)
+
+    assert await redis.zcard(P + "pending-due") == 1
+
+
 async def test_a_turn_the_broker_refused_is_not_kept() -> None:
     redis = fakeredis.FakeAsyncRedis(decode_responses=True)
     bus = RecordingBus()
