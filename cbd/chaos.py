@@ -74,6 +74,8 @@ class Turn:
     """Refusals by HTTP status (503: broker or a dependency down, 429: a rate limit)."""
     reconnects: int = 0
     replies: list[float] = field(default_factory=list)
+    early: dict[str, float] = field(default_factory=dict)
+    """Replies that came before the turn's acceptance, by turn id, and when."""
 
     @property
     def refusals(self) -> int:
@@ -419,22 +421,34 @@ class Chaos:
             if kind == "accepted" and turn.turn_id is None:
                 turn.turn_id = str(frame["turn_id"])
                 turn.accepted_at = self.now()
+                if turn.turn_id in turn.early:
+                    turn.replies.append(turn.early[turn.turn_id])
+                    return await self._listen_for_duplicates(ws, turn, last_id)
             elif kind == "error" and turn.turn_id is None:
                 # 503 while the broker is down: the widget resends with the same message id.
                 status = str(frame.get("status", "?"))
                 turn.refused_with[status] = turn.refused_with.get(status, 0) + 1
                 await asyncio.sleep(0.5)
                 await ws.send(message)
+            elif kind == "reply" and turn.turn_id is None:
+                # An edge killed after publishing the turn, before saying so, takes the resend
+                # as a duplicate of it; the reconnect's replay can bring the reply before that
+                # acceptance does. The widget shows it either way; the run counts it once the
+                # acceptance names its turn.
+                turn.early.setdefault(str(frame.get("turn_id")), self.now())
             elif kind == "reply" and frame.get("turn_id") == turn.turn_id:
                 turn.replies.append(self.now())
-                if len(turn.replies) == 1:
-                    # Keep listening briefly in the caller for a duplicate.
-                    with contextlib.suppress(TimeoutError):
-                        while True:
-                            more = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
-                            if more.get("type") == "reply" and more.get("turn_id") == turn.turn_id:
-                                turn.replies.append(self.now())
-                    return last_id
+                return await self._listen_for_duplicates(ws, turn, last_id)
+
+    async def _listen_for_duplicates(self, ws: Any, turn: Turn, last_id: str) -> str:
+        """After the reply, listen a second more: a duplicate would come now."""
+        with contextlib.suppress(TimeoutError):
+            while True:
+                more = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
+                last_id = str(more.get("id", last_id))
+                if more.get("type") == "reply" and more.get("turn_id") == turn.turn_id:
+                    turn.replies.append(self.now())
+        return last_id
 
     async def _read_reply_topic(self) -> None:
         settings = KafkaSettings(
