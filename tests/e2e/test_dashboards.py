@@ -131,6 +131,27 @@ def has_value(result: list[dict[str, Any]]) -> bool:
     return any(not math.isnan(float(r["value"][1])) for r in result)
 
 
+AUDIT_COUNTS = (
+    "sum(cbd_conversations_closed_total)",
+    "sum(cbd_feedback_ratings_total)",
+)
+"""What audit counts of a handoff-and-ratings round (the care-loop panels read them)."""
+
+
+async def total(http: httpx.AsyncClient, expr: str) -> float:
+    """A scalar aggregate's value now (0 while it has no series)."""
+    result = await instant(http, expr)
+    return float(result[0]["value"][1]) if result else 0.0
+
+
+async def grown(http: httpx.AsyncClient, expr: str, before: float, timeout_s: float = 60) -> None:
+    """Wait until Prometheus has scraped `expr` above `before`."""
+    deadline = time.monotonic() + timeout_s
+    while await total(http, expr) <= before:
+        assert time.monotonic() < deadline, f"{expr} stayed at {before} for {timeout_s} s"
+        await asyncio.sleep(0.5)
+
+
 async def bot_turn(platform: Platform) -> bool:
     """One customer message answered by the bot; True if the LLM wrote it (not the fallback)."""
     conversation_id, customer_id = f"conv-{secrets.token_hex(6)}", f"cust-{secrets.token_hex(4)}"
@@ -221,9 +242,14 @@ async def test_every_panel_shows_live_data(platform: Platform, prom: httpx.Async
             answered += await bot_turn(platform)
             turns += 1
             await asyncio.sleep(1.2)
+        # Audit counts closes and ratings off the reply path, in batches: both rounds could
+        # land in one scrape, and a series born at its final value never increases. So the
+        # second round waits until Prometheus has seen audit count the first.
         for ratings in ((5, 2), (4, 5)):
+            seen = {expr: await total(prom, expr) for expr in AUDIT_COUNTS}
             await asyncio.gather(handoff(platform, agent), ratings_and_poison(platform, ratings))
-            await asyncio.sleep(1.5)
+            for expr, before in seen.items():
+                await grown(prom, expr, before)
     finally:
         await agent.aclose()
 
@@ -232,7 +258,7 @@ async def test_every_panel_shows_live_data(platform: Platform, prom: httpx.Async
     queries = [q for q in all_dashboard_queries() if not metric_names(q.expr) & EXTERNAL_METRICS]
     pending = {q.where: grafana_to_promql(q.expr, "2m") for q in queries}
     # Lag is refreshed every 5 s and the last events need a scrape: poll a little.
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while True:
         for where, expr in list(pending.items()):
             if has_value(await instant(prom, expr)):
