@@ -349,8 +349,10 @@ class Chaos:
             while kill.recovered_s is None and self.now() - kill.at < 120:
                 await asyncio.sleep(0.1)
                 kill.recovered_s = self._recovered_after(kill.at)
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(watcher, timeout=30)
+            # Not wait_for with CancelledError suppressed: that swallowed the run's own
+            # cancellation of this loop.
+            await asyncio.wait({watcher}, timeout=30)
+            watcher.cancel()
             await asyncio.sleep(self.random.uniform(*self.pause_s))
 
     def _pid(self, target: str) -> int | None:
@@ -444,7 +446,8 @@ class Chaos:
         """After the reply, listen a second more: a duplicate would come now."""
         with contextlib.suppress(TimeoutError):
             while True:
-                more = json.loads(await asyncio.wait_for(ws.recv(), 1.0))
+                async with asyncio.timeout(1.0):
+                    more = json.loads(await ws.recv())
                 last_id = str(more.get("id", last_id))
                 if more.get("type") == "reply" and more.get("turn_id") == turn.turn_id:
                     turn.replies.append(self.now())

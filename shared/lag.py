@@ -80,10 +80,14 @@ async def measure(group: str, consumer: LagSource, timeout_s: float = 2.0) -> li
         high = consumer.highwater(tp)
         if high is None:
             continue  # no fetch answered yet: no high-water mark to measure against
-        committed = await asyncio.wait_for(consumer.committed(tp), timeout_s)
+        # asyncio.timeout, not wait_for, which on Python 3.11 can swallow the cancellation
+        # that stops the loop calling this (see `shared.rewind`).
+        async with asyncio.timeout(timeout_s):
+            committed = await consumer.committed(tp)
         if committed is None:
             # The group never committed here; it reads from where the consumer stands.
-            committed = await asyncio.wait_for(consumer.position(tp), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                committed = await consumer.position(tp)
         out.append(PartitionLag(group, tp.topic, tp.partition, max(0, high - committed)))
     return out
 

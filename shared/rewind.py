@@ -57,7 +57,11 @@ async def rewind_past_end(
         high = consumer.highwater(tp)
         if high is None:
             continue  # no fetch answered yet
-        position = await asyncio.wait_for(consumer.position(tp), timeout_s)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+        # arrives as the awaited call completes (position() usually completes at once), and
+        # the loop calling this every few seconds then never stops.
+        async with asyncio.timeout(timeout_s):
+            position = await consumer.position(tp)
         if position > high:
             log.warning(
                 "%s stands at offset %d of %s[%d], past the log's end (%d): the broker lost "

@@ -339,7 +339,8 @@ def live_router(recheck_s: float = 2.0) -> APIRouter:
                 # a revoked (signed out everywhere, password changed) or expired token must
                 # not keep hearing the queue and customers' messages.
                 try:
-                    await asyncio.wait_for(ws.receive_text(), timeout=recheck_s)
+                    async with asyncio.timeout(recheck_s):
+                        await ws.receive_text()
                 except TimeoutError:
                     if auth.verify(token) is None:
                         await ws.send_json({"type": "error", "error": "unauthorized"})
