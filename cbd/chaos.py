@@ -351,8 +351,10 @@ class Chaos:
                 kill.recovered_s = self._recovered_after(kill.at)
             # Not wait_for with CancelledError suppressed: that swallowed the run's own
             # cancellation of this loop.
-            await asyncio.wait({watcher}, timeout=30)
-            watcher.cancel()
+            try:
+                await asyncio.wait({watcher}, timeout=30)
+            finally:
+                watcher.cancel()
             await asyncio.sleep(self.random.uniform(*self.pause_s))
 
     def _pid(self, target: str) -> int | None:
