@@ -51,6 +51,7 @@ from shared.events import (
     ReplyGeneratedEvent,
     Role,
     RouteTarget,
+    RoutingDecision,
     TurnRoutedEvent,
     utcnow,
 )
@@ -112,6 +113,14 @@ LLM_FLAGS = {
         ReplyFlag.CIRCUIT_OPEN,
     )
 }
+
+
+def handoff_notice_due(route: RoutingDecision) -> bool:
+    """Whether a turn routed to a person gets the handoff notice: a new ticket, one nobody
+    announced yet, or no ticket at all. Otherwise a person has the conversation and the bot
+    stays quiet."""
+    handoff = route.handoff
+    return handoff is None or handoff.new or handoff.announce
 
 
 def llm_failure_flag(kind: str) -> ReplyFlag:
@@ -238,12 +247,12 @@ class GenerationHandlers:
         self._assist_slot = asyncio.Semaphore(1)
         self._assist_tasks: set[asyncio.Task[None]] = set()
 
-    async def _schedule_assist(self, event: TurnRoutedEvent, *, replied: bool) -> None:
+    async def _schedule_assist(self, event: TurnRoutedEvent) -> None:
         if len(self._assist_tasks) >= MAX_PENDING_ASSISTS:
             # Backlogged: coaching tips now, no suggestion, rather than stale help later.
-            await self._publish_assist(event, [], [], replied=replied)
+            await self._publish_assist(event, [], [])
             return
-        task = asyncio.create_task(self._assist(event, replied=replied), name="agent-assist")
+        task = asyncio.create_task(self._assist(event), name="agent-assist")
         self._assist_tasks.add(task)
         task.add_done_callback(self._assist_done)
 
@@ -281,15 +290,14 @@ class GenerationHandlers:
         reply_id = uuid.uuid5(event.event_id, "reply")
         if turn.route.target is RouteTarget.HUMAN:
             handoff = turn.route.handoff
-            notice_due = handoff is None or handoff.new or handoff.announce
-            if notice_due:
+            if handoff_notice_due(turn.route):
                 notice = handoff_notice(handoff.eta_minutes if handoff else None)
                 await self._publish_reply(event, reply_id, Role.SYSTEM, notice, ["handoff"])
                 REPLIES.labels("handoff").inc()
             else:
                 # A person has this conversation: they answer, the bot stays quiet.
                 REPLIES.labels("silent_human_owns").inc()
-            await self._schedule_assist(event, replied=notice_due)
+            await self._schedule_assist(event)
             return
         if not await self._bot_may_speak(event):
             REPLIES.labels("suppressed").inc()
@@ -335,7 +343,7 @@ class GenerationHandlers:
             return whole_sentences(text)
         return text.strip()
 
-    async def _assist(self, event: TurnRoutedEvent, *, replied: bool) -> None:
+    async def _assist(self, event: TurnRoutedEvent) -> None:
         """Draft a reply and coaching tips for the person handling the conversation.
 
         The same machinery as a bot reply (care prompt, playbook, memory, knowledge,
@@ -347,7 +355,7 @@ class GenerationHandlers:
         suggestions: list[str] = []
         reports: list[CareReport] = []
         if not self._wants_suggestion(event):
-            await self._publish_assist(event, suggestions, reports, replied=replied)
+            await self._publish_assist(event, suggestions, reports)
             return
         prompt = self.prompts.build(turn, Variant.CARE, assist=True)
         try:
@@ -364,15 +372,10 @@ class GenerationHandlers:
         except LLMUnavailable as exc:
             # Tips alone still help; the agent writes the reply.
             log.warning("no suggested reply for the agent: %s", exc)
-        await self._publish_assist(event, suggestions, reports, replied=replied)
+        await self._publish_assist(event, suggestions, reports)
 
     async def _publish_assist(
-        self,
-        event: TurnRoutedEvent,
-        suggestions: list[str],
-        reports: Sequence[CareReport],
-        *,
-        replied: bool,
+        self, event: TurnRoutedEvent, suggestions: list[str], reports: Sequence[CareReport]
     ) -> None:
         turn = event.payload
         match = self.prompts.select_playbook(turn)
@@ -388,7 +391,7 @@ class GenerationHandlers:
                         CareVerdict.PASSED if r.passed else CareVerdict.FAILED for r in reports
                     ],
                     suggestion_findings=[list(r.findings) for r in reports],
-                    replied=replied,
+                    replied=handoff_notice_due(turn.route),
                 ),
             ),
         )
