@@ -294,3 +294,26 @@ def assist_suggested(event: Envelope, suggestions: list[str] | None = None) -> A
         AssistSuggestedEvent,
         AgentAssist(turn_id=turn_id, suggestions=suggestions or ["I am on it."]),
     )
+
+
+async def stops_when_cancelled(check: Callable[[], Awaitable[Any]]) -> int:
+    """Cancel a loop of `check` at many different moments; how many cancellations were lost."""
+
+    async def forever() -> None:
+        while True:
+            await check()
+            await asyncio.sleep(0.0005)
+
+    lost = 0
+    for i in range(60):
+        task = asyncio.create_task(forever())
+        for _ in range(i % 9):
+            await asyncio.sleep(0)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=0.05)
+        if not done:
+            lost += 1
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.01)
+    return lost

@@ -1,5 +1,6 @@
 """A consumer group standing past the end of a partition's log (a broker back without its
-log, a commit that raced the restart) reads the new log from its start, on the real broker.
+log, a commit that raced the restart) reads the new log from its start, on the real broker;
+and the checks looping on a real consumer stop when cancelled.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
+from shared.lag import measure
 from shared.rewind import REWINDS, rewind_past_end
+from tests.kit import stops_when_cancelled
 
 pytestmark = pytest.mark.integration
 
@@ -79,3 +82,43 @@ async def test_a_group_past_the_end_is_rewound_and_one_at_the_end_is_not(
         finally:
             await consumer.stop()
     assert REWINDS.labels("it", stale, topic)._value.get() == before + 1
+
+
+async def test_the_checks_on_a_real_consumer_stop_when_cancelled(
+    stack_env: dict[str, str],
+) -> None:
+    """aiokafka's `position()` and `committed()` answer at once for a consumer that has
+    fetched: the checks looping on them must still honour every cancellation."""
+    servers = stack_env["CBD_KAFKA_BOOTSTRAP_SERVERS"]
+    topic = f"it-cancel-{secrets.token_hex(4)}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, 1, 1)])
+    finally:
+        await admin.close()
+    tp = TopicPartition(topic, 0)
+    producer = AIOKafkaProducer(bootstrap_servers=servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"r0")
+    finally:
+        await producer.stop()
+    group = f"it-cancel-{secrets.token_hex(4)}"
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=servers,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        assert await poll(consumer, 1.0) == [b"r0"]
+        await consumer.commit()
+        assert consumer.highwater(tp) == 1
+        assert await stops_when_cancelled(lambda: rewind_past_end("it", group, consumer)) == 0
+        assert await stops_when_cancelled(lambda: measure(group, consumer)) == 0
+    finally:
+        await consumer.stop()
