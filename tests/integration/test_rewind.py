@@ -30,25 +30,30 @@ async def poll(consumer: AIOKafkaConsumer, seconds: float) -> list[bytes]:
     return values
 
 
-async def test_a_group_past_the_end_is_rewound_and_one_at_the_end_is_not(
-    stack_env: dict[str, str],
-) -> None:
-    servers = stack_env["CBD_KAFKA_BOOTSTRAP_SERVERS"]
-    topic = f"it-rewind-{secrets.token_hex(4)}"
+async def one_partition(servers: str, prefix: str, values: list[bytes]) -> TopicPartition:
+    """A new one-partition topic holding `values`."""
+    topic = f"{prefix}-{secrets.token_hex(4)}"
     admin = AIOKafkaAdminClient(bootstrap_servers=servers)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, 1, 1)])
     finally:
         await admin.close()
-    tp = TopicPartition(topic, 0)
     producer = AIOKafkaProducer(bootstrap_servers=servers)
     await producer.start()
     try:
-        for i in range(3):
-            await producer.send_and_wait(topic, f"r{i}".encode())
+        for value in values:
+            await producer.send_and_wait(topic, value)
     finally:
         await producer.stop()
+    return TopicPartition(topic, 0)
+
+
+async def test_a_group_past_the_end_is_rewound_and_one_at_the_end_is_not(
+    stack_env: dict[str, str],
+) -> None:
+    servers = stack_env["CBD_KAFKA_BOOTSTRAP_SERVERS"]
+    tp = await one_partition(servers, "it-rewind", [b"r0", b"r1", b"r2"])
 
     stale, current = f"it-stale-{secrets.token_hex(4)}", f"it-current-{secrets.token_hex(4)}"
     for group, offset in ((stale, 1000), (current, 3)):
@@ -61,7 +66,7 @@ async def test_a_group_past_the_end_is_rewound_and_one_at_the_end_is_not(
         finally:
             await committer.stop()
 
-    before = REWINDS.labels("it", stale, topic)._value.get()
+    before = REWINDS.labels("it", stale, tp.topic)._value.get()
     for group, expected in ((stale, [b"r0", b"r1", b"r2"]), (current, [])):
         consumer = AIOKafkaConsumer(
             bootstrap_servers=servers,
@@ -81,7 +86,7 @@ async def test_a_group_past_the_end_is_rewound_and_one_at_the_end_is_not(
             assert await poll(consumer, 1.5) == expected
         finally:
             await consumer.stop()
-    assert REWINDS.labels("it", stale, topic)._value.get() == before + 1
+    assert REWINDS.labels("it", stale, tp.topic)._value.get() == before + 1
 
 
 async def test_the_checks_on_a_real_consumer_stop_when_cancelled(
@@ -90,20 +95,7 @@ async def test_the_checks_on_a_real_consumer_stop_when_cancelled(
     """aiokafka's `position()` and `committed()` answer at once for a consumer that has
     fetched: the checks looping on them must still honour every cancellation."""
     servers = stack_env["CBD_KAFKA_BOOTSTRAP_SERVERS"]
-    topic = f"it-cancel-{secrets.token_hex(4)}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
-    tp = TopicPartition(topic, 0)
-    producer = AIOKafkaProducer(bootstrap_servers=servers)
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, b"r0")
-    finally:
-        await producer.stop()
+    tp = await one_partition(servers, "it-cancel", [b"r0"])
     group = f"it-cancel-{secrets.token_hex(4)}"
     consumer = AIOKafkaConsumer(
         bootstrap_servers=servers,
