@@ -49,6 +49,20 @@ async def one_partition(servers: str, prefix: str, values: list[bytes]) -> Topic
     return TopicPartition(topic, 0)
 
 
+async def assigned(servers: str, group: str, tp: TopicPartition) -> AIOKafkaConsumer:
+    """A started consumer of `group`, assigned `tp`, committing only when told to."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=servers,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=50,
+    )
+    await consumer.start()
+    consumer.assign([tp])
+    return consumer
+
+
 async def test_a_group_past_the_end_is_rewound_and_one_at_the_end_is_not(
     stack_env: dict[str, str],
 ) -> None:
@@ -68,16 +82,8 @@ async def test_a_group_past_the_end_is_rewound_and_one_at_the_end_is_not(
 
     before = REWINDS.labels("it", stale, tp.topic)._value.get()
     for group, expected in ((stale, [b"r0", b"r1", b"r2"]), (current, [])):
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=servers,
-            group_id=group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=50,
-        )
-        await consumer.start()
+        consumer = await assigned(servers, group, tp)
         try:
-            consumer.assign([tp])
             # The broker answers a fetch past the end with nothing, not OFFSET_OUT_OF_RANGE,
             # so the client's own reset never happens: without the check, nothing is read.
             assert await poll(consumer, 1.5) == []
@@ -97,16 +103,8 @@ async def test_the_checks_on_a_real_consumer_stop_when_cancelled(
     servers = stack_env["CBD_KAFKA_BOOTSTRAP_SERVERS"]
     tp = await one_partition(servers, "it-cancel", [b"r0"])
     group = f"it-cancel-{secrets.token_hex(4)}"
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=servers,
-        group_id=group,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=50,
-    )
-    await consumer.start()
+    consumer = await assigned(servers, group, tp)
     try:
-        consumer.assign([tp])
         assert await poll(consumer, 1.0) == [b"r0"]
         await consumer.commit()
         assert consumer.highwater(tp) == 1
