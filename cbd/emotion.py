@@ -64,7 +64,8 @@ def analyze(text: str | None, stdin: TextIO, stdout: TextIO) -> int:
 
 def evaluate(path: Path, models: Sequence[str], stdout: TextIO, as_json: bool = False) -> int:
     """Score each model on a labelled JSON Lines file and print the reports."""
-    return _evaluate_sets({path.name: dataset.read_jsonl(path)}, models, stdout, as_json)
+    predictors = {name: _predictor(name) for name in models}
+    return _evaluate_sets({path.name: dataset.read_jsonl(path)}, predictors, stdout, as_json)
 
 
 def sources() -> dict[str, list[dataset.Example]]:
@@ -76,18 +77,52 @@ def sources() -> dict[str, list[dataset.Example]]:
     }
 
 
+def sentiment_sources() -> dict[str, list[corpora.SentimentExample]]:
+    """Every sentiment-only test source: real customers' words with a polarity, no emotion."""
+    sentences = corpora.load_sentiment("uci_sentences")
+    return {
+        f"UCI sentences, {where}": [ex for ex in sentences if ex.source == where]
+        for where in corpora.UCI_FILES
+    }
+
+
 def evaluate_sources(models: Sequence[str], stdout: TextIO, as_json: bool = False) -> int:
-    """Score each model on every test source and print one report per source and model."""
-    return _evaluate_sets(sources(), models, stdout, as_json)
+    """Score each model on every test source and print one report per source and model,
+    then the sentiment sign on each sentiment-only source."""
+    predictors = {name: _predictor(name) for name in models}
+    signs = {
+        source: {
+            name: evaluation.score_sign(
+                [ex.sentiment for ex in examples], predict([ex.text for ex in examples])
+            )
+            for name, predict in predictors.items()
+        }
+        for source, examples in sentiment_sources().items()
+    }
+    extra = {
+        source: {n: r.as_dict() for n, r in by_model.items()} for source, by_model in signs.items()
+    }
+    rc = _evaluate_sets(sources(), predictors, stdout, as_json, extra)
+    if as_json:
+        return rc
+    stdout.write("\nsentiment sign on real customers' review sentences (evaluation only)\n")
+    stdout.write(f"{'source':<28}{'model':<10}{'n':>6}{'sign':>8}{'pos ok':>8}{'neg ok':>8}\n")
+    for source, by_model in signs.items():
+        for name, r in by_model.items():
+            stdout.write(
+                f"{source:<28}{name:<10}{r.n:>6}{r.sign_accuracy:>8.3f}"
+                f"{r.positive_right:>8.3f}{r.negative_right:>8.3f}\n"
+            )
+    return rc
 
 
 def _evaluate_sets(
     sets: dict[str, list[dataset.Example]],
-    models: Sequence[str],
+    predictors: dict[str, evaluation.Predictor],
     stdout: TextIO,
     as_json: bool,
+    signs: dict[str, dict[str, Any]] | None = None,
 ) -> int:
-    predictors = {name: _predictor(name) for name in models}
     reports: dict[str, dict[str, evaluation.Report]] = {}
     for source, examples in sets.items():
         texts = [ex.text for ex in examples]
@@ -100,14 +135,16 @@ def _evaluate_sets(
             source: {n: r.as_dict() for n, r in by_model.items()}
             for source, by_model in reports.items()
         }
-        if len(sets) == 1:
+        if signs is not None:
+            payload["sentiment sign"] = signs
+        elif len(sets) == 1:
             (payload,) = payload.values()
         stdout.write(json.dumps(payload, indent=2) + "\n")
         return 0
     for source, by_model in reports.items():
         for name, report in by_model.items():
             stdout.write(evaluation.format_report(f"{name} on {source}", report) + "\n\n")
-    if len(sets) == 1 and len(models) > 1:
+    if len(sets) == 1 and len(predictors) > 1:
         stdout.write(f"{'model':<10}{'accuracy':>10}{'macro-F1':>10}{'sign':>8}\n")
     elif len(sets) > 1:
         stdout.write(f"{'source':<28}{'model':<10}{'accuracy':>10}{'macro-F1':>10}{'sign':>8}\n")

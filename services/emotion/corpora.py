@@ -8,21 +8,21 @@ It writes `data/public/goemotions.jsonl.gz` with one object per item: `text`, `s
 (train / dev / test) and `label` (one of our seven). Test splits are written so
 `cbd emotion evaluate` can report them; training and model selection never read them.
 
-`read_airline` reads a user's own copy of Twitter US Airline Sentiment (`Tweets.csv`) for
-local evaluation only (`cbd emotion evaluate --airline-csv PATH`): that corpus is
-CC BY-NC-SA 4.0, which an Apache-2.0 project run commercially cannot ship or train on, so
-nothing of it is committed.
+Sentiment-only corpora keep their own classes and come in for evaluation only (split `test`),
+never for training or selection. `uci_sentences` is the UCI Sentiment Labelled Sentences
+(Amazon and Yelp review sentences, positive or negative), from a copy of the dataset's files:
+
+    python -m services.emotion.corpora uci_sentences PATH/TO/sentiment-labelled-sentences
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import gzip
-import hashlib
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,36 +73,43 @@ def read_goemotions(folder: Path) -> Iterator[dict[str, Any]]:
                     yield {"text": text, "label": label, "split": split}
 
 
-def hash_split(text: str) -> str:
-    """70/10/20 train/dev/test by a hash of the text: stable, and duplicates stay together."""
-    bucket = int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) % 100
-    if bucket < 70:
-        return "train"
-    return "dev" if bucket < 80 else "test"
+UCI_FILES = {"amazon": "amazon_cells_labelled.txt", "yelp": "yelp_labelled.txt"}
+"""The UCI files read: sentences about products, sellers and restaurants. The third file
+(IMDB) is left out: film reviews say how people feel about a film, not about a company."""
+UCI_POLARITY = {"0": "negative", "1": "positive"}
 
 
-def read_airline(path: Path) -> Iterator[dict[str, Any]]:
-    """Twitter US Airline Sentiment from a user's local `Tweets.csv`, for evaluation only.
+def read_uci_sentences(folder: Path) -> Iterator[dict[str, Any]]:
+    """UCI Sentiment Labelled Sentences: `sentence<TAB>0|1` lines, every one for evaluation.
 
-    Tweets to six US airlines, three sentiment classes, split 70/10/20 by `hash_split`.
-    """
-    seen: set[str] = set()
-    with path.open(encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
-            text = row["text"].strip()
-            # Retweeted copies of one tweet would otherwise straddle the splits.
-            if not text or text in seen:
-                continue
-            seen.add(text)
-            yield {"text": text, "sentiment": row["airline_sentiment"], "split": hash_split(text)}
+    Lines without a tab (a header some copies add) are skipped; a label other than 0 or 1 is
+    an error, so a damaged copy is never imported in part."""
+    for source, name in UCI_FILES.items():
+        with (folder / name).open(encoding="utf-8", newline="\n") as f:
+            for number, line in enumerate(f, 1):
+                if "\t" not in line:
+                    continue
+                text, polarity = line.rstrip("\r\n").rsplit("\t", 1)
+                if polarity.strip() not in UCI_POLARITY:
+                    raise ValueError(f"{name} line {number}: label {polarity!r} is not 0 or 1")
+                yield {
+                    "text": text.strip(),
+                    "sentiment": UCI_POLARITY[polarity.strip()],
+                    "split": "test",
+                    "source": source,
+                }
 
 
 def write(corpus: str, rows: Iterable[dict[str, Any]]) -> Counter[tuple[str, str]]:
-    """Write `data/public/<corpus>.jsonl.gz` reproducibly (no timestamp in the gzip header)."""
+    """Write `data/public/<corpus>.jsonl.gz` reproducibly (no timestamp in the gzip header).
+
+    Every row is read before the file is opened: a source that fails half way leaves the
+    committed file as it was, not cut short."""
     counts: Counter[tuple[str, str]] = Counter()
     path = PUBLIC_DIR / f"{corpus}.jsonl.gz"
+    every = list(rows)
     with path.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-        for row in rows:
+        for row in every:
             counts[(row["split"], row.get("label") or row["sentiment"])] += 1
             gz.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
     return counts
@@ -119,13 +126,37 @@ def load_public(corpus: str, split: str) -> list[Example]:
     ]
 
 
+@dataclass(frozen=True)
+class SentimentExample:
+    """One item of a sentiment-only corpus: its text, polarity and where it came from."""
+
+    text: str
+    sentiment: str
+    """`positive`, `negative` or `neutral`."""
+    source: str
+
+
+def load_sentiment(corpus: str, split: str = "test") -> list[SentimentExample]:
+    """One split of a sentiment-only corpus in `data/public/<corpus>.jsonl.gz`."""
+    with gzip.open(PUBLIC_DIR / f"{corpus}.jsonl.gz", "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [
+        SentimentExample(text=row["text"], sentiment=row["sentiment"], source=row["source"])
+        for row in rows
+        if row["split"] == split and "sentiment" in row
+    ]
+
+
+READERS = {"goemotions": read_goemotions, "uci_sentences": read_uci_sentences}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Import one corpus and print its counts per split and label."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("corpus", choices=["goemotions"])
+    parser.add_argument("corpus", choices=sorted(READERS))
     parser.add_argument("source", type=Path)
     args = parser.parse_args(argv)
-    counts = write(args.corpus, read_goemotions(args.source))
+    counts = write(args.corpus, READERS[args.corpus](args.source))
     for (split, label), n in sorted(counts.items()):
         print(f"{split}\t{label}\t{n}")
     return 0

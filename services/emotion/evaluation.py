@@ -106,6 +106,47 @@ def score(
     )
 
 
+@dataclass(frozen=True)
+class SignReport:
+    """How often the sentiment's sign matches a sentiment-only corpus's polarity."""
+
+    n: int
+    sign_accuracy: float
+    """Share of positive and negative items whose sentiment has their sign (zero is wrong)."""
+    positive_right: float
+    negative_right: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "n": self.n,
+            "sign_accuracy": round(self.sign_accuracy, 4),
+            "positive_right": round(self.positive_right, 4),
+            "negative_right": round(self.negative_right, 4),
+        }
+
+
+def score_sign(polarity: Sequence[str], predicted: Sequence[Prediction]) -> SignReport:
+    """Sign accuracy over the `positive` and `negative` items (neutral ones are not scored)."""
+    if len(polarity) != len(predicted):
+        raise ValueError("gold and predicted differ in length")
+    right: dict[str, list[bool]] = {"positive": [], "negative": []}
+    for gold, (_, sentiment) in zip(polarity, predicted, strict=True):
+        if gold in right:
+            right[gold].append(sentiment > 0 if gold == "positive" else sentiment < 0)
+    every = right["positive"] + right["negative"]
+
+    def share(values: list[bool]) -> float:
+        return sum(values) / len(values) if values else 0.0
+
+    return SignReport(
+        n=len(every),
+        sign_accuracy=share(every),
+        positive_right=share(right["positive"]),
+        negative_right=share(right["negative"]),
+    )
+
+
 def format_report(name: str, report: Report) -> str:
     """A report for a terminal: headline figures, per-label table, confusion matrix."""
     short = {label: label.value[:5] for label in LABELS}

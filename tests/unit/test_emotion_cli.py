@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cbd import emotion
-from services.emotion import dataset
+from services.emotion import corpora, dataset
 from services.emotion.analyzer import EmotionAnalyzer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -224,11 +224,12 @@ def test_evaluate_without_a_file_reports_every_source(
 ) -> None:
     small = dataset.read_jsonl(labelled)
     monkeypatch.setattr(emotion, "sources", lambda: {"own": small, "public": small[:3]})
+    monkeypatch.setattr(emotion, "sentiment_sources", lambda: {"reviews": REVIEWS})
     out = io.StringIO()
 
     assert emotion.evaluate_sources(["model", "majority"], out) == 0
 
-    text = out.getvalue()
+    text, signs_part = out.getvalue().split("sentiment sign on real customers", 1)
     assert "model on own: n=7" in text
     assert "majority on public: n=3" in text
     table = text.split("source", 1)[1].splitlines()[1:]
@@ -238,9 +239,55 @@ def test_evaluate_without_a_file_reports_every_source(
         ["public", "model"],
         ["public", "majority"],
     ]
+    signs = signs_part.splitlines()[2:]
+    # The model reads both reviews' polarity; a constant zero sentiment gets none right.
+    assert [row.split() for row in signs if row.strip()] == [
+        ["reviews", "model", "2", "1.000", "1.000", "1.000"],
+        ["reviews", "majority", "2", "0.000", "0.000", "0.000"],
+    ]
+
+
+REVIEWS = [
+    corpora.SentimentExample("Great phone, works perfectly, love it!", "positive", "amazon"),
+    corpora.SentimentExample("Terrible, it broke after a day. Waste of money.", "negative", "yelp"),
+]
+
+
+def test_evaluate_every_source_as_json_has_the_sentiment_signs(
+    labelled: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = dataset.read_jsonl(labelled)
+    monkeypatch.setattr(emotion, "sources", lambda: {"own": small})
+    monkeypatch.setattr(emotion, "sentiment_sources", lambda: {"reviews": REVIEWS})
+    out = io.StringIO()
+
+    assert emotion.evaluate_sources(["model"], out, as_json=True) == 0
+
+    payload = json.loads(out.getvalue())
+    assert payload["own"]["model"]["n"] == 7
+    assert payload["sentiment sign"]["reviews"]["model"] == {
+        "n": 2,
+        "sign_accuracy": 1.0,
+        "positive_right": 1.0,
+        "negative_right": 1.0,
+    }
 
 
 def test_every_source_is_a_test_split_never_training_data() -> None:
     names = emotion.sources()
     assert set(names) == {"own test.jsonl", "own heldout.jsonl", "GoEmotions test (mapped)"}
     assert len(names["GoEmotions test (mapped)"]) == 4674
+
+
+def test_the_sentiment_sources_are_the_uci_review_sentences_never_training_data() -> None:
+    signs = emotion.sentiment_sources()
+    assert set(signs) == {"UCI sentences, amazon", "UCI sentences, yelp"}
+    for examples in signs.values():
+        polarity = [ex.sentiment for ex in examples]
+        assert (polarity.count("positive"), polarity.count("negative")) == (500, 500)
+    # Evaluation only: none of it is in what the model trains or selects on.
+    seen = {
+        ex.text for split in ("train", "dev") for ex in corpora.load_public("goemotions", split)
+    }
+    seen |= {ex.text for ex in dataset.load("train")}
+    assert not seen & {ex.text for examples in signs.values() for ex in examples}

@@ -11,6 +11,7 @@ from services.emotion.evaluation import (
     format_report,
     lexicon_predictor,
     score,
+    score_sign,
     vader_predictor,
 )
 from shared.events import EmotionLabel
@@ -209,3 +210,28 @@ def test_lexicon_predictor_returns_label_sentiment_pairs() -> None:
         assert isinstance(sentiment, float)
         assert -1.0 <= sentiment <= 1.0
     assert predictions[0][1] > 0 > predictions[1][1]
+
+
+def test_sign_scores_positive_and_negative_items_and_counts_zero_as_wrong() -> None:
+    polarity = ["positive", "positive", "negative", "negative", "negative", "neutral"]
+    predicted: list[Prediction] = [
+        (L.JOY, 0.6),  # right
+        (L.NEUTRAL, 0.0),  # zero: wrong
+        (L.ANGER, -0.8),  # right
+        (L.JOY, 0.2),  # wrong
+        (L.SADNESS, -0.1),  # right
+        (L.NEUTRAL, 0.5),  # neutral: not scored
+    ]
+
+    report = score_sign(polarity, predicted)
+
+    assert report.n == 5
+    assert report.sign_accuracy == pytest.approx(3 / 5)
+    assert report.positive_right == pytest.approx(1 / 2)
+    assert report.negative_right == pytest.approx(2 / 3)
+    assert report.as_dict()["sign_accuracy"] == 0.6
+
+
+def test_sign_scoring_refuses_lists_of_different_lengths() -> None:
+    with pytest.raises(ValueError, match="differ in length"):
+        score_sign(["positive"], [])
