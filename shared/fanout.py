@@ -219,7 +219,10 @@ class Fanout:
 
     async def wait_listening(self, timeout_s: float = 10.0) -> None:
         """Return once the listener is subscribed, so no frame is published into the void."""
-        await asyncio.wait_for(self._ready.wait(), timeout_s)
+        # Not `asyncio.wait_for`, which on Python 3.11 swallows a cancellation that arrives as
+        # an already-set event answers.
+        async with asyncio.timeout(timeout_s):
+            await self._ready.wait()
 
     @staticmethod
     def _unwrap(data: str) -> dict[str, Any]:

@@ -360,11 +360,14 @@ class ChatClient:
                 while True:
                     # The deadline is checked per line rather than with a scope around the
                     # loop, because a cancel scope must not span this generator's yields.
+                    # Not `asyncio.wait_for` either: on Python 3.11 it swallows a
+                    # cancellation that arrives as a buffered line is read at once.
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         raise TimeoutError
                     try:
-                        line = await asyncio.wait_for(anext(lines), remaining)
+                        async with asyncio.timeout(remaining):
+                            line = await anext(lines)
                     except StopAsyncIteration:
                         break
                     text, done, finish_reason = _parse_sse_line(line)

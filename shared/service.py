@@ -289,7 +289,10 @@ async def readiness_checks(infra: Infra, timeout_s: float = 2.0) -> dict[str, st
 
     async def check(probe: Callable[[], Awaitable[Any]]) -> str:
         try:
-            result = await asyncio.wait_for(probe(), timeout_s)
+            # Not `asyncio.wait_for`: on Python 3.11 it swallows a cancellation that arrives
+            # as a probe answers at once, and a probe loop would then never stop.
+            async with asyncio.timeout(timeout_s):
+                result = await probe()
         except Exception as exc:
             return f"error: {type(exc).__name__}"
         return "ok" if result is not False else "error: no answer"

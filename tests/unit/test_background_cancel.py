@@ -1,4 +1,5 @@
-"""The consumer checks that run in a loop stop when cancelled.
+"""The consumer checks that run in a loop stop when cancelled, and so do the other awaits
+that usually answer at once: readiness probes, a fan-out already listening, buffered LLM lines.
 
 On Python 3.11, `asyncio.wait_for` swallows a cancellation that arrives as the awaited call
 completes, and a consumer's `position()` usually completes at once: a loop of such calls
@@ -8,12 +9,18 @@ The same against a real consumer on the broker: `tests/integration/test_rewind.p
 
 from __future__ import annotations
 
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
+import httpx
+import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
+from shared.fanout import Fanout, Receiver
 from shared.lag import measure
+from shared.llm import ChatClient, ChatMessage
 from shared.rewind import rewind_past_end
+from shared.service import Infra, readiness_checks
 from tests.kit import stops_when_cancelled
 
 PARTITIONS = [TopicPartition("t", p) for p in range(4)]
@@ -46,3 +53,58 @@ async def test_the_rewind_check_stops_when_cancelled() -> None:
 async def test_the_lag_measure_stops_when_cancelled() -> None:
     consumer = InstantConsumer()
     assert await stops_when_cancelled(lambda: measure("g", consumer)) == 0
+
+
+async def test_the_readiness_probes_stop_when_cancelled() -> None:
+    async def ping(timeout: float) -> bool:  # noqa: ASYNC109 (KafkaBroker.ping's signature)
+        return True
+
+    async def redis_ping() -> bool:
+        return True
+
+    infra = cast(
+        Infra,
+        SimpleNamespace(
+            broker=SimpleNamespace(ping=ping), pg=None, redis=SimpleNamespace(ping=redis_ping)
+        ),
+    )
+    assert await readiness_checks(infra) == {"kafka": "ok", "redis": "ok"}
+    assert await stops_when_cancelled(lambda: readiness_checks(infra)) == 0
+
+
+async def test_waiting_for_a_fanout_already_listening_stops_when_cancelled() -> None:
+    # A client that never connects: waiting on the listener needs no Redis.
+    fanout = Fanout(aioredis.Redis(), "t", channel="c", receiver=cast(Receiver, SimpleNamespace()))
+    # As its listener does once subscribed.
+    fanout._ready.set()
+    await fanout.wait_listening(timeout_s=1.0)
+    assert await stops_when_cancelled(fanout.wait_listening) == 0
+
+
+async def test_reading_a_buffered_llm_stream_stops_when_cancelled() -> None:
+    chunks = "".join(
+        f'data: {{"choices": [{{"delta": {{"content": "w{i} "}}}}]}}\n\n' for i in range(40)
+    )
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=chunks + "data: [DONE]\n\n")
+
+    client = ChatClient("http://llm.test/v1", "m")
+    client._http = httpx.AsyncClient(
+        base_url="http://llm.test/v1", transport=httpx.MockTransport(answer)
+    )
+
+    async def read() -> str:
+        said = [
+            t
+            async for t in client.stream(
+                [ChatMessage("user", "hi")], max_tokens=8, temperature=0.0, top_p=1.0
+            )
+        ]
+        return "".join(said)
+
+    try:
+        assert (await read()).startswith("w0 w1 ")
+        assert await stops_when_cancelled(read) == 0
+    finally:
+        await client.aclose()
