@@ -115,13 +115,17 @@ def write(corpus: str, rows: Iterable[dict[str, Any]]) -> Counter[tuple[str, str
     return counts
 
 
+def _rows(corpus: str) -> list[dict[str, Any]]:
+    """Every row of `data/public/<corpus>.jsonl.gz`."""
+    with gzip.open(PUBLIC_DIR / f"{corpus}.jsonl.gz", "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def load_public(corpus: str, split: str) -> list[Example]:
     """One split of a mapped public corpus in `data/public/<corpus>.jsonl.gz`."""
-    with gzip.open(PUBLIC_DIR / f"{corpus}.jsonl.gz", "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
     return [
         Example(text=row["text"], label=EmotionLabel(row["label"]), domain=corpus)
-        for row in rows
+        for row in _rows(corpus)
         if row["split"] == split and "label" in row
     ]
 
@@ -138,11 +142,9 @@ class SentimentExample:
 
 def load_sentiment(corpus: str, split: str = "test") -> list[SentimentExample]:
     """One split of a sentiment-only corpus in `data/public/<corpus>.jsonl.gz`."""
-    with gzip.open(PUBLIC_DIR / f"{corpus}.jsonl.gz", "rt", encoding="utf-8") as f:
-        rows = [json.loads(line) for line in f if line.strip()]
     return [
         SentimentExample(text=row["text"], sentiment=row["sentiment"], source=row["source"])
-        for row in rows
+        for row in _rows(corpus)
         if row["split"] == split and "sentiment" in row
     ]
 
