@@ -1,5 +1,6 @@
 """The consumer checks that run in a loop stop when cancelled, and so do the other awaits
-that usually answer at once: readiness probes, a fan-out already listening, buffered LLM lines.
+that usually answer at once: readiness probes and buffered LLM lines (a fan-out already
+listening: `tests/integration/test_fanout_listening.py`, on the real Redis).
 
 On Python 3.11, `asyncio.wait_for` swallows a cancellation that arrives as the awaited call
 completes, and a consumer's `position()` usually completes at once: a loop of such calls
@@ -13,10 +14,8 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import httpx
-import redis.asyncio as aioredis
 from aiokafka import TopicPartition
 
-from shared.fanout import Fanout, Receiver
 from shared.lag import measure
 from shared.llm import ChatClient, ChatMessage
 from shared.rewind import rewind_past_end
@@ -70,15 +69,6 @@ async def test_the_readiness_probes_stop_when_cancelled() -> None:
     )
     assert await readiness_checks(infra) == {"kafka": "ok", "redis": "ok"}
     assert await stops_when_cancelled(lambda: readiness_checks(infra)) == 0
-
-
-async def test_waiting_for_a_fanout_already_listening_stops_when_cancelled() -> None:
-    # A client that never connects: waiting on the listener needs no Redis.
-    fanout = Fanout(aioredis.Redis(), "t", channel="c", receiver=cast(Receiver, SimpleNamespace()))
-    # As its listener does once subscribed.
-    fanout._ready.set()
-    await fanout.wait_listening(timeout_s=1.0)
-    assert await stops_when_cancelled(fanout.wait_listening) == 0
 
 
 async def test_reading_a_buffered_llm_stream_stops_when_cancelled() -> None:
