@@ -126,13 +126,25 @@ def test_the_cross_validation_folds_are_stable_fifths() -> None:
 
 
 def test_choice_never_trades_our_domain_for_public_data() -> None:
+    # The first row is the own expert alone, as `search` returns them.
     rows = [
+        {"gate_threshold": 1.0, "own_cv_f1": 0.87, "goemotions_dev_f1": 0.25},
         {"gate_threshold": 0.5, "own_cv_f1": 0.80, "goemotions_dev_f1": 0.60},
         {"gate_threshold": 0.8, "own_cv_f1": 0.865, "goemotions_dev_f1": 0.57},
         {"gate_threshold": 0.9, "own_cv_f1": 0.87, "goemotions_dev_f1": 0.52},
-        {"gate_threshold": 1.0, "own_cv_f1": 0.87, "goemotions_dev_f1": 0.25},
     ]
     assert training.choose(rows)["gate_threshold"] == 0.8
+
+
+def test_the_floor_is_the_own_expert_not_the_luckiest_setting() -> None:
+    # A setting that scores above the own expert by chance does not raise the floor.
+    rows = [
+        {"gate_threshold": 1.0, "own_cv_f1": 0.82, "goemotions_dev_f1": 0.25},
+        {"gate_threshold": 0.98, "own_cv_f1": 0.84, "goemotions_dev_f1": 0.55},
+        {"gate_threshold": 0.9, "own_cv_f1": 0.812, "goemotions_dev_f1": 0.60},
+        {"gate_threshold": 0.5, "own_cv_f1": 0.80, "goemotions_dev_f1": 0.61},
+    ]
+    assert training.choose(rows)["gate_threshold"] == 0.9
 
 
 def test_macro_f1_matches_scikit_learn() -> None:
@@ -165,6 +177,7 @@ def test_the_shipped_artefact_was_built_with_the_settings_in_the_code() -> None:
         "own_c": training.OWN_C,
         "public_c": training.PUBLIC_C,
         "gate_c": training.GATE_C,
+        "gate_sharpness": training.GATE_SHARPNESS,
         "gate_threshold": training.GATE_THRESHOLD,
         "max_word_features": training.MAX_WORD_FEATURES,
         "max_char_features": training.MAX_CHAR_FEATURES,
