@@ -9,9 +9,11 @@ with balanced label weights over one TF-IDF + lexical feature space, and a gate,
 regression telling the two kinds of text apart, whose output blends them. A third, the
 meaning expert (`meaning.py`: static MiniLM word-piece vectors, a logistic regression on
 GoEmotions train and our examples), is blended in geometrically. The gate's bias is the one
-setting that trades our domain for public text; it, the public expert's regularisation and
-the meaning expert's weights were chosen with `--search` on dev data only: GoEmotions' dev
-split and 5-fold cross-validation over `train.jsonl` (`own_fold`). Test splits (GoEmotions
+setting that trades our domain for public text; it, the gate's regularisation and sharpness,
+the public expert's regularisation and the meaning expert's weights were chosen with
+`--search` on dev data only: GoEmotions' dev split and 5-fold cross-validation over
+`train.jsonl` (`own_fold`), the best GoEmotions dev score among settings that cost our
+examples at most `OWN_DEV_FLOOR` against the own expert alone (`choose`). Test splits (GoEmotions
 test, `test.jsonl`, `heldout.jsonl`) are never read here; `cbd emotion evaluate` reports them.
 
 A single classifier on both sources, with our examples weighted 3 to 30 times GoEmotions, was
