@@ -120,6 +120,16 @@ class EmotionLabel(StrEnum):
     NEUTRAL = "neutral"
 
 
+NEGATIVE_EMOTIONS = frozenset(
+    {EmotionLabel.ANGER, EmotionLabel.FRUSTRATION, EmotionLabel.ANXIETY, EmotionLabel.SADNESS}
+)
+"""The labels that mean the customer is unhappy."""
+NEGATIVE_SENTIMENT = -0.2
+"""At or below this sentiment a message is negative whatever its label: the emotion service's
+trajectory counts it in a negative streak, and generation's care check wants it acknowledged.
+Calibrated on GoEmotions dev with the shipped emotion model (see the emotion datasheet)."""
+
+
 SignalName = Literal[
     "shouting",
     "punctuation_burst",

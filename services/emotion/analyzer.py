@@ -32,19 +32,26 @@ log = logging.getLogger(__name__)
 MAX_CHARS = 20_000
 """Longer input is not a chat message; it is refused, not analysed for minutes."""
 
-# How each label leans: sentiment is this valence, weighted by the label probabilities,
-# blended with VADER's lexical sentiment. A customer on hold for an hour is negative even
-# when no word in the message is.
+# How each label leans: sentiment is this valence, weighted by the label probabilities
+# (sharpened, below), blended with VADER's lexical sentiment. A customer on hold for an hour
+# is negative even when no word in the message is. Confusion leans neither way: "how do I
+# find my card?" is a question, not a complaint (at -0.2 it put most plain questions below
+# -0.1).
 VALENCE: dict[EmotionLabel, float] = {
     EmotionLabel.JOY: 0.9,
     EmotionLabel.NEUTRAL: 0.0,
-    EmotionLabel.CONFUSION: -0.2,
+    EmotionLabel.CONFUSION: 0.0,
     EmotionLabel.ANXIETY: -0.55,
     EmotionLabel.SADNESS: -0.7,
     EmotionLabel.FRUSTRATION: -0.7,
     EmotionLabel.ANGER: -0.9,
 }
 VALENCE_WEIGHT = 0.7
+VALENCE_SHARPNESS = 2.0
+"""The label probabilities are raised to this power (and renormalised) before they weigh the
+valences. Five of the seven labels are negative, so an unsure model's spread over them
+pulled a message negative even where neutral or joy led; sharpened, the leading label decides. Chosen on
+GoEmotions dev (sign 0.873 -> 0.880, three-way at +-0.05 0.618 -> 0.652, with confusion at 0)."""
 
 # With a sarcasm cue, this share of the classifier's joy (and half this share of its neutral)
 # goes to the negative labels, in proportion to what the classifier gave them, frustration
@@ -256,7 +263,9 @@ class EmotionAnalyzer:
     ) -> EmotionAnalysis:
         scores = {label: round(float(p), 4) for label, p in zip(LABELS, probs, strict=True)}
         label = LABELS[int(np.argmax(probs))]
-        valence = sum(scores[lab] * VALENCE[lab] for lab in LABELS)
+        sharpened = np.power(np.maximum(probs, 0.0), VALENCE_SHARPNESS)
+        weights = sharpened / max(float(sharpened.sum()), 1e-12)
+        valence = sum(float(w) * VALENCE[lab] for lab, w in zip(LABELS, weights, strict=True))
         sentiment = VALENCE_WEIGHT * valence + (1 - VALENCE_WEIGHT) * lexical.sentiment
         sentiment = max(-1.0, min(1.0, sentiment))
         strength = 0.0 if label is EmotionLabel.NEUTRAL else scores[label]

@@ -9,13 +9,11 @@ from typing import Any
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from services.emotion.lexicon import LexiconAnalyzer
-from shared.events import EmotionLabel
+from shared.events import NEGATIVE_EMOTIONS, EmotionLabel
 
 LABELS: tuple[EmotionLabel, ...] = tuple(EmotionLabel)
 POSITIVE = frozenset({EmotionLabel.JOY})
-NEGATIVE = frozenset(
-    {EmotionLabel.ANGER, EmotionLabel.FRUSTRATION, EmotionLabel.SADNESS, EmotionLabel.ANXIETY}
-)
+NEGATIVE = NEGATIVE_EMOTIONS
 
 Prediction = tuple[EmotionLabel, float]
 """A label and a sentiment in [-1, 1]."""

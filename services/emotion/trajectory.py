@@ -13,16 +13,19 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from shared.erasure import RedisReceipts, Subject
-from shared.events import EmotionAnalysis, EmotionLabel, EmotionTrajectory, Trend
+from shared.events import (
+    NEGATIVE_EMOTIONS,
+    NEGATIVE_SENTIMENT,
+    EmotionAnalysis,
+    EmotionTrajectory,
+    Trend,
+)
 
 SMOOTHING = 0.5
 """Weight of the newest turn in the moving average: two turns mostly make the picture."""
 TREND_THRESHOLD = 0.12
 RECENT_TEXTS = 6
 
-NEGATIVE_LABELS = frozenset(
-    {EmotionLabel.ANGER, EmotionLabel.FRUSTRATION, EmotionLabel.SADNESS, EmotionLabel.ANXIETY}
-)
 SIGNAL_RISK: dict[str, float] = {
     "human_request": 0.35,
     "legal_threat": 0.3,
@@ -48,16 +51,10 @@ class ConversationMood:
     last_result: str | None = None
 
 
-NEGATIVE_SENTIMENT = -0.22
-"""At or below this sentiment a turn is negative whatever its label. Set so the share of
-GoEmotions dev's negative and non-negative items counted negative stays where the model
-before the sharper gate had it at -0.25 (0.70 / 0.15)."""
-
-
 def is_negative(analysis: EmotionAnalysis) -> bool:
     """A turn counts as negative when its sentiment or a confident negative label says so."""
     return analysis.sentiment <= NEGATIVE_SENTIMENT or (
-        analysis.label in NEGATIVE_LABELS and analysis.confidence >= 0.5
+        analysis.label in NEGATIVE_EMOTIONS and analysis.confidence >= 0.5
     )
 
 

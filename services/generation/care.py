@@ -54,15 +54,16 @@ from services.generation.settings import GenerationSettings
 from services.generation.tone import UNKIND_TONES, CueToneAnalyzer, ToneAnalyzer, ToneCues
 from services.generation.voice import VoiceCheck
 from shared.embedding import Embedder, MiniLmEmbedder
-from shared.events import CareFinding, EmotionLabel, ReplyFlag, Role, TurnRouted
+from shared.events import (
+    NEGATIVE_EMOTIONS,
+    NEGATIVE_SENTIMENT,
+    CareFinding,
+    ReplyFlag,
+    Role,
+    TurnRouted,
+)
 from shared.language import LanguageIdentifier, default_identifier
 from shared.linear_re import LinearMatch, compile_linear
-
-NEGATIVE_EMOTIONS = frozenset(
-    {EmotionLabel.ANGER, EmotionLabel.FRUSTRATION, EmotionLabel.ANXIETY, EmotionLabel.SADNESS}
-)
-NEGATIVE_SENTIMENT = -0.25
-"""A message this negative needs an acknowledgement whatever its label."""
 
 _MONTHS = (
     "jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|"

@@ -177,6 +177,40 @@ def test_any_model_can_stand_behind_the_analyzer() -> None:
     assert result.model == "fixed"
 
 
+class SpreadModel:
+    """Leads with one label at 0.4 and spreads the rest evenly: an unsure model."""
+
+    name = "spread"
+
+    def __init__(self, lead: EmotionLabel) -> None:
+        self.lead = lead
+
+    def predict_proba(self, texts: Sequence[str], lexical: Sequence[EmotionAnalysis]) -> Matrix:
+        row = np.full(len(LABELS), 0.1)
+        row[LABELS.index(self.lead)] = 0.4
+        return np.tile(row, (len(texts), 1))
+
+
+@pytest.mark.parametrize(
+    ("lead", "low", "high"),
+    [
+        # Issue #13: five of seven labels are negative, so the spread alone used to pull an
+        # unsure neutral reading to -0.15 and an unsure joy reading to +0.04.
+        (EmotionLabel.NEUTRAL, -0.1, 0.1),
+        (EmotionLabel.CONFUSION, -0.1, 0.1),
+        (EmotionLabel.JOY, 0.2, 1.0),
+        (EmotionLabel.FRUSTRATION, -1.0, -0.2),
+    ],
+)
+def test_an_unsure_spread_does_not_decide_the_sentiment(
+    lead: EmotionLabel, low: float, high: float
+) -> None:
+    # A text with no sentiment words, so the lexical half adds nothing.
+    result = EmotionAnalyzer(model=SpreadModel(lead)).analyze("Order 1234 and the form")
+    assert result.label is lead
+    assert low < result.sentiment < high
+
+
 def test_readability_does_not_depend_on_the_model(analyzer: EmotionAnalyzer) -> None:
     other = EmotionAnalyzer(model=FixedModel())
     texts = [ex.text for ex in dataset.load("test")] + [

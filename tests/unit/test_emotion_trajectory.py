@@ -174,13 +174,13 @@ def test_unreadable_first_turn_keeps_the_neutral_starting_point() -> None:
 @pytest.mark.parametrize(
     ("a", "negative"),
     [
-        (analysis(EmotionLabel.NEUTRAL, -0.22, 0.1, 0.9), True),  # on the sentiment boundary
-        (analysis(EmotionLabel.NEUTRAL, -0.21, 0.1, 0.9), False),
+        (analysis(EmotionLabel.NEUTRAL, -0.2, 0.1, 0.9), True),  # on the sentiment boundary
+        (analysis(EmotionLabel.NEUTRAL, -0.19, 0.1, 0.9), False),
         (analysis(EmotionLabel.JOY, -0.3, 0.1, 0.9), True),  # sentiment alone is enough
         (analysis(EmotionLabel.FRUSTRATION, -0.1, 0.4, 0.5), True),  # confident negative label
         (analysis(EmotionLabel.ANXIETY, 0.0, 0.4, 0.7), True),
         (analysis(EmotionLabel.SADNESS, -0.1, 0.4, 0.49), False),  # label not confident enough
-        (analysis(EmotionLabel.CONFUSION, -0.2, 0.4, 0.9), False),  # not a negative label
+        (analysis(EmotionLabel.CONFUSION, -0.15, 0.4, 0.9), False),  # not a negative label
         (analysis(EmotionLabel.JOY, 0.8, 0.6, 0.9), False),
         (unreadable(), False),
     ],
