@@ -50,8 +50,9 @@ VALENCE_WEIGHT = 0.7
 VALENCE_SHARPNESS = 2.0
 """The label probabilities are raised to this power (and renormalised) before they weigh the
 valences. Five of the seven labels are negative, so an unsure model's spread over them
-pulled a message negative even where neutral or joy led; sharpened, the leading label decides. Chosen on
-GoEmotions dev (sign 0.873 -> 0.880, three-way at +-0.05 0.618 -> 0.652, with confusion at 0)."""
+pulled a message negative even where neutral or joy led; sharpened, the leading label decides.
+Chosen on GoEmotions dev (sign 0.873 -> 0.880, three-way at +-0.05 0.618 -> 0.652, with
+confusion at 0)."""
 
 # With a sarcasm cue, this share of the classifier's joy (and half this share of its neutral)
 # goes to the negative labels, in proportion to what the classifier gave them, frustration
