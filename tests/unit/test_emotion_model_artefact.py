@@ -125,26 +125,35 @@ def test_the_cross_validation_folds_are_stable_fifths() -> None:
     assert folds == [training.own_fold(t) for t in texts]
 
 
-def test_choice_never_trades_our_domain_for_public_data() -> None:
-    # The first row is the own expert alone, as `search` returns them.
-    rows = [
-        {"gate_threshold": 1.0, "own_cv_f1": 0.87, "goemotions_dev_f1": 0.25},
-        {"gate_threshold": 0.5, "own_cv_f1": 0.80, "goemotions_dev_f1": 0.60},
-        {"gate_threshold": 0.8, "own_cv_f1": 0.865, "goemotions_dev_f1": 0.57},
-        {"gate_threshold": 0.9, "own_cv_f1": 0.87, "goemotions_dev_f1": 0.52},
-    ]
-    assert training.choose(rows)["gate_threshold"] == 0.8
-
-
-def test_the_floor_is_the_own_expert_not_the_luckiest_setting() -> None:
+# The first row of each table is the own expert alone, as `search` returns them.
+CHOICES = {
+    "never trades our domain for public data": (
+        [
+            {"gate_threshold": 1.0, "own_cv_f1": 0.87, "goemotions_dev_f1": 0.25},
+            {"gate_threshold": 0.5, "own_cv_f1": 0.80, "goemotions_dev_f1": 0.60},
+            {"gate_threshold": 0.8, "own_cv_f1": 0.865, "goemotions_dev_f1": 0.57},
+            {"gate_threshold": 0.9, "own_cv_f1": 0.87, "goemotions_dev_f1": 0.52},
+        ],
+        0.8,
+    ),
     # A setting that scores above the own expert by chance does not raise the floor.
-    rows = [
-        {"gate_threshold": 1.0, "own_cv_f1": 0.82, "goemotions_dev_f1": 0.25},
-        {"gate_threshold": 0.98, "own_cv_f1": 0.84, "goemotions_dev_f1": 0.55},
-        {"gate_threshold": 0.9, "own_cv_f1": 0.812, "goemotions_dev_f1": 0.60},
-        {"gate_threshold": 0.5, "own_cv_f1": 0.80, "goemotions_dev_f1": 0.61},
-    ]
-    assert training.choose(rows)["gate_threshold"] == 0.9
+    "the floor is the own expert, not the luckiest setting": (
+        [
+            {"gate_threshold": 1.0, "own_cv_f1": 0.82, "goemotions_dev_f1": 0.25},
+            {"gate_threshold": 0.98, "own_cv_f1": 0.84, "goemotions_dev_f1": 0.55},
+            {"gate_threshold": 0.9, "own_cv_f1": 0.812, "goemotions_dev_f1": 0.60},
+            {"gate_threshold": 0.5, "own_cv_f1": 0.80, "goemotions_dev_f1": 0.61},
+        ],
+        0.9,
+    ),
+}
+
+
+@pytest.mark.parametrize(("rows", "chosen"), CHOICES.values(), ids=CHOICES.keys())
+def test_the_choice_keeps_our_domain_within_the_floor(
+    rows: list[dict[str, float]], chosen: float
+) -> None:
+    assert training.choose(rows)["gate_threshold"] == chosen
 
 
 def test_macro_f1_matches_scikit_learn() -> None:
