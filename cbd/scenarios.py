@@ -22,6 +22,7 @@ from services.generation.handlers import build_prompting
 from services.generation.settings import GenerationSettings
 from services.generation.variants import Variant
 from shared.events import (
+    NEGATIVE_EMOTIONS,
     ConversationContext,
     CustomerMessage,
     CustomerProfile,
@@ -117,9 +118,7 @@ def scenario_turn(spec: dict[str, Any]) -> TurnRouted:
         emotion=EmotionAnalysis(
             label=label,
             scores=scores,
-            sentiment=-0.5
-            if label.value in ("anger", "frustration", "anxiety", "sadness")
-            else 0.0,
+            sentiment=-0.5 if label in NEGATIVE_EMOTIONS else 0.0,
             intensity=float(spec.get("intensity", 0.0)),
             model="scenario",
         ),

@@ -13,7 +13,6 @@ from shared.events import NEGATIVE_EMOTIONS, EmotionLabel
 
 LABELS: tuple[EmotionLabel, ...] = tuple(EmotionLabel)
 POSITIVE = frozenset({EmotionLabel.JOY})
-NEGATIVE = NEGATIVE_EMOTIONS
 
 Prediction = tuple[EmotionLabel, float]
 """A label and a sentiment in [-1, 1]."""
@@ -88,9 +87,9 @@ def score(
         per_label[label] = LabelScore(precision, recall, f1, tp + fn)
     present = [s for s in per_label.values() if s.support]
     signed = [
-        (truth in POSITIVE and sentiment > 0) or (truth in NEGATIVE and sentiment < 0)
+        (truth in POSITIVE and sentiment > 0) or (truth in NEGATIVE_EMOTIONS and sentiment < 0)
         for truth, (_, sentiment) in zip(gold, predicted, strict=True)
-        if truth in POSITIVE or truth in NEGATIVE
+        if truth in POSITIVE or truth in NEGATIVE_EMOTIONS
     ]
     n = len(gold)
     return Report(

@@ -19,7 +19,7 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from services.emotion.irony import IronyFinder
 from services.emotion.repeats import RepeatContactFinder
-from shared.events import EmotionAnalysis, EmotionLabel, Signal, SignalName
+from shared.events import NEGATIVE_EMOTIONS, EmotionAnalysis, EmotionLabel, Signal, SignalName
 
 _log = logging.getLogger(__name__)
 
@@ -99,9 +99,11 @@ _IRONY_EVIDENCE = 1.0
 _IRONY_SENTIMENT = 0.3
 _POSITIVE_BOOST = 1.0
 _VADER_DEADZONE = 0.05  # VADER's own neutral band
-_NEGATIVE_LABELS = (_L.ANGER, _L.FRUSTRATION, _L.ANXIETY, _L.SADNESS)
 # Order matters for ties: max() keeps the first, and neutral is the conservative answer.
 _TIE_ORDER = (_L.NEUTRAL, _L.ANGER, _L.FRUSTRATION, _L.ANXIETY, _L.SADNESS, _L.CONFUSION, _L.JOY)
+# The shared negative labels in a fixed order: a frozenset's order follows the process's hash
+# seed, and the evidence sums below must not differ from run to run.
+_NEGATIVE_LABELS = tuple(label for label in _TIE_ORDER if label in NEGATIVE_EMOTIONS)
 
 _REPETITION_JACCARD = 0.8
 # Short acknowledgements ("yes", "thank you") repeat naturally without frustration.

@@ -7,14 +7,8 @@ import pytest
 from services.emotion.analyzer import EmotionAnalyzer
 from services.emotion.irony import IronyCues, IronyFinder
 from services.emotion.lexicon import LexiconAnalyzer
-from shared.events import EmotionLabel
+from shared.events import NEGATIVE_EMOTIONS, EmotionLabel
 
-NEGATIVE = {
-    EmotionLabel.ANGER,
-    EmotionLabel.FRUSTRATION,
-    EmotionLabel.ANXIETY,
-    EmotionLabel.SADNESS,
-}
 SARCASTIC = [
     "thanks for nothing",
     "Thanks a lot for nothing.",
@@ -45,7 +39,7 @@ def analyzer() -> EmotionAnalyzer:
 @pytest.mark.parametrize("text", SARCASTIC)
 def test_sarcasm_is_negative(analyzer: EmotionAnalyzer, text: str) -> None:
     result = analyzer.analyze(text)
-    assert result.label in NEGATIVE, result.explanation
+    assert result.label in NEGATIVE_EMOTIONS, result.explanation
     assert result.sentiment < 0
     assert "irony:" in result.explanation
 
@@ -53,7 +47,7 @@ def test_sarcasm_is_negative(analyzer: EmotionAnalyzer, text: str) -> None:
 @pytest.mark.parametrize("text", SARCASTIC)
 def test_sarcasm_is_negative_for_the_lexicon_alone(text: str) -> None:
     result = LexiconAnalyzer().analyze(text)
-    assert result.label in NEGATIVE, result.explanation
+    assert result.label in NEGATIVE_EMOTIONS, result.explanation
     assert result.sentiment < 0
 
 
