@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import statistics
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +13,30 @@ import pytest
 from services.emotion import corpora, dataset, evaluation
 from services.emotion.analyzer import EmotionAnalyzer, own_data_model
 from services.emotion.model import LABELS, OWN_MODEL_NAME, Matrix
-from shared.events import SIGNAL_NAMES, EmotionAnalysis, EmotionLabel
+from shared.events import NEGATIVE_SENTIMENT, SIGNAL_NAMES, EmotionAnalysis, EmotionLabel
+
+BANKING77_TEST = Path(__file__).parents[2] / "shared" / "data" / "intents" / "banking77_test.jsonl"
+HOW_TO_INTENTS = frozenset(
+    {
+        "exchange_rate",
+        "age_limit",
+        "supported_cards_and_currencies",
+        "top_up_limits",
+        "fiat_currency_support",
+        "country_support",
+        "atm_support",
+        "visa_or_mastercard",
+        "getting_virtual_card",
+        "disposable_card_limits",
+        "receiving_money",
+        "edit_personal_details",
+        "getting_spare_card",
+        "automatic_top_up",
+        "card_acceptance",
+    }
+)
+"""Banking77 intents whose messages ask how something works, not why something went wrong
+(each checked by reading its items): "Which ATMs accept this card?", "How old do I have to be?"."""
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +77,38 @@ def test_real_reddit_comments_a_public_test_split(analyzer: EmotionAnalyzer) -> 
     assert report.macro_f1 >= 0.50, evaluation.format_report("GoEmotions test", report)
     assert report.sign_accuracy is not None
     assert report.sign_accuracy >= 0.80
+
+
+def test_real_review_sentences_have_the_sign_their_writers_gave(
+    analyzer: EmotionAnalyzer,
+) -> None:
+    # UCI Sentiment Labelled Sentences (Amazon phones and sellers, Yelp restaurants), kept for
+    # evaluation only: real customers' words about companies, written by none of us. The shipped
+    # model: Amazon 0.861, Yelp 0.828 (negatives 0.818 / 0.720); VADER alone 0.699 / 0.654.
+    items = corpora.load_sentiment("uci_sentences")
+    for source in ("amazon", "yelp"):
+        mine = [it for it in items if it.source == source]
+        results = analyzer.analyze_batch([it.text for it in mine])
+        report = evaluation.score_sign(
+            [it.sentiment for it in mine], [(r.label, r.sentiment) for r in results]
+        )
+        assert report.n == 1000
+        assert report.sign_accuracy >= 0.80, (source, report)
+        assert min(report.positive_right, report.negative_right) >= 0.65, (source, report)
+
+
+def test_real_customers_how_to_questions_do_not_lean_negative(analyzer: EmotionAnalyzer) -> None:
+    # Issue #13: five of seven labels are negative, so an unsure reading used to land below
+    # zero. On these 600 real bank customers' questions the earlier formula put the median at
+    # -0.093 and 73% below -0.05; the shipped one -0.003 and 17%.
+    rows = [json.loads(line) for line in BANKING77_TEST.read_text(encoding="utf-8").splitlines()]
+    texts = [r["text"] for r in rows if r["source_label"] in HOW_TO_INTENTS]
+    sentiments = [r.sentiment for r in analyzer.analyze_batch(texts)]
+    assert len(texts) == 600
+    assert abs(statistics.median(sentiments)) <= 0.05
+    assert sum(s < -0.05 for s in sentiments) / len(texts) <= 0.3
+    # A question is not a negative turn for the trajectory or the care check (5% shipped).
+    assert sum(s <= NEGATIVE_SENTIMENT for s in sentiments) / len(texts) <= 0.1
 
 
 def test_the_earlier_own_data_model_is_still_available() -> None:
